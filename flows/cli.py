@@ -1,0 +1,210 @@
+"""The `signals` command line: one sub-command per thing a user does.
+
+Every command runs without prompts when given its flags; secrets come from
+environment variables or files, never from arguments that end up in shell history.
+Known failures print one line saying what is wrong and what to do, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from flows import environment
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Known failures: their message is for the user. Anything else is a bug: full traceback."""
+    from entitlement_rules.errors import RuleError
+    from pipelines.publish import PublicationError
+    from pipelines.read_deliveries import DeliveryRefused
+    from privacy.keys import KeyringError
+
+    return (DeliveryRefused, KeyringError, RuleError, PublicationError, UsageError)
+
+
+class UsageError(Exception):
+    """A command was given arguments that cannot work together."""
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {value}")
+    return n
+
+
+def _passphrase(args) -> str:
+    from privacy.keys import passphrase_from_env
+
+    if getattr(args, "passphrase_file", None):
+        return Path(args.passphrase_file).read_text(encoding="utf-8").strip()
+    return passphrase_from_env()
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_generate(args) -> int:
+    from pipelines.synthetic import generate
+
+    result = generate(
+        Path(args.out), persons=args.persons, seed=args.seed, reference_date=args.reference_date
+    )
+    for source, info in result.items():
+        print(f"{source:<18} {info['row_count']:>10,} rows  {info['path']}")
+    return 0
+
+
+def cmd_keys_init(args) -> int:
+    from privacy.keys import Keyring, KeyringError, save_keyring
+
+    path = Path(args.key_file)
+    if path.exists() and not args.force:
+        raise KeyringError(f"{path}: a keyring exists already; use --force to replace it")
+    ring = Keyring()
+    ring.add("body")
+    save_keyring(ring, path, _passphrase(args))
+    print(f"keyring written to {path} with keys: {', '.join(k.id for k in ring.keys)}")
+    return 0
+
+
+def cmd_keys_show(args) -> int:
+    from privacy.keys import load_keyring
+
+    ring = load_keyring(Path(args.key_file), _passphrase(args))
+    for key in ring.keys:
+        v = key.public_view()
+        state = "retired" if v["retired"] else "active"
+        domain = f" domain={v['domain']}" if v["domain"] else ""
+        print(f"{v['id']:<6} {v['role']:<14} {state:<8} created {v['created']}{domain}")
+    return 0
+
+
+def cmd_pseudonymise(args) -> int:
+    from privacy.keys import load_keyring
+    from privacy.pseudonymise import pseudonymise_delivery
+
+    ring = load_keyring(Path(args.key_file), _passphrase(args))
+    result = pseudonymise_delivery(Path(args.delivery), ring, Path(args.out))
+    print(
+        f"{result.source}: {result.rows:,} rows -> {result.accepted:,} pseudonymised, "
+        f"{result.quarantined:,} quarantined; written to {result.directory}"
+    )
+    return 0
+
+
+def cmd_run(args) -> int:
+    from flows.run import run_flow
+
+    folder = run_flow(
+        deliveries=str(Path(args.deliveries).resolve()),
+        reference_date=args.reference_date,
+        out=str(Path(args.out).resolve()),
+        runner=args.runner,
+        buckets=args.buckets,
+    )
+    from flows.summary import print_run_summary
+
+    print_run_summary(Path(folder))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(args)
+
+
+# Feature modules that add their own sub-commands: each has `register(subparsers)`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="signals",
+        description="Proactive-entitlement signalling: pseudonymise deliveries, run the "
+        "central pipeline, and inspect its outputs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="write a synthetic population as raw deliveries")
+    p.add_argument("--persons", type=_positive, default=20_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--reference-date", type=_date, default=dt.date(2025, 1, 1))
+    p.add_argument("--out", required=True, help="folder for the raw deliveries")
+    p.set_defaults(func=cmd_generate)
+
+    keys = sub.add_parser("keys", help="create and inspect keyrings").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    for name, func, text in (
+        ("init", cmd_keys_init, "create a keyring with a new body-side pseudonymisation key"),
+        ("show", cmd_keys_show, "list the keys of a keyring (never their material)"),
+    ):
+        k = keys.add_parser(name, help=text)
+        k.add_argument("--key-file", required=True)
+        k.add_argument(
+            "--passphrase-file",
+            help="file holding the passphrase (default: $SIGNALS_KEYRING_PASSPHRASE)",
+        )
+        if name == "init":
+            k.add_argument("--force", action="store_true", help="replace an existing keyring")
+        k.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "pseudonymise", help="at the supplying body: validate and pseudonymise one raw delivery"
+    )
+    p.add_argument("--delivery", required=True, help="raw delivery folder <source>/<date>")
+    p.add_argument("--key-file", required=True)
+    p.add_argument("--passphrase-file")
+    p.add_argument("--out", required=True, help="root of the pseudonymised deliveries")
+    p.set_defaults(func=cmd_pseudonymise)
+
+    p = sub.add_parser("run", help="the central run over pseudonymised deliveries")
+    p.add_argument("--deliveries", required=True, help="root of the pseudonymised deliveries")
+    p.add_argument("--reference-date", type=_date, required=True)
+    p.add_argument("--out", required=True, help="folder that receives <run_id>/")
+    p.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
+    p.add_argument("--buckets", type=_positive, default=32, help="join buckets (default 32)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="generate, pseudonymise and run end to end, then summarise")
+    p.add_argument("--persons", type=_positive, default=20_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--reference-date", type=_date, default=dt.date(2025, 1, 1))
+    p.add_argument("--from", dest="from_raw", help="use these raw deliveries instead of generating")
+    p.add_argument("--out", default="demo-output")
+    p.set_defaults(func=cmd_demo)
+
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    environment.configure()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

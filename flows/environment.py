@@ -1,0 +1,28 @@
+"""Process environment for Prefect: set before Prefect is imported, never overriding the user.
+
+Prefect runs without a server (ephemeral) unless PREFECT_API_URL is set; telemetry
+is off; task results are not persisted, so nothing a task returns lands on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULTS = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+    "PREFECT_TASKS_DEFAULT_PERSIST_RESULT": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "PREFECT_UI_ENABLED": "false",
+}
+
+
+def configure(home: Path | None = None) -> None:
+    """Set Prefect's defaults for this process (idempotent; explicit settings win)."""
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    base = Path(home or os.environ.get("SIGNALS_HOME", ".signals")).resolve()
+    os.environ.setdefault("PREFECT_HOME", str(base / "prefect"))

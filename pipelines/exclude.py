@@ -1,0 +1,78 @@
+"""Objections (opt-out) applied before any join: objectors' records never reach the join.
+
+A person who objected with scope `all` is removed from every person-keyed source.
+Where an objector is someone's partner, the partner pseudonym is blanked and
+`partner_withheld` set, so the household is known to be incomplete (and its income
+unknown) without anything about the objector going further. Objections with a
+scheme scope are not exclusions: they travel on and suppress only that scheme.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+
+# Sources keyed by a person's pseudonym: objectors' rows are removed from each.
+PERSON_SOURCES = ("brp", "tax", "benefits", "arrears", "health_insurance")
+
+
+def objector_pids(batch: pa.RecordBatch) -> pa.Array:
+    """Pseudonyms of persons whose objection covers all processing."""
+    return batch.column("bsn").filter(pc.equal(batch.column("scope"), "all"))
+
+
+class DropObjectorsFn(beam.DoFn):
+    """Removes rows whose subject objected; in brp also withholds objecting partners."""
+
+    def __init__(self, source: str, subject: str = "bsn"):
+        self.source, self.subject = source, subject
+
+    def process(self, batch: pa.RecordBatch, objectors: list[pa.Array]):
+        excluded = (
+            pa.chunked_array(objectors, pa.string()).combine_chunks()
+            if objectors
+            else (pa.array([], pa.string()))
+        )
+        keep = pc.invert(pc.is_in(batch.column(self.subject), value_set=excluded))
+        dropped = batch.num_rows - pc.sum(keep).as_py() if batch.num_rows else 0
+        Metrics.counter("exclude", f"{self.source}_rows_excluded").inc(dropped or 0)
+        batch = batch.filter(keep)
+        if self.source == "brp":
+            partner = batch.column("partner_bsn")
+            withheld = pc.fill_null(pc.is_in(partner, value_set=excluded), False)
+            blanked = pc.if_else(withheld, pa.scalar(None, pa.string()), partner)
+            batch = batch.set_column(
+                batch.schema.get_field_index("partner_bsn"), "partner_bsn", blanked
+            ).append_column("partner_withheld", withheld)
+        if batch.num_rows:
+            yield batch
+
+
+class ExcludeObjectors(beam.PTransform):
+    """Applies scope-`all` objections to every person-keyed source, before the join.
+
+    In: {source: PCollection[RecordBatch]} including `objections`.
+    Out: the same dict without objectors' rows; `objections` keeps only scheme-scoped
+    objections of non-objectors; `brp` gains `partner_withheld` (bool); and the key
+    `objector_pids` holds a PCollection of pseudonym arrays (for the exclusion audit).
+    """
+
+    def __init__(self, person_sources: tuple[str, ...]):
+        super().__init__()
+        self.person_sources = person_sources
+
+    def expand(self, sources):
+        objectors = sources["objections"] | "ObjectorPids" >> beam.Map(objector_pids)
+        side = beam.pvalue.AsList(objectors)
+        out = dict(sources)
+        for name in self.person_sources + ("objections",):
+            out[name] = sources[name] | f"DropObjectors_{name}" >> beam.ParDo(
+                DropObjectorsFn(name), side
+            )
+        out["objections"] = out["objections"] | "SchemeScopedOnly" >> beam.Map(
+            lambda b: b.filter(pc.not_equal(b.column("scope"), "all"))
+        )
+        out["objector_pids"] = objectors
+        return out

@@ -1,0 +1,387 @@
+"""Joining sources on pseudonyms: hash the key into buckets, join inside each bucket in DuckDB.
+
+Rows with the same key land in the same bucket whatever their source, so a bucket
+holds everything needed to join its keys and buckets are independent: a runner can
+spread them over workers. Three joins make the household table:
+
+    brp ---------(address)--> persons at address (+ housing)
+    persons, tax, benefits, arrears, health_insurance, objections --(person)--> person facts
+    person facts ----------(household)--> one row per household (pipelines/household.py)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import apache_beam as beam
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+
+from pipelines import household
+
+DEFAULT_BUCKETS = 32
+JOIN_SOURCES = ("brp", "housing", "tax", "benefits", "arrears", "health_insurance", "objections")
+
+
+def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:
+    """Bucket numbers for pseudonyms, from their last four characters.
+
+    Pseudonyms end in HMAC output, so their tails are uniform and the same in every
+    process: no hash seed, no per-row Python.
+    """
+    if keys.null_count:
+        raise ValueError("a join key must not be null")
+    tails = pc.utf8_slice_codeunits(keys, -4).cast(pa.binary())
+    if not pc.all(pc.equal(pc.binary_length(tails), 4)).as_py():
+        raise ValueError("join keys must be pseudonyms (at least four characters)")
+    fixed = tails.cast(pa.binary(4))
+    words = np.frombuffer(fixed.buffers()[1], dtype="<u4")[fixed.offset : fixed.offset + len(keys)]
+    return (words % np.uint32(buckets)).astype(np.int64)
+
+
+class SplitByBucketFn(beam.DoFn):
+    """Splits a record batch into (bucket, sub-batch) pairs on a key column."""
+
+    def __init__(self, key: str, buckets: int):
+        self.key, self.buckets = key, buckets
+
+    def process(self, batch: pa.RecordBatch):
+        if batch.num_rows == 0:
+            return
+        bucket = bucket_of(batch.column(self.key), self.buckets)
+        order = np.argsort(bucket, kind="stable")
+        sorted_buckets = bucket[order]
+        batch = batch.take(pa.array(order))
+        edges = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        starts = np.concatenate([[0], edges])
+        ends = np.concatenate([edges, [len(order)]])
+        for s, e in zip(starts, ends, strict=True):
+            yield int(sorted_buckets[s]), batch.slice(s, e - s)
+
+
+class JoinBucketFn(beam.DoFn):
+    """Runs one SQL statement in DuckDB over the tables of one bucket."""
+
+    def __init__(self, schemas: dict[str, pa.Schema], sql: str, out_schema: pa.Schema, name: str):
+        self.schemas, self.sql, self.out_schema, self.name = schemas, sql, out_schema, name
+
+    def setup(self):
+        self.con = duckdb.connect(config={"threads": 1})
+
+    def process(self, element):
+        bucket, groups = element
+        for tag, schema in self.schemas.items():
+            batches = list(groups.get(tag, []))
+            self.con.register(tag, pa.Table.from_batches(batches, schema=schema))
+        try:
+            result = self.con.sql(self.sql).to_arrow_table()
+        finally:
+            for tag in self.schemas:
+                self.con.unregister(tag)
+        Metrics.counter("join", f"{self.name}_rows").inc(result.num_rows)
+        if result.num_rows:
+            yield result.cast(self.out_schema).combine_chunks().to_batches()[0]
+
+    def teardown(self):
+        self.con.close()
+
+
+class BucketJoin(beam.PTransform):
+    """Joins tagged collections of record batches with one DuckDB query per bucket.
+
+    In: {tag: PCollection[RecordBatch]}, each with its key column named in `keys`.
+    Out: PCollection[RecordBatch] of `out_schema`, one batch per non-empty bucket.
+    The SQL sees each tag as a table, e.g. `SELECT ... FROM brp LEFT JOIN housing USING (...)`.
+    """
+
+    def __init__(
+        self,
+        keys: dict[str, str],
+        schemas: dict[str, pa.Schema],
+        sql: str,
+        out_schema: pa.Schema,
+        buckets: int = DEFAULT_BUCKETS,
+        name: str = "join",
+    ):
+        super().__init__()
+        self.keys, self.schemas, self.sql = keys, schemas, sql
+        self.out_schema, self.buckets, self.name = out_schema, buckets, name
+
+    def expand(self, tagged):
+        bucketed = {
+            tag: pcoll
+            | f"Bucket_{tag}" >> beam.ParDo(SplitByBucketFn(self.keys[tag], self.buckets))
+            for tag, pcoll in tagged.items()
+        }
+        return (
+            bucketed
+            | "GroupByBucket" >> beam.CoGroupByKey()
+            | "JoinInBucket"
+            >> beam.ParDo(JoinBucketFn(self.schemas, self.sql, self.out_schema, self.name))
+        )
+
+
+# -- The three joins ------------------------------------------------------------------
+
+PERSON_AT_ADDRESS_SQL = """
+-- Grain: one row per BRP person, with the housing facts of their address (if known).
+SELECT
+    b.*,
+    h.tenure,
+    h.monthly_rent,
+    h.service_costs
+FROM brp AS b
+LEFT JOIN housing AS h USING (address_id)
+"""
+
+PERSON_FACTS_SQL = """
+-- Grain: one row per BRP person, with the facts of every person-keyed source at {ref}.
+WITH latest_tax AS (
+    -- The newest assessed year on or before the reference year.
+    SELECT DISTINCT ON (bsn) bsn, year, assessed_income, assets, assessment_status
+    FROM tax
+    WHERE year <= {ref_year}
+    ORDER BY bsn, year DESC
+),
+insured AS (
+    SELECT bsn, TRUE AS insured
+    FROM health_insurance
+    WHERE insured_from <= DATE '{ref}' AND (insured_to IS NULL OR insured_to >= DATE '{ref}')
+    GROUP BY bsn
+),
+paid AS (
+    SELECT
+        bsn,
+        list_sort(list_distinct(list(scheme))) AS receiving_schemes,
+        CAST(SUM(CASE WHEN scheme = 'aow' THEN monthly_amount ELSE 0 END) AS DECIMAL(14, 2))
+            AS aow_monthly_amount
+    FROM benefits
+    WHERE start_date <= DATE '{ref}' AND (end_date IS NULL OR end_date >= DATE '{ref}')
+    GROUP BY bsn
+),
+debts AS (
+    SELECT
+        bsn,
+        CAST(COUNT(*) AS INTEGER) AS arrears_count,
+        CAST(SUM(amount_overdue) AS DECIMAL(14, 2)) AS arrears_total,
+        CAST(MAX(months_overdue) AS INTEGER) AS arrears_max_months,
+        list_sort(list_distinct(list(creditor_sector))) AS arrears_sectors
+    FROM arrears
+    WHERE reported_on <= DATE '{ref}'
+    GROUP BY bsn
+),
+objected AS (
+    SELECT bsn, list_sort(list_distinct(list(scope))) AS objected_schemes
+    FROM objections
+    WHERE objected_on <= DATE '{ref}'
+    GROUP BY bsn
+)
+SELECT
+    p.bsn AS person_pid,
+    p.household_id AS household_pid,
+    p.role,
+    p.partner_bsn AS partner_pid,
+    p.partner_withheld,
+    p.municipality_code,
+    p.district_code,
+    CAST(date_sub('year', p.birth_date, DATE '{ref}') AS INTEGER) AS age,
+    (p.deregistered_on IS NOT NULL AND p.deregistered_on <= DATE '{ref}') AS deregistered,
+    (p.registered_since <= DATE '{ref}') AS registered,
+    p.tenure,
+    p.monthly_rent,
+    p.service_costs,
+    coalesce(i.insured, FALSE) AS insured,
+    CAST(t.year AS INTEGER) AS income_year,
+    t.assessment_status AS income_status,
+    t.assessed_income AS income,
+    t.assets,
+    coalesce(b.receiving_schemes, []::VARCHAR[]) AS receiving_schemes,
+    coalesce(b.aow_monthly_amount, 0) AS aow_monthly_amount,
+    coalesce(d.arrears_count, 0) AS arrears_count,
+    coalesce(d.arrears_total, 0) AS arrears_total,
+    d.arrears_max_months,
+    coalesce(d.arrears_sectors, []::VARCHAR[]) AS arrears_sectors,
+    coalesce(o.objected_schemes, []::VARCHAR[]) AS objected_schemes
+FROM persons AS p
+LEFT JOIN latest_tax AS t ON t.bsn = p.bsn
+LEFT JOIN insured AS i ON i.bsn = p.bsn
+LEFT JOIN paid AS b ON b.bsn = p.bsn
+LEFT JOIN debts AS d ON d.bsn = p.bsn
+LEFT JOIN objected AS o ON o.bsn = p.bsn
+"""
+
+HOUSEHOLD_SQL = """
+-- Grain: one row per household with a head at {ref} (see pipelines/household.py).
+WITH members AS (
+    SELECT * FROM facts WHERE registered AND NOT deregistered
+),
+head AS (
+    -- One applicant per household: the head (the lowest pseudonym if the register has two).
+    SELECT DISTINCT ON (household_pid) *
+    FROM facts
+    WHERE role = 'head' AND registered
+    ORDER BY household_pid, person_pid
+),
+partner AS (
+    SELECT DISTINCT ON (m.household_pid) m.*
+    FROM members AS m
+    JOIN head AS h ON h.household_pid = m.household_pid AND m.person_pid <> h.person_pid
+    WHERE m.person_pid = h.partner_pid OR (h.partner_pid IS NULL AND m.role = 'partner')
+    ORDER BY m.household_pid, (m.person_pid = h.partner_pid) DESC, m.person_pid
+),
+composition AS (
+    SELECT
+        household_pid,
+        CAST(COUNT(*) AS INTEGER) AS n_persons,
+        CAST(COUNT(*) FILTER (WHERE age >= 18) AS INTEGER) AS n_adults,
+        CAST(COUNT(*) FILTER (WHERE role = 'child' AND age < 18) AS INTEGER) AS n_children,
+        list_sort(list(age) FILTER (WHERE role = 'child' AND age < 18)) AS children_ages,
+        CAST(SUM(CASE WHEN age >= 18 THEN coalesce(income, 0) ELSE 0 END) AS DECIMAL(14, 2))
+            AS household_income,
+        CAST(SUM(CASE WHEN age >= 18 THEN coalesce(assets, 0) ELSE 0 END) AS DECIMAL(14, 2))
+            AS household_assets,
+        list_sort(list(person_pid)) AS member_pids
+    FROM members
+    GROUP BY household_pid
+)
+SELECT
+    h.household_pid,
+    h.person_pid AS applicant_pid,
+    p.person_pid AS partner_pid,
+    h.municipality_code,
+    h.district_code,
+    DATE '{ref}' AS reference_date,
+    h.age AS applicant_age,
+    p.age AS partner_age,
+    (p.person_pid IS NOT NULL OR h.partner_withheld) AS has_partner,
+    coalesce(c.n_persons, 0) AS n_persons,
+    coalesce(c.n_adults, 0) AS n_adults,
+    coalesce(c.n_children, 0) AS n_children,
+    coalesce(c.children_ages, []::INTEGER[]) AS children_ages,
+    h.deregistered AS applicant_deregistered,
+    h.insured AS applicant_insured,
+    p.insured AS partner_insured,
+    least(h.income_year, p.income_year) AS income_year,
+    CASE
+        WHEN 'estimated' IN (h.income_status, p.income_status) THEN 'estimated'
+        WHEN 'provisional' IN (h.income_status, p.income_status) THEN 'provisional'
+        ELSE h.income_status
+    END AS income_status,
+    -- A withheld partner (objected) leaves the household's income unknown: no guessing.
+    (h.income IS NOT NULL AND NOT h.partner_withheld
+        AND (p.person_pid IS NULL OR p.income IS NOT NULL)) AS income_known,
+    h.income AS applicant_income,
+    p.income AS partner_income,
+    CAST(h.income + coalesce(p.income, 0) AS DECIMAL(14, 2)) AS combined_income,
+    c.household_income,
+    CAST(coalesce(h.assets, 0) + coalesce(p.assets, 0) AS DECIMAL(14, 2)) AS combined_assets,
+    c.household_assets,
+    list_sort(list_distinct(list_concat(h.receiving_schemes,
+        coalesce(p.receiving_schemes, []::VARCHAR[])))) AS receiving_schemes,
+    CAST(h.aow_monthly_amount + coalesce(p.aow_monthly_amount, 0) AS DECIMAL(14, 2))
+        AS aow_monthly_amount,
+    h.tenure,
+    h.monthly_rent,
+    h.service_costs,
+    CAST(h.arrears_count + coalesce(p.arrears_count, 0) AS INTEGER) AS arrears_count,
+    CAST(h.arrears_total + coalesce(p.arrears_total, 0) AS DECIMAL(14, 2)) AS arrears_total,
+    greatest(h.arrears_max_months, p.arrears_max_months) AS arrears_max_months,
+    list_sort(list_distinct(list_concat(h.arrears_sectors,
+        coalesce(p.arrears_sectors, []::VARCHAR[])))) AS arrears_sectors,
+    list_sort(list_distinct(list_concat(h.objected_schemes,
+        coalesce(p.objected_schemes, []::VARCHAR[])))) AS objected_schemes,
+    coalesce(c.member_pids, [h.person_pid]) AS member_pids
+FROM head AS h
+LEFT JOIN partner AS p ON p.household_pid = h.household_pid
+LEFT JOIN composition AS c ON c.household_pid = h.household_pid
+"""
+
+MONEY = household.MONEY
+PERSON_FACTS_SCHEMA = pa.schema(
+    [
+        ("person_pid", pa.string()),
+        ("household_pid", pa.string()),
+        ("role", pa.string()),
+        ("partner_pid", pa.string()),
+        ("partner_withheld", pa.bool_()),
+        ("municipality_code", pa.string()),
+        ("district_code", pa.string()),
+        ("age", pa.int32()),
+        ("deregistered", pa.bool_()),
+        ("registered", pa.bool_()),
+        ("tenure", pa.string()),
+        ("monthly_rent", MONEY),
+        ("service_costs", MONEY),
+        ("insured", pa.bool_()),
+        ("income_year", pa.int32()),
+        ("income_status", pa.string()),
+        ("income", MONEY),
+        ("assets", MONEY),
+        ("receiving_schemes", pa.list_(pa.string())),
+        ("aow_monthly_amount", MONEY),
+        ("arrears_count", pa.int32()),
+        ("arrears_total", MONEY),
+        ("arrears_max_months", pa.int32()),
+        ("arrears_sectors", pa.list_(pa.string())),
+        ("objected_schemes", pa.list_(pa.string())),
+    ]
+)
+
+
+def persons_schema(brp_schema: pa.Schema, housing_schema: pa.Schema) -> pa.Schema:
+    """The schema of persons-at-address: BRP columns plus the housing facts."""
+    extra = [housing_schema.field(n) for n in ("tenure", "monthly_rent", "service_costs")]
+    return pa.schema(list(brp_schema) + extra)
+
+
+class JoinHouseholds(beam.PTransform):
+    """Joins all sources into the household table.
+
+    In: {source name: PCollection[RecordBatch]} of pseudonymised, objection-filtered
+    sources (brp carries a `partner_withheld` column). Out: PCollection[RecordBatch] of
+    pipelines.household.SCHEMA, e.g. (household_pid='b1.ab..', applicant_pid='b1.cd..',
+    has_partner=False, applicant_age=34, combined_income=Decimal('21000.00'), ...).
+    """
+
+    PERSON_SOURCES = ("tax", "benefits", "arrears", "health_insurance", "objections")
+
+    def __init__(
+        self, schemas: dict[str, pa.Schema], reference_date: dt.date, buckets: int = DEFAULT_BUCKETS
+    ):
+        super().__init__()
+        self.schemas, self.reference_date, self.buckets = schemas, reference_date, buckets
+
+    def expand(self, sources):
+        ref = self.reference_date.isoformat()
+        persons_at_address = persons_schema(self.schemas["brp"], self.schemas["housing"])
+        persons = {"brp": sources["brp"], "housing": sources["housing"]} | "PersonsAtAddress" >> (
+            BucketJoin(
+                keys={"brp": "address_id", "housing": "address_id"},
+                schemas={"brp": self.schemas["brp"], "housing": self.schemas["housing"]},
+                sql=PERSON_AT_ADDRESS_SQL,
+                out_schema=persons_at_address,
+                buckets=self.buckets,
+                name="persons_at_address",
+            )
+        )
+        person_inputs = {"persons": persons} | {t: sources[t] for t in self.PERSON_SOURCES}
+        facts = person_inputs | "PersonFacts" >> BucketJoin(
+            keys={"persons": "bsn"} | {t: "bsn" for t in self.PERSON_SOURCES},
+            schemas={"persons": persons_at_address}
+            | {t: self.schemas[t] for t in self.PERSON_SOURCES},
+            sql=PERSON_FACTS_SQL.format(ref=ref, ref_year=self.reference_date.year),
+            out_schema=PERSON_FACTS_SCHEMA,
+            buckets=self.buckets,
+            name="person_facts",
+        )
+        return {"facts": facts} | "Households" >> BucketJoin(
+            keys={"facts": "household_pid"},
+            schemas={"facts": PERSON_FACTS_SCHEMA},
+            sql=HOUSEHOLD_SQL.format(ref=ref),
+            out_schema=household.SCHEMA,
+            buckets=self.buckets,
+            name="households",
+        )

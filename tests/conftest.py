@@ -1,0 +1,87 @@
+"""Shared fixtures: hand-made deliveries written to real files, keyrings, and a Prefect harness."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from flows import environment
+
+OIN = "00000001001234567000"
+
+
+def write_delivery(
+    root: Path,
+    source: str,
+    header: list[str],
+    rows: list[list[str]],
+    reference_date: str = "2025-01-01",
+    *,
+    sep: str = ",",
+    newline: str = "\n",
+    encoding: str = "utf-8",
+    bom: bool = False,
+    row_count: int | None = None,
+    manifest: bool = True,
+) -> Path:
+    """Write a raw CSV delivery with a correct manifest (unless told otherwise)."""
+    folder = Path(root) / source / reference_date
+    folder.mkdir(parents=True, exist_ok=True)
+    text = newline.join(sep.join(r) for r in [header] + rows) + newline
+    data = ("\ufeff" if bom else "").encode(encoding) + text.encode(encoding)
+    (folder / "data.csv").write_bytes(data)
+    if manifest:
+        write_manifest(
+            folder, source, reference_date, data, len(rows) if row_count is None else row_count
+        )
+    return folder
+
+
+def write_manifest(
+    folder: Path, source: str, reference_date: str, data: bytes, row_count: int
+) -> None:
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "source": source,
+                "supplier_oin": OIN,
+                "reference_date": reference_date,
+                "extracted_at": f"{reference_date}T06:00:00+00:00",
+                "schema_version": "1",
+                "row_count": row_count,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _prefect_home(tmp_path_factory):
+    """Keep Prefect's files inside the test session's temporary folder."""
+    home = tmp_path_factory.mktemp("signals-home")
+    os.environ["SIGNALS_HOME"] = str(home)
+    os.environ["PREFECT_HOME"] = str(home / "prefect")
+    environment.configure(home)
+    yield home
+
+
+@pytest.fixture
+def passphrase(monkeypatch):
+    value = "correct horse battery staple"
+    monkeypatch.setenv("SIGNALS_KEYRING_PASSPHRASE", value)
+    return value
+
+
+@pytest.fixture
+def keyring(tmp_path, passphrase):
+    from privacy.keys import Keyring, load_keyring, save_keyring
+
+    ring = Keyring()
+    ring.add("body")
+    path = tmp_path / "keys" / "body.keyring"
+    save_keyring(ring, path, passphrase)
+    return load_keyring(path, passphrase)

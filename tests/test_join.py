@@ -1,0 +1,113 @@
+"""The bucketed join on a hand-made population, run as a real Beam pipeline (DirectRunner)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.testing.util import assert_that, equal_to
+from population import REFERENCE_DATE, B, write_population
+
+from pipelines import household
+from pipelines.contract import SOURCES
+from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
+from pipelines.join import JOIN_SOURCES, JoinHouseholds, bucket_of
+from pipelines.options import pipeline_options
+from pipelines.read_deliveries import ReadDelivery, open_pseudonymised
+from pipelines.validate import typed_schema
+from privacy.pseudonymise import pseudonymise_delivery
+from privacy.pseudonyms import Pseudonymiser
+
+
+@pytest.fixture(scope="module")
+def households(tmp_path_factory):
+    """The household table of the hand-made population, keyed by the household's name."""
+    from privacy.keys import Keyring
+
+    root = tmp_path_factory.mktemp("join")
+    ring = Keyring()
+    key = ring.add("body")
+    write_population(root / "raw")
+    deliveries = {}
+    for name in SOURCES:
+        out = pseudonymise_delivery(root / "raw" / name / REFERENCE_DATE, ring, root / "p")
+        deliveries[name] = open_pseudonymised(out.directory, name)
+    schemas = {n: typed_schema(SOURCES[n]) for n in JOIN_SOURCES}
+    schemas["brp"] = schemas["brp"].append(pa.field("partner_withheld", pa.bool_()))
+
+    with beam.Pipeline(options=pipeline_options()) as p:
+        rows = {n: p | f"Read_{n}" >> ReadDelivery(d) for n, d in deliveries.items()}
+        kept = {n: r.rows for n, r in rows.items()} | ExcludeObjectors(PERSON_SOURCES)
+        table = {n: kept[n] for n in JOIN_SOURCES} | JoinHouseholds(
+            schemas, dt.date.fromisoformat(REFERENCE_DATE), buckets=4
+        )
+        assert_that(
+            table | beam.Map(lambda b: b.num_rows) | beam.CombineGlobally(sum), equal_to([11])
+        )
+        (
+            table
+            | beam.Map(lambda b: pa.Table.from_batches([b]))
+            | WriteToParquetBatched(str(root / "households" / "part"), schema=household.SCHEMA)
+        )
+    rows = pq.read_table(root / "households").to_pylist()
+    p = Pseudonymiser(key)
+    by_name = {}
+    for hh in [f"H{i}" for i in range(1, 12)]:
+        pid = p.one("household_id", hh)
+        match = [r for r in rows if r["household_pid"] == pid]
+        by_name[hh] = match[0] if match else None
+    return by_name, p
+
+
+def test_every_household_with_a_registered_head_gets_one_row(households):
+    rows, _ = households
+    assert [h for h, r in rows.items() if r is None] == []
+
+
+def test_a_couple_with_a_child_is_joined_with_combined_income(households):
+    rows, p = households
+    h2 = rows["H2"]
+    assert h2["applicant_pid"] == p.one("bsn", B[1])
+    assert h2["partner_pid"] == p.one("bsn", B[2])
+    assert (h2["has_partner"], h2["n_persons"], h2["n_adults"], h2["n_children"]) == (True, 3, 2, 1)
+    assert h2["children_ages"] == [5]
+    assert h2["combined_income"] == Decimal("25000.00")
+    assert h2["receiving_schemes"] == ["zorgtoeslag"]
+    assert h2["applicant_insured"] and h2["partner_insured"]
+    assert h2["tenure"] == "social_rent" and h2["monthly_rent"] == Decimal("650.00")
+
+
+def test_an_objecting_partner_is_withheld_and_leaves_income_unknown(households):
+    rows, p = households
+    h3 = rows["H3"]
+    assert h3["has_partner"] is True and h3["partner_pid"] is None
+    assert h3["income_known"] is False
+    assert p.one("bsn", B[5]) not in h3["member_pids"]
+
+
+def test_a_scheme_scoped_objection_travels_with_the_household(households):
+    assert households[0]["H7"]["objected_schemes"] == ["zorgtoeslag"]
+
+
+def test_deregistration_insurance_and_the_newest_tax_year_are_seen(households):
+    rows, _ = households
+    assert rows["H6"]["applicant_deregistered"] is True
+    assert rows["H5"]["applicant_insured"] is False
+    assert (rows["H10"]["income_year"], rows["H10"]["income_status"]) == (2023, "estimated")
+    assert rows["H1"]["arrears_total"] == Decimal("420.00")
+    assert rows["H1"]["arrears_sectors"] == ["energy"]
+    assert rows["H4"]["applicant_age"] == 17
+
+
+def test_buckets_are_stable_and_spread():
+    p = Pseudonymiser(__import__("privacy.keys", fromlist=["Keyring"]).Keyring().add("body"))
+    keys = pa.array([p.one("bsn", str(i)) for i in range(4000)])
+    buckets = bucket_of(keys, 8)
+    assert (bucket_of(keys, 8) == buckets).all()
+    counts = [int((buckets == b).sum()) for b in range(8)]
+    assert min(counts) > 400, counts

@@ -1,0 +1,107 @@
+"""Keyring, pseudonyms and the body-side pseudonymise step, on real files."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_delivery
+
+from pipelines.contract import SOURCES
+from pipelines.read_deliveries import DeliveryRefused, open_pseudonymised
+from privacy.keys import Keyring, KeyringError, load_keyring, save_keyring
+from privacy.pseudonymise import pseudonymise_delivery
+from privacy.pseudonyms import PSEUDONYM, Pseudonymiser
+
+BRP_HEADER = list(SOURCES["brp"].column_names)
+
+
+def _brp_row(bsn, partner="", household="H1", role="head"):
+    return [
+        bsn,
+        "1980-05-01",
+        household,
+        role,
+        partner,
+        "0344010000000001",
+        "GM0344",
+        "WK034401",
+        "2000-01-01",
+        "",
+    ]
+
+
+def test_a_keyring_round_trips_and_never_shows_material(tmp_path, passphrase):
+    ring = Keyring()
+    key = ring.add("body")
+    save_keyring(ring, tmp_path / "k", passphrase)
+    loaded = load_keyring(tmp_path / "k", passphrase)
+    assert loaded.active("body").material == key.material
+    assert key.material.hex() not in (tmp_path / "k").read_text()
+    assert "material" not in json.dumps(loaded.active("body").public_view())
+    assert key.material.hex() not in repr(key)
+
+
+def test_a_wrong_passphrase_is_a_clear_error(tmp_path, passphrase):
+    ring = Keyring()
+    ring.add("body")
+    save_keyring(ring, tmp_path / "k", passphrase)
+    with pytest.raises(KeyringError, match="wrong passphrase, or the file was altered"):
+        load_keyring(tmp_path / "k", "not the passphrase")
+
+
+def test_a_corrupted_or_missing_keyring_is_a_clear_error(tmp_path, passphrase):
+    ring = Keyring()
+    ring.add("body")
+    save_keyring(ring, tmp_path / "k", passphrase)
+    doc = json.loads((tmp_path / "k").read_text())
+    doc["ciphertext"] = doc["ciphertext"][:-8] + "AAAAAAA="
+    (tmp_path / "k").write_text(json.dumps(doc))
+    with pytest.raises(KeyringError, match="cannot decrypt"):
+        load_keyring(tmp_path / "k", passphrase)
+    (tmp_path / "k").write_text("{not json")
+    with pytest.raises(KeyringError, match="damaged"):
+        load_keyring(tmp_path / "k", passphrase)
+    with pytest.raises(KeyringError, match="not found"):
+        load_keyring(tmp_path / "missing", passphrase)
+
+
+def test_pseudonyms_are_stable_per_key_and_differ_across_keys_and_kinds():
+    ring = Keyring()
+    a, b = Pseudonymiser(ring.add("body")), Pseudonymiser(ring.add("body"))
+    assert a.one("bsn", "111222333") == a.one("bsn", "111222333")
+    assert a.one("bsn", "111222333") != b.one("bsn", "111222333")
+    assert a.one("bsn", "111222333") != a.one("address_id", "111222333")
+    assert PSEUDONYM.match(a.one("bsn", "111222333"))
+    arr = a.array("bsn", pa.array(["111222333", None, "111222333"]))
+    assert arr[0].as_py() == a.one("bsn", "111222333") and arr[1].as_py() is None
+    assert arr[0] == arr[2]
+
+
+def test_pseudonymise_writes_a_checked_delivery_without_any_bsn(tmp_path, keyring):
+    rows = [
+        _brp_row("111222333", partner="123456782"),
+        _brp_row("123456782", partner="111222333", role="partner"),
+        _brp_row("12345678"),  # leading zero lost: quarantined
+    ]
+    raw = write_delivery(tmp_path / "raw", "brp", BRP_HEADER, rows)
+    result = pseudonymise_delivery(raw, keyring, tmp_path / "pseudo")
+    assert (result.rows, result.accepted, result.quarantined) == (3, 2, 1)
+    delivery = open_pseudonymised(result.directory, "brp")
+    data = pq.read_table(delivery.data_path)
+    assert data.column("partner_bsn")[0] == data.column("bsn")[1]
+    for name in ("bsn", "partner_bsn", "household_id", "address_id"):
+        assert all(PSEUDONYM.match(v) for v in data.column(name).to_pylist())
+    for path in result.directory.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes().decode("latin-1")
+            assert not re.search(r"111222333|123456782|12345678", text), path
+
+
+def test_the_central_side_refuses_a_raw_delivery(tmp_path):
+    raw = write_delivery(tmp_path, "brp", BRP_HEADER, [_brp_row("111222333")])
+    with pytest.raises(DeliveryRefused, match="not pseudonymised"):
+        open_pseudonymised(raw, "brp")
