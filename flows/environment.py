@@ -17,6 +17,8 @@ DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     "PREFECT_UI_ENABLED": "false",
+    # The first start creates the local database: ~16 s on 2 busy cores, near the default 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -26,3 +28,5 @@ def configure(home: Path | None = None) -> None:
         os.environ.setdefault(key, value)
     base = Path(home or os.environ.get("SIGNALS_HOME", ".signals")).resolve()
     os.environ.setdefault("PREFECT_HOME", str(base / "prefect"))
+    # Prefect creates its home without parents and its server dies if that fails.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

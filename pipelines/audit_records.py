@@ -57,9 +57,12 @@ def _span_ids(run_id: str, operation: str, keys: pa.Array) -> pa.Array:
     con = duckdb.connect(config={"threads": 1})
     try:
         con.register("k", pa.table({"key": keys.cast(pa.string())}))
-        prefix = f"{run_id}\x00{operation}\x00".replace("'", "''")
+        prefix = f"{run_id}|{operation}|"
         ids = (
-            con.execute(f"SELECT unhex(left(sha256('{prefix}' || key), 16)) AS id FROM k")
+            con.sql(
+                "SELECT unhex(left(sha256($prefix || key), 16)) AS id FROM k",
+                params={"prefix": prefix},
+            )
             .to_arrow_table()
             .column("id")
         )
@@ -176,7 +179,8 @@ def evaluation_records(
     context: AuditContext, evaluations: pa.Table, households: pa.Table
 ) -> pa.RecordBatch:
     """One record per household member per (scheme, year): rule, versions and outcome."""
-    joined = evaluations.select(
+    # Every evaluated household is in `households` (same batch): look members up by index.
+    evaluated = evaluations.select(
         [
             "household_pid",
             "scheme",
@@ -187,9 +191,12 @@ def evaluation_records(
             "entitled",
             "already_receiving",
         ]
-    ).join(households.select(["household_pid", "member_pids"]), "household_pid")
-    members = joined.column("member_pids").combine_chunks()
-    per_member = joined.drop_columns(["member_pids"]).take(pc.list_parent_indices(members))
+    )
+    at = pc.index_in(
+        evaluated.column("household_pid"), value_set=households.column("household_pid")
+    )
+    members = households.column("member_pids").take(at).combine_chunks()
+    per_member = evaluated.take(pc.list_parent_indices(members))
     attrs = _json_fields(
         per_member,
         ("household_pid", "scheme", "rule_id", "rule_version", "parameter_version"),

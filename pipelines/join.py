@@ -333,7 +333,11 @@ PERSON_FACTS_SCHEMA = pa.schema(
 
 def persons_schema(brp_schema: pa.Schema, housing_schema: pa.Schema) -> pa.Schema:
     """The schema of persons-at-address: BRP columns plus the housing facts."""
-    extra = [housing_schema.field(n) for n in ("tenure", "monthly_rent", "service_costs")]
+    # A left join: an address without a housing record gives nulls.
+    extra = [
+        housing_schema.field(n).with_nullable(True)
+        for n in ("tenure", "monthly_rent", "service_costs")
+    ]
     return pa.schema(list(brp_schema) + extra)
 
 

@@ -36,8 +36,14 @@ def _parts(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
 
 
-def _consolidate(con, parts: list[str], schema: pa.Schema, target: Path, order_by: str,
-                 distinct_on: str | None = None) -> int:
+def _consolidate(
+    con,
+    parts: list[str],
+    schema: pa.Schema,
+    target: Path,
+    order_by: str,
+    distinct_on: str | None = None,
+) -> int:
     """Merge part files into one Parquet file in a deterministic order; returns rows."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if not parts:
@@ -56,7 +62,10 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     con = duckdb.connect()
     counts: dict = {"quarantine": {}}
     counts["signals"] = _consolidate(
-        con, _parts(staging / "signal_parts"), SIGNAL_SCHEMA, staging / "signals.parquet",
+        con,
+        _parts(staging / "signal_parts"),
+        SIGNAL_SCHEMA,
+        staging / "signals.parquet",
         "signal_id",
     )
     for name, delivery in deliveries.items():
@@ -67,17 +76,21 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
             "central": sum(pq.read_metadata(p).num_rows for p in central),
         }
         _consolidate(
-            con, parts, QUARANTINE_SCHEMA, staging / "quarantine" / f"{name}.parquet",
+            con,
+            parts,
+            QUARANTINE_SCHEMA,
+            staging / "quarantine" / f"{name}.parquet",
             "row_number",
         )
     counts["audit_records"] = _consolidate(
-        con, _parts(staging / "audit_parts"), AUDIT_SCHEMA,
-        staging / "audit" / "segment-00000.parquet", "name, data_subject_pid, span_id",
+        con,
+        _parts(staging / "audit_parts"),
+        AUDIT_SCHEMA,
+        staging / "audit" / "segment-00000.parquet",
+        "name, data_subject_pid, span_id",
         distinct_on="span_id",
     )
-    counts["households"] = sum(
-        pq.read_metadata(p).num_rows for p in _parts(staging / "households")
-    )
+    counts["households"] = sum(pq.read_metadata(p).num_rows for p in _parts(staging / "households"))
     con.close()
     for folder in ("signal_parts", "quarantine_parts", "audit_parts"):
         shutil.rmtree(staging / folder, ignore_errors=True)
