@@ -112,6 +112,7 @@ def cmd_run(args) -> int:
         out=str(Path(args.out).resolve()),
         runner=args.runner,
         buckets=args.buckets,
+        key_file=str(Path(args.key_file).resolve()) if args.key_file else None,
     )
     from flows.summary import print_run_summary
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder that receives <run_id>/")
     p.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
     p.add_argument("--buckets", type=_positive, default=32, help="join buckets (default 32)")
+    p.add_argument("--key-file", help="central keyring (passphrase: $SIGNALS_KEYRING_PASSPHRASE)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="generate, pseudonymise and run end to end, then summarise")

@@ -23,6 +23,7 @@ from pipelines.join import DEFAULT_BUCKETS
 from pipelines.options import pipeline_options
 from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
+from privacy.keys import load_keyring, passphrase_from_env
 
 PROCESSING_ACTIVITY = "proactive-entitlement-signalling"
 
@@ -174,9 +175,13 @@ def run_flow(
     runner: str = "DirectRunner",
     runner_args: list[str] | None = None,
     buckets: int = DEFAULT_BUCKETS,
+    key_file: str | None = None,
 ) -> str:
     """One central run: check inputs, run the pipeline, finalise, publish (returns the folder)."""
     logger = get_run_logger()
+    # The central keyring (domain keys, audit signing key); its passphrase comes from the
+    # environment, never from a flow parameter.
+    keyring = load_keyring(Path(key_file), passphrase_from_env()) if key_file else None
     found = open_inputs(deliveries, reference_date)
     compiled = compile_rules(reference_date)
     run_id = make_run_id(reference_date, found, compiled)
@@ -201,6 +206,7 @@ def run_flow(
     counts = finalise_run(staging, found)
     counts.update(summarise_outputs(staging))
     write_manifest(staging, build_manifest(spec, compiled, counts, runner))
+    del keyring  # not used by the spine yet: domain pseudonyms and audit signing build on it
     published = publish_run(staging, target)
     logger.info("run %s published: %s signals", run_id, counts["signals"])
     return published
