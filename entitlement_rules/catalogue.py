@@ -106,8 +106,18 @@ def _parameters(rule: Rule, year: int) -> list[str]:
             lines.append(f"      note: {value.note}")
     for table in rule.tables:
         for row in params.tables.get(table, ()):
-            shown = ", ".join(f"{k} = {display(v)}" for k, v in row.values.items())
-            lines.append(f"  {table}[{row.key}]: {shown} [{row.status}] source: {row.source}")
+            used = "used" if row.usable else "NOT used: " + "; ".join(row.problems())
+            if row.path is None:
+                shown = ", ".join(f"{k} = {display(v)}" for k, v in row.values.items())
+                lines.append(f"  {table}[{row.key}]: {shown} [{row.status}] source: {row.source}")
+                lines.append(f"      {used}")
+                continue
+            lines.append(f"  {table}[{row.key}] ({row.source}): {used}")
+            for name, value in row.values.items():
+                lines.append(f"    {name} = {display(value)} {value.unit} [{value.status}]")
+                lines.append(f"        source: {value.source}")
+                if value.url:
+                    lines.append(f"        url: {value.url}")
     return lines
 
 

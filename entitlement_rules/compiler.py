@@ -29,6 +29,10 @@ from entitlement_rules.model import SQL_TYPES, ParameterSet, ParameterValue, Rul
 from pipelines.household import COLUMNS as HOUSEHOLD_COLUMNS
 
 HOUSEHOLDS_PLACEHOLDER = "{{ households }}"
+# Which rows get explanation text: every row (the audited, golden form), only entitled rows
+# (signals need it; refusals keep failed_conditions), or none (decisions only). Formatting
+# the explanation costs far more than the decision itself, so the pipeline asks for less.
+EXPLAIN_MODES = ("all", "entitled", "none")
 IDENTITY_FIELDS = ("household_pid", "applicant_pid", "receiving_schemes")
 INCOME_FIELDS = ("income_known", "income_year", "income_status")
 UNKNOWN = {"en": "unknown", "nl": "onbekend"}
@@ -45,10 +49,15 @@ class CompiledRule:
     sql: str
     parameter_version: str
     fields: frozenset[str]
+    # The same SELECT with less explanation text: {"entitled": sql, "none": sql}.
+    variants: tuple[tuple[str, str], ...] = ()
 
-    def render(self, households: str) -> str:
+    def render(self, households: str, explain: str = "all") -> str:
         """The SQL reading from the table or view named `households`."""
-        return self.sql.replace(HOUSEHOLDS_PLACEHOLDER, quote_identifier(households))
+        if explain not in EXPLAIN_MODES:
+            raise ValueError(f"explain must be one of {', '.join(EXPLAIN_MODES)}, not {explain!r}")
+        sql = self.sql if explain == "all" else dict(self.variants)[explain]
+        return sql.replace(HOUSEHOLDS_PLACEHOLDER, quote_identifier(households))
 
 
 def quote_identifier(name: str) -> str:
@@ -81,6 +90,7 @@ def compile_rule(rule: Rule, year: int) -> CompiledRule:
         sql=_Writer(rule, params).sql(),
         parameter_version=params.parameter_version,
         fields=frozenset(rules_fields(rule)),
+        variants=tuple((mode, _Writer(rule, params, mode).sql()) for mode in EXPLAIN_MODES[1:]),
     )
 
 
@@ -126,8 +136,9 @@ def _plain(number: Decimal) -> str:
 class _Writer:
     """Writes the SQL of one rule and year, CTE by CTE."""
 
-    def __init__(self, rule: Rule, params: ParameterSet) -> None:
+    def __init__(self, rule: Rule, params: ParameterSet, explain: str = "all") -> None:
         self.rule, self.params, self.year = rule, params, params.year
+        self.explain = explain
         self.types = HOUSEHOLD_TYPES | rule.names()
         fields = rules_fields(rule)
         self.fields = [c for c in HOUSEHOLD_COLUMNS if c.name in fields]
@@ -144,7 +155,7 @@ class _Writer:
             self.conditions_cte(),
             self.decision_cte(),
             self.outcome_cte(),
-            self.shown_cte(),
+            *([self.shown_cte()] if self.explain != "none" else []),
         ]
         return self.header() + "WITH\n" + ",\n".join(ctes) + "\n" + self.final_select() + ";\n"
 
@@ -181,7 +192,7 @@ class _Writer:
         )
 
     def table_cte(self, table: TableSpec) -> str:
-        rows = self.params.tables.get(table.name, ())
+        rows = [r for r in self.params.tables.get(table.name, ()) if r.usable]
         names = [f"{table.name}_key", *table.columns]
         if not rows:
             nulls = [f"CAST(NULL AS VARCHAR) AS {names[0]}"] + [
@@ -356,12 +367,19 @@ class _Writer:
             ("confidence", "1.0 = definitive income of the benefit year"),
             ("repayment_risk", None),
         ]
-        return "SELECT\n" + _columns(lines, indent=4) + "\nFROM shown"
+        source = "outcome" if self.explain == "none" else "shown"
+        return "SELECT\n" + _columns(lines, indent=4) + f"\nFROM {source}"
 
     # -- explanations -------------------------------------------------------------------------
 
     def explanation(self, lang: str) -> str:
         """The explanation in `lang` as one CONCAT (a long || chain is slow in DuckDB)."""
+        if self.explain == "none":
+            return "CAST(NULL AS VARCHAR)"
+        text = self.full_explanation(lang)
+        return text if self.explain == "all" else f"CASE WHEN entitled THEN {text} END"
+
+    def full_explanation(self, lang: str) -> str:
         rule, en = self.rule, lang == "en"
         label = getattr(rule.label, lang)
         verdicts = (
@@ -476,8 +494,13 @@ class _Writer:
         return found + [f"{{{t.key}}}" for t in rule.tables.values()]
 
     def shown_cte(self) -> str:
+        guard = (
+            (lambda sql: sql)
+            if self.explain == "all"
+            else (lambda sql: f"CASE WHEN entitled THEN {sql} END")
+        )
         lines = [("outcome.*", None)] + [
-            (f"{self.shown_sql(name)} AS shown_{name}", None) for name in self.shown_names()
+            (f"{guard(self.shown_sql(name))} AS shown_{name}", None) for name in self.shown_names()
         ]
         return _cte(
             "shown",

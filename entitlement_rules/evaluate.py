@@ -33,16 +33,23 @@ OUTPUT_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def evaluate(
-    con: duckdb.DuckDBPyConnection, households: str, compiled: list[CompiledRule]
+    con: duckdb.DuckDBPyConnection,
+    households: str,
+    compiled: list[CompiledRule],
+    explain: str = "all",
 ) -> duckdb.DuckDBPyRelation:
-    """Evaluate every compiled rule over the table/view `households` in `con`."""
+    """Evaluate every compiled rule over the table/view `households` in `con`.
+
+    `explain` says which rows get explanation text: "all" (default, the audited form),
+    "entitled" (refusals keep failed_conditions but no text) or "none" (decisions only).
+    """
     _check_columns(con, households, compiled)
     if not compiled:
         nulls = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in OUTPUT_COLUMNS)
         return con.sql(f"SELECT {nulls} WHERE FALSE")
     columns = ", ".join(c for c, _ in OUTPUT_COLUMNS)
     parts = [
-        f"SELECT {columns} FROM (\n{rule.render(households).rstrip().rstrip(';')}\n)"
+        f"SELECT {columns} FROM (\n{rule.render(households, explain).rstrip().rstrip(';')}\n)"
         for rule in compiled
     ]
     return con.sql("\nUNION ALL\n".join(parts))

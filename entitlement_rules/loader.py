@@ -369,6 +369,12 @@ def load_parameter_set(path: Path, rule: Rule) -> ParameterSet:
         name: tuple(_table_row(r, rule.tables[name]) for r in tables_f.items(name))
         for name in _table_names(tables_f, rule)
     }
+    row_digests = []
+    for name, spec in rule.tables.items():
+        files = sorted((path.parent / name / str(year)).glob("*.yaml"))
+        rows = [_table_row_file(p, spec, rule, year) for p in files]
+        row_digests += [digest(read_yaml(p)) for p in files]
+        tables[name] = _unique_rows(path, name, tables.get(name, ()) + tuple(rows))
     return ParameterSet(
         scheme=rule.id,
         year=year,
@@ -378,8 +384,51 @@ def load_parameter_set(path: Path, rule: Rule) -> ParameterSet:
         values=values,
         tables=tables,
         path=path,
-        digest=digest(raw),
+        # Row files are part of the year: editing one changes the parameter_version too.
+        digest=digest([raw, row_digests]) if row_digests else digest(raw),
     )
+
+
+def _table_row_file(path: Path, spec: TableSpec, rule: Rule, year: int) -> TableRow:
+    """One row of a parameter table in its own file:
+    `parameters/<scheme>/<table>/<year>/<key>.yaml`, each value with its own source, so that
+    a new municipality is a new file."""
+    f = _Fields(path, read_yaml(path))
+    f.check_keys({"scheme", "table", "key", "year", "version", "values"})
+    expected = {"scheme": rule.id, "table": spec.name, "key": path.stem, "year": year}
+    for field, value in expected.items():
+        if f.get(field) != value:
+            raise f.fail(field, f"{value!r} (from the file's place)", f.get(field))
+    version = f.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise f.fail("version", "a positive integer", version)
+    values_f = f.sub("values")
+    values_f.check_keys(set(spec.columns))
+    values = {n: _parameter_value(values_f.sub(n), c) for n, c in spec.columns.items()}
+    usable = all(v.usable for v in values.values())
+    weakest = (
+        "verified"
+        if all(v.status == "verified" for v in values.values())
+        else ("corroborated" if usable else "unverified")
+    )
+    return TableRow(
+        key=path.stem,
+        values=values,
+        status=weakest,
+        source=f"{spec.name}/{year}/{path.name} (each value with its own source)",
+        path=path,
+    )
+
+
+def _unique_rows(path: Path, table: str, rows: tuple[TableRow, ...]) -> tuple[TableRow, ...]:
+    keys = [r.key for r in rows]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise RuleLoadError(
+            f"{path}: table {table} has more than one row for {', '.join(repeated)} "
+            "(inline and in a row file, or twice)."
+        )
+    return tuple(sorted(rows, key=lambda r: r.key))
 
 
 def _table_names(f: _Fields, rule: Rule) -> list[str]:

@@ -167,6 +167,21 @@ class TableRow:
     status: str
     source: str
     url: str = ""
+    path: Path | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.status in USABLE_STATUSES and all(v.usable for v in self.values.values())
+
+    def problems(self) -> list[str]:
+        """Why this row is not used: its own status or that of a value."""
+        if self.status not in USABLE_STATUSES and self.path is None:
+            return [f"the row is {self.status}"]
+        return [
+            f"{n} is {v.status}" + (f" ({v.note})" if v.note else "")
+            for n, v in self.values.items()
+            if not v.usable
+        ]
 
 
 @dataclass(frozen=True)
@@ -252,10 +267,23 @@ class Rule:
             elif not value.usable:
                 problems.append(f"parameter {name} is {value.status} ({value.note})")
         for table in self.tables:
-            for row in params.tables.get(table, ()):
-                if row.status not in USABLE_STATUSES:
-                    problems.append(f"table {table} row {row.key} is {row.status}")
+            # An incomplete row only leaves its own key (e.g. one municipality) unserved;
+            # the year needs at least one usable row.
+            if not any(row.usable for row in params.tables.get(table, ())):
+                problems.append(f"table {table} has no row with confirmed values")
         return problems
+
+    def skipped_rows(self, year: int) -> list[tuple[str, str, list[str]]]:
+        """(table, key, reasons) of each table row of `year` that is not used."""
+        params = self.parameter_sets.get(year)
+        if params is None:
+            return []
+        return [
+            (table, row.key, row.problems())
+            for table in self.tables
+            for row in params.tables.get(table, ())
+            if not row.usable
+        ]
 
     def ready_years(self) -> tuple[int, ...]:
         """The benefit years whose parameters are all present and confirmed."""

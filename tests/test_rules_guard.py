@@ -192,11 +192,32 @@ def test_the_municipal_key_is_read_but_only_to_select_parameters(tmp_path):
     assert "district_code" not in rules_fields(rule)
 
 
-def test_an_unverified_municipal_row_blocks_the_year(tmp_path):
+def test_an_unverified_municipal_row_is_left_out_and_only_its_municipality_is_unserved(tmp_path):
     parameters = copy.deepcopy(PARAMETERS)
     parameters["tables"]["municipal"][1]["status"] = "unverified"
     rule = load(write_root(tmp_path, SCHEME, parameters))
-    with pytest.raises(MissingParameterError, match="table municipal row GM0363 is unverified"):
+    compiled = compile_rule(rule, 2025)
+    assert "'GM0344'" in compiled.sql and "'GM0363'" not in compiled.sql
+    assert rule.skipped_rows(2025) == [("municipal", "GM0363", ["the row is unverified"])]
+    con = duckdb.connect()
+    rows = [
+        dict.fromkeys(COLUMN_NAMES)
+        | {"household_pid": f"h{i}", "applicant_pid": f"a{i}", "applicant_age": 30}
+        | {"combined_assets": Decimal("10.00"), "municipality_code": code, "children_ages": []}
+        | {"n_children": 0}
+        for i, code in enumerate(["GM0344", "GM0363"])
+    ]
+    con.register("households", pa.Table.from_pylist(rows, schema=SCHEMA))
+    got = evaluate(con, "households", [compiled]).select("entitled, failed_conditions").fetchall()
+    assert got == [(True, []), (False, ["municipal_parameters_known", "assets_low"])]
+
+
+def test_a_year_without_any_confirmed_municipal_row_is_refused(tmp_path):
+    parameters = copy.deepcopy(PARAMETERS)
+    for row in parameters["tables"]["municipal"]:
+        row["status"] = "unverified"
+    rule = load(write_root(tmp_path, SCHEME, parameters))
+    with pytest.raises(MissingParameterError, match="table municipal has no row with confirmed"):
         compile_rule(rule, 2025)
 
 
