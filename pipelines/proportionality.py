@@ -1,0 +1,577 @@
+"""Proportionality: for every candidate, may a signal be sent, and is it worth sending?
+
+After the rules (pipelines/evaluate.py) every entitled household x scheme is a candidate.
+Before a signal is emitted each candidate goes through every check below, and each check's
+outcome is recorded in the audit trail (operation `proportionality`, one record per candidate
+per scheme, for its applicant), whatever the decision:
+
+    necessity       the rule reads only household columns whose source fields the processing
+                    register allows for this purpose and scheme; the columns are recorded
+    minimum_amount  estimated annual amount >= the scheme's minimum
+    confidence      confidence of the estimate >= the minimum confidence
+    fatigue         not signalled for this household and scheme by an earlier run less than
+                    N calendar months before this run's reference date
+    subsidiarity    the scheme is not already paid (already_receiving) and the household has
+                    no open case for it (open_case, from operator feedback)
+    objection       the applicant or partner did not object to this scheme
+    registration    the applicant is not deregistered (death, emigration)
+
+Outcome `signal` when every check passes; otherwise `suppressed`, with reasons REASONS (the
+failed checks; already_receiving and open_case name the failing half of subsidiarity,
+deregistered the failed registration). Suppressed candidates go to <run>/suppressed.parquet.
+A check whose input is unknown (NULL) fails: when in doubt, nobody is contacted.
+
+Thresholds and the reasoning behind them: privacy/proportionality.yaml (`Policy`). History of
+earlier runs comes in as a side input (pipelines/lifecycle.py): every candidate gets its
+lifecycle status, and open episodes of the batch's households that no longer hold are
+resolved here (households absent from the run are resolved after the pipeline).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+from apache_beam.metrics import Metrics
+
+from pipelines import lifecycle
+from pipelines.audit_records import AuditContext, proportionality_records, signal_records
+from pipelines.evaluate import SIGNAL_SCHEMA
+from pipelines.household import COLUMNS as HOUSEHOLD_COLUMNS
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "privacy" / "proportionality.yaml"
+
+CHECKS = (
+    "necessity",
+    "minimum_amount",
+    "confidence",
+    "fatigue",
+    "subsidiarity",
+    "objection",
+    "registration",
+)
+REASONS = (
+    "necessity",
+    "minimum_amount",
+    "confidence",
+    "fatigue",
+    "already_receiving",
+    "open_case",
+    "objection",
+    "deregistered",
+)
+
+SIGNALS, SUPPRESSED, RESOLVED, AUDIT = "signals", "suppressed", "resolved", "audit"
+
+SUPPRESSED_SCHEMA = pa.schema(
+    [
+        ("signal_id", pa.string()),  # the id the signal would have had
+        ("run_id", pa.string()),
+        ("household_pid", pa.string()),
+        ("applicant_pid", pa.string()),
+        ("scheme", pa.string()),
+        ("benefit_year", pa.int32()),
+        ("estimated_annual_amount", pa.decimal128(12, 2)),
+        ("confidence", pa.float64()),
+        ("status", pa.string()),  # lifecycle: new, repeated or resolved
+        ("reasons", pa.list_(pa.string())),  # REASONS, in that order
+    ]
+)
+
+LINEAGE = {c.name: c.derived_from for c in HOUSEHOLD_COLUMNS}
+SCHEME_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PolicyError(Exception):
+    """The proportionality configuration is missing, malformed or out of range."""
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The thresholds of privacy/proportionality.yaml, validated; `version` hashes the file."""
+
+    default_minimum: Decimal
+    scheme_minimums: tuple[tuple[str, Decimal], ...]
+    minimum_confidence: Decimal
+    fatigue_months: int
+    open_case_outcomes: tuple[str, ...]
+    open_case_months: int
+    version: str
+    path: str
+
+    def minimum_for(self, scheme: str) -> Decimal:
+        return dict(self.scheme_minimums).get(scheme, self.default_minimum)
+
+
+def read_config(path: Path | str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The configuration file as a mapping (for this module and pipelines/priority.py)."""
+    path = Path(path) if path else DEFAULT_PATH
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot be read ({exc.strerror}).") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: must hold a mapping at the top, not {data!r}.")
+    return path, data
+
+
+def field(path: Path, data: dict, dotted: str) -> Any:
+    """data[a][b]... for 'a.b...'; a missing key is a PolicyError naming file and field."""
+    value: Any = data
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise PolicyError(f"{path}: {dotted} is required.")
+        value = value[key]
+    return value
+
+
+def decimal_in(path: Path, data: dict, dotted: str, low: Decimal, high: Decimal) -> Decimal:
+    value = field(path, data, dotted)
+    try:
+        number = Decimal(value) if isinstance(value, str) else None
+    except InvalidOperation:
+        number = None
+    if number is None or not number.is_finite() or not low <= number <= high:
+        raise PolicyError(
+            f"{path}: {dotted} must be a quoted decimal from {low} to {high}, not {value!r}."
+        )
+    return number
+
+
+def whole_in(path: Path, data: dict, dotted: str, low: int, high: int) -> int:
+    value = field(path, data, dotted)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PolicyError(
+            f"{path}: {dotted} must be a whole number from {low} to {high}, not {value!r}."
+        )
+    return value
+
+
+def reasoned(path: Path, data: dict, dotted: str) -> None:
+    """Every default carries its reasoning, and a value taken from law its source."""
+    entry = field(path, data, dotted)
+    if not isinstance(entry, dict):
+        raise PolicyError(f"{path}: {dotted} must be a mapping with its value and reasoning.")
+    if not isinstance(entry.get("reasoning"), str) or not entry["reasoning"].strip():
+        raise PolicyError(f"{path}: {dotted}.reasoning is required: say why this value.")
+    if entry.get("status") not in ("verified", "corroborated", "policy"):
+        raise PolicyError(
+            f"{path}: {dotted}.status must be verified, corroborated or policy, "
+            f"not {entry.get('status')!r}."
+        )
+    if entry["status"] != "policy" and not entry.get("source"):
+        raise PolicyError(f"{path}: {dotted}.source is required for a value taken from law.")
+
+
+def config_version(data: dict) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_policy(path: Path | str | None = None) -> Policy:
+    """Read and validate the proportionality thresholds (default privacy/proportionality.yaml)."""
+    path, data = read_config(path)
+    money = (Decimal("0"), Decimal("100000"))
+    reasoned(path, data, "minimum_annual_amount.default")
+    schemes = field(path, data, "minimum_annual_amount.schemes")
+    if not isinstance(schemes, dict):
+        raise PolicyError(f"{path}: minimum_annual_amount.schemes must be a mapping.")
+    minimums = []
+    for scheme in sorted(schemes):
+        if not SCHEME_NAME.match(str(scheme)):  # it goes into SQL as a literal
+            raise PolicyError(f"{path}: minimum_annual_amount.schemes has a bad name {scheme!r}.")
+        reasoned(path, data, f"minimum_annual_amount.schemes.{scheme}")
+        key = f"minimum_annual_amount.schemes.{scheme}.value"
+        minimums.append((scheme, decimal_in(path, data, key, *money)))
+    for key in ("minimum_confidence", "fatigue_months", "open_case"):
+        reasoned(path, data, key)
+    outcomes = field(path, data, "open_case.outcomes")
+    if not isinstance(outcomes, list) or not set(outcomes) <= set(lifecycle.OUTCOMES):
+        raise PolicyError(
+            f"{path}: open_case.outcomes must be a list of {', '.join(lifecycle.OUTCOMES)}, "
+            f"not {outcomes!r}."
+        )
+    return Policy(
+        default_minimum=decimal_in(path, data, "minimum_annual_amount.default.value", *money),
+        scheme_minimums=tuple(minimums),
+        minimum_confidence=decimal_in(
+            path, data, "minimum_confidence.value", Decimal("0"), Decimal("1")
+        ),
+        fatigue_months=whole_in(path, data, "fatigue_months.value", 0, 120),
+        open_case_outcomes=tuple(outcomes),
+        open_case_months=whole_in(path, data, "open_case.months", 0, 120),
+        version=config_version(data),
+        path=str(path),
+    )
+
+
+# -- necessity -----------------------------------------------------------------------------
+
+NECESSITY_SCHEMA = pa.schema(
+    [
+        ("scheme", pa.string()),
+        ("benefit_year", pa.int32()),
+        ("necessary", pa.bool_()),
+        ("fields", pa.list_(pa.string())),  # household columns the rule reads
+        ("not_allowed", pa.list_(pa.string())),  # "column <- source.field: why"
+    ]
+)
+
+
+def _field_refusal(activity, scheme: str, column: str, source_field: str) -> str | None:
+    """Why the register does not allow `source_field` for this scheme, or None if it does."""
+    source, name = source_field.split(".", 1)
+    rule = activity.field(source, name)
+    where = f"{column} <- {source_field}"
+    if rule is None:
+        return f"{where}: not in the register for this purpose"
+    if not rule.usable:
+        return f"{where}: {rule.status}"
+    if rule.schemes and scheme not in rule.schemes:
+        return f"{where}: allowed for {', '.join(rule.schemes)} only"
+    if "aggregate_only" in rule.conditions:
+        return f"{where}: aggregate use only"
+    return None
+
+
+def assess_necessity(compiled: list, register=None, purpose: str | None = None) -> pa.Table:
+    """Per compiled rule: are all fields it reads allowed for this purpose and scheme?
+
+    With a register (privacy/register.py) every source field behind every household column
+    the rule reads (the column's lineage) must be usable for the purpose and the scheme and
+    not restricted to aggregate use. Without one, the household table's lineage is the
+    bound: the rule may read household columns only (the compiler already refuses others).
+    """
+    rows = []
+    for rule in compiled:
+        fields = sorted(rule.fields)
+        refused = [f"{c}: not a household column" for c in fields if c not in LINEAGE]
+        if register is not None:
+            activity = register.activity(purpose)
+            if activity is None:
+                refused.append(f"purpose {purpose!r} is not in the register")
+            elif rule.scheme not in activity.schemes:
+                refused.append(f"scheme {rule.scheme} is not a scheme of {purpose}")
+            else:
+                refused += [
+                    reason
+                    for c in fields
+                    for source_field in LINEAGE.get(c, ())
+                    if (reason := _field_refusal(activity, rule.scheme, c, source_field))
+                ]
+        rows.append(
+            {
+                "scheme": rule.scheme,
+                "benefit_year": rule.year,
+                "necessary": not refused,
+                "fields": fields,
+                "not_allowed": refused,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=NECESSITY_SCHEMA)
+
+
+# -- the stage -----------------------------------------------------------------------------
+
+
+def _sql_list(values) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]::VARCHAR[]"
+
+
+def _outcome(check: str) -> str:
+    return f"CASE WHEN {check} THEN 'pass' ELSE 'fail' END"
+
+
+def assess_sql(policy: Policy, reference_date: dt.date) -> str:
+    """One row per entitled candidate: every check, reasons, decision, status, audit JSON."""
+    ref = f"DATE '{reference_date.isoformat()}'"
+    minimum = " ".join(f"WHEN '{s}' THEN {m}" for s, m in policy.scheme_minimums)
+    minimum = f"CASE c.scheme {minimum} ELSE {policy.default_minimum} END"
+    open_case = (
+        f"list_contains({_sql_list(policy.open_case_outcomes)}, h.case_outcome) "
+        f"AND h.case_on > {ref} - INTERVAL ({policy.open_case_months}) MONTH"
+    )
+    reasons = ", ".join(
+        f"CASE WHEN NOT ok_{check} THEN '{reason}' END"
+        for check, reason in (
+            ("necessity", "necessity"),
+            ("minimum_amount", "minimum_amount"),
+            ("confidence", "confidence"),
+            ("fatigue", "fatigue"),
+            ("not_receiving", "already_receiving"),
+            ("no_open_case", "open_case"),
+            ("objection", "objection"),
+            ("registration", "deregistered"),
+        )
+    )
+    # Keys in sorted order at every level: the attributes are canonical JSON.
+    checks = f"""json_object(
+            'confidence', json_object('minimum', '{policy.minimum_confidence}',
+                'outcome', {_outcome("ok_confidence")}, 'value', printf('%.4f', confidence)),
+            'fatigue', json_object('last_signalled_on', CAST(last_signalled_on AS VARCHAR),
+                'months', {policy.fatigue_months}, 'outcome', {_outcome("ok_fatigue")}),
+            'minimum_amount', json_object('amount', CAST(estimated_annual_amount AS VARCHAR),
+                'minimum', CAST(minimum_amount AS VARCHAR),
+                'outcome', {_outcome("ok_minimum_amount")}),
+            'necessity', json_object('fields', necessity_fields,
+                'outcome', {_outcome("ok_necessity")}),
+            'objection', json_object('outcome', {_outcome("ok_objection")}),
+            'registration', json_object('outcome', {_outcome("ok_registration")}),
+            'subsidiarity', json_object('already_receiving', already_receiving,
+                'open_case', CASE WHEN NOT ok_no_open_case THEN case_outcome END,
+                'outcome', {_outcome("ok_not_receiving AND ok_no_open_case")}))"""
+    return f"""
+WITH checked AS (
+    SELECT c.*, n.fields AS necessity_fields, coalesce(n.necessary, FALSE) AS ok_necessity,
+        CAST({minimum} AS DECIMAL(12, 2)) AS minimum_amount,
+        h.last_signalled_on, coalesce(h.episode_open, FALSE) AS episode_open,
+        h.case_outcome,
+        coalesce({open_case}, FALSE) AS has_open_case
+    FROM candidates AS c
+    LEFT JOIN necessity AS n ON n.scheme = c.scheme AND n.benefit_year = c.benefit_year
+    LEFT JOIN history AS h ON h.household_pid = c.household_pid AND h.scheme = c.scheme
+    WHERE c.entitled
+),
+judged AS (
+    SELECT *,
+        coalesce(estimated_annual_amount >= minimum_amount, FALSE) AS ok_minimum_amount,
+        coalesce(confidence >= {policy.minimum_confidence}, FALSE) AS ok_confidence,
+        last_signalled_on IS NULL
+            OR {ref} >= last_signalled_on + INTERVAL ({policy.fatigue_months}) MONTH
+            AS ok_fatigue,
+        coalesce(NOT already_receiving, FALSE) AS ok_not_receiving,
+        NOT has_open_case AS ok_no_open_case,
+        coalesce(NOT objected, FALSE) AS ok_objection,
+        coalesce(NOT deregistered, FALSE) AS ok_registration
+    FROM checked
+),
+reasoned AS (
+    SELECT *,
+        list_filter([{reasons}], lambda r: r IS NOT NULL) AS reasons,
+        -- A candidate that now receives, objected or is deregistered closes its episode.
+        CASE WHEN episode_open AND NOT (ok_not_receiving AND ok_objection AND ok_registration)
+            THEN 'resolved' WHEN episode_open THEN 'repeated' ELSE 'new' END AS status
+    FROM judged
+),
+decided AS (
+    SELECT *, CASE WHEN len(reasons) = 0 THEN 'signal' ELSE 'suppressed' END AS decision
+    FROM reasoned
+)
+SELECT *,
+    json_object(
+        'benefit_year', benefit_year,
+        'checks', {checks},
+        'decision', decision,
+        'household_pid', household_pid,
+        'lifecycle', status,
+        'policy_version', '{policy.version}',
+        'reasons', reasons,
+        'scheme', scheme,
+        'signal_id', signal_id
+    )::VARCHAR AS attributes
+FROM decided
+"""
+
+
+def resolve_sql(run_id: str, reference_date: dt.date) -> str:
+    """Open episodes of the batch's households that no longer hold (see lifecycle.RESOLUTIONS)."""
+    return f"""
+SELECT * FROM (
+    SELECT h.last_signal_id AS signal_id, '{run_id}' AS run_id,
+        DATE '{reference_date.isoformat()}' AS reference_date, h.household_pid, h.scheme,
+        h.last_benefit_year AS benefit_year, 'resolved' AS status,
+        CASE WHEN c.household_pid IS NULL THEN 'not_evaluated'
+            WHEN coalesce(c.deregistered, FALSE) THEN 'deregistered'
+            WHEN coalesce(c.objected, FALSE) THEN 'objected'
+            WHEN coalesce(c.already_receiving, FALSE) THEN 'now_receiving'
+            WHEN NOT c.entitled THEN 'no_longer_entitled'
+        END AS reason,
+        h.last_signalled_on, h.last_run_id
+    FROM history AS h
+    SEMI JOIN candidates AS b ON b.household_pid = h.household_pid
+    LEFT JOIN (
+        SELECT DISTINCT ON (household_pid, scheme) * FROM candidates
+        ORDER BY household_pid, scheme, benefit_year DESC
+    ) AS c ON c.household_pid = h.household_pid AND c.scheme = h.scheme
+    WHERE h.episode_open
+)
+WHERE reason IS NOT NULL
+ORDER BY household_pid, scheme
+"""
+
+
+class AssessFn(beam.DoFn):
+    """Checks one batch of candidates against the policy and the history side input."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        necessity: pa.Table,
+        run_id: str,
+        reference_date: dt.date,
+        audit: AuditContext,
+    ):
+        self.necessity, self.audit = necessity, audit
+        self.assess = assess_sql(policy, reference_date)
+        self.resolve = resolve_sql(run_id, reference_date)
+
+    def setup(self):
+        self.con = duckdb.connect(config={"threads": 1})
+        self.con.register("necessity", self.necessity)
+
+    def process(self, candidates: pa.Table, history: pa.Table):
+        self.con.register("candidates", candidates)
+        self.con.register("history", history)
+        try:
+            assessed = self.con.sql(self.assess).to_arrow_table()
+            resolved = self.con.sql(self.resolve).to_arrow_table()
+        finally:
+            self.con.unregister("candidates")
+            self.con.unregister("history")
+        signalled = pc.equal(assessed.column("decision"), "signal")
+        signals = assessed.filter(signalled).select(SIGNAL_SCHEMA.names).cast(SIGNAL_SCHEMA)
+        suppressed = assessed.filter(pc.invert(signalled))
+        suppressed = suppressed.select(SUPPRESSED_SCHEMA.names).cast(SUPPRESSED_SCHEMA)
+        Metrics.counter("proportionality", "signals").inc(signals.num_rows)
+        Metrics.counter("proportionality", "suppressed").inc(suppressed.num_rows)
+        Metrics.counter("proportionality", "resolved").inc(resolved.num_rows)
+        if assessed.num_rows:
+            yield beam.pvalue.TaggedOutput(AUDIT, proportionality_records(self.audit, assessed))
+        if signals.num_rows:
+            yield beam.pvalue.TaggedOutput(SIGNALS, signals)
+            yield beam.pvalue.TaggedOutput(AUDIT, signal_records(self.audit, signals))
+        if suppressed.num_rows:
+            yield beam.pvalue.TaggedOutput(SUPPRESSED, suppressed)
+        if resolved.num_rows:
+            yield beam.pvalue.TaggedOutput(RESOLVED, resolved.cast(lifecycle.LIFECYCLE_SCHEMA))
+
+    def teardown(self):
+        self.con.close()
+
+
+ABSENT_SQL = """
+SELECT h.last_signal_id AS signal_id, '{run_id}' AS run_id,
+    DATE '{reference_date}' AS reference_date, h.household_pid, h.scheme,
+    h.last_benefit_year AS benefit_year, 'resolved' AS status, 'not_in_run' AS reason,
+    h.last_signalled_on, h.last_run_id
+FROM history AS h
+ANTI JOIN present AS p ON p.household_pid = h.household_pid
+WHERE h.episode_open
+ORDER BY h.household_pid, h.scheme
+"""
+
+
+class ResolveAbsentFn(beam.DoFn):
+    """Closes the open episodes of households that are not in this run at all (`not_in_run`)."""
+
+    def __init__(self, run_id: str, reference_date: dt.date):
+        self.sql = ABSENT_SQL.format(run_id=run_id, reference_date=reference_date.isoformat())
+
+    def process(self, history: pa.Table, present: list[pa.Array]):
+        pids = (
+            pa.chunked_array(present, pa.string()) if present else pa.chunked_array([], pa.string())
+        )
+        con = duckdb.connect(config={"threads": 1})
+        try:
+            con.register("history", history)
+            con.register("present", pa.table({"household_pid": pids}))
+            absent = con.sql(self.sql).to_arrow_table()
+        finally:
+            con.close()
+        if absent.num_rows:
+            yield absent.cast(lifecycle.LIFECYCLE_SCHEMA)
+
+
+def _household_pids(candidates: pa.Table) -> pa.Array:
+    return pc.unique(candidates.column("household_pid"))
+
+
+class ApplyProportionality(beam.PTransform):
+    """Decides signal or suppressed for every candidate, and resolves episodes that ended.
+
+    In: PCollection[pa.Table] of candidates (pipelines/evaluate.py CANDIDATES: one row per
+    household x scheme x year with entitled, amount, confidence, already_receiving,
+    objected, deregistered), e.g. (household_pid='a1.kc..', scheme='zorgtoeslag',
+    entitled=True, estimated_annual_amount=Decimal('1573.42'), confidence=1.0, ...).
+    `history`: the state table of earlier runs (lifecycle.STATE_SCHEMA; None: no history),
+    a side input of every batch. Every household of the run has candidate rows, so the
+    households of the history missing from all batches are those gone from the run; their
+    pseudonyms are gathered in one place for that (about 40 bytes per household).
+    Out: a dict of PCollections: `signals` (evaluate.SIGNAL_SCHEMA, status new or
+    repeated), `suppressed` (SUPPRESSED_SCHEMA), `resolved` (lifecycle.LIFECYCLE_SCHEMA) and
+    `audit` (a `proportionality` record per candidate, a `signal` record per signal).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        necessity: pa.Table,
+        run_id: str,
+        reference_date: dt.date,
+        audit: AuditContext,
+        history: pa.Table | None = None,
+    ):
+        super().__init__()
+        self.assess = AssessFn(policy, necessity, run_id, reference_date, audit)
+        self.absent = ResolveAbsentFn(run_id, reference_date)
+        self.history = history if history is not None else lifecycle.STATE_SCHEMA.empty_table()
+
+    def expand(self, candidates):
+        history = candidates.pipeline | "History" >> beam.Create([self.history])
+        assessed = candidates | "Assess" >> beam.ParDo(
+            self.assess, beam.pvalue.AsSingleton(history)
+        ).with_outputs(SIGNALS, SUPPRESSED, RESOLVED, AUDIT)
+        present = candidates | "HouseholdPids" >> beam.Map(_household_pids)
+        # A Create of its own: one PCollection as side input of Assess and main input here
+        # would fuse both into a cycle of stages waiting on each other's side inputs.
+        absent = (
+            candidates.pipeline
+            | "HistoryOfAbsent" >> beam.Create([self.history])
+            | "ResolveAbsent" >> beam.ParDo(self.absent, beam.pvalue.AsList(present))
+        )
+        return {
+            SIGNALS: assessed[SIGNALS],
+            SUPPRESSED: assessed[SUPPRESSED],
+            RESOLVED: (assessed[RESOLVED], absent) | "Resolved" >> beam.Flatten(),
+            AUDIT: assessed[AUDIT],
+        }
+
+
+def _count_by(con, path: Path, column: str) -> dict:
+    if not path.is_file():
+        return {}
+    file = str(path).replace("'", "''")
+    sql = f"SELECT {column} AS k, COUNT(*) FROM read_parquet('{file}') GROUP BY k ORDER BY k"
+    return dict(con.execute(sql).fetchall())
+
+
+def summarise_run(folder: Path) -> dict:
+    """Counts for the manifest: signals per status, suppressed and resolved per reason."""
+    folder = Path(folder)
+    con = duckdb.connect()
+    try:
+        return {
+            "signals_per_status": _count_by(con, folder / "signals.parquet", "status"),
+            "suppressed_per_reason": _count_by(
+                con, folder / "suppressed.parquet", "unnest(reasons)"
+            ),
+            "resolved_per_reason": _count_by(con, folder / "lifecycle.parquet", "reason"),
+        }
+    finally:
+        con.close()

@@ -1,0 +1,390 @@
+"""Signal lifecycle across runs: history loading, resolution in the stage, and three real runs.
+
+The three runs use the hand-made population (tests/population.py) with a fatigue window of
+3 months (a copy of privacy/proportionality.yaml with only that value changed):
+
+    run 1  2025-01-01  signals H1, H10, H11 (new)
+    run 2  2025-03-01  H1 now receives zorgtoeslag -> resolved (now_receiving); a new
+                       entitled household H12 -> new, signalled; H10 and H11 unchanged ->
+                       repeated, suppressed by fatigue (2 months < 3)
+    run 3  2025-04-01  H10 -> repeated and signalled again (3 months after run 1); H11 has
+                       left the BRP -> resolved (not_in_run); H12 -> repeated, suppressed by
+                       fatigue (1 month); H1 still receives -> suppressed, no open episode
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import population
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from proportionality_stage import REF, candidate, history_row, run_stage
+
+from pipelines import lifecycle
+from pipelines.contract import SOURCES
+from pipelines.evaluate import SIGNAL_SCHEMA
+from pipelines.proportionality import DEFAULT_PATH
+
+# -- resolution inside the stage --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resolutions(tmp_path_factory):
+    batches = [
+        [
+            candidate("still_entitled"),
+            candidate("now_receiving", already_receiving=True),
+            candidate("no_longer_entitled", entitled=False, estimated_annual_amount=None),
+            candidate("objected", objected=True),
+            candidate("deregistered", deregistered=True),
+            candidate("closed_before"),
+        ],
+        [candidate("other_scheme_only", scheme="kwijtschelding")],
+    ]
+    history = [
+        history_row(name)
+        for name in (
+            "still_entitled",
+            "now_receiving",
+            "no_longer_entitled",
+            "objected",
+            "deregistered",
+            "other_scheme_only",
+            "gone",
+        )
+    ]
+    history.append(history_row("closed_before", episode_open=False))
+    history.append(history_row("gone_but_closed", episode_open=False))
+    return run_stage(tmp_path_factory.mktemp("resolve"), batches, history)
+
+
+def test_open_episodes_that_no_longer_hold_are_resolved_with_their_reason(resolutions):
+    got = {r["household_pid"].removeprefix("h."): r["reason"] for r in resolutions["resolved"]}
+    assert got == {
+        "now_receiving": "now_receiving",
+        "no_longer_entitled": "no_longer_entitled",
+        "objected": "objected",
+        "deregistered": "deregistered",
+        "other_scheme_only": "not_evaluated",
+        "gone": "not_in_run",
+    }
+    for row in resolutions["resolved"]:
+        assert row["status"] == "resolved" and row["reference_date"] == REF
+        assert row["signal_id"] == row["household_pid"].replace("h.", "s.", 1)
+        assert row["last_run_id"] == "2024-01-01-earlier"
+
+
+def test_candidates_get_new_repeated_or_resolved(resolutions):
+    rows = resolutions["signals"] + resolutions["suppressed"]
+    status = {r["household_pid"].removeprefix("h."): r["status"] for r in rows}
+    assert status == {
+        "still_entitled": "repeated",
+        "closed_before": "new",
+        "now_receiving": "resolved",
+        "objected": "resolved",
+        "deregistered": "resolved",
+        "other_scheme_only": "new",
+    }
+
+
+# -- history from published runs ------------------------------------------------------------
+
+
+def _publish(root, run_id: str, day: str, signals=(), resolved=(), retention=False):
+    folder = root / run_id
+    folder.mkdir(parents=True)
+    manifest = {"run_id": run_id, "reference_date": day, "created_at": f"{day}T06:00:00+00:00"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rows = [
+        {
+            "signal_id": f"s.{h}",
+            "run_id": run_id,
+            "household_pid": f"h.{h}",
+            "scheme": "zorgtoeslag",
+            "benefit_year": 2025,
+            "status": "new",
+        }
+        for h in signals
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=_signals_subset()), folder / "signals.parquet")
+    lifecycle_rows = [
+        {
+            "signal_id": f"s.{h}",
+            "run_id": run_id,
+            "reference_date": dt.date.fromisoformat(day),
+            "household_pid": f"h.{h}",
+            "scheme": "zorgtoeslag",
+            "benefit_year": 2025,
+            "status": "resolved",
+            "reason": "now_receiving",
+            "last_signalled_on": None,
+            "last_run_id": None,
+        }
+        for h in resolved
+    ]
+    table = pa.Table.from_pylist(lifecycle_rows, schema=lifecycle.LIFECYCLE_SCHEMA)
+    pq.write_table(table, folder / "lifecycle.parquet")
+    if retention:
+        (folder / "retention.json").write_text("{}")
+    return folder
+
+
+def _signals_subset() -> pa.Schema:
+    names = ("signal_id", "run_id", "household_pid", "scheme", "benefit_year", "status")
+    return pa.schema([SIGNAL_SCHEMA.field(n) for n in names])
+
+
+def _feedback(root, rows: list[tuple[str, str, str]], name="f1"):
+    folder = lifecycle.feedback_folder(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "signal_id": f"s.{h}",
+                "scheme": "zorgtoeslag",
+                "outcome": outcome,
+                "outcome_date": dt.date.fromisoformat(day),
+                "household_pid": f"h.{h}",
+                "benefit_year": 2025,
+                "run_id": "r",
+                "import_id": name,
+                "row_number": i + 1,
+            }
+            for i, (h, outcome, day) in enumerate(rows)
+        ],
+        schema=lifecycle.FEEDBACK_SCHEMA,
+    )
+    pq.write_table(table, folder / f"{name}.parquet")
+
+
+def _state(root, day="2025-06-01") -> dict[str, dict]:
+    history = lifecycle.load_history(root, dt.date.fromisoformat(day))
+    return {r["household_pid"].removeprefix("h."): r for r in history.state.to_pylist()}
+
+
+def test_the_state_keeps_the_last_signal_and_whether_its_episode_is_open(tmp_path):
+    _publish(tmp_path, "r1", "2025-01-01", signals=["a", "b", "c"])
+    _publish(tmp_path, "r2", "2025-02-01", signals=["a"], resolved=["b"])
+    _publish(tmp_path, "r3", "2025-03-01", signals=["b"])
+    state = _state(tmp_path)
+    assert state["a"]["last_signalled_on"] == dt.date(2025, 2, 1)
+    assert state["a"]["last_run_id"] == "r2" and state["a"]["episode_open"]
+    assert state["b"]["last_signalled_on"] == dt.date(2025, 3, 1) and state["b"]["episode_open"]
+    assert state["c"]["episode_open"]
+    _publish(tmp_path, "r4", "2025-04-01", resolved=["a"])
+    assert not _state(tmp_path)["a"]["episode_open"]
+
+
+def test_only_runs_with_an_earlier_reference_date_are_history(tmp_path):
+    _publish(tmp_path, "r1", "2025-01-01", signals=["a"])
+    _publish(tmp_path, "same_day", "2025-06-01", signals=["b"])
+    _publish(tmp_path, "later", "2025-07-01", signals=["c"])
+    (tmp_path / ".staging-x").mkdir()
+    history = lifecycle.load_history(tmp_path, dt.date(2025, 6, 1))
+    assert history.runs == ("r1",)
+    assert set(_state(tmp_path)) == {"a"}
+
+
+def test_a_run_whose_personal_data_was_destroyed_is_no_history(tmp_path):
+    _publish(tmp_path, "r1", "2025-01-01", signals=["a"], retention=True)
+    assert _state(tmp_path) == {}
+
+
+def test_encrypted_signals_without_a_keyring_stop_the_run(tmp_path):
+    folder = _publish(tmp_path, "r1", "2025-01-01", signals=["a"])
+    (folder / "signals.parquet").rename(folder / "signals.parquet.enc")
+    with pytest.raises(lifecycle.HistoryUnavailable, match="signals.parquet is encrypted"):
+        lifecycle.load_history(tmp_path, dt.date(2025, 6, 1))
+
+
+def test_the_newest_feedback_on_or_before_the_reference_date_is_the_case(tmp_path):
+    _publish(tmp_path, "r1", "2025-01-01", signals=["a", "b", "c"])
+    _feedback(
+        tmp_path,
+        [
+            ("a", "contacted", "2025-02-01"),
+            ("a", "applied", "2025-03-01"),
+            ("b", "applied", "2025-03-01"),
+            ("b", "granted", "2025-03-01"),  # same day: the further outcome wins
+            ("c", "contacted", "2025-02-01"),
+            ("c", "declined", "2025-06-02"),  # after the reference date: not known yet
+        ],
+    )
+    state = _state(tmp_path)
+    assert (state["a"]["case_outcome"], state["a"]["case_on"]) == ("applied", dt.date(2025, 3, 1))
+    assert state["b"]["case_outcome"] == "granted"
+    assert state["c"]["case_outcome"] == "contacted"
+
+
+def test_the_fingerprint_follows_the_state_not_the_calendar(tmp_path):
+    _publish(tmp_path, "r1", "2025-01-01", signals=["a"])
+    first = lifecycle.load_history(tmp_path, dt.date(2025, 6, 1)).fingerprint
+    assert lifecycle.load_history(tmp_path, dt.date(2025, 6, 1)).fingerprint == first
+    _publish(tmp_path, "later", "2025-07-01", signals=["b"])  # not history of June
+    assert lifecycle.load_history(tmp_path, dt.date(2025, 6, 1)).fingerprint == first
+    _feedback(tmp_path, [("a", "applied", "2025-05-01")])
+    assert lifecycle.load_history(tmp_path, dt.date(2025, 6, 1)).fingerprint != first
+
+
+# -- three runs with changing inputs --------------------------------------------------------
+
+H12 = population.B[20]
+CHANGES = {
+    "2025-01-01": {},
+    "2025-03-01": {
+        "HOUSEHOLDS": {**population.HOUSEHOLDS, "H12": [(H12, "1990-01-01", "head")]},
+        "TAX": {**population.TAX, H12: (2024, "18000.00", "0.00", "definitive")},
+        "BENEFITS": population.BENEFITS
+        + [(population.B[0], "zorgtoeslag", "131.00", "2025-02-01", "")],
+    },
+}
+CHANGES["2025-04-01"] = {
+    **CHANGES["2025-03-01"],
+    "HOUSEHOLDS": {k: v for k, v in CHANGES["2025-03-01"]["HOUSEHOLDS"].items() if k != "H11"},
+}
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """Run the flow three times on changing deliveries; per run its outputs by household."""
+    from flows.run import run_flow
+    from privacy.keys import DEFAULT_DOMAIN, Keyring, save_keyring
+    from privacy.pseudonymise import pseudonymise_delivery
+    from privacy.pseudonyms import TwoLayerPseudonymiser
+
+    root = tmp_path_factory.mktemp("three-runs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
+    body, central = Keyring(), Keyring()
+    body.add("body")
+    for role, domain in (("domain", DEFAULT_DOMAIN), ("run-data", None), ("audit-signing", None)):
+        central.add(role, domain)
+    save_keyring(central, root / "central.keyring", "lifecycle passphrase")
+    policy = yaml.safe_load(DEFAULT_PATH.read_text())
+    policy["fatigue_months"]["value"] = 3
+    (root / "policy.yaml").write_text(yaml.safe_dump(policy))
+    names = {}
+    p = TwoLayerPseudonymiser(body.active("body"), central.active("domain", DEFAULT_DOMAIN))
+    runs = {}
+    for day, changes in CHANGES.items():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(population, "REFERENCE_DATE", day)
+            for name, value in changes.items():
+                patch.setattr(population, name, value)
+            population.write_population(root / "raw")
+            names |= {p.one("household_id", hh): hh for hh in population.HOUSEHOLDS}
+        for source in SOURCES:
+            pseudonymise_delivery(root / "raw" / source / day, body, root / "pseudo")
+        folder = run_flow(
+            deliveries=str(root / "pseudo"),
+            reference_date=dt.date.fromisoformat(day),
+            out=str(root / "runs"),
+            buckets=2,
+            key_file=str(root / "central.keyring"),
+            proportionality_config=str(root / "policy.yaml"),
+        )
+        runs[day] = _outputs(folder, names, lifecycle.run_reader(central, root / "runs" / ".keys"))
+    yield root, runs
+    mp.undo()
+
+
+def _outputs(folder, names, read) -> dict:
+    """A published run's outputs by household name (encrypted ones opened in memory)."""
+    folder = Path(folder)
+
+    # The scenario is about zorgtoeslag; other schemes may signal the same households.
+    def by_name(name):
+        rows = read(folder, name).to_pylist()
+        return {names[r["household_pid"]]: r for r in rows if r["scheme"] == "zorgtoeslag"}
+
+    return {
+        "folder": folder,
+        "manifest": json.loads((folder / "manifest.json").read_text()),
+        "signals": by_name("signals.parquet"),
+        "suppressed": by_name("suppressed.parquet"),
+        "resolved": by_name("lifecycle.parquet"),
+        "all_signals": read(folder, "signals.parquet").to_pylist(),
+        "all_resolved": read(folder, "lifecycle.parquet").to_pylist(),
+    }
+
+
+def _summary(run: dict) -> dict:
+    return {
+        "signals": {h: s["status"] for h, s in run["signals"].items()},
+        "suppressed": {h: (s["status"], s["reasons"]) for h, s in run["suppressed"].items()},
+        "resolved": {h: r["reason"] for h, r in run["resolved"].items()},
+    }
+
+
+def test_run_1_signals_every_entitled_household_as_new(three_runs):
+    _, runs = three_runs
+    summary = _summary(runs["2025-01-01"])
+    assert summary["signals"] == {"H1": "new", "H10": "new", "H11": "new"}
+    assert summary["resolved"] == {}
+    assert summary["suppressed"]["H2"] == ("new", ["already_receiving"])
+    assert summary["suppressed"]["H7"] == ("new", ["objection"])
+
+
+def test_run_2_resolves_new_payment_signals_a_new_household_and_holds_back_repeats(three_runs):
+    _, runs = three_runs
+    summary = _summary(runs["2025-03-01"])
+    assert summary["signals"] == {"H12": "new"}
+    assert summary["suppressed"]["H10"] == ("repeated", ["fatigue"])
+    assert summary["suppressed"]["H11"] == ("repeated", ["fatigue"])
+    assert summary["suppressed"]["H1"] == ("resolved", ["fatigue", "already_receiving"])
+    assert summary["resolved"] == {"H1": "now_receiving"}
+    resolved = runs["2025-03-01"]["resolved"]["H1"]
+    assert resolved["signal_id"] == runs["2025-01-01"]["signals"]["H1"]["signal_id"]
+    assert resolved["last_signalled_on"] == dt.date(2025, 1, 1)
+    assert resolved["last_run_id"] == runs["2025-01-01"]["manifest"]["run_id"]
+
+
+def test_run_3_signals_again_after_the_window_and_resolves_a_household_that_left(three_runs):
+    _, runs = three_runs
+    summary = _summary(runs["2025-04-01"])
+    assert summary["signals"] == {"H10": "repeated"}
+    assert summary["suppressed"]["H12"] == ("repeated", ["fatigue"])
+    assert summary["suppressed"]["H1"] == ("new", ["already_receiving"])
+    assert "H11" not in summary["suppressed"]
+    assert summary["resolved"] == {"H11": "not_in_run"}
+
+
+def test_signal_ids_are_stable_across_runs(three_runs):
+    _, runs = three_runs
+    first = runs["2025-01-01"]["signals"]["H10"]["signal_id"]
+    assert runs["2025-03-01"]["suppressed"]["H10"]["signal_id"] == first
+    assert runs["2025-04-01"]["signals"]["H10"]["signal_id"] == first
+
+
+def test_the_manifest_records_history_policy_and_counts(three_runs):
+    _, runs = three_runs
+    third = runs["2025-04-01"]["manifest"]["proportionality"]
+    assert third["history"]["runs"] == [
+        runs[d]["manifest"]["run_id"] for d in ("2025-01-01", "2025-03-01")
+    ]
+    statuses = [s["status"] for s in runs["2025-04-01"]["all_signals"]]
+    assert third["signals_per_status"] == {s: statuses.count(s) for s in set(statuses)}
+    reasons = [r["reason"] for r in runs["2025-04-01"]["all_resolved"]]
+    assert third["resolved_per_reason"] == {r: reasons.count(r) for r in set(reasons)}
+    assert third["suppressed_per_reason"]["fatigue"] >= 1
+    assert third["policy"]["version"] != ""
+
+
+def test_a_rerun_of_the_last_run_is_the_same_run(three_runs):
+    from flows.run import run_flow
+
+    root, runs = three_runs
+    again = run_flow(
+        deliveries=str(root / "pseudo"),
+        reference_date=dt.date(2025, 4, 1),
+        out=str(root / "runs"),
+        buckets=2,
+        key_file=str(root / "central.keyring"),
+        proportionality_config=str(root / "policy.yaml"),
+    )
+    assert again == str(runs["2025-04-01"]["folder"])

@@ -1,0 +1,355 @@
+"""The proportionality checks, each at and around its threshold, on a real Beam pipeline.
+
+Reference date 2025-06-01 and the thresholds of privacy/proportionality.yaml:
+zorgtoeslag minimum 23.50 a year (Awir art. 14 lid 4-5: under 24 after rounding to whole
+euros is not paid), default minimum 0.01, minimum confidence 0.4, fatigue 12 months,
+open case: contacted / applied / granted less than 6 months ago.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from proportionality_stage import ZORGTOESLAG_FIELDS, candidate, history_row, run_stage
+
+from entitlement_rules import compile_rule, load_rules
+from pipelines.audit_records import canonical_json
+from pipelines.proportionality import (
+    CHECKS,
+    REASONS,
+    PolicyError,
+    assess_necessity,
+    load_policy,
+)
+from privacy.register import load_register
+
+D = Decimal
+PURPOSE = "proactive-entitlement-signalling"
+
+# name -> (candidate changes, history changes or None, expected reasons; [] = signal)
+CASES = {
+    # minimum amount: zorgtoeslag 23.50
+    "amount_23_49": ({"estimated_annual_amount": D("23.49")}, None, ["minimum_amount"]),
+    "amount_23_50": ({"estimated_annual_amount": D("23.50")}, None, []),
+    "amount_23_51": ({"estimated_annual_amount": D("23.51")}, None, []),
+    # a scheme without its own minimum: the default 0.01
+    "default_minimum_0_00": (
+        {"scheme": "kwijtschelding", "estimated_annual_amount": D("0.00")},
+        None,
+        ["minimum_amount"],
+    ),
+    "default_minimum_0_01": (
+        {"scheme": "kwijtschelding", "estimated_annual_amount": D("0.01")},
+        None,
+        [],
+    ),
+    # confidence 0.4
+    "confidence_0_3999": ({"confidence": 0.3999}, None, ["confidence"]),
+    "confidence_0_4": ({"confidence": 0.4}, None, []),
+    "confidence_0_4001": ({"confidence": 0.4001}, None, []),
+    "confidence_unknown": ({"confidence": None}, None, ["confidence"]),
+    # fatigue: 12 months before 2025-06-01 is 2024-06-01
+    "fatigue_exactly_12_months": ({}, {"last_signalled_on": dt.date(2024, 6, 1)}, []),
+    "fatigue_one_day_short": ({}, {"last_signalled_on": dt.date(2024, 6, 2)}, ["fatigue"]),
+    "fatigue_one_day_over": ({}, {"last_signalled_on": dt.date(2024, 5, 31)}, []),
+    "fatigue_last_month": ({}, {"last_signalled_on": dt.date(2025, 5, 1)}, ["fatigue"]),
+    "fatigue_counts_a_resolved_episode_too": (
+        {},
+        {"last_signalled_on": dt.date(2025, 3, 1), "episode_open": False},
+        ["fatigue"],
+    ),
+    # open case: 6 months before 2025-06-01 is 2024-12-01
+    "open_case_exactly_6_months": (
+        {},
+        {"case_outcome": "applied", "case_on": dt.date(2024, 12, 1)},
+        [],
+    ),
+    "open_case_one_day_short": (
+        {},
+        {"case_outcome": "applied", "case_on": dt.date(2024, 12, 2)},
+        ["open_case"],
+    ),
+    "open_case_contacted": (
+        {},
+        {"case_outcome": "contacted", "case_on": dt.date(2025, 5, 25)},
+        ["open_case"],
+    ),
+    "open_case_granted": (
+        {},
+        {"case_outcome": "granted", "case_on": dt.date(2025, 5, 1)},
+        ["open_case"],
+    ),
+    "declined_is_no_open_case": (
+        {},
+        {"case_outcome": "declined", "case_on": dt.date(2025, 5, 1)},
+        [],
+    ),
+    "not_entitled_is_no_open_case": (
+        {},
+        {"case_outcome": "not_entitled", "case_on": dt.date(2025, 5, 1)},
+        [],
+    ),
+    "unreachable_is_no_open_case": (
+        {},
+        {"case_outcome": "unreachable", "case_on": dt.date(2025, 5, 1)},
+        [],
+    ),
+    # subsidiarity, objection, registration
+    "already_receiving": ({"already_receiving": True}, None, ["already_receiving"]),
+    "objected": ({"objected": True}, None, ["objection"]),
+    "deregistered": ({"deregistered": True}, None, ["deregistered"]),
+    "deregistration_unknown": ({"deregistered": None}, None, ["deregistered"]),
+    # necessity: a rule reading what the register refuses, a rule nobody assessed
+    "necessity_refused": ({"scheme": "huurtoeslag"}, None, ["necessity"]),
+    "necessity_not_assessed": ({"scheme": "kindgebonden_budget"}, None, ["necessity"]),
+    # every failed check is named, in the order of REASONS
+    "several_reasons": (
+        {"estimated_annual_amount": D("10.00"), "confidence": 0.1, "objected": True},
+        {"last_signalled_on": dt.date(2025, 5, 1)},
+        ["minimum_amount", "confidence", "fatigue", "objection"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    rows = [candidate(name, **changes) for name, (changes, _, _) in CASES.items()]
+    rows.append(candidate("not_entitled", entitled=False, estimated_annual_amount=None))
+    history = [history_row(n, **h) for n, (_, h, _) in CASES.items() if h is not None]
+    half = len(rows) // 2
+    return run_stage(tmp_path_factory.mktemp("stage"), [rows[:half], rows[half:]], history)
+
+
+def _by_household(rows: list[dict]) -> dict[str, dict]:
+    return {r["household_pid"].removeprefix("h."): r for r in rows}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_check_at_and_around_its_threshold(outcome, name):
+    expected = CASES[name][2]
+    signals = _by_household(outcome["signals"])
+    suppressed = _by_household(outcome["suppressed"])
+    if expected:
+        assert name not in signals
+        assert suppressed[name]["reasons"] == expected
+    else:
+        assert name in signals and name not in suppressed
+
+
+def test_reasons_are_named_in_the_order_of_the_checks(outcome):
+    for row in outcome["suppressed"]:
+        assert row["reasons"] == sorted(row["reasons"], key=REASONS.index)
+
+
+def test_a_household_that_is_not_entitled_is_no_candidate(outcome):
+    everywhere = outcome["signals"] + outcome["suppressed"] + outcome["resolved"]
+    assert "not_entitled" not in _by_household(everywhere)
+    assert not [a for a in outcome["audit"] if a["data_subject_pid"] == "a.not_entitled"]
+
+
+def _proportionality_records(outcome) -> dict[str, dict]:
+    return {
+        a["data_subject_pid"].removeprefix("a."): a
+        for a in outcome["audit"]
+        if a["name"] == "proportionality"
+    }
+
+
+def test_every_candidate_has_one_record_with_every_check_and_its_outcome(outcome):
+    records = _proportionality_records(outcome)
+    assert set(records) == set(CASES)
+    for name, record in records.items():
+        reasons = CASES[name][2]
+        attributes = json.loads(record["attributes"])
+        assert record["status"] == ("suppressed" if reasons else "signal")
+        assert attributes["decision"] == record["status"]
+        assert attributes["reasons"] == reasons
+        assert set(attributes["checks"]) == set(CHECKS)
+        failed = {c for c, v in attributes["checks"].items() if v["outcome"] == "fail"}
+        assert failed == {_check_of(r) for r in reasons}
+
+
+def _check_of(reason: str) -> str:
+    return {
+        "already_receiving": "subsidiarity",
+        "open_case": "subsidiarity",
+        "deregistered": "registration",
+    }.get(reason, reason)
+
+
+def test_the_record_holds_thresholds_values_and_the_fields_read(outcome):
+    checks = json.loads(_proportionality_records(outcome)["amount_23_49"]["attributes"])["checks"]
+    assert checks["minimum_amount"] == {"amount": "23.49", "minimum": "23.50", "outcome": "fail"}
+    assert checks["confidence"] == {"minimum": "0.4", "outcome": "pass", "value": "1.0000"}
+    assert checks["necessity"] == {"fields": ZORGTOESLAG_FIELDS, "outcome": "pass"}
+    assert checks["fatigue"] == {"last_signalled_on": None, "months": 12, "outcome": "pass"}
+    case = json.loads(_proportionality_records(outcome)["open_case_granted"]["attributes"])
+    assert case["checks"]["subsidiarity"] == {
+        "already_receiving": False,
+        "open_case": "granted",
+        "outcome": "fail",
+    }
+
+
+def test_the_attributes_are_canonical_json(outcome):
+    for record in _proportionality_records(outcome).values():
+        assert canonical_json(json.loads(record["attributes"])) == record["attributes"]
+
+
+def test_span_ids_are_unique_and_every_signal_also_has_a_signal_record(outcome):
+    spans = [a["span_id"] for a in outcome["audit"]]
+    assert len(spans) == len(set(spans))
+    signalled = {a["data_subject_pid"] for a in outcome["audit"] if a["name"] == "signal"}
+    assert signalled == {s["applicant_pid"] for s in outcome["signals"]}
+
+
+def test_signals_keep_their_columns_and_carry_a_lifecycle_status(outcome):
+    signals = _by_household(outcome["signals"])
+    assert signals["amount_23_50"]["status"] == "new"
+    assert signals["fatigue_exactly_12_months"]["status"] == "repeated"
+    assert signals["amount_23_50"]["explanation"] == "entitled"
+    assert signals["amount_23_50"]["estimated_annual_amount"] == D("23.50")
+
+
+# -- the policy file ------------------------------------------------------------------------
+
+
+def test_the_shipped_policy_loads_with_its_thresholds():
+    policy = load_policy()
+    assert policy.minimum_for("zorgtoeslag") == D("23.50")
+    assert policy.minimum_for("aio") == D("0.01")
+    assert policy.minimum_confidence == D("0.4")
+    assert policy.fatigue_months == 12
+    assert policy.open_case_outcomes == ("contacted", "applied", "granted")
+    assert policy.open_case_months == 6
+    assert len(policy.version) == 16
+
+
+def _write_policy(tmp_path, edit) -> str:
+    import yaml
+
+    from pipelines.proportionality import DEFAULT_PATH
+
+    data = yaml.safe_load(DEFAULT_PATH.read_text())
+    edit(data)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@dataclass
+class Broken:
+    edit: object
+    message: str
+
+
+BROKEN = {
+    "no reasoning": Broken(
+        lambda d: d["fatigue_months"].pop("reasoning"), "fatigue_months.reasoning is required"
+    ),
+    "a law value without source": Broken(
+        lambda d: d["minimum_annual_amount"]["schemes"].update(
+            zorgtoeslag={"value": "23.50", "status": "corroborated", "reasoning": "Awir"}
+        ),
+        "minimum_annual_amount.schemes.zorgtoeslag.source is required",
+    ),
+    "an unquoted amount": Broken(
+        lambda d: d["minimum_annual_amount"]["default"].update(value=0.01),
+        "minimum_annual_amount.default.value must be a quoted decimal",
+    ),
+    "a confidence above 1": Broken(
+        lambda d: d["minimum_confidence"].update(value="1.5"),
+        "minimum_confidence.value must be a quoted decimal from 0 to 1, not '1.5'",
+    ),
+    "negative fatigue": Broken(
+        lambda d: d["fatigue_months"].update(value=-1),
+        "fatigue_months.value must be a whole number from 0 to 120, not -1",
+    ),
+    "an unknown outcome": Broken(
+        lambda d: d["open_case"].update(outcomes=["phoned"]),
+        "open_case.outcomes must be a list of",
+    ),
+    "a missing section": Broken(lambda d: d.pop("open_case"), "open_case is required"),
+    "a bare value without reasoning": Broken(
+        lambda d: d.update(fatigue_months=12), "fatigue_months must be a mapping"
+    ),
+    "a scheme name that is no name": Broken(
+        lambda d: d["minimum_annual_amount"]["schemes"].update(
+            {"x' OR '1": {"value": "1.00", "status": "policy", "reasoning": "r"}}
+        ),
+        "minimum_annual_amount.schemes has a bad name",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_a_broken_policy_is_refused_naming_file_and_field(tmp_path, name):
+    path = _write_policy(tmp_path, BROKEN[name].edit)
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert BROKEN[name].message in str(err.value)
+
+
+def test_the_policy_version_changes_with_any_value(tmp_path):
+    path = _write_policy(tmp_path, lambda d: d["fatigue_months"].update(value=11))
+    assert load_policy(path).version != load_policy().version
+
+
+# -- necessity --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The parts of a CompiledRule that necessity reads."""
+
+    scheme: str
+    year: int
+    fields: frozenset[str]
+
+
+def _necessity(rule: Rule, register=None) -> dict:
+    return assess_necessity([rule], register, PURPOSE).to_pylist()[0]
+
+
+@pytest.fixture(scope="module")
+def register():
+    return load_register()
+
+
+def test_the_zorgtoeslag_rule_reads_only_what_the_register_allows(register):
+    (rule,) = [compile_rule(r, 2025) for r in load_rules(years=[2025]) if r.id == "zorgtoeslag"]
+    row = assess_necessity([rule], register, PURPOSE).to_pylist()[0]
+    assert row["necessary"] and row["not_allowed"] == []
+    assert row["fields"] == sorted(rule.fields)
+
+
+def test_a_field_allowed_for_another_scheme_only_is_not_necessary(register):
+    row = _necessity(
+        Rule("zorgtoeslag", 2025, frozenset({"household_pid", "monthly_rent"})), register
+    )
+    assert not row["necessary"]
+    assert row["not_allowed"] == [
+        "monthly_rent <- housing.monthly_rent: allowed for huurtoeslag only"
+    ]
+
+
+def test_arrears_for_aggregate_use_only_may_not_decide_a_signal(register):
+    row = _necessity(Rule("zorgtoeslag", 2025, frozenset({"arrears_total"})), register)
+    assert not row["necessary"]
+    assert row["not_allowed"] == ["arrears_total <- arrears.amount_overdue: aggregate use only"]
+
+
+def test_a_scheme_outside_the_purpose_is_not_necessary(register):
+    row = _necessity(Rule("kinderbijslag", 2025, frozenset({"household_pid"})), register)
+    assert row["not_allowed"] == [f"scheme kinderbijslag is not a scheme of {PURPOSE}"]
+
+
+def test_without_a_register_the_household_lineage_bounds_the_fields():
+    assert _necessity(Rule("zorgtoeslag", 2025, frozenset({"applicant_age"})))["necessary"]
+    row = _necessity(Rule("zorgtoeslag", 2025, frozenset({"shoe_size"})))
+    assert row["not_allowed"] == ["shoe_size: not a household column"]
