@@ -18,11 +18,31 @@ from flows import environment
 def _user_errors() -> tuple[type[Exception], ...]:
     """Known failures: their message is for the user. Anything else is a bug: full traceback."""
     from entitlement_rules.errors import RuleError
+    from flows.config import ConfigError
+    from flows.runs import RunNotFound
     from pipelines.publish import PublicationError
     from pipelines.read_deliveries import DeliveryRefused
     from privacy.keys import KeyringError
+    from privacy.minimise import MinimisationError
+    from privacy.purpose_check import PurposeNotAllowed
+    from privacy.register import RegisterError
+    from privacy.reidentify import ReidentificationError
+    from privacy.retention import RunDataUnavailable
 
-    return (DeliveryRefused, KeyringError, RuleError, PublicationError, UsageError)
+    return (
+        DeliveryRefused,
+        KeyringError,
+        RuleError,
+        PublicationError,
+        UsageError,
+        MinimisationError,
+        ReidentificationError,
+        RunDataUnavailable,
+        PurposeNotAllowed,
+        RegisterError,
+        ConfigError,
+        RunNotFound,
+    )
 
 
 class UsageError(Exception):
@@ -65,31 +85,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_keys_init(args) -> int:
-    from privacy.keys import Keyring, KeyringError, save_keyring
-
-    path = Path(args.key_file)
-    if path.exists() and not args.force:
-        raise KeyringError(f"{path}: a keyring exists already; use --force to replace it")
-    ring = Keyring()
-    ring.add("body")
-    save_keyring(ring, path, _passphrase(args))
-    print(f"keyring written to {path} with keys: {', '.join(k.id for k in ring.keys)}")
-    return 0
-
-
-def cmd_keys_show(args) -> int:
-    from privacy.keys import load_keyring
-
-    ring = load_keyring(Path(args.key_file), _passphrase(args))
-    for key in ring.keys:
-        v = key.public_view()
-        state = "retired" if v["retired"] else "active"
-        domain = f" domain={v['domain']}" if v["domain"] else ""
-        print(f"{v['id']:<6} {v['role']:<14} {state:<8} created {v['created']}{domain}")
-    return 0
-
-
 def cmd_pseudonymise(args) -> int:
     from privacy.keys import load_keyring
     from privacy.pseudonymise import pseudonymise_delivery
@@ -111,8 +106,11 @@ def cmd_run(args) -> int:
         reference_date=args.reference_date,
         out=str(Path(args.out).resolve()),
         runner=args.runner,
+        runner_args=args.runner_arg,
         buckets=args.buckets,
         key_file=str(Path(args.key_file).resolve()) if args.key_file else None,
+        purpose=args.purpose,
+        register_dir=str(Path(args.register).resolve()) if args.register else None,
     )
     from flows.summary import print_run_summary
 
@@ -127,7 +125,17 @@ def cmd_demo(args) -> int:
 
 
 # Feature modules that add their own sub-commands: each has `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "flows.cli_keys",
+    "flows.cli_privacy",
+    "flows.cli_rules",
+    "flows.cli_register",
+    "flows.cli_service",
+    "flows.cli_bench",
+    "flows.cli_audit",
+    "flows.cli_report",
+    "flows.cli_feedback",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,23 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the raw deliveries")
     p.set_defaults(func=cmd_generate)
 
-    keys = sub.add_parser("keys", help="create and inspect keyrings").add_subparsers(
-        dest="keys_command", required=True, metavar="ACTION"
-    )
-    for name, func, text in (
-        ("init", cmd_keys_init, "create a keyring with a new body-side pseudonymisation key"),
-        ("show", cmd_keys_show, "list the keys of a keyring (never their material)"),
-    ):
-        k = keys.add_parser(name, help=text)
-        k.add_argument("--key-file", required=True)
-        k.add_argument(
-            "--passphrase-file",
-            help="file holding the passphrase (default: $SIGNALS_KEYRING_PASSPHRASE)",
-        )
-        if name == "init":
-            k.add_argument("--force", action="store_true", help="replace an existing keyring")
-        k.set_defaults(func=func)
-
     p = sub.add_parser(
         "pseudonymise", help="at the supplying body: validate and pseudonymise one raw delivery"
     )
@@ -176,8 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-date", type=_date, required=True)
     p.add_argument("--out", required=True, help="folder that receives <run_id>/")
     p.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
+    p.add_argument(
+        "--runner-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a Beam flag for the runner, repeatable (docs/scaling.md), "
+        "e.g. --runner-arg=--dask_client_address=tcp://scheduler:8786",
+    )
     p.add_argument("--buckets", type=_positive, default=32, help="join buckets (default 32)")
     p.add_argument("--key-file", help="central keyring (passphrase: $SIGNALS_KEYRING_PASSPHRASE)")
+    p.add_argument(
+        "--purpose",
+        default="proactive-entitlement-signalling",
+        help="processing activity of the register (default proactive-entitlement-signalling)",
+    )
+    p.add_argument("--register", help="processing register folder (default privacy/register/)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="generate, pseudonymise and run end to end, then summarise")

@@ -1,8 +1,10 @@
 """`signals demo`: the whole chain on one machine, as the bodies and the controller would run it.
 
-generate (or take) raw deliveries -> create a keyring -> pseudonymise every source
-at "the body" -> central run -> summary. The demo keeps its keyring passphrase in a
-file next to the keyring so it can run unattended; a real installation never does.
+generate (or take) raw deliveries -> create the keyrings (body, central, controller)
+-> pseudonymise every source at "the body" -> central run -> summary -> the
+controller's worklist. The demo keeps its keyring passphrase in a file next to the
+keyrings so it can run unattended, and keeps all three keyrings in one folder; a real
+installation does neither (docs/privacy.md, key custody).
 """
 
 from __future__ import annotations
@@ -30,12 +32,35 @@ def _demo_passphrase(keys_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def _demo_keyrings(keys_dir: Path, passphrase: str) -> dict[str, Path]:
+    """The body, central and controller keyrings (made once, reused on later demos)."""
+    from privacy.keys import DEFAULT_DOMAIN, Keyring, load_keyring, save_keyring
+
+    paths = {k: keys_dir / f"{k}.keyring" for k in ("body", "central", "controller")}
+    if not paths["body"].exists():
+        ring = Keyring()
+        ring.add("body")
+        save_keyring(ring, paths["body"], passphrase)
+    if not paths["central"].exists():
+        ring = Keyring()
+        ring.add("domain", DEFAULT_DOMAIN)
+        ring.add("run-data")
+        ring.add("audit-signing")
+        save_keyring(ring, paths["central"], passphrase)
+    controller = Keyring()
+    for kind in ("body", "central"):
+        controller.merge(load_keyring(paths[kind], passphrase))
+    save_keyring(controller, paths["controller"], passphrase)
+    return paths
+
+
 def run_demo(args) -> int:
     from flows.run import run_flow
     from pipelines.contract import SOURCES
     from pipelines.read_deliveries import find_delivery
-    from privacy.keys import Keyring, load_keyring, save_keyring
+    from privacy.keys import PASSPHRASE_ENV, load_keyring
     from privacy.pseudonymise import pseudonymise_delivery
+    from privacy.reidentify import write_worklist
 
     out = Path(args.out).resolve()
     started = time.perf_counter()
@@ -53,12 +78,10 @@ def run_demo(args) -> int:
 
     keys_dir = out / "keys"
     passphrase = _demo_passphrase(keys_dir)
-    keyring_path = keys_dir / "body.keyring"
-    if not keyring_path.exists():
-        ring = Keyring()
-        ring.add("body")
-        save_keyring(ring, keyring_path, passphrase)
-    ring = load_keyring(keyring_path, passphrase)
+    keyrings = _demo_keyrings(keys_dir, passphrase)
+    # The flow reads the central keyring's passphrase from the environment only.
+    os.environ.setdefault(PASSPHRASE_ENV, passphrase)
+    ring = load_keyring(keyrings["body"], passphrase)
 
     pseudonymised = out / "pseudonymised"
     t = time.perf_counter()
@@ -73,8 +96,19 @@ def run_demo(args) -> int:
         deliveries=str(pseudonymised),
         reference_date=args.reference_date,
         out=str(out / "runs"),
+        key_file=str(keyrings["central"]),
     )
     print(f"  run finished in {time.perf_counter() - t:.1f} s\n")
     print_run_summary(Path(folder))
+    worklist = write_worklist(
+        Path(folder),
+        find_delivery(raw, "brp", args.reference_date),
+        load_keyring(keyrings["controller"], passphrase),
+        out / "worklist.csv",
+    )
+    print(
+        f"\ncontroller's worklist: {worklist.rows:,} signals re-identified -> {worklist.csv}"
+        "\n  (the only file with BSNs; each re-identification is logged in the audit log)"
+    )
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
     return 0

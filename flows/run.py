@@ -16,14 +16,29 @@ import apache_beam as beam
 from prefect import flow, get_run_logger, task
 
 from entitlement_rules import compile_rule, load_rules
-from pipelines import central
+from flows import faults
+from flows.faults import IO_RETRIES
+from pipelines import central, lifecycle, proportionality
 from pipelines.audit_records import AuditContext
 from pipelines.contract import SOURCES
 from pipelines.join import DEFAULT_BUCKETS
 from pipelines.options import pipeline_options
 from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
-from privacy.keys import load_keyring, passphrase_from_env
+from privacy.audit.log import LOG_DIRNAME, append_run
+from privacy.audit.signing import Signer
+from privacy.keys import central_keyring
+from privacy.pseudonymise import check_one_body_key
+from privacy.pseudonyms import DomainPseudonymiser
+from privacy.purpose_check import (
+    Outcome,
+    check_purpose,
+    check_rule_fields,
+    enforce,
+    write_purpose_check_record,
+)
+from privacy.register import Register, load_register
+from privacy.retention import KEY_STORE, protect_run
 
 PROCESSING_ACTIVITY = "proactive-entitlement-signalling"
 
@@ -39,10 +54,24 @@ def _letters(hexdigest: str) -> str:
     return hexdigest.translate(str.maketrans("0123456789", "qrstuvwxyz"))
 
 
-def make_run_id(reference_date: dt.date, deliveries: dict[str, Delivery], compiled: list) -> str:
+def make_run_id(
+    reference_date: dt.date,
+    deliveries: dict[str, Delivery],
+    compiled: list,
+    domain_key_id: str = "",
+    purpose: str = "",
+    register_version: str = "",
+    history: str = "",
+) -> str:
     """A run id determined by its inputs: the same inputs give the same id (idempotent reruns)."""
     h = hashlib.sha256()
     h.update(f"{reference_date.isoformat()}|{code_version()}".encode())
+    if domain_key_id:  # after a key rotation the same inputs give other pseudonyms: a new run
+        h.update(f"|domain-key:{domain_key_id}".encode())
+    if purpose or register_version:  # another purpose or register version is another run
+        h.update(f"|purpose:{purpose}|register:{register_version}".encode())
+    if history:  # proportionality thresholds and earlier runs decide the signals too
+        h.update(f"|history:{history}".encode())
     for name in sorted(deliveries):
         m = deliveries[name].manifest
         h.update(f"|{name}:{m['sha256']}:{m['quarantine']['sha256']}".encode())
@@ -51,7 +80,7 @@ def make_run_id(reference_date: dt.date, deliveries: dict[str, Delivery], compil
     return f"{reference_date.isoformat()}-{_letters(h.hexdigest())[:12]}"
 
 
-@task
+@task(**IO_RETRIES)
 def open_inputs(deliveries_root: str, reference_date: dt.date) -> dict[str, Delivery]:
     """Find and check the newest pseudonymised delivery of every source."""
     return {
@@ -61,29 +90,94 @@ def open_inputs(deliveries_root: str, reference_date: dt.date) -> dict[str, Deli
 
 
 @task
-def compile_rules(reference_date: dt.date) -> list:
-    """Compile every scheme's rule for the benefit year of the reference date."""
-    year = reference_date.year
-    return [compile_rule(rule, year) for rule in load_rules(years=[year])]
+def load_purpose_register(register_dir: str | None) -> Register:
+    """Read and validate the processing register (privacy/register/ unless given)."""
+    return load_register(register_dir)
 
 
 @task
+def purpose_check(register: Register, purpose: str) -> Outcome:
+    """Before any data file is opened: may a run for this purpose read every source and field?"""
+    return enforce(check_purpose(register, purpose, SOURCES))
+
+
+@task
+def record_purpose_check(staging: Path, audit: AuditContext, outcome: Outcome) -> None:
+    """The run-level purpose_check audit record, next to the pipeline's audit parts."""
+    write_purpose_check_record(staging / "audit_parts", audit, outcome)
+
+
+@task
+def compile_rules(
+    reference_date: dt.date, register: Register | None = None, purpose: str = PROCESSING_ACTIVITY
+) -> list:
+    """Compile every scheme ready for the benefit year of the reference date.
+
+    A scheme whose parameters for that year are missing or unconfirmed is skipped, not fatal:
+    the manifest records it with the reason (rules_skipped). A rule the fairness guard refuses
+    still fails the run.
+    """
+    year = reference_date.year
+    compiled = [
+        compile_rule(rule, year)
+        for rule in load_rules(years=[year])
+        if not rule.missing_parameters(year)
+    ]
+    if register is not None:  # purpose binding: a rule may read only what its purpose allows
+        for c in compiled:
+            check_rule_fields(register, purpose, c)
+    return compiled
+
+
+def rules_skipped(year: int) -> list[dict]:
+    """The schemes compile_rules left out for `year`, each with why (for the manifest)."""
+    return [
+        {"rule_id": rule.id, "benefit_year": year, "reason": "; ".join(problems)}
+        for rule in load_rules(years=[year])
+        if (problems := rule.missing_parameters(year))
+    ]
+
+
+def load_history(out: str, reference_date: dt.date, keyring) -> lifecycle.History:
+    """Earlier runs' signals and resolutions and operator feedback in the output folder.
+
+    Not a task: it holds the keyring, which stays out of Prefect's task inputs.
+    """
+    read = lifecycle.run_reader(keyring, Path(out) / KEY_STORE)
+    return lifecycle.load_history(Path(out), reference_date, read)
+
+
+@task(**IO_RETRIES)
 def run_pipeline(spec: central.RunSpec, runner: str, runner_args: list[str]) -> None:
     """Run the Beam pipeline into the staging folder."""
+    # A retry starts without the parts of the failed attempt: finalise would read them twice
+    # (their shard names need not match). Every pipeline output is <folder>/part-*.parquet.
+    for part in Path(spec.staging).rglob("part-*.parquet"):
+        part.unlink()
     with beam.Pipeline(options=pipeline_options(runner, runner_args)) as p:
         central.build(p, spec)
 
 
-@task
+@task(**IO_RETRIES)
 def finalise_run(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     """Consolidate the pipeline's parts into the output contract."""
     return finalise(staging, deliveries)
 
 
-@task
+@task(**IO_RETRIES)
 def publish_run(staging: Path, target: Path) -> str:
     """Publish the finalised run folder atomically."""
     return str(publish(staging, target))
+
+
+@task(**IO_RETRIES)
+def report_run(run_dir: str, keyring) -> str:
+    """The aggregate report into <run>/report/, key tables attached as Prefect artifacts."""
+    from flows.report import attach_artifacts, build_report
+
+    report = build_report(Path(run_dir), Path(run_dir) / "report" / "report.html", keyring=keyring)
+    attach_artifacts(report)
+    return str(report.html)
 
 
 def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: str) -> dict:
@@ -136,6 +230,7 @@ def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: 
             }
             for c in compiled
         ],
+        "rules_skipped": rules_skipped(spec.reference_date.year),
     }
 
 
@@ -176,37 +271,82 @@ def run_flow(
     runner_args: list[str] | None = None,
     buckets: int = DEFAULT_BUCKETS,
     key_file: str | None = None,
+    purpose: str = PROCESSING_ACTIVITY,
+    register_dir: str | None = None,
+    proportionality_config: str | None = None,
 ) -> str:
     """One central run: check inputs, run the pipeline, finalise, publish (returns the folder)."""
     logger = get_run_logger()
+    # Purpose binding comes first: a run the processing register does not cover opens nothing.
+    processing_register = load_purpose_register(register_dir)
+    outcome = purpose_check(processing_register, purpose)
     # The central keyring (domain keys, audit signing key); its passphrase comes from the
     # environment, never from a flow parameter.
-    keyring = load_keyring(Path(key_file), passphrase_from_env()) if key_file else None
+    keyring = central_keyring(key_file, purpose)
+    domain = DomainPseudonymiser(keyring.active("domain", purpose))
+    signer = Signer(keyring)  # the audit log is signed: no run without the audit-signing key
+    compiled = compile_rules(reference_date, processing_register, purpose)
     found = open_inputs(deliveries, reference_date)
-    compiled = compile_rules(reference_date)
-    run_id = make_run_id(reference_date, found, compiled)
+    check_one_body_key(found)
+    policy = proportionality.load_policy(proportionality_config)
+    history = load_history(out, reference_date, keyring)
+    run_id = make_run_id(
+        reference_date,
+        found,
+        compiled,
+        domain.key_id,
+        purpose,
+        processing_register.version,
+        f"{policy.version}:{history.fingerprint}",
+    )
     out_dir = Path(out)
     target = out_dir / run_id
     if (target / "manifest.json").is_file():
         logger.info("run %s is already published at %s: nothing to do", run_id, target)
+        if not (target / "report" / "report.html").is_file():  # a report that failed before
+            report_run(str(target), keyring)
         return str(target)
     staging = out_dir / f".staging-{run_id}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    faults.point("after_ingest")
     spec = central.RunSpec(
         run_id=run_id,
         reference_date=reference_date,
         deliveries=found,
         staging=staging,
         compiled_rules=compiled,
-        audit=AuditContext(run_id, PROCESSING_ACTIVITY, "unversioned"),
+        audit=AuditContext(run_id, purpose, processing_register.version),
+        legal_bases=outcome.ingest_bases(),
         buckets=buckets,
+        domain=domain,
+        proportionality=policy,
+        necessity=proportionality.assess_necessity(compiled, processing_register, purpose),
+        history=history.state,
     )
     run_pipeline(spec, runner, runner_args or [])
+    record_purpose_check(staging, spec.audit, outcome)
     counts = finalise_run(staging, found)
     counts.update(summarise_outputs(staging))
-    write_manifest(staging, build_manifest(spec, compiled, counts, runner))
-    del keyring  # not used by the spine yet: domain pseudonyms and audit signing build on it
+    manifest = build_manifest(spec, compiled, counts, runner)
+    manifest["purpose_check"] = outcome.to_manifest()
+    manifest["proportionality"] = {
+        "policy": {"path": policy.path, "version": policy.version},
+        "history": {"runs": list(history.runs), "fingerprint": history.fingerprint},
+        "feedback_files": list(history.feedback_files),
+        "suppressed": counts["suppressed"],
+        "resolved": counts["resolved"],
+    } | proportionality.summarise_run(staging)
+    write_manifest(staging, manifest)
+    # Crypto-shredding: personal data is published only encrypted under this run's own key.
+    protect_run(staging, run_id, keyring, out_dir / KEY_STORE)
+    # Logged before publication: a rerun after a failed publication finds the run in the log
+    # and reconciles its copy instead of logging it twice (privacy/audit/log.py).
+    faults.point("mid_audit")
+    append_run(staging, run_id, out_dir / LOG_DIRNAME, signer)
+    faults.point("after_audit")
     published = publish_run(staging, target)
+    faults.point("during_publish")
     logger.info("run %s published: %s signals", run_id, counts["signals"])
+    report_run(published, keyring)  # aggregates only: suppressed, rounded, no pseudonyms
     return published

@@ -36,7 +36,7 @@ AUDIT_SCHEMA = pa.schema(
     ]
 )
 
-OPERATIONS = ("ingest", "exclusion", "join", "rule_evaluation", "signal")
+OPERATIONS = ("ingest", "exclusion", "join", "rule_evaluation", "proportionality", "signal")
 
 
 def trace_id(run_id: str) -> bytes:
@@ -52,23 +52,37 @@ def canonical_json(value: dict) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _span_ids(run_id: str, operation: str, keys: pa.Array) -> pa.Array:
+def _span_ids(context: AuditContext, operation: str, keys: pa.Array) -> pa.Array:
     """8-byte ids: SHA-256 of (run, operation, key), computed vectorised in DuckDB."""
-    con = duckdb.connect(config={"threads": 1})
+    cursor = context.hasher().cursor()
     try:
-        con.register("k", pa.table({"key": keys.cast(pa.string())}))
-        prefix = f"{run_id}|{operation}|"
-        ids = (
-            con.sql(
-                "SELECT unhex(left(sha256($prefix || key), 16)) AS id FROM k",
-                params={"prefix": prefix},
+        cursor.register("k", pa.table({"key": keys.cast(pa.string())}))
+        digests = (
+            cursor.sql(
+                "SELECT left(sha256($prefix || key), 16) AS id FROM k",
+                params={"prefix": f"{context.run_id}|{operation}|"},
             )
             .to_arrow_table()
             .column("id")
         )
     finally:
-        con.close()
-    return ids.combine_chunks().cast(pa.binary(8))
+        cursor.close()
+    return _unhex8(digests.combine_chunks())
+
+
+def _unhex8(digests: pa.Array) -> pa.Array:
+    """16 lower-case hex digits per value -> 8 bytes, in numpy (DuckDB's unhex is slower)."""
+    if len(digests) == 0:
+        return pa.array([], pa.binary(8))
+    fixed = digests.cast(pa.binary()).cast(pa.binary(16))
+    start = fixed.offset * 16
+    hexes = np.frombuffer(fixed.buffers()[1], np.uint8)[start : start + 16 * len(fixed)]
+    nibbles = hexes - np.where(hexes >= ord("a"), ord("a") - 10, ord("0")).astype(np.uint8)
+    nibbles = nibbles.reshape(-1, 16)
+    raw = ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(8), len(fixed), [None, pa.py_buffer(raw.tobytes())]
+    )
 
 
 def audit_batch(
@@ -93,22 +107,27 @@ def audit_batch(
         if discriminator is None
         else pc.binary_join_element_wise(subjects, discriminator, "\x00")
     )
+
+    def same(value, field: str) -> pa.Array:
+        # One value for every record, repeated in C++ (a Python list of n costs ~1 s per 1M).
+        return pa.repeat(pa.scalar(value, AUDIT_SCHEMA.field(field).type), n)
+
     if isinstance(status, str):
-        status = pa.array([status] * n, pa.string())
+        status = same(status, "status")
     if isinstance(attributes, str):
-        attributes = pa.array([attributes] * n, pa.string())
+        attributes = same(attributes, "attributes")
     return pa.RecordBatch.from_arrays(
         [
-            pa.array([trace_id(context.run_id)] * n, pa.binary(16)),
-            _span_ids(context.run_id, operation, keys),
-            pa.array([operation_span(context.run_id, operation)] * n, pa.binary(8)),
-            pa.array([operation] * n, pa.string()),
+            same(trace_id(context.run_id), "trace_id"),
+            _span_ids(context, operation, keys),
+            same(operation_span(context.run_id, operation), "parent_span_id"),
+            same(operation, "name"),
             status,
-            pa.array(np.full(n, started), pa.timestamp("us", tz="UTC")),
-            pa.array(np.full(n, now), pa.timestamp("us", tz="UTC")),
-            pa.array([context.run_id] * n, pa.string()),
-            pa.array([context.processing_activity_id] * n, pa.string()),
-            pa.array([context.register_version] * n, pa.string()),
+            same(started, "start_time"),
+            same(now, "end_time"),
+            same(context.run_id, "run_id"),
+            same(context.processing_activity_id, "processing_activity_id"),
+            same(context.register_version, "register_version"),
             subjects.cast(pa.string()),
             attributes,
         ],
@@ -123,6 +142,19 @@ class AuditContext:
         self.run_id = run_id
         self.processing_activity_id = processing_activity_id
         self.register_version = register_version
+
+    def hasher(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB for span ids, opened once per copy of the context.
+
+        Opening one costs ~30 ms, more than hashing a whole batch. It is not pickled:
+        every worker's copy (inside a DoFn) opens its own; callers take a cursor.
+        """
+        if getattr(self, "_hasher", None) is None:
+            self._hasher = duckdb.connect(config={"threads": 1})
+        return self._hasher
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_hasher"}
 
 
 class IngestAuditFn(beam.DoFn):
@@ -196,23 +228,25 @@ def evaluation_records(
         evaluated.column("household_pid"), value_set=households.column("household_pid")
     )
     members = households.column("member_pids").take(at).combine_chunks()
-    per_member = evaluated.take(pc.list_parent_indices(members))
+    # Built once per evaluation, then repeated for its members (~2 a household): the
+    # attributes hold no member field, and building JSON is the costly part.
     attrs = _json_fields(
-        per_member,
+        evaluated,
         ("household_pid", "scheme", "rule_id", "rule_version", "parameter_version"),
         ("benefit_year", "entitled", "already_receiving"),
     )
-    status = pc.if_else(per_member.column("entitled"), "entitled", "not_entitled")
+    status = pc.if_else(evaluated.column("entitled"), "entitled", "not_entitled")
     disc = pc.binary_join_element_wise(
-        per_member.column("scheme"), pc.cast(per_member.column("benefit_year"), pa.string()), "/"
+        evaluated.column("scheme"), pc.cast(evaluated.column("benefit_year"), pa.string()), "/"
     )
+    per_member = pc.list_parent_indices(members)
     return audit_batch(
         context,
         "rule_evaluation",
         pc.list_flatten(members),
-        status.combine_chunks(),
-        attrs.combine_chunks(),
-        discriminator=disc.combine_chunks(),
+        status.combine_chunks().take(per_member),
+        attrs.combine_chunks().take(per_member),
+        discriminator=disc.combine_chunks().take(per_member),
     )
 
 
@@ -230,4 +264,23 @@ def signal_records(context: AuditContext, signals: pa.Table) -> pa.RecordBatch:
         "signalled",
         attrs.combine_chunks(),
         discriminator=signals.column("signal_id").combine_chunks(),
+    )
+
+
+def proportionality_records(context: AuditContext, assessed: pa.Table) -> pa.RecordBatch:
+    """One `proportionality` record per candidate and scheme, for its applicant.
+
+    Status is the decision (signal or suppressed); the attributes, canonical JSON made in
+    SQL by pipelines/proportionality.py, hold every check with its outcome and threshold.
+    """
+    disc = pc.binary_join_element_wise(
+        assessed.column("scheme"), pc.cast(assessed.column("benefit_year"), pa.string()), "/"
+    )
+    return audit_batch(
+        context,
+        "proportionality",
+        assessed.column("applicant_pid").combine_chunks(),
+        assessed.column("decision").combine_chunks(),
+        assessed.column("attributes").combine_chunks(),
+        discriminator=disc.combine_chunks(),
     )

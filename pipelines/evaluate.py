@@ -1,9 +1,11 @@
-"""Evaluating the entitlement rules on household batches, and selecting signals.
+"""Evaluating the entitlement rules on household batches, and handing on the candidates.
 
 Rules are compiled to DuckDB SQL once, when the pipeline is built; each household
-batch is then evaluated set-based in an in-process DuckDB. A household becomes a
-signal for a scheme when it is entitled, not already receiving it, did not object to
-that scheme, and its applicant is not deregistered.
+batch is then evaluated set-based in an in-process DuckDB. Every evaluation goes on as a
+candidate row with the household facts the proportionality checks need (objected to the
+scheme, applicant deregistered); pipelines/proportionality.py decides which entitled
+candidates become signals (not already receiving, not objected, not deregistered, and
+proportionate).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from entitlement_rules import evaluate as evaluate_rules
-from pipelines.audit_records import AuditContext, evaluation_records, signal_records
+from pipelines.audit_records import AuditContext, evaluation_records
 
 EVALUATIONS = "evaluations"
-SIGNALS = "signals"
+CANDIDATES = "candidates"
 AUDIT = "audit"
 
 SIGNAL_SCHEMA = pa.schema(
@@ -36,13 +38,34 @@ SIGNAL_SCHEMA = pa.schema(
         ("parameter_version", pa.string()),
         ("confidence", pa.float64()),
         ("repayment_risk", pa.bool_()),
+        ("status", pa.string()),  # lifecycle (pipelines/lifecycle.py): new or repeated
+    ]
+)
+
+# Every evaluation (household x scheme x year), written for aggregate reports: estimated
+# entitlement includes households already receiving. The explanation texts stay in the
+# signals and the audit trail; this keeps only the decision.
+EVALUATION_SCHEMA = pa.schema(
+    [
+        ("household_pid", pa.string()),
+        ("scheme", pa.string()),
+        ("benefit_year", pa.int32()),
+        ("rule_id", pa.string()),
+        ("rule_version", pa.string()),
+        ("parameter_version", pa.string()),
+        ("entitled", pa.bool_()),
+        ("estimated_annual_amount", pa.decimal128(12, 2)),
+        ("already_receiving", pa.bool_()),
+        ("failed_conditions", pa.list_(pa.string())),
+        ("confidence", pa.float64()),
+        ("repayment_risk", pa.bool_()),
     ]
 )
 
 # A signal id depends only on household, scheme and year, so it is the same in every
 # run (lifecycle, fatigue and idempotent reruns rely on that). Digits are mapped to
 # letters so that no id can contain something that looks like a BSN.
-SELECT_SIGNALS_SQL = """
+SELECT_CANDIDATES_SQL = """
 SELECT
     's.' || translate(left(sha256(e.household_pid || '|' || e.scheme || '|'
         || CAST(e.benefit_year AS VARCHAR)), 32), '0123456789', 'qrstuvwxyz') AS signal_id,
@@ -58,19 +81,19 @@ SELECT
     e.rule_version,
     e.parameter_version,
     CAST(e.confidence AS DOUBLE) AS confidence,
-    e.repayment_risk
+    e.repayment_risk,
+    e.entitled,
+    e.already_receiving,
+    coalesce(list_contains(h.objected_schemes, e.scheme), FALSE) AS objected,
+    h.applicant_deregistered AS deregistered
 FROM evaluations AS e
 JOIN households AS h USING (household_pid)
-WHERE e.entitled
-  AND NOT e.already_receiving
-  AND NOT list_contains(h.objected_schemes, e.scheme)
-  AND NOT h.applicant_deregistered
 ORDER BY e.household_pid, e.scheme
 """
 
 
 class EvaluateRulesFn(beam.DoFn):
-    """Evaluates every compiled rule on one household batch; emits evaluations and signals."""
+    """Evaluates every compiled rule on one household batch; emits evaluations and candidates."""
 
     def __init__(self, compiled: list, run_id: str, audit: AuditContext):
         self.compiled, self.run_id, self.audit = compiled, run_id, audit
@@ -82,22 +105,25 @@ class EvaluateRulesFn(beam.DoFn):
         households = pa.Table.from_batches([batch])
         self.con.register("households", households)
         try:
-            evaluations = _as_table(evaluate_rules(self.con, "households", self.compiled))
+            # Explanation text only for entitled rows: signals need it, refusals keep
+            # failed_conditions; formatting every row costs ~15x the decision itself.
+            evaluations = _as_table(
+                evaluate_rules(self.con, "households", self.compiled, explain="entitled")
+            )
             self.con.register("evaluations", evaluations)
-            signals = self.con.sql(SELECT_SIGNALS_SQL.format(run_id=self.run_id))
-            signals = signals.to_arrow_table().cast(SIGNAL_SCHEMA)
+            candidates = self.con.sql(SELECT_CANDIDATES_SQL.format(run_id=self.run_id))
+            candidates = candidates.to_arrow_table()
         finally:
             self.con.unregister("households")
             self.con.unregister("evaluations")
         Metrics.counter("evaluate", "evaluations").inc(evaluations.num_rows)
-        Metrics.counter("evaluate", "signals").inc(signals.num_rows)
+        Metrics.counter("evaluate", "candidates").inc(candidates.num_rows)
         yield beam.pvalue.TaggedOutput(EVALUATIONS, evaluations)
         yield beam.pvalue.TaggedOutput(
             AUDIT, evaluation_records(self.audit, evaluations, households)
         )
-        if signals.num_rows:
-            yield beam.pvalue.TaggedOutput(SIGNALS, signals)
-            yield beam.pvalue.TaggedOutput(AUDIT, signal_records(self.audit, signals))
+        if candidates.num_rows:
+            yield beam.pvalue.TaggedOutput(CANDIDATES, candidates)
 
     def teardown(self):
         self.con.close()
@@ -115,10 +141,10 @@ class EvaluateRules(beam.PTransform):
     In: PCollection[RecordBatch] of pipelines.household.SCHEMA.
     Out: tagged `evaluations` (pa.Table, one row per household x scheme x year, with
     entitled, amount, explanation), `audit` (RecordBatches of AUDIT_SCHEMA: a
-    rule_evaluation record per member and scheme, a signal record per signal) and
-    `signals` (pa.Table of SIGNAL_SCHEMA), e.g.
-    (signal_id='s.ab..', scheme='zorgtoeslag', benefit_year=2025,
-    estimated_annual_amount=Decimal('1355.04'), ...).
+    rule_evaluation record per member and scheme) and `candidates` (pa.Table: the
+    SIGNAL_SCHEMA columns but status, plus entitled, already_receiving, objected and
+    deregistered, for every evaluation), e.g. (signal_id='s.ab..', scheme='zorgtoeslag',
+    benefit_year=2025, estimated_annual_amount=Decimal('1355.04'), entitled=True, ...).
     """
 
     def __init__(self, compiled: list, run_id: str, audit: AuditContext):
@@ -128,4 +154,4 @@ class EvaluateRules(beam.PTransform):
     def expand(self, households):
         return households | "Evaluate" >> beam.ParDo(
             EvaluateRulesFn(self.compiled, self.run_id, self.audit)
-        ).with_outputs(EVALUATIONS, SIGNALS, AUDIT)
+        ).with_outputs(EVALUATIONS, CANDIDATES, AUDIT)

@@ -24,6 +24,15 @@ from pipelines import household
 
 DEFAULT_BUCKETS = 32
 JOIN_SOURCES = ("brp", "housing", "tax", "benefits", "arrears", "health_insurance", "objections")
+# Persons a bucket is sized for. Every bucket costs ~0.15 s of DuckDB planning (three
+# joins, the rules, proportionality) whatever its size: 32 buckets of a small population
+# are mostly that. Above this size a bucket's own work dwarfs it.
+PERSONS_PER_BUCKET = 100_000
+
+
+def buckets_for(persons: int, most: int = DEFAULT_BUCKETS) -> int:
+    """Buckets for a population: one per PERSONS_PER_BUCKET persons, 1 to `most`."""
+    return max(1, min(most, -(-persons // PERSONS_PER_BUCKET)))
 
 
 def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:
@@ -54,12 +63,13 @@ class SplitByBucketFn(beam.DoFn):
         bucket = bucket_of(batch.column(self.key), self.buckets)
         order = np.argsort(bucket, kind="stable")
         sorted_buckets = bucket[order]
-        batch = batch.take(pa.array(order))
         edges = np.flatnonzero(np.diff(sorted_buckets)) + 1
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [len(order)]])
         for s, e in zip(starts, ends, strict=True):
-            yield int(sorted_buckets[s]), batch.slice(s, e - s)
+            # A take, not a slice: a pickled slice carries its parent's whole buffers, so
+            # every bucket would ship (and the grouping hold) the entire batch.
+            yield int(sorted_buckets[s]), batch.take(pa.array(order[s:e]))
 
 
 class JoinBucketFn(beam.DoFn):
@@ -187,7 +197,8 @@ SELECT
     p.partner_withheld,
     p.municipality_code,
     p.district_code,
-    CAST(date_sub('year', p.birth_date, DATE '{ref}') AS INTEGER) AS age,
+    -- Age arrives coarsened at the body (privacy/minimise.py): no birth date comes here.
+    p.age,
     (p.deregistered_on IS NOT NULL AND p.deregistered_on <= DATE '{ref}') AS deregistered,
     (p.registered_since <= DATE '{ref}') AS registered,
     p.tenure,

@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from pipelines.contract import MANIFEST_KEYS, SCHEMA_VERSION, SOURCES, Source, oin_is_valid
-from pipelines.validate import QUARANTINE_SCHEMA, quarantine_records, typed_schema, validate_batch
-from privacy.pseudonyms import is_pseudonym
+from pipelines.validate import QUARANTINE_SCHEMA, quarantine_records, validate_batch
+from privacy.minimise import pseudonymised_schema
+from privacy.pseudonyms import BODY_PSEUDONYM_PATTERN, DomainPseudonymiser
 
 BATCH_ROWS = 65_536
 DATA_FILES = ("data.csv", "data.parquet")
@@ -333,7 +334,13 @@ def open_pseudonymised(directory: Path, expect_source: str | None = None) -> Del
             f"{delivery.data_path}: manifest row_count is {m['row_count']} "
             f"but the file has {metadata.num_rows} rows"
         )
-    expected, actual = typed_schema(delivery.source), metadata.schema.to_arrow_schema()
+    expected, actual = pseudonymised_schema(delivery.source), metadata.schema.to_arrow_schema()
+    extra = [n for n in actual.names if n not in expected.names]
+    if extra:
+        raise DeliveryRefused(
+            f"{delivery.data_path}: carries column(s) {', '.join(extra)} that the purpose does "
+            "not allow; only minimised deliveries are accepted (privacy/minimise.py)"
+        )
     for f in expected:
         if f.name not in actual.names:
             raise DeliveryRefused(f"{delivery.data_path}: missing required column {f.name}")
@@ -351,15 +358,17 @@ def quarantine_path(delivery: Delivery) -> Path:
 
 class ReadRowGroupFn(beam.DoFn):
     """Reads one Parquet row group of a pseudonymised delivery; rows with a malformed
-    identifier go to quarantine (the value is never quoted: it may be a raw BSN)."""
+    identifier go to quarantine (the value is never quoted: it may be a raw BSN). The
+    rest leave with their identifiers moved to the purpose domain's pseudonyms."""
 
-    def __init__(self, source_name: str):
-        self.source_name = source_name
+    def __init__(self, source_name: str, domain: DomainPseudonymiser):
+        self.source_name, self.domain = source_name, domain
 
     def process(self, element):
         path, group, first_row = element
         source = SOURCES[self.source_name]
-        batch = pq.ParquetFile(path).read_row_group(group, columns=list(source.column_names))
+        names = pseudonymised_schema(source).names
+        batch = pq.ParquetFile(path).read_row_group(group, columns=names)
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
         if batch is None:
             return
@@ -367,7 +376,9 @@ class ReadRowGroupFn(beam.DoFn):
         causes = []
         for name in source.identifier_columns:
             values = batch.column(name)
-            good = pc.or_kleene(pc.is_null(values), is_pseudonym(values))
+            # Only body pseudonyms may arrive: the domain layer below accepts nothing else.
+            body = pc.match_substring_regex(values, BODY_PSEUDONYM_PATTERN)
+            good = pc.or_kleene(pc.is_null(values), body)
             ok = pc.and_(ok, good)
             causes.append(
                 pc.if_else(good, pa.scalar(None, pa.string()), f"{name}: not a pseudonym")
@@ -386,23 +397,27 @@ class ReadRowGroupFn(beam.DoFn):
             batch = batch.filter(ok)
         Metrics.counter("read", f"{self.source_name}_rows").inc(batch.num_rows)
         if batch.num_rows:
-            yield batch
+            yield self.domain.batch(batch, source.identifier_columns)
 
 
 class ReadDelivery(beam.PTransform):
     """Reads a checked, pseudonymised delivery as Arrow record batches (one per row group).
 
-    In: the pipeline root. Out: `rows`, typed RecordBatches with the source's columns,
-    e.g. tax -> RecordBatch(bsn='b1.kdjh...', year=2024, assessed_income=Decimal('23100.00'),
+    In: the pipeline root. Out: `rows`, typed RecordBatches with the source's minimised
+    columns (privacy/minimise.py) and identifiers as domain pseudonyms, e.g. tax ->
+    RecordBatch(bsn='d1.mfoa...', year=2024, assessed_income=Decimal('23100.00'),
     assets=..., assessment_status='definitive'); and QUARANTINE, RecordBatches of
-    QUARANTINE_SCHEMA for rows whose identifiers are not pseudonyms.
+    QUARANTINE_SCHEMA for rows whose identifiers are not pseudonyms. Nothing after this
+    step sees a body pseudonym.
     """
 
     QUARANTINE = "quarantine"
 
-    def __init__(self, delivery: Delivery):
+    def __init__(self, delivery: Delivery, domain: DomainPseudonymiser):
         super().__init__()
-        self.delivery = delivery
+        if not isinstance(domain, DomainPseudonymiser):
+            raise TypeError("ReadDelivery needs the purpose domain's DomainPseudonymiser")
+        self.delivery, self.domain = delivery, domain
 
     def expand(self, pbegin):
         metadata = pq.read_metadata(self.delivery.data_path)
@@ -414,7 +429,7 @@ class ReadDelivery(beam.PTransform):
             pbegin
             | "ListRowGroups" >> beam.Create(groups, reshuffle=False)
             | "ReadRowGroups"
-            >> beam.ParDo(ReadRowGroupFn(self.delivery.source.name)).with_outputs(
+            >> beam.ParDo(ReadRowGroupFn(self.delivery.source.name, self.domain)).with_outputs(
                 self.QUARANTINE, main="rows"
             )
         )

@@ -1,9 +1,14 @@
-"""The keyring: secret keys for pseudonymisation and signing, encrypted at rest.
+"""The keyring: secret keys for pseudonymisation, run data and signing, encrypted at rest.
 
 A keyring file is JSON holding an AES-256-GCM ciphertext of the keys, under a key
 derived from a passphrase with Argon2id (memory-hard, RFC 9106). Each key has an
 id that travels with what it produced, so a pseudonym names the key that made it.
 No function here ever prints or logs key material.
+
+Who holds which key is part of the design (docs/privacy.md): the supplying bodies
+hold the body key, the central party the domain and run-data keys, and only the
+controller holds both body and domain keys. `check_custody` refuses a keyring that
+does not fit the party about to use it, so a misplaced key fails loudly.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import datetime as dt
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
@@ -24,7 +30,17 @@ FORMAT = "signals-keyring/1"
 PASSPHRASE_ENV = "SIGNALS_KEYRING_PASSPHRASE"
 # RFC 9106's second recommended option (64 MiB, 3 passes); ~0.15 s here.
 KDF_PARAMS = {"name": "argon2id", "iterations": 3, "lanes": 4, "memory_cost_kib": 65536}
-ROLES = ("body", "domain", "audit-signing")
+ROLES = ("body", "domain", "audit-signing", "run-data")
+PREFIXES = {"body": "b", "domain": "d", "audit-signing": "s", "run-data": "r"}
+# The purpose domain of the signalling programme: its processing activity in the register.
+DEFAULT_DOMAIN = "proactive-entitlement-signalling"
+# What each party must hold, and must never hold (see docs/privacy.md, key custody).
+CUSTODY = {
+    "body": ({"body"}, {"domain", "run-data"}),
+    "central": ({"domain", "run-data"}, {"body"}),
+    # Re-identifies (body + domain), reads run outputs (run-data) and logs it (audit-signing).
+    "controller": ({"body", "domain", "run-data", "audit-signing"}, set()),
+}
 
 
 class KeyringError(Exception):
@@ -42,6 +58,13 @@ class Key:
     domain: str | None = None
     retired: bool = False
 
+    @property
+    def fingerprint(self) -> str:
+        """A short one-way tag of the material: custodians compare keys without showing them."""
+        h = hmac.HMAC(self.material, hashes.SHA256())
+        h.update(b"signals-key-fingerprint/1")
+        return h.finalize()[:6].hex()
+
     def public_view(self) -> dict:
         """Everything about the key except its material."""
         return {
@@ -50,6 +73,7 @@ class Key:
             "domain": self.domain,
             "created": self.created,
             "retired": self.retired,
+            "fingerprint": self.fingerprint,
         }
 
 
@@ -71,13 +95,19 @@ class Keyring:
                 return k
         raise KeyringError(f"keyring has no key with id {key_id!r}")
 
+    def roles(self) -> set[str]:
+        return {k.role for k in self.keys}
+
     def add(self, role: str, domain: str | None = None, material: bytes | None = None) -> Key:
         if role not in ROLES:
             raise KeyringError(f"key role must be one of {', '.join(ROLES)}, not {role!r}")
-        n = sum(1 for k in self.keys if k.role == role and k.domain == domain) + 1
-        prefix = {"body": "b", "domain": "d", "audit-signing": "s"}[role]
+        if (role == "domain") != (domain is not None):
+            raise KeyringError("a domain key needs a purpose domain, and only a domain key has one")
+        # Numbered per role across domains, so an id names one key in the whole keyring.
+        prefix = PREFIXES[role]
+        taken = [int(k.id[len(prefix) :]) for k in self.keys if k.role == role]
         key = Key(
-            id=f"{prefix}{n}",
+            id=f"{prefix}{max(taken, default=0) + 1}",
             role=role,
             material=material if material is not None else secrets.token_bytes(32),
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -85,6 +115,57 @@ class Keyring:
         )
         self.keys.append(key)
         return key
+
+    def rotate(self, role: str, domain: str | None = None) -> tuple[Key, Key]:
+        """Add a new active key and retire the old one (kept: what it made stays usable)."""
+        old = self.active(role, domain)
+        self.keys = [replace(k, retired=True) if k.id == old.id else k for k in self.keys]
+        return old, self.add(role, domain)
+
+    def merge(self, other: Keyring) -> list[Key]:
+        """Copy the keys of another keyring in (the controller's ring); returns those added."""
+        added = []
+        for key in other.keys:
+            mine = next((k for k in self.keys if k.id == key.id), None)
+            if mine is None:
+                self.keys.append(key)
+                added.append(key)
+            elif mine.material != key.material:
+                raise KeyringError(
+                    f"two different keys share the id {key.id!r} (fingerprints "
+                    f"{mine.fingerprint} and {key.fingerprint}); keep their keyrings apart"
+                )
+        return added
+
+
+def check_custody(ring: Keyring, party: str, where: Path | str = "keyring") -> None:
+    """Refuse a keyring that lacks a key the party needs, or holds one it must never hold."""
+    needs, forbidden = CUSTODY[party]
+    held = ring.roles()
+    if held & forbidden:
+        raise KeyringError(
+            f"{where}: a {party} keyring must not hold any {' or '.join(sorted(held & forbidden))} "
+            "key (key custody, docs/privacy.md)"
+        )
+    if needs - held:
+        lacking = " and ".join(f"a {r}" for r in sorted(needs - held))
+        raise KeyringError(
+            f"{where}: a {party} keyring needs {lacking} key; "
+            f"create one with `signals keys init --role {party}`"
+        )
+
+
+def central_keyring(key_file: str | Path | None, domain: str) -> Keyring:
+    """The central run's keyring: domain and run-data keys, and never a body key."""
+    if not key_file:
+        raise KeyringError(
+            "the central run needs the central keyring (--key-file): its domain key makes the "
+            "purpose-domain pseudonyms and its run-data key protects the outputs"
+        )
+    ring = load_keyring(Path(key_file), passphrase_from_env())
+    check_custody(ring, "central", key_file)
+    ring.active("domain", domain)
+    return ring
 
 
 def passphrase_from_env() -> str:
@@ -110,6 +191,12 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
+def _stored(key: Key) -> dict:
+    view = key.public_view()
+    del view["fingerprint"]  # derived from the material on load
+    return view
+
+
 def save_keyring(keyring: Keyring, path: Path, passphrase: str) -> None:
     """Encrypt and write the keyring atomically (a crash leaves the old file intact)."""
     if len(passphrase) < 8:
@@ -118,7 +205,7 @@ def save_keyring(keyring: Keyring, path: Path, passphrase: str) -> None:
     kdf = dict(KDF_PARAMS, salt=_b64(salt))
     header = {"format": FORMAT, "kdf": kdf, "cipher": "AES-256-GCM", "nonce": _b64(nonce)}
     plain = json.dumps(
-        {"keys": [dict(k.public_view(), material=_b64(k.material)) for k in keyring.keys]},
+        {"keys": [dict(_stored(k), material=_b64(k.material)) for k in keyring.keys]},
         sort_keys=True,
     ).encode()
     aad = json.dumps(header, sort_keys=True).encode()

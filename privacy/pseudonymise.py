@@ -1,9 +1,12 @@
-"""The body-side step: validate a raw delivery, quarantine bad rows, pseudonymise the rest.
+"""The body-side step: validate a raw delivery, quarantine bad rows, minimise and
+pseudonymise the rest.
 
 Runs at the supplying body, before anything leaves it. Output is a pseudonymised
 delivery in the same layout (data.parquet + manifest.json) plus quarantine.parquet,
-which names bad rows by row number and cause, never by BSN. The central run accepts
-only deliveries made here.
+which names bad rows by row number and cause, never by BSN. Only the fields the
+purpose allows leave the body, coarsened where possible (privacy/minimise.py), and
+identifiers leave as body-layer pseudonyms (privacy/pseudonyms.py). The central run
+accepts only deliveries made here.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.contract import Source
-from pipelines.read_deliveries import open_delivery, sha256_of, validate_delivery
-from pipelines.validate import QUARANTINE_SCHEMA, typed_schema
-from privacy.keys import Keyring
+from pipelines.read_deliveries import (
+    DeliveryRefused,
+    open_delivery,
+    sha256_of,
+    validate_delivery,
+)
+from pipelines.validate import QUARANTINE_SCHEMA
+from privacy.keys import Keyring, check_custody
+from privacy.minimise import minimisation_record, minimise_batch, pseudonymised_schema
 from privacy.pseudonyms import Pseudonymiser
 
 PSEUDONYM_SCHEME = "hmac-sha256-128/letters"
@@ -36,20 +45,44 @@ class PseudonymisedDelivery:
     quarantined: int
 
 
-def _pseudonymise_batch(source: Source, batch: pa.RecordBatch, p: Pseudonymiser) -> pa.RecordBatch:
-    columns = []
+def _pseudonymise_batch(
+    source: Source, batch: pa.RecordBatch, p: Pseudonymiser, reference_date: dt.date
+) -> pa.RecordBatch:
+    batch = minimise_batch(source, batch, reference_date)
     for column in source.columns:
-        values = batch.column(column.name)
-        columns.append(p.array(column.kind, values) if column.is_identifier else values)
-    return pa.RecordBatch.from_arrays(columns, schema=typed_schema(source))
+        if column.is_identifier:
+            i = batch.schema.get_field_index(column.name)
+            batch = batch.set_column(
+                i, batch.schema.field(i), p.array(column.kind, batch.column(i))
+            )
+    return batch
+
+
+def check_one_body_key(deliveries: dict) -> str:
+    """The body key id all deliveries share; refuses deliveries made with different keys.
+
+    Pseudonyms of different body keys never match, so such a run would join nothing and
+    say nothing about why.
+    """
+    ids = {n: d.manifest["pseudonymised"]["key_id"] for n, d in deliveries.items()}
+    if len(set(ids.values())) > 1:
+        listed = ", ".join(f"{n}: {k}" for n, k in sorted(ids.items()))
+        raise DeliveryRefused(
+            f"deliveries were pseudonymised with different body keys ({listed}); "
+            "all bodies must use the same body key"
+        )
+    return next(iter(ids.values()), "")
 
 
 def pseudonymise_delivery(
     delivery_dir: Path, keyring: Keyring, out_root: Path
 ) -> PseudonymisedDelivery:
-    """Validate and pseudonymise one raw delivery into out_root/<source>/<reference_date>/."""
+    """Validate, minimise and pseudonymise one raw delivery into out_root/<source>/<date>/."""
+    check_custody(keyring, "body")
     delivery = open_delivery(Path(delivery_dir))
     source = delivery.source
+    # Coarsening (age) is computed at the delivery's own reference date, from its manifest.
+    reference_date = dt.date.fromisoformat(delivery.reference_date)
     key = keyring.active("body")
     pseudonymiser = Pseudonymiser(key)
     target = Path(out_root) / source.name / delivery.reference_date
@@ -59,12 +92,14 @@ def pseudonymise_delivery(
     data_path, quarantine_path = staging / "data.parquet", staging / "quarantine.parquet"
     try:
         with (
-            pq.ParquetWriter(data_path, typed_schema(source)) as data,
+            pq.ParquetWriter(data_path, pseudonymised_schema(source)) as data,
             pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA) as quarantine,
         ):
             counts = validate_delivery(
                 delivery,
-                on_valid=lambda b: data.write_batch(_pseudonymise_batch(source, b, pseudonymiser)),
+                on_valid=lambda b: data.write_batch(
+                    _pseudonymise_batch(source, b, pseudonymiser, reference_date)
+                ),
                 on_quarantine=quarantine.write_batch,
             )
         manifest = {
@@ -81,6 +116,7 @@ def pseudonymise_delivery(
                 "columns": list(source.identifier_columns),
                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             },
+            minimised=minimisation_record(source, delivery.reference_date),
             original={
                 "file": delivery.data_path.name,
                 "sha256": delivery.manifest["sha256"],

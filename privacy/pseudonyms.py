@@ -1,30 +1,49 @@
-"""Keyed pseudonyms: HMAC-SHA256 of an identifier, tagged with the id of the key that made it.
+"""Keyed pseudonyms in two layers: a body layer (HMAC-SHA256) and a purpose-domain layer (AES).
 
 A pseudonym looks like `b1.kdjhfbeanmopcaegkdjhfbeanmopcaeg`: the key id, a dot, and
-the first 16 bytes of the HMAC written with the letters a-p (one per 4 bits). Letters
-only, so a pseudonym can never be mistaken for (or scanned as) a BSN. The identifier
-kind is part of the HMAC input, so a BSN and an address id never share a pseudonym.
+16 bytes written with the letters a-p (one per 4 bits). Letters only, so a pseudonym
+can never be mistaken for (or scanned as) a BSN.
+
+Layer 1, at the supplying body: HMAC-SHA256(body key, kind || 0 || value), cut to 16
+bytes -> `b1.<letters>`. The identifier kind is part of the input, so a BSN and an
+address id never share a pseudonym. Without the body key nobody can test a guessed
+BSN against it, which is what stops the central party brute-forcing the ~10^8 BSNs.
+
+Layer 2, when the central run reads a delivery: AES-256 of those 16 bytes under the
+key of one purpose domain -> `d1.<letters>`. AES on a single block is a keyed
+permutation: the same body pseudonym always gives the same domain pseudonym (joins
+work), a body without the domain key cannot recognise its records, domains with
+different keys do not link, and whoever holds two domain keys of one domain can
+re-key a pseudonym from the old key to the new exactly (rotation keeps links, see
+`translate`). Inverting layer 2 yields a body pseudonym, never a BSN.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from privacy.keys import Key
+from privacy.keys import Key, Keyring, KeyringError
 
 _HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 PSEUDONYM = re.compile(r"^[a-z][a-z0-9-]*\.[a-p]{32}$")
 PSEUDONYM_PATTERN = r"^[a-z][a-z0-9-]*\.[a-p]{32}$"
+# Layer-1 pseudonyms are made by body keys (`b<n>`), layer-2 ones by domain keys (`d<n>`).
+BODY_PSEUDONYM_PATTERN = r"^b[0-9]+\.[a-p]{32}$"
+DOMAIN_PSEUDONYM_PATTERN = r"^d[0-9]+\.[a-p]{32}$"
 
 
 class Pseudonymiser:
-    """Makes pseudonyms with one key; vectorised over Arrow arrays via their distinct values."""
+    """Layer 1: makes body pseudonyms with one key; vectorised over Arrow arrays."""
 
     def __init__(self, key: Key):
+        if key.role != "body":
+            raise KeyringError(f"key {key.id} is a {key.role} key; layer 1 needs a body key")
         self.key_id = key.id
         self._base = hmac.HMAC(key.material, hashes.SHA256())
 
@@ -35,12 +54,139 @@ class Pseudonymiser:
 
     def array(self, kind: str, values: pa.Array) -> pa.Array:
         """Pseudonymise an array; nulls stay null. Each distinct value is hashed once."""
-        encoded = pc.dictionary_encode(values)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.combine_chunks()
+        encoded = _dictionary(values)
         # A per-value loop over the dictionary: HMAC has no vectorised form (~1 us a value).
         mapped = pa.array([self.one(kind, v) for v in encoded.dictionary.to_pylist()], pa.string())
         return mapped.take(encoded.indices)
+
+
+def _dictionary(values: pa.Array) -> pa.DictionaryArray:
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    return encoded
+
+
+def _letters_to_blocks(values: pa.Array) -> bytes:
+    """The 16-byte blocks behind pseudonyms (non-null, well-formed), concatenated."""
+    tails = pc.utf8_slice_codeunits(values, -32).cast(pa.binary()).cast(pa.binary(32))
+    start = tails.offset * 32
+    raw = np.frombuffer(tails.buffers()[1], dtype=np.uint8)[start : start + 32 * len(values)]
+    nibbles = raw.reshape(-1, 32) - ord("a")
+    return ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8).tobytes()
+
+
+def _blocks_to_pseudonyms(key_id: str, blocks: bytes) -> pa.Array:
+    raw = np.frombuffer(blocks, dtype=np.uint8).reshape(-1, 16)
+    nibbles = np.empty((len(raw), 32), dtype=np.uint8)
+    nibbles[:, 0::2], nibbles[:, 1::2] = raw >> 4, raw & 0x0F
+    nibbles += ord("a")
+    letters = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(32), len(raw), [None, pa.py_buffer(nibbles.tobytes())]
+    )
+    return pc.binary_join_element_wise(
+        f"{key_id}.", letters.cast(pa.binary()).cast(pa.string()), ""
+    )
+
+
+class DomainPseudonymiser:
+    """Layer 2: body pseudonym -> domain pseudonym, AES-256 over each 16-byte block.
+
+    Vectorised: the distinct values of an array are encrypted in one call (ECB over
+    independent single blocks is exactly the keyed permutation wanted here; no block
+    ever depends on another). Pickles with its key, as a Beam DoFn needs.
+    """
+
+    def __init__(self, key: Key):
+        if key.role != "domain":
+            raise KeyringError(f"key {key.id} is a {key.role} key; layer 2 needs a domain key")
+        self.key_id, self.domain = key.id, key.domain
+        self._material = key.material
+
+    def __repr__(self) -> str:
+        return f"DomainPseudonymiser(key_id={self.key_id!r}, domain={self.domain!r})"
+
+    def _cipher(self) -> Cipher:
+        return Cipher(algorithms.AES(self._material), modes.ECB())
+
+    def array(self, values: pa.Array) -> pa.Array:
+        """Domain pseudonyms for an array of body pseudonyms; nulls stay null.
+
+        Raises TypeError for anything but body pseudonyms: this is the privacy boundary,
+        so a raw identifier or an already-domain pseudonym never passes silently.
+        """
+        encoded = _dictionary(values)
+        distinct = encoded.dictionary
+        if (
+            len(distinct)
+            and not pc.all(pc.match_substring_regex(distinct, BODY_PSEUDONYM_PATTERN)).as_py()
+        ):
+            raise TypeError("the domain layer accepts only body pseudonyms (b<n>.<32 letters>)")
+        if not len(distinct):
+            return pa.nulls(len(values), pa.string())
+        blocks = self._cipher().encryptor().update(_letters_to_blocks(distinct))
+        return _blocks_to_pseudonyms(self.key_id, blocks).take(encoded.indices)
+
+    def one(self, body_pseudonym: str) -> str:
+        return self.array(pa.array([body_pseudonym], pa.string()))[0].as_py()
+
+    def batch(self, batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.RecordBatch:
+        """The batch with `columns` (identifier columns) moved to the domain layer."""
+        for name in columns:
+            i = batch.schema.get_field_index(name)
+            batch = batch.set_column(i, batch.schema.field(i), self.array(batch.column(i)))
+        return batch
+
+    def _unwrap(self, values: pa.Array) -> bytes:
+        """The body-pseudonym blocks behind this key's domain pseudonyms (for re-keying)."""
+        return self._cipher().decryptor().update(_letters_to_blocks(values))
+
+
+class TwoLayerPseudonymiser:
+    """Raw identifier -> domain pseudonym: body layer, then domain layer.
+
+    Needs both keys, which only the controller holds (privacy/reidentify.py uses it
+    to find signalled households in a raw BRP delivery).
+    """
+
+    def __init__(self, body_key: Key, domain_key: Key):
+        self.body, self.domain = Pseudonymiser(body_key), DomainPseudonymiser(domain_key)
+
+    def one(self, kind: str, value: str) -> str:
+        return self.domain.one(self.body.one(kind, value))
+
+    def array(self, kind: str, values: pa.Array) -> pa.Array:
+        return self.domain.array(self.body.array(kind, values))
+
+
+def translate(values: pa.Array, keyring: Keyring, domain: str) -> pa.Array:
+    """Re-key domain pseudonyms made with any key of `domain` to its active key.
+
+    This is how links survive a rotation: a pseudonym written under the retired key
+    d1 maps to exactly the pseudonym the new key d2 gives the same person. Nulls stay
+    null; a pseudonym of another domain or an unknown key is an error (domains never
+    link).
+    """
+    active = DomainPseudonymiser(keyring.active("domain", domain))
+    encoded = _dictionary(values)
+    distinct = encoded.dictionary
+    if not len(distinct):
+        return pa.nulls(len(values), pa.string())
+    if not pc.all(pc.match_substring_regex(distinct, DOMAIN_PSEUDONYM_PATTERN)).as_py():
+        raise TypeError("translate accepts only domain pseudonyms (d<n>.<32 letters>)")
+    key_ids = pc.utf8_slice_codeunits(distinct, 0, -33)
+    out = distinct
+    for key_id in pc.unique(key_ids).to_pylist():
+        if key_id == active.key_id:
+            continue
+        key = keyring.by_id(key_id)
+        if key.role != "domain" or key.domain != domain:
+            raise KeyringError(f"key {key_id} is not a key of domain {domain!r}")
+        mask = pc.equal(key_ids, key_id)
+        blocks = DomainPseudonymiser(key)._unwrap(distinct.filter(mask))
+        rekeyed = _blocks_to_pseudonyms(active.key_id, active._cipher().encryptor().update(blocks))
+        out = pc.replace_with_mask(out, mask, rekeyed)
+    return out.take(encoded.indices)
 
 
 def is_pseudonym(values: pa.Array) -> pa.Array:

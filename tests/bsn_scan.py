@@ -23,6 +23,9 @@ NINE_DIGITS = re.compile(r"(?<!\d)\d{9}(?!\d)")
 # Hex SHA-256 digests (manifests carry them, as the contract requires) may contain nine
 # digits passing the 11-proef by chance; the generic net skips whole digests.
 HEX_DIGEST = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+# Integer columns that count positions 0, 1, 2 ... (the audit log's leaf index): any
+# number in them passes the 11-proef now and then without being anyone's BSN.
+POSITION_COLUMNS = {"leaf_index"}
 
 
 def _text_values(col) -> Iterable[str]:
@@ -61,6 +64,8 @@ def scan_file(path: Path, known: set[str]) -> list[str]:
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         for name in table.column_names:
+            if name in POSITION_COLUMNS and pa.types.is_integer(table.schema.field(name).type):
+                continue
             hits += _scan_values(_text_values(table.column(name)), known)
     elif path.suffix in (".duckdb", ".ddb"):
         con = duckdb.connect(str(path), read_only=True)

@@ -73,8 +73,8 @@ OBJECTIONS = [(B[5], "2024-05-01", "all"), (B[9], "2024-05-01", "zorgtoeslag")]
 BENEFITS = [(B[1], "zorgtoeslag", "150.00", "2024-01-01", "")]
 ARREARS = [(B[0], "energy", "ENECO", "420.00", "3", "2024-12-01")]
 
-# Expected zorgtoeslag signals (household -> annual amount), computed by hand in
-# tests/test_end_to_end.py from the statutory formula.
+# Households expected to get a zorgtoeslag signal; amounts (and the signals of the other
+# schemes) are computed by hand in tests/test_end_to_end.py from the statutory formulas.
 SIGNALLED = {"H1", "H10", "H11"}
 
 

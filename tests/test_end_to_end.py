@@ -12,6 +12,17 @@ Zorgtoeslag 2025, Wet op de zorgtoeslag art. 2 (parameters: standaardpremie 2,11
         2,112 - (538.57776 + 13.7% x (31,000 - 28,406) = 355.378) = 1,218.04
     H11 couple, combined income 42,000:
         2 x 2,112 - (4.273% x 28,406 = 1,213.78838 + 13.7% x 13,594 = 1,862.378) = 1,147.83
+
+Kindgebonden budget 2025 (Wkb art. 2): H2, a couple with one child of 5, combined income
+25,000 below the partner threshold 37,545 (28,406 + 9,139), assets 0: the per-child amount
+2,511 without age supplement (under 12) or reduction = 2,511.00. (H2 already receives
+zorgtoeslag, so that scheme is not signalled.)
+
+Kwijtschelding 2025 (Uitvoeringsregeling Invorderingswet 1990, national norms, Utrecht
+levies): H4, a single person with an income of 3,000 a year, far below 90% of the
+bijstandsnorm, has no payment capacity: the whole afvalstoffenheffing for a one-person
+household, 313.05, is remitted. Huurtoeslag is not evaluated: its 2025 normhuur factors are
+not sourced, so the rule does not compile for 2025 (recorded in the manifest).
 """
 
 from __future__ import annotations
@@ -27,10 +38,19 @@ from population import HOUSEHOLDS, REFERENCE_DATE, SIGNALLED, B, write_populatio
 
 from flows.cli import main
 from pipelines.contract import SOURCES
-from privacy.keys import load_keyring
-from privacy.pseudonyms import Pseudonymiser
+from privacy.keys import DEFAULT_DOMAIN, load_keyring
+from privacy.pseudonyms import TwoLayerPseudonymiser
+from privacy.retention import read_run_table
 
-EXPECTED_2025 = {"H1": Decimal("1573.42"), "H10": Decimal("1218.04"), "H11": Decimal("1147.83")}
+PASSPHRASE = "an end-to-end passphrase"
+
+EXPECTED_2025 = {
+    ("H1", "zorgtoeslag"): Decimal("1573.42"),
+    ("H10", "zorgtoeslag"): Decimal("1218.04"),
+    ("H11", "zorgtoeslag"): Decimal("1147.83"),
+    ("H2", "kindgebonden_budget"): Decimal("2511.00"),
+    ("H4", "kwijtschelding"): Decimal("313.05"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,42 +58,54 @@ def published(tmp_path_factory):
     """Pseudonymise every source with the CLI, then run the central flow; the run folder."""
     root = tmp_path_factory.mktemp("e2e")
     mp = pytest.MonkeyPatch()
-    mp.setenv("SIGNALS_KEYRING_PASSPHRASE", "an end-to-end passphrase")
+    mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
     write_population(root / "raw")
-    key_file = root / "keys" / "body.keyring"
+    key_file, central = root / "keys" / "body.keyring", root / "keys" / "central.keyring"
     assert main(["keys", "init", "--key-file", str(key_file)]) == 0
+    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
     for source in SOURCES:
         delivery = root / "raw" / source / REFERENCE_DATE
         args = ["pseudonymise", "--delivery", str(delivery), "--key-file", str(key_file)]
         assert main(args + ["--out", str(root / "pseudo")]) == 0
     args = ["run", "--deliveries", str(root / "pseudo"), "--reference-date", REFERENCE_DATE]
+    args += ["--key-file", str(central)]
     assert main(args + ["--out", str(root / "runs"), "--buckets", "4"]) == 0
-    (run_dir,) = [p for p in (root / "runs").iterdir() if not p.name.startswith(".")]
-    ring = load_keyring(key_file, "an end-to-end passphrase")
-    yield root, run_dir, Pseudonymiser(ring.active("body"))
+    (run_dir,) = [p for p in (root / "runs").iterdir() if (p / "manifest.json").is_file()]
+    body, domain = load_keyring(key_file, PASSPHRASE), load_keyring(central, PASSPHRASE)
+    yield (
+        root,
+        run_dir,
+        TwoLayerPseudonymiser(body.active("body"), domain.active("domain", DEFAULT_DOMAIN)),
+    )
     mp.undo()
 
 
-def _household_names(p: Pseudonymiser) -> dict[str, str]:
+def _household_names(p: TwoLayerPseudonymiser) -> dict[str, str]:
     return {p.one("household_id", hh): hh for hh in HOUSEHOLDS}
+
+
+def _read(run_dir, name):
+    """A personal-data output of the run, decrypted in memory with the central keyring."""
+    ring = load_keyring(run_dir.parent.parent / "keys" / "central.keyring", PASSPHRASE)
+    return read_run_table(run_dir, name, ring)
 
 
 def test_signals_go_exactly_to_entitled_households_not_yet_receiving(published):
     _, run_dir, p = published
-    signals = pq.read_table(run_dir / "signals.parquet").to_pylist()
+    signals = _read(run_dir, "signals.parquet").to_pylist()
     names = _household_names(p)
-    got = {names[s["household_pid"]]: s["estimated_annual_amount"] for s in signals}
-    assert set(got) == SIGNALLED
+    got = {(names[s["household_pid"]], s["scheme"]): s["estimated_annual_amount"] for s in signals}
+    assert {hh for hh, scheme in got if scheme == "zorgtoeslag"} == SIGNALLED
     assert got == EXPECTED_2025
     for s in signals:
-        assert s["scheme"] == "zorgtoeslag" and s["benefit_year"] == 2025
-        assert s["rule_id"] == "zorgtoeslag" and s["rule_version"]
+        assert s["benefit_year"] == 2025
+        assert s["rule_id"] == s["scheme"] and s["rule_version"]
         assert s["explanation"] and s["signal_id"].startswith("s.")
 
 
 def test_the_estimated_older_income_gives_a_lower_confidence(published):
     _, run_dir, p = published
-    signals = pq.read_table(run_dir / "signals.parquet").to_pylist()
+    signals = _read(run_dir, "signals.parquet").to_pylist()
     names = _household_names(p)
     confidence = {names[s["household_pid"]]: s["confidence"] for s in signals}
     assert confidence["H10"] < confidence["H1"]
@@ -81,7 +113,7 @@ def test_the_estimated_older_income_gives_a_lower_confidence(published):
 
 def test_objectors_and_deregistered_persons_are_never_signalled(published):
     _, run_dir, p = published
-    signals = pq.read_table(run_dir / "signals.parquet")
+    signals = _read(run_dir, "signals.parquet")
     applicants = set(signals.column("applicant_pid").to_pylist())
     for bsn in (B[5], B[8], B[9]):  # objected (all), deregistered, objected (zorgtoeslag)
         assert p.one("bsn", bsn) not in applicants
@@ -91,8 +123,9 @@ def test_an_objector_appears_nowhere_downstream_but_in_the_exclusion_record(publ
     _, run_dir, p = published
     objector = p.one("bsn", B[5])
     con = duckdb.connect()
+    con.register("households_table", _read(run_dir, "households"))
     households = con.execute(
-        f"SELECT COUNT(*) FROM read_parquet('{run_dir}/households/*.parquet') "
+        "SELECT COUNT(*) FROM households_table "
         f"WHERE list_contains(member_pids, '{objector}') OR partner_pid = '{objector}'"
     ).fetchone()[0]
     audit = con.execute(
@@ -113,9 +146,11 @@ def test_counts_reconcile_per_source_in_the_manifest(published):
         quarantined = pq.read_metadata(run_dir / "quarantine" / f"{source}.parquet").num_rows
         assert quarantined == counts["quarantined"]
     assert manifest["counts"]["households"] == len(HOUSEHOLDS)
-    assert manifest["counts"]["signals"] == len(SIGNALLED)
+    assert manifest["counts"]["signals"] == len(EXPECTED_2025)
     assert manifest["inputs"]["brp"]["sha256"]
-    assert manifest["rules"][0]["rule_id"] == "zorgtoeslag"
+    compiled = {r["rule_id"] for r in manifest["rules"]}
+    assert compiled == {"aio", "kindgebonden_budget", "kwijtschelding", "zorgtoeslag"}
+    assert [r["rule_id"] for r in manifest["rules_skipped"]] == ["huurtoeslag"]
 
 
 def test_no_file_written_by_the_run_or_the_bodies_holds_a_bsn(published):
@@ -129,12 +164,13 @@ def test_no_file_written_by_the_run_or_the_bodies_holds_a_bsn(published):
 
 def test_a_rerun_with_the_same_inputs_is_a_no_op_with_the_same_run(published):
     root, run_dir, _ = published
-    before = (run_dir / "signals.parquet").read_bytes()
+    before = (run_dir / "signals.parquet.enc").read_bytes()
     args = ["run", "--deliveries", str(root / "pseudo"), "--reference-date", REFERENCE_DATE]
+    args += ["--key-file", str(root / "keys" / "central.keyring")]
     assert main(args + ["--out", str(root / "runs"), "--buckets", "4"]) == 0
-    runs = [p for p in (root / "runs").iterdir() if not p.name.startswith(".")]
+    runs = [p for p in (root / "runs").iterdir() if (p / "manifest.json").is_file()]
     assert runs == [run_dir]
-    assert (run_dir / "signals.parquet").read_bytes() == before
+    assert (run_dir / "signals.parquet.enc").read_bytes() == before
 
 
 def test_the_scan_itself_finds_a_planted_bsn(tmp_path):

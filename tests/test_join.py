@@ -19,9 +19,9 @@ from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
 from pipelines.join import JOIN_SOURCES, JoinHouseholds, bucket_of
 from pipelines.options import pipeline_options
 from pipelines.read_deliveries import ReadDelivery, open_pseudonymised
-from pipelines.validate import typed_schema
+from privacy.minimise import pseudonymised_schema
 from privacy.pseudonymise import pseudonymise_delivery
-from privacy.pseudonyms import Pseudonymiser
+from privacy.pseudonyms import DomainPseudonymiser, Pseudonymiser, TwoLayerPseudonymiser
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,18 @@ def households(tmp_path_factory):
     root = tmp_path_factory.mktemp("join")
     ring = Keyring()
     key = ring.add("body")
+    domain_key = Keyring().add("domain", "test")
     write_population(root / "raw")
     deliveries = {}
     for name in SOURCES:
         out = pseudonymise_delivery(root / "raw" / name / REFERENCE_DATE, ring, root / "p")
         deliveries[name] = open_pseudonymised(out.directory, name)
-    schemas = {n: typed_schema(SOURCES[n]) for n in JOIN_SOURCES}
+    schemas = {n: pseudonymised_schema(SOURCES[n]) for n in JOIN_SOURCES}
     schemas["brp"] = schemas["brp"].append(pa.field("partner_withheld", pa.bool_()))
 
     with beam.Pipeline(options=pipeline_options()) as p:
-        rows = {n: p | f"Read_{n}" >> ReadDelivery(d) for n, d in deliveries.items()}
+        domain = DomainPseudonymiser(domain_key)
+        rows = {n: p | f"Read_{n}" >> ReadDelivery(d, domain) for n, d in deliveries.items()}
         kept = {n: r.rows for n, r in rows.items()} | ExcludeObjectors(PERSON_SOURCES)
         table = {n: kept[n] for n in JOIN_SOURCES} | JoinHouseholds(
             schemas, dt.date.fromisoformat(REFERENCE_DATE), buckets=4
@@ -55,7 +57,7 @@ def households(tmp_path_factory):
             | WriteToParquetBatched(str(root / "households" / "part"), schema=household.SCHEMA)
         )
     rows = pq.read_table(root / "households").to_pylist()
-    p = Pseudonymiser(key)
+    p = TwoLayerPseudonymiser(key, domain_key)
     by_name = {}
     for hh in [f"H{i}" for i in range(1, 12)]:
         pid = p.one("household_id", hh)

@@ -1,0 +1,344 @@
+"""`signals audit`: the auditor's tools for the tamper-evident purpose audit log.
+
+    verify                 every signature, root, record and proof; exit 1 naming the first problem
+    trail PSEUDONYM        everything that happened to one data subject (subject access request)
+    query                  records or counts by purpose, legal basis, scheme, run, operation, date
+    prove PSEUDONYM        an inclusion-proof bundle for one data subject an outsider can check
+    check-proof FILE       check such a bundle (what an outsider does; needs no log)
+    export --to DIR        a verified copy of the log, or of the records a query selects
+
+`--log` is the audit-log folder (`<out>/audit-log`) or the run output folder holding it.
+Verification exits 0 when the log holds, 1 when it found a problem, 2 on a usage error.
+Ids are printed in base64, never hex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+from pathlib import Path
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+def _log_root(value: str) -> Path:
+    from privacy.audit.log import LOG_DIRNAME
+
+    path = Path(value)
+    if (path / "checkpoints").is_dir():
+        return path
+    if (path / LOG_DIRNAME / "checkpoints").is_dir():
+        return path / LOG_DIRNAME
+    from flows.cli import UsageError
+
+    raise UsageError(f"{path}: no audit log here (expected checkpoints/ or {LOG_DIRNAME}/)")
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _as_usage_errors(func):
+    """Known audit-log failures become one-line usage errors (exit 2), not tracebacks."""
+
+    def run(args) -> int:
+        from flows.cli import UsageError
+        from privacy.audit.log import AuditLogError
+        from privacy.audit.signing import SignerError
+
+        try:
+            return func(args)
+        except (AuditLogError, SignerError, OSError, json.JSONDecodeError) as e:
+            raise UsageError(str(e)) from None
+
+    return run
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+def cmd_verify(args) -> int:
+    from privacy.audit.verify import verify_log
+
+    root = _log_root(args.log)
+    report = verify_log(root, args.public_key or None, args.trusted_checkpoint or None)
+    if not report.ok:
+        print(f"audit log {root}: FAILED", file=sys.stderr)
+        print(f"  first problem: {report.problems[0]}", file=sys.stderr)
+        for problem in report.problems[1:MAX_PROBLEMS_SHOWN]:
+            print(f"  also: {problem}", file=sys.stderr)
+        if len(report.problems) > MAX_PROBLEMS_SHOWN:
+            print(f"  ... {len(report.problems) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
+        return 1
+    latest = report.latest
+    keys = ", ".join(sorted(report.key_fingerprints)) or "none"
+    pinned = "pinned" if args.public_key else "published with the log"
+    print(f"audit log {root}: OK")
+    print(
+        f"  checkpoints   {report.checkpoints}, every Ed25519 signature valid "
+        f"(keys {keys}, {pinned})"
+    )
+    print(
+        f"  records       {report.records:,}; leaf index 0..{max(report.records - 1, 0)} in order"
+    )
+    print("  leaves        every record's leaf hash recomputed from its canonical bytes")
+    print("  roots         every segment gives the root its checkpoint signed")
+    print(
+        f"  consistency   {report.consistency_proofs} proof(s) verified: each checkpoint extends "
+        "the one before"
+    )
+    print(f"  inclusion     {report.inclusion_proofs} sampled inclusion proofs verified")
+    if report.trusted_checked:
+        print(f"  history       {report.trusted_checked} kept checkpoint(s) found unchanged")
+    if latest is not None:
+        print(
+            f"  latest        checkpoint {latest.sequence}: tree size {latest.tree_size:,}, "
+            f"root {latest.body['root_hash']}"
+        )
+    return 0
+
+
+# -- trail and query ---------------------------------------------------------------------------
+
+
+def _b64(value) -> str:
+    from privacy.audit.signing import b64
+
+    return b64(value) if value is not None else ""
+
+
+def _row_json(row: dict) -> dict:
+    out = {}
+    for name, value in row.items():
+        if isinstance(value, bytes):
+            out[name] = _b64(value)
+        elif isinstance(value, dt.datetime):
+            out[name] = value.isoformat()
+        else:
+            out[name] = value
+    return out
+
+
+def _print_rows(rows: list[dict], fmt: str) -> None:
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(_row_json(row), ensure_ascii=False, sort_keys=True))
+        return
+    for r in rows:
+        when = r["start_time"].isoformat(timespec="seconds") if r["start_time"] else "-"
+        print(
+            f"{r['leaf_index']:>10}  {when}  {r['run_id'] or '-':<24} {r['name']:<17} "
+            f"{r['status'] or '-':<14} {r['data_subject_pid'] or '-'}"
+        )
+        print(f"{'':>12}{r['attributes']}")
+
+
+def _filters(args, subject: str | None = None):
+    from privacy.audit.query import Filters
+
+    return Filters(
+        purpose=getattr(args, "purpose", None),
+        legal_basis=getattr(args, "legal_basis", None),
+        scheme=getattr(args, "scheme", None),
+        run=getattr(args, "run", None),
+        operation=getattr(args, "operation", None),
+        status=getattr(args, "status", None),
+        subject=subject or getattr(args, "subject", None),
+        since=getattr(args, "since", None),
+        until=getattr(args, "until", None),
+    )
+
+
+def cmd_trail(args) -> int:
+    from privacy.audit.query import count_by, select
+
+    root = _log_root(args.log)
+    filters = _filters(args, subject=args.pseudonym)
+    rows, total = select(root, filters)
+    if args.format == "json":
+        _print_rows(rows.to_pylist(), "json")
+        return 0
+    print(f"data subject {args.pseudonym}: {total:,} audit record(s) in {root}")
+    if total == 0:
+        return 0
+    for r in count_by(root, filters, ["run_id", "name", "status"]).to_pylist():
+        print(f"  {r['run_id']:<26} {r['name']:<17} {r['status']:<14} {r['records']:>6}")
+    print()
+    _print_rows(rows.to_pylist(), "table")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from privacy.audit.query import count_by, select
+
+    root = _log_root(args.log)
+    filters = _filters(args)
+    if args.count_by:
+        table = count_by(root, filters, [g.strip() for g in args.count_by.split(",")])
+        if args.format == "json":
+            _print_rows(table.to_pylist(), "json")
+        else:
+            for r in table.to_pylist():
+                print("  ".join(f"{v if v is not None else '-'}" for v in r.values()))
+        return 0
+    rows, total = select(root, filters, limit=args.limit)
+    _print_rows(rows.to_pylist(), args.format)
+    if args.format != "json":
+        print(f"{total:,} record(s) match; {rows.num_rows:,} shown")
+    return 0
+
+
+# -- prove, check-proof, export ------------------------------------------------------------
+
+
+def cmd_prove(args) -> int:
+    from privacy.audit.proofs import make_bundle
+
+    bundle = make_bundle(_log_root(args.log), args.pseudonym)
+    text = json.dumps(bundle, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(
+            f"{len(bundle['records'])} record(s) of {args.pseudonym} proven in checkpoint "
+            f"{bundle['checkpoints'][-1]['sequence']} -> {args.out}"
+        )
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_check_proof(args) -> int:
+    from privacy.audit.proofs import check_bundle
+
+    bundle = json.loads(Path(args.bundle).read_text())
+    problems = check_bundle(bundle, args.public_key or None)
+    if problems:
+        print(f"{args.bundle}: FAILED", file=sys.stderr)
+        for problem in problems[:MAX_PROBLEMS_SHOWN]:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    latest = bundle["checkpoints"][-1]
+    source = "pinned key" if args.public_key else "keys in the bundle (pin yours with --public-key)"
+    print(
+        f"{args.bundle}: OK: {len(bundle['records'])} record(s) of {bundle['subject']} are in "
+        f"the log at checkpoint {latest['sequence']} (tree size {latest['tree_size']:,}, root "
+        f"{latest['root_hash']}), signatures checked with the {source}"
+    )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from privacy.audit.log import AuditLog
+    from privacy.audit.query import select
+    from privacy.audit.verify import verify_log
+
+    root, dest = _log_root(args.log), Path(args.to)
+    if dest.exists() and any(dest.iterdir()):
+        from flows.cli import UsageError
+
+        raise UsageError(f"{dest}: not empty; export into a new folder")
+    log = AuditLog(root)
+    with log.locked():  # no append while the copy is made
+        report = verify_log(root)
+        if not report.ok:
+            print(
+                f"not exported: the log fails verification: {report.problems[0]}", file=sys.stderr
+            )
+            return 1
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(log.checkpoints_dir, dest / "checkpoints")
+        shutil.copytree(log.keys_dir, dest / "public_keys")
+        shutil.copy2(root / "public_key.pem", dest / "public_key.pem")
+        (dest / "latest-checkpoint.json").write_text(report.latest.to_json() + "\n")
+        filters = _filters(args)
+        if filters == type(filters)():
+            (dest / "segments").mkdir()
+            for path in log.committed_segments():
+                shutil.copy2(path, dest / "segments" / path.name)
+            what = (
+                f"the whole log ({report.records:,} records); check the copy with "
+                f"`signals audit verify --log {dest}`"
+            )
+        else:
+            import pyarrow.parquet as pq
+
+            rows, total = select(root, filters)
+            pq.write_table(rows, dest / "records.parquet", compression="zstd")
+            what = f"{total:,} selected record(s) in records.parquet, with the checkpoints"
+    print(f"exported {what}")
+    print(
+        f"keep {dest / 'latest-checkpoint.json'}: pass it to a later `signals audit verify "
+        "--trusted-checkpoint` to detect a rewritten history"
+    )
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+def _add_filters(p) -> None:
+    p.add_argument("--purpose", help="processing activity id (the register entry)")
+    p.add_argument("--legal-basis", help="text within the recorded legal basis (any case)")
+    p.add_argument("--scheme", help="scheme, e.g. zorgtoeslag")
+    p.add_argument("--run", help="run id")
+    p.add_argument("--operation", help="ingest, exclusion, join, rule_evaluation, signal, ...")
+    p.add_argument("--status", help="outcome, e.g. entitled, signalled, excluded")
+    p.add_argument("--since", type=_date, help="records started on or after this date")
+    p.add_argument("--until", type=_date, help="records started on or before this date")
+
+
+def register(subparsers) -> None:
+    audit = subparsers.add_parser(
+        "audit", help="verify, query and prove the tamper-evident purpose audit log"
+    )
+    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    def command(name, func, text):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--log", required=True, help="<out>/audit-log, or the <out> folder")
+        p.set_defaults(func=_as_usage_errors(func))
+        return p
+
+    p = command("verify", cmd_verify, "check every signature, root, record, proof and the sequence")
+    p.add_argument(
+        "--public-key",
+        action="append",
+        help="trusted public key PEM (repeatable; default: the keys published with the log)",
+    )
+    p.add_argument(
+        "--trusted-checkpoint",
+        action="append",
+        help="a checkpoint JSON kept from an earlier verification (repeatable): detects a "
+        "rewritten history",
+    )
+    p = command("trail", cmd_trail, "everything that happened to one data subject")
+    p.add_argument("pseudonym", help="the data subject's pseudonym")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p = command("query", cmd_query, "records or counts by purpose, legal basis, scheme, run, date")
+    _add_filters(p)
+    p.add_argument("--subject", help="data subject pseudonym")
+    p.add_argument(
+        "--count-by",
+        help="comma-separated: name, status, run_id, "
+        "processing_activity_id, register_version, scheme",
+    )
+    p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p = command("prove", cmd_prove, "an inclusion proof bundle for one data subject")
+    p.add_argument("pseudonym")
+    p.add_argument("--out", help="write the bundle here (default: standard output)")
+    p = command("export", cmd_export, "a verified copy of the log or of selected records")
+    p.add_argument("--to", required=True, help="a new folder")
+    _add_filters(p)
+    p.add_argument("--subject", help="data subject pseudonym")
+
+    p = sub.add_parser("check-proof", help="check a proof bundle (needs no log)")
+    p.add_argument("bundle", help="the JSON bundle from `signals audit prove`")
+    p.add_argument("--public-key", action="append", help="trusted public key PEM (repeatable)")
+    p.set_defaults(func=_as_usage_errors(cmd_check_proof))

@@ -1,0 +1,136 @@
+"""`signals worklist`, `signals retention` and `signals decrypt`: the controller's commands.
+
+The worklist is the one place a BSN is written (privacy/reidentify.py); retention
+destroys the data keys of old runs (privacy/retention.py); decrypt writes plain
+copies of a run's personal data for analysis in DuckDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+
+def _keyring(args):
+    from flows.cli import _passphrase
+    from privacy.keys import load_keyring
+
+    return load_keyring(Path(args.key_file), _passphrase(args))
+
+
+def _key_store(args) -> Path | None:
+    return Path(args.key_store) if args.key_store else None
+
+
+def cmd_worklist(args) -> int:
+    from privacy.reidentify import write_worklist
+
+    ring = _keyring(args)
+    result = write_worklist(
+        Path(args.run), Path(args.brp), ring, Path(args.out), key_store=_key_store(args)
+    )
+    logged = f"checkpoint {result.audit.sequence}" if result.audit else "nothing to log"
+    print(
+        f"worklist: {result.rows:,} signals re-identified -> {result.csv} "
+        f"(and {result.parquet.name}); {result.rows:,} reidentification records in the "
+        f"audit log ({logged})"
+    )
+    return 0
+
+
+def _period(args) -> str:
+    """The retention period: the flag, else the processing register's for the programme."""
+    from flows.cli import UsageError
+
+    if args.period:
+        return args.period
+    from privacy import register
+    from privacy.keys import DEFAULT_DOMAIN
+
+    if register.DEFAULT_ROOT.is_dir() and any(register.DEFAULT_ROOT.glob("*.yaml")):
+        activity = register.load_register().activity(DEFAULT_DOMAIN)
+        if activity:
+            return activity.retention["period"]
+    raise UsageError("no retention period: pass --period (ISO 8601, e.g. P1Y)")
+
+
+def cmd_retention_enforce(args) -> int:
+    from privacy.retention import enforce_retention
+
+    period = _period(args)
+    destroyed = enforce_retention(
+        Path(args.runs), period, args.as_of, _keyring(args), _key_store(args)
+    )
+    for run_id in destroyed:
+        print(f"{run_id}: data key destroyed (retention {period}); its personal data is unreadable")
+    print(f"{len(destroyed)} run(s) past retention {period} as of {args.as_of.isoformat()}")
+    return 0
+
+
+def cmd_retention_status(args) -> int:
+    from privacy.retention import retention_status
+
+    period = _period(args)
+    for run in retention_status(Path(args.runs), period, _key_store(args)):
+        print(f"{run['run_id']}  created {run['created']}  kept until {run['keep_until']}")
+    return 0
+
+
+def cmd_decrypt(args) -> int:
+    from privacy.retention import decrypt_run
+
+    written = decrypt_run(Path(args.run), _keyring(args), Path(args.out), _key_store(args))
+    print(f"{len(written)} file(s) decrypted into {args.out}; they hold personal data: delete them")
+    return 0
+
+
+def _date(value: str) -> dt.date:
+    from flows.cli import _date as parse
+
+    return parse(value)
+
+
+def _keys_args(p) -> None:
+    p.add_argument("--key-file", required=True, help="controller keyring")
+    p.add_argument("--passphrase-file", help="default: $SIGNALS_KEYRING_PASSPHRASE")
+    p.add_argument("--key-store", help="run data keys (default: <runs>/.keys)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "worklist", help="controller: re-identify a run's signalled households into a worklist"
+    )
+    p.add_argument("--run", required=True, help="published run folder")
+    p.add_argument("--brp", required=True, help="the raw BRP delivery the run used")
+    p.add_argument("--out", required=True, help="worklist .csv (a .parquet is written beside it)")
+    _keys_args(p)
+    p.set_defaults(func=cmd_worklist)
+
+    retention = subparsers.add_parser(
+        "retention", help="destroy the data keys of runs past their retention period"
+    ).add_subparsers(dest="retention_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("enforce", cmd_retention_enforce, "destroy data keys of runs past retention"),
+        ("status", cmd_retention_status, "list runs with their retention dates"),
+    ):
+        r = retention.add_parser(name, help=text)
+        r.add_argument("--runs", required=True, help="folder holding the run folders")
+        r.add_argument("--period", help="ISO 8601 period (default: the processing register's)")
+        r.add_argument("--key-store", help="run data keys (default: <runs>/.keys)")
+        if name == "enforce":
+            r.add_argument(
+                "--key-file", required=True, help="keyring with the audit-signing key (logs it)"
+            )
+            r.add_argument("--passphrase-file", help="default: $SIGNALS_KEYRING_PASSPHRASE")
+            r.add_argument(
+                "--as-of", type=_date, default=dt.date.today(), help="date to enforce at"
+            )
+        r.set_defaults(func=func)
+
+    p = subparsers.add_parser(
+        "decrypt", help="controller: write plain copies of a run's personal data (for DuckDB)"
+    )
+    p.add_argument("--run", required=True, help="published run folder")
+    p.add_argument("--out", required=True, help="folder for the plain copies")
+    _keys_args(p)
+    p.set_defaults(func=cmd_decrypt)

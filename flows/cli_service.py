@@ -1,0 +1,105 @@
+"""`signals serve`, `signals runs` and `signals config`: running the pipeline as a service.
+
+    signals serve [--config F]              the scheduled deployments (needs a Prefect server)
+    signals runs list [--out DIR]           every run in the output folder, newest first
+    signals runs show RUN [--out DIR]       one run: inputs, counts, rule versions
+    signals config check [--config F]       validate signals.toml (and overrides), print it
+
+The output folder defaults to `paths.out` of the configuration (flows/config.py). Their
+errors (ConfigError, RunNotFound) are the user's to fix: one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+def _config(args):
+    from flows.config import load_config
+
+    return load_config(getattr(args, "config", None))
+
+
+def _out(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    return Path(_config(args).require("paths", "out"))
+
+
+def cmd_serve(args) -> int:
+    from flows.serve import serve
+
+    serve(_config(args))
+    return 0
+
+
+def cmd_runs_list(args) -> int:
+    from flows.runs import history_lines, list_runs
+
+    entries = list_runs(_out(args))
+    if not entries:
+        print(f"no runs in {_out(args)}")
+        return 0
+    print("\n".join(history_lines(entries)))
+    return 0
+
+
+def cmd_runs_show(args) -> int:
+    from flows.runs import find_run, show_lines
+
+    folder = find_run(_out(args), args.run)
+    if args.json:
+        print((folder / "manifest.json").read_text(encoding="utf-8"), end="")
+    else:
+        print("\n".join(show_lines(folder)))
+    return 0
+
+
+def _plain(value):
+    return value if isinstance(value, int | float | str) else str(value)
+
+
+def cmd_config_check(args) -> int:
+    config = _config(args)
+    print(f"configuration: {config.source or 'no file (defaults and environment only)'}")
+    for section in ("paths", "keys", "schedule", "run", "thresholds"):
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            shown = "(not set)" if value is None else json.dumps(_plain(value))
+            print(f"  {section}.{key} = {shown}")
+    print("ok")
+    return 0
+
+
+def _config_arg(p) -> None:
+    p.add_argument(
+        "--config", help="configuration file (default: $SIGNALS_CONFIG, else ./signals.toml)"
+    )
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve the scheduled central run and retention (needs a Prefect server)"
+    )
+    _config_arg(p)
+    p.set_defaults(func=cmd_serve)
+
+    runs = subparsers.add_parser("runs", help="the history of runs in an output folder")
+    actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    p = actions.add_parser("list", help="every run, newest first, unfinished ones included")
+    p.add_argument("--out", help="output folder (default: paths.out of the configuration)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_runs_list)
+    p = actions.add_parser("show", help="one run: inputs, counts, rule versions")
+    p.add_argument("run", metavar="RUN", help="run id, a unique prefix of one, or its folder")
+    p.add_argument("--out", help="output folder (default: paths.out of the configuration)")
+    p.add_argument("--json", action="store_true", help="print the manifest as it is")
+    _config_arg(p)
+    p.set_defaults(func=cmd_runs_show)
+
+    config = subparsers.add_parser("config", help="the configuration file signals.toml")
+    actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    p = actions.add_parser("check", help="validate the configuration and print what it sets")
+    _config_arg(p)
+    p.set_defaults(func=cmd_config_check)

@@ -1,0 +1,1095 @@
+"""The aggregate report for policy makers: national and local picture, trend, take-up, fairness.
+
+build_report(run_dir, out_html) reads one published run (signals, the household table and
+every rule evaluation), counts households per cell with DuckDB, protects the counts with
+privacy.disclosure (small cells and everything they could be derived from are hidden, the
+same way across all tables and consecutive periods; amounts rounded) and writes:
+
+    <out_html>                       a self-contained HTML page with inline SVG charts
+    <stem>-tables/<table>.parquet    every aggregate table, long form, as published
+    <stem>-tables/<table>.csv        the same as CSV
+    <stem>-tables/tables.json        what each table's columns mean (dims, groups, fixed)
+    <stem>-tables/suppression.json   the disclosure state the next period's report reads
+
+Nothing at the level of a person or a household leaves this module: no pseudonym, no
+signal id, only counts of at least `threshold` households and rounded amounts.
+
+Status of a household per scheme (one row per household x scheme, benefit year of the run):
+signalled; receiving (entitled and already receiving); entitled, not signalled (objection,
+deregistration); not entitled (by the rules' estimate). "Entitled" is the first three.
+Coverage parity compares, per age band, household type and district, the signals per
+entitled household with the national rate; a ratio outside [1/r, r] is flagged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from html import escape
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from string import Template
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from flows import report_charts as charts
+from privacy.disclosure import (
+    ALL,
+    GROUP,
+    LEAF,
+    TOTAL,
+    CountTable,
+    Dimension,
+    Protected,
+    Rules,
+    carried_from,
+    protect,
+)
+
+STATUSES = ("signalled", "receiving", "withheld", "not_entitled")
+STATUS_LABELS = {
+    "signalled": "signalled",
+    "receiving": "already receiving",
+    "withheld": "entitled, not signalled",
+    "not_entitled": "not entitled (estimate)",
+    "entitled": "entitled (estimate)",
+}
+AGE_BANDS = ("under 30", "30-44", "45-64", "65-74", "75 and over", "unknown")
+HOUSEHOLD_TYPES = ("single", "single with children", "couple", "couple with children")
+INCOME_BANDS = (
+    "under 15k",
+    "15k-25k",
+    "25k-35k",
+    "35k-50k",
+    "50k and over",
+    "unknown",
+)
+DEBT = ("early debt signal", "no debt signal")
+# Operator feedback, most advanced first: a signal's outcome is its most advanced one.
+OUTCOMES = ("granted", "not_entitled", "declined", "applied", "contacted", "unreachable")
+NO_FEEDBACK = "no feedback"
+REPORT_FORMAT = "signals-report/1"
+
+STATUS = Dimension(
+    "status",
+    STATUSES,
+    groups=tuple((s, "entitled") for s in STATUSES[:3]),
+    group_name="status_group",
+)
+AGE = Dimension("age_band", AGE_BANDS)
+HOUSEHOLD = Dimension("household_type", HOUSEHOLD_TYPES)
+INCOME = Dimension("income_band", INCOME_BANDS)
+DEBT_DIM = Dimension("debt", DEBT)
+OUTCOME = Dimension(
+    "outcome",
+    OUTCOMES + (NO_FEEDBACK,),
+    groups=tuple((o, "with feedback") for o in OUTCOMES),
+    group_name="feedback",
+)
+
+SIG, ENT, REC, WH = (
+    (LEAF, "signalled"),
+    (GROUP, "entitled"),
+    (LEAF, "receiving"),
+    (LEAF, "withheld"),
+)
+TOT = (ALL, TOTAL)
+DIM_LABELS = {
+    "district": "district",
+    "age_band": "age band",
+    "household_type": "household type",
+    "income_band": "income band",
+    "debt": "early debt signal",
+}
+
+
+# Every household is evaluated for every scheme: its count over all statuses is the same
+# number in each scheme's table, and one cell for the disclosure model.
+SAME = (("scheme", "status"),)
+
+
+class ReportError(Exception):
+    """A report cannot be built from this run folder (missing or malformed input)."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    rules: Rules = field(default_factory=Rules)
+    max_disparity_ratio: float = 1.25  # flag coverage below 1/r or above r times the national
+    significance: float = 0.05  # ... and only when a binomial test says it is not chance
+    parity_basis: str = "unclaimed"  # per unclaimed entitlement, or "entitled" (incl. receiving)
+    feedback: Path | None = None  # default: <run>/feedback/*.parquet when present
+    dp: object | None = None  # privacy.dp.DPSettings: noisy counts and sums instead of exact
+
+
+@dataclass
+class Report:
+    html: Path
+    tables_dir: Path
+    protected: Protected
+    fairness: list[dict]
+    summary: dict
+
+
+# -- reading the run ----------------------------------------------------------------------------
+
+
+def _parquet_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _register_input(con, run_dir: Path, name: str, keyring) -> None:
+    """Make a run output readable as a DuckDB view: plain Parquet, or decrypted in memory."""
+    path = run_dir / name
+    plain = [path] if path.is_file() else sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if plain:
+        con.sql(
+            f"CREATE VIEW {name.split('.')[0]} AS SELECT * FROM read_parquet("
+            f"{_parquet_list(plain)})"
+        )
+        return
+    encrypted = path.with_name(path.name + ".enc").is_file() or (
+        path.is_dir() and any(path.glob("*.parquet.enc"))
+    )
+    if not encrypted:
+        raise ReportError(
+            f"{run_dir}: no {name} in this run folder"
+            + (
+                " (runs made before the evaluations output cannot be reported on)"
+                if name == "evaluations"
+                else ""
+            )
+        )
+    if keyring is None:
+        raise ReportError(
+            f"{run_dir}: {name} is encrypted; give the central keyring (--key-file) to read it"
+        )
+    from privacy.retention import read_run_table
+
+    con.register(f"{name.split('.')[0]}_arrow", read_run_table(run_dir, name, keyring))
+    con.sql(f"CREATE VIEW {name.split('.')[0]} AS SELECT * FROM {name.split('.')[0]}_arrow")
+
+
+UNITS_SQL = """
+CREATE TABLE units AS
+WITH ev AS (
+    SELECT household_pid, scheme, benefit_year, entitled, already_receiving,
+           count(DISTINCT benefit_year) OVER (PARTITION BY scheme) AS years
+    FROM evaluations
+)
+SELECT
+    CASE WHEN ev.years > 1 THEN ev.scheme || ' ' || ev.benefit_year ELSE ev.scheme END
+        AS scheme,
+    CASE WHEN s.signal_id IS NOT NULL THEN 'signalled'
+         WHEN ev.entitled AND ev.already_receiving THEN 'receiving'
+         WHEN ev.entitled THEN 'withheld'
+         ELSE 'not_entitled' END AS status,
+    coalesce(h.municipality_code, 'unknown') AS municipality,
+    coalesce(h.district_code, h.municipality_code || ' unknown district', 'unknown')
+        AS district,
+    CASE WHEN h.applicant_age IS NULL THEN 'unknown'
+         WHEN h.applicant_age < 30 THEN 'under 30'
+         WHEN h.applicant_age < 45 THEN '30-44'
+         WHEN h.applicant_age < 65 THEN '45-64'
+         WHEN h.applicant_age < 75 THEN '65-74'
+         ELSE '75 and over' END AS age_band,
+    CASE WHEN coalesce(h.has_partner, false)
+         THEN CASE WHEN coalesce(h.n_children, 0) > 0 THEN 'couple with children'
+                   ELSE 'couple' END
+         ELSE CASE WHEN coalesce(h.n_children, 0) > 0 THEN 'single with children'
+                   ELSE 'single' END END AS household_type,
+    CASE WHEN NOT coalesce(h.income_known, true) OR h.combined_income IS NULL THEN 'unknown'
+         WHEN h.combined_income < 15000 THEN 'under 15k'
+         WHEN h.combined_income < 25000 THEN '15k-25k'
+         WHEN h.combined_income < 35000 THEN '25k-35k'
+         WHEN h.combined_income < 50000 THEN '35k-50k'
+         ELSE '50k and over' END AS income_band,
+    CASE WHEN coalesce(h.arrears_count, 0) > 0 THEN 'early debt signal'
+         ELSE 'no debt signal' END AS debt,
+    s.signal_id,
+    s.estimated_annual_amount AS amount,
+    ev.household_pid  -- the unit of privacy for the optional DP; never leaves this module
+FROM ev
+JOIN households AS h USING (household_pid)
+LEFT JOIN signals AS s
+  ON s.household_pid = ev.household_pid AND s.scheme = ev.scheme
+ AND s.benefit_year = ev.benefit_year
+"""
+
+
+def _feedback_files(run_dir: Path, option: Path | None) -> list[Path]:
+    """The feedback to report: --feedback, else <run>/feedback/, else <out>/feedback/."""
+    if option is not None:
+        option = Path(option)
+        files = sorted(option.glob("*.parquet")) if option.is_dir() else [option]
+        if not files or not all(f.is_file() for f in files):
+            raise ReportError(f"{option}: no feedback Parquet file there")
+        return files
+    for folder in (run_dir / "feedback", run_dir.parent / "feedback"):
+        files = sorted(folder.glob("*.parquet"))
+        if files:
+            return files
+    return []
+
+
+def _load_feedback(con, files: list[Path]) -> int:
+    """Newest outcome per signal into view feedback_final; returns rows matching no signal.
+
+    Columns signal_id, scheme, outcome are required; with outcome_date the newest outcome
+    counts (ties: the further along, as pipelines/lifecycle.py), else the furthest along.
+    """
+    lst = _parquet_list(files)
+    try:
+        con.sql(
+            f"CREATE VIEW feedback_raw AS SELECT * FROM read_parquet({lst}, filename=true, "
+            "file_row_number=true, union_by_name=true)"
+        )
+        columns = {r[0] for r in con.execute("DESCRIBE feedback_raw").fetchall()}
+        missing = {"signal_id", "scheme", "outcome"} - columns
+        if missing:
+            raise ReportError(f"feedback {files[0]}: lacks column(s) {', '.join(sorted(missing))}")
+        bad = con.execute(
+            "SELECT filename, file_row_number, outcome FROM feedback_raw WHERE outcome IS NULL "
+            "OR outcome NOT IN (" + ", ".join(f"'{o}'" for o in OUTCOMES) + ") LIMIT 1"
+        ).fetchall()
+    except duckdb.Error as exc:
+        raise ReportError(f"feedback {files[0]}: {str(exc).splitlines()[0]}") from None
+    if bad:
+        bad = bad[0]
+        raise ReportError(
+            f"{bad[0]}: row {bad[1] + 1}: outcome {bad[2]!r} is not one of {', '.join(OUTCOMES)}"
+        )
+    rank = "CASE outcome " + " ".join(f"WHEN '{o}' THEN {i}" for i, o in enumerate(OUTCOMES))
+    newest = "outcome_date DESC NULLS LAST, " if "outcome_date" in columns else ""
+    con.sql(
+        "CREATE VIEW feedback_final AS SELECT signal_id, outcome FROM (SELECT signal_id, "
+        f"outcome, row_number() OVER (PARTITION BY signal_id ORDER BY {newest}{rank} END) "
+        "AS n FROM feedback_raw) WHERE n = 1"
+    )
+    return con.execute(
+        "SELECT count(*) FROM feedback_final f WHERE NOT EXISTS "
+        "(SELECT 1 FROM units u WHERE u.signal_id = f.signal_id)"
+    ).fetchall()[0][0]
+
+
+# -- the tables --------------------------------------------------------------------------------
+
+
+def _counts(con, dims: list[str], where: str = "TRUE") -> tuple[dict, dict]:
+    cols = ", ".join(dims)
+    rows = con.execute(
+        f"SELECT {cols}, count(*), sum(amount) FROM units WHERE {where} GROUP BY {cols}"
+    ).fetchall()
+    counts = {tuple(r[: len(dims)]): int(r[len(dims)]) for r in rows}
+    amounts = {
+        tuple(r[: len(dims)]): Decimal(r[len(dims) + 1])
+        for r in rows
+        if r[len(dims) + 1] is not None
+        and "status" in dims
+        and r[dims.index("status")] == "signalled"
+    }
+    return counts, amounts
+
+
+def _zero_filled(dims: tuple[Dimension, ...], amounts: dict) -> dict:
+    """Amounts of every signalled leaf, zero where no household is: zero is an amount too."""
+    leaves = itertools.product(*(d.categories if d is not STATUS else ("signalled",) for d in dims))
+    return {k: amounts.get(k, Decimal(0)) for k in leaves}
+
+
+def _district_dim(con) -> Dimension:
+    pairs = con.execute(
+        "SELECT DISTINCT district, municipality FROM units ORDER BY municipality, district"
+    ).fetchall()
+    seen: dict[str, str] = {}
+    for d, m in pairs:
+        if seen.setdefault(d, m) != m:
+            raise ReportError(f"district {d} lies in two municipalities ({seen[d]}, {m})")
+    return Dimension("district", tuple(seen), tuple(seen.items()), group_name="municipality")
+
+
+def current_tables(con, run_id: str, schemes: list[str], feedback: bool) -> list[CountTable]:
+    """The count tables of this period: per scheme x status, crossed with one classifier each."""
+    scheme = Dimension("scheme", tuple(schemes), has_total=False)
+    district = _district_dim(con)
+    tables = []
+    for name, title, dim in (
+        ("by_scheme", "Households per scheme and status", None),
+        ("by_district", "Households per district and status", district),
+        ("by_age_band", "Households per age band of the applicant and status", AGE),
+        ("by_household_type", "Households per household type and status", HOUSEHOLD),
+        ("by_income_band", "Households per income band (combined, EUR/year) and status", INCOME),
+        ("by_debt_signal", "Households with and without early debt signals, per status", DEBT_DIM),
+    ):
+        dims = (scheme,) + ((dim,) if dim else ()) + (STATUS,)
+        names = [d.name for d in dims]
+        if dim is district:
+            names = ["scheme", "district", "status"]
+        counts, amounts = _counts(con, names)
+        amounts = _zero_filled(dims, amounts)
+        tables.append(
+            CountTable(name, title, dims, counts, amounts, universe=run_id, same_across=SAME)
+        )
+    if feedback:
+        counts, _ = _counts(con, ["scheme", "outcome"], "status = 'signalled'")
+        tables.append(
+            CountTable(
+                "feedback",
+                "Signals per operator feedback outcome",
+                (scheme, OUTCOME),
+                counts,
+                fixed=(("status", "signalled"),),
+                universe=run_id,
+            )
+        )
+    return tables
+
+
+@dataclass
+class PastRun:
+    run_id: str
+    reference_date: str
+    created_at: str
+    directory: Path
+    manifest: dict
+
+
+def sibling_runs(run_dir: Path) -> list[PastRun]:
+    """Published runs in the same output root, oldest first (by reference date, creation)."""
+    runs = []
+    for d in sorted(Path(run_dir).resolve().parent.iterdir()):
+        m = d / "manifest.json"
+        if d.name.startswith(".") or not m.is_file():
+            continue
+        try:
+            manifest = json.loads(m.read_text())
+            runs.append(
+                PastRun(
+                    manifest["run_id"],
+                    manifest["reference_date"],
+                    manifest.get("created_at", ""),
+                    d,
+                    manifest,
+                )
+            )
+        except (ValueError, KeyError):
+            continue  # not a run manifest
+    return sorted(runs, key=lambda r: (r.reference_date, r.created_at, r.run_id))
+
+
+def _previous(runs: list[PastRun], run_id: str) -> list[PastRun]:
+    ids = [r.run_id for r in runs]
+    return runs[: ids.index(run_id)] if run_id in ids else runs
+
+
+def _state_of(run: PastRun) -> dict | None:
+    path = run.directory / "report" / "report-tables" / "suppression.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def trend_tables(
+    con, run_id: str, schemes: list[str], past: list[PastRun]
+) -> tuple[list[CountTable], set]:
+    """Signals per scheme per run: past runs from their manifests, this run from its data.
+
+    Returns the tables and the cells each past run's own report hid (hidden here too).
+    """
+    tables, forced = [], set()
+    for run in past:
+        c = run.manifest.get("counts", {})
+        per_scheme = {k: int(v) for k, v in c.get("signals_per_scheme", {}).items()}
+        if not per_scheme:
+            continue
+        dim = Dimension("scheme", tuple(sorted(per_scheme)))
+        total = ((ALL, TOTAL),)
+        extra = {total: Decimal(str(c.get("estimated_annual_amount_total", "0")))}
+        tables.append(
+            CountTable(
+                f"trend@{run.run_id}",
+                "Signals per run",
+                (dim,),
+                {(k,): v for k, v in per_scheme.items()},
+                extra_amounts=extra,
+                fixed=(("status", "signalled"),),
+                universe=run.run_id,
+            )
+        )
+        state = _state_of(run) or {"suppressed": []}
+        forced |= {
+            (s["universe"], s["cell"]) for s in state["suppressed"] if s["universe"] == run.run_id
+        }
+    counts, _ = _counts(con, ["scheme"], "status = 'signalled'")
+    dim = Dimension("scheme", tuple(schemes))
+    tables.append(
+        CountTable(
+            f"trend@{run_id}",
+            "Signals per run",
+            (dim,),
+            counts,
+            _scheme_amounts(con),
+            fixed=(("status", "signalled"),),
+            universe=run_id,
+        )
+    )
+    return tables, forced
+
+
+def _scheme_amounts(con) -> dict:
+    rows = con.execute(
+        "SELECT scheme, sum(amount) FROM units WHERE status = 'signalled' GROUP BY scheme"
+    ).fetchall()
+    found = {s: Decimal(a) for s, a in rows if a is not None}
+    schemes = [r[0] for r in con.execute("SELECT DISTINCT scheme FROM units").fetchall()]
+    return {(s,): found.get(s, Decimal(0)) for s in schemes}
+
+
+# -- fairness ----------------------------------------------------------------------------------
+
+
+def coverage_parity(
+    protected: Protected,
+    exact: dict,
+    table: str,
+    dim: Dimension,
+    schemes: list[str],
+    options: ReportOptions,
+) -> list[dict]:
+    """Signals per entitled household per group, relative to the national rate.
+
+    The basis is the group's unclaimed entitlement (entitled, not yet receiving: the
+    households a signal is for) or, with basis "entitled", all entitled households. A
+    group is flagged when its ratio lies outside [1/r, r] and a two-sided binomial test
+    says the gap is unlikely to be chance (p < significance). The flag uses exact counts,
+    so a gap is flagged even when the group's signal count is hidden; the ratio itself is
+    shown only when every count it is made of is published. A group whose household count is
+    hidden is not assessed. A flag on a group with hidden counts tells that its rate is low:
+    an inequality on hidden cells, not their value (see the method section).
+    """
+    from scipy.stats import binomtest
+
+    parts = _basis_parts(options.parity_basis)
+    out = []
+    for scheme in schemes:
+
+        def value(coord, status, source, _scheme=scheme):
+            return source(table, ((LEAF, _scheme), coord, status))
+
+        def basis(coord, source):
+            values = [value(coord, st, source) for st in parts]
+            return None if None in values else sum(values)
+
+        exact_of = lambda t, k: exact[(t, k)]  # noqa: E731
+        s_all, b_all = value(TOT, SIG, exact_of), basis(TOT, exact_of)
+        national = s_all / b_all if b_all else None
+        coords = [(LEAF, c) for c in dim.categories] + [(GROUP, g) for g in dim.group_names()]
+        for coord in coords:
+            if value(coord, TOT, exact_of) == 0:
+                continue
+            s, b = value(coord, SIG, exact_of), basis(coord, exact_of)
+            row = {
+                "scheme": scheme,
+                "dimension": dim.name,
+                "group": coord[1] if coord[0] == LEAF else f"{coord[1]} (all)",
+                "level": coord[0],
+                "households": value(coord, TOT, protected.count),
+                "basis": basis(coord, protected.count),
+                "signals": value(coord, SIG, protected.count),
+                "ratio": None,
+                "p_value": None,
+                "state": "unassessed",
+            }
+            # Assessed when the group's household count is published: whether a group is
+            # assessed must not depend on a hidden number. Small groups rarely pass the test.
+            if national and b and row["households"] is not None:
+                ratio = (s / b) / national
+                p_value = binomtest(s, b, min(national, 1.0)).pvalue
+                row["state"] = _parity_state(ratio, p_value, options)
+                if row["signals"] is not None and row["basis"] is not None:
+                    row["ratio"], row["p_value"] = round(ratio, 2), round(p_value, 4)
+            out.append(row)
+    return out
+
+
+def _parity_state(ratio: float, p_value: float, options: ReportOptions) -> str:
+    """flag: reached less than 1/r times as well as the country (a gap); high: more than r
+    times (shown, not flagged: nobody is left out by it); ok otherwise or if it may be chance."""
+    if p_value >= options.significance:
+        return "ok"
+    if ratio < 1 / options.max_disparity_ratio:
+        return "flag"
+    return "high" if ratio > options.max_disparity_ratio else "ok"
+
+
+def _basis_parts(basis: str) -> tuple:
+    if basis == "unclaimed":
+        return (SIG, WH)
+    if basis == "entitled":
+        return (ENT,)
+    raise ReportError(f"parity basis {basis!r}: use 'unclaimed' or 'entitled'")
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def build_report(
+    run_dir: Path,
+    out_html: Path,
+    options: ReportOptions | None = None,
+    keyring=None,
+) -> Report:
+    """Build the report of one published run into `out_html` and its tables folder."""
+    options = options or ReportOptions()
+    run_dir, out_html = Path(run_dir).resolve(), Path(out_html).resolve()
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ReportError(f"{run_dir}: not a published run (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    run_id = manifest["run_id"]
+    con = duckdb.connect()
+    try:
+        for name in ("signals.parquet", "households", "evaluations"):
+            _register_input(con, run_dir, name, keyring)
+        con.sql(UNITS_SQL)
+        feedback_files = _feedback_files(run_dir, options.feedback)
+        unmatched = None
+        if feedback_files:
+            unmatched = _load_feedback(con, feedback_files)
+            con.sql("ALTER TABLE units ADD COLUMN outcome VARCHAR")
+            con.sql(
+                f"UPDATE units SET outcome = coalesce((SELECT f.outcome FROM feedback_final f "
+                f"WHERE f.signal_id = units.signal_id), '{NO_FEEDBACK}') "
+                "WHERE status = 'signalled'"
+            )
+        schemes = [
+            r[0] for r in con.execute("SELECT DISTINCT scheme FROM units ORDER BY 1").fetchall()
+        ]
+        if not schemes:
+            raise ReportError(f"{run_dir}: the run evaluated no household")
+        tables = current_tables(con, run_id, schemes, bool(feedback_files))
+        runs = sibling_runs(run_dir)
+        past = _previous(runs, run_id)
+        trends, forced = trend_tables(con, run_id, schemes, past)
+        tables += trends
+        units = con.sql("SELECT * FROM units").to_arrow_table() if options.dp else None
+    finally:
+        con.close()
+    dp_ledger = None
+    if options.dp is not None:
+        from privacy.dp import apply_dp
+
+        tables, dp_ledger = apply_dp(units, tables, run_id, options.dp)
+        forced = set()  # noisy tables are not linked: past patterns do not map onto them
+    previous_state = _state_of(past[-1]) if past else None
+    carried = {
+        (run_id, m) for u, m in carried_from(previous_state) if past and u == past[-1].run_id
+    }
+    protected = protect(
+        tables,
+        options.rules,
+        forced=forced,
+        carried=carried,
+        link=dp_ledger is None,
+        weights={"status=signalled": 10.0},  # the headline figures: hide others first
+    )
+    exact = {(t, c.key): c.count for t, cs in protected.cells.items() for c in cs}
+    fairness = []
+    district = next(t.dims[1] for t in tables if t.name == "by_district")
+    for table, dim in (
+        ("by_age_band", AGE),
+        ("by_household_type", HOUSEHOLD),
+        ("by_district", district),
+    ):
+        fairness += coverage_parity(protected, exact, table, dim, schemes, options)
+    tables_dir = out_html.parent / f"{out_html.stem}-tables"
+    summary = {
+        "format": REPORT_FORMAT,
+        "run_id": run_id,
+        "reference_date": manifest["reference_date"],
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "rules": options.rules.as_dict(),
+        "max_disparity_ratio": options.max_disparity_ratio,
+        "disclosure": protected.summary(),
+        "feedback": "present" if feedback_files else "absent",
+        "flags": sum(1 for f in fairness if f["state"] == "flag"),
+        "dp": dp_ledger,
+    }
+    write_tables(protected, fairness, tables_dir, summary)
+    page = render_html(protected, fairness, summary, schemes, past, unmatched, options)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(page, encoding="utf-8")
+    return Report(out_html, tables_dir, protected, fairness, summary)
+
+
+# -- writing the tables ------------------------------------------------------------------------
+
+
+def published_tables(protected: Protected) -> dict[str, list[dict]]:
+    """Every published table as rows; trend tables of all runs merged into one."""
+    out: dict[str, list[dict]] = {}
+    for name, table in protected.tables.items():
+        rows = protected.rows(name)
+        if name.startswith("trend@"):
+            for r in rows:
+                r.setdefault("amount_eur", None)
+            out.setdefault("trend", []).extend({"run_id": table.universe, **r} for r in rows)
+        else:
+            out[name] = rows
+    return out
+
+
+def write_tables(protected: Protected, fairness: list[dict], folder: Path, summary: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = published_tables(protected)
+    tables["coverage_parity"] = [{k: v for k, v in f.items() if k != "level"} for f in fairness]
+    for name, rows in tables.items():
+        table = pa.Table.from_pylist(rows)
+        pq.write_table(table, folder / f"{name}.parquet")
+        pacsv.write_csv(table, folder / f"{name}.csv")
+    meta = {
+        "format": REPORT_FORMAT,
+        "run_id": summary["run_id"],
+        "rules": summary["rules"],
+        "tables": {n: t.describe() for n, t in protected.tables.items()},
+        "note": "households: count, empty when suppressed; amount_eur: estimated EUR per "
+        "year, rounded; 'Total' marks a total over that column",
+    }
+    (folder / "tables.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    state = protected.state() | {"run_id": summary["run_id"]}
+    (folder / "suppression.json").write_text(json.dumps(state, indent=2) + "\n")
+    if summary.get("dp"):
+        (folder / "dp_ledger.json").write_text(json.dumps(summary["dp"], indent=2) + "\n")
+
+
+def _version() -> str:
+    try:
+        return version("entitlement-signals")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+
+def _cell(value, unit="") -> str:
+    if value is None:
+        return '<td class="sup">suppressed</td>'
+    return f"<td>{escape(charts.fmt(value, unit))}</td>"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _key(scheme: str, *coords) -> tuple:
+    return ((LEAF, scheme),) + tuple(coords)
+
+
+def _scheme_section(p: Protected, scheme: str) -> str:
+    t = "by_scheme"
+    figures = [
+        ("signals", p.count(t, _key(scheme, SIG)), ""),
+        ("estimated unclaimed per year", p.amount(t, _key(scheme, SIG)), "EUR "),
+        ("entitled households (estimate)", p.count(t, _key(scheme, ENT)), ""),
+        ("already receiving", p.count(t, _key(scheme, REC)), ""),
+        ("households evaluated", p.count(t, _key(scheme, TOT)), ""),
+    ]
+    boxes = "".join(
+        f'<div class="figure"><b>{escape(charts.fmt(v, u))}</b><span>{escape(label)}</span></div>'
+        for label, v, u in figures
+    )
+    return f'<h3>{escape(scheme)}</h3><div class="figures">{boxes}</div>'
+
+
+def _classifier_section(p: Protected, table: str, dim: Dimension, scheme: str, title: str):
+    coords = [(LEAF, c) for c in dim.categories]
+    signals = [(c[1], p.count(table, _key(scheme, c, SIG))) for c in coords]
+    amounts = [(c[1], p.amount(table, _key(scheme, c, SIG))) for c in coords]
+    rows = []
+    for c in coords + [TOT]:
+        label = c[1]
+        rows.append(
+            [
+                f"<td>{escape(label)}</td>",
+                _cell(p.count(table, _key(scheme, c, TOT))),
+                _cell(p.count(table, _key(scheme, c, ENT))),
+                _cell(p.count(table, _key(scheme, c, REC))),
+                _cell(p.count(table, _key(scheme, c, SIG))),
+                _cell(p.amount(table, _key(scheme, c, SIG)), "EUR "),
+            ]
+        )
+    return (
+        f"<h3>{escape(title)} ({escape(scheme)})</h3>"
+        + charts.bar_chart(f"Signals per {DIM_LABELS[dim.name]}", signals)
+        + charts.bar_chart(
+            f"Estimated unclaimed EUR per year per {DIM_LABELS[dim.name]}", amounts, "EUR "
+        )
+        + _table(
+            [
+                DIM_LABELS[dim.name],
+                "households",
+                "entitled",
+                "already receiving",
+                "signals",
+                "est. unclaimed EUR/yr",
+            ],
+            rows,
+        )
+    )
+
+
+def _district_section(p: Protected, dim: Dimension, scheme: str) -> str:
+    t = "by_district"
+    bars, rows = [], []
+    for m in dim.group_names():
+        members = [c for c, g in dim.groups if g == m]
+        for c in [(GROUP, m)] + [(LEAF, d) for d in members]:
+            label = f"{m} (municipality)" if c[0] == GROUP else f"  {c[1]}"
+            n, hh = p.count(t, _key(scheme, c, SIG)), p.count(t, _key(scheme, c, TOT))
+            if c[0] == LEAF:
+                bars.append((c[1], n))
+            rate = None if n is None or not hh else 1000 * n / hh
+            rows.append(
+                [
+                    f"<td>{escape(label)}</td>",
+                    _cell(hh),
+                    _cell(p.count(t, _key(scheme, c, ENT))),
+                    _cell(n),
+                    _cell(rate),
+                    _cell(p.amount(t, _key(scheme, c, SIG)), "EUR "),
+                ]
+            )
+    nat = p.count(t, _key(scheme, TOT, SIG))
+    rows.append(
+        [
+            "<td>national</td>",
+            _cell(p.count(t, _key(scheme, TOT, TOT))),
+            _cell(p.count(t, _key(scheme, TOT, ENT))),
+            _cell(nat),
+            "<td></td>",
+            _cell(p.amount(t, _key(scheme, TOT, SIG)), "EUR "),
+        ]
+    )
+    return (
+        f"<h3>Signals per district ({escape(scheme)})</h3>"
+        + charts.bar_chart("Signals per district", bars, label_width=180)
+        + _table(
+            [
+                "municipality / district",
+                "households",
+                "entitled",
+                "signals",
+                "per 1,000 households",
+                "est. unclaimed EUR/yr",
+            ],
+            rows,
+        )
+    )
+
+
+def _trend_section(p: Protected, schemes: list[str]) -> str:
+    runs = [t for n, t in p.tables.items() if n.startswith("trend@")]
+    labels, series, totals = [], {s: [] for s in schemes}, []
+    for t in runs:
+        labels.append(t.universe[:10])
+        cats = t.dims[0].categories
+        for s in schemes:
+            series[s].append(p.count(t.name, ((LEAF, s),)) if s in cats else 0)
+        totals.append((t.universe, p.count(t.name, (TOT,)), p.amount(t.name, (TOT,))))
+    rows = [[f"<td>{escape(r)}</td>", _cell(n), _cell(a, "EUR ")] for r, n, a in totals]
+    note = (
+        (
+            '<p class="note">Only this run so far: the trend fills as runs are published in the '
+            "same output folder.</p>"
+        )
+        if len(runs) == 1
+        else ""
+    )
+    return (
+        "<h2>Trend over runs</h2>"
+        + note
+        + charts.line_chart("Signals per run", labels, series)
+        + _table(["run", "signals (all schemes)", "est. unclaimed EUR/yr"], rows)
+    )
+
+
+def _feedback_section(p: Protected, schemes: list[str], unmatched, threshold: int) -> str:
+    if "feedback" not in p.tables:
+        return (
+            '<h2>Take-up and precision</h2><div class="box">No feedback yet: operators '
+            "have not reported outcomes for this run's signals (<code>signals feedback "
+            "import</code>).</div>"
+        )
+    out = ["<h2>Take-up and precision</h2>"]
+    for s in schemes:
+        parts = [
+            (o.replace("_", " "), p.count("feedback", ((LEAF, s), (LEAF, o))))
+            for o in OUTCOMES + (NO_FEEDBACK,)
+        ]
+        granted = p.count("feedback", ((LEAF, s), (LEAF, "granted")))
+        wrong = p.count("feedback", ((LEAF, s), (LEAF, "not_entitled")))
+        with_fb = p.count("feedback", ((LEAF, s), (GROUP, "with feedback")))
+        take_up = granted / with_fb if granted is not None and with_fb else None
+        precision = (
+            granted / (granted + wrong)
+            if granted is not None and wrong is not None and granted + wrong
+            else None
+        )
+        out.append(f"<h3>{escape(s)}</h3>" + charts.stacked_bar("Signals by outcome", parts))
+        out.append(
+            _table(
+                ["measure", "value"],
+                [
+                    [
+                        "<td>take-up: granted / signals with feedback</td>",
+                        _cell(None if take_up is None else round(100 * take_up, 1), "%"),
+                    ],
+                    [
+                        "<td>precision: granted / (granted + not entitled)</td>",
+                        _cell(None if precision is None else round(100 * precision, 1), "%"),
+                    ],
+                ],
+            )
+        )
+    if unmatched:
+        n = str(unmatched) if unmatched >= threshold else f"fewer than {threshold}"
+        out.append(f'<p class="note">{n} feedback records refer to signals not in this run.</p>')
+    return "".join(out)
+
+
+def _fairness_section(fairness: list[dict], schemes: list[str], options: ReportOptions) -> str:
+    ratio = options.max_disparity_ratio
+    low, high = 1 / ratio, ratio
+    basis = (
+        "unclaimed entitled household (entitled, not yet receiving)"
+        if options.parity_basis == "unclaimed"
+        else "entitled household"
+    )
+    out = [
+        "<h2>Fairness: coverage parity</h2>",
+        f"<p>Signals per {basis} in each group, divided by the same rate for the country. "
+        f"1.0 means the group is reached as well as the country as a whole. A group is "
+        f"flagged when its ratio is below {low:.2f} and a binomial test says the gap is "
+        f"unlikely to be chance (p &lt; {options.significance}); above {high:.2f} is marked "
+        "but not flagged (nobody is left out by it). Groups whose household count is "
+        "suppressed are not assessed. A flagged group whose counts are suppressed shows the "
+        "flag without the ratio: the flag says its rate is low, not what it is.</p>",
+    ]
+    flagged = [f for f in fairness if f["state"] == "flag"]
+    if flagged:
+        rows = [
+            [
+                f"<td>{escape(f['scheme'])}</td>",
+                f"<td>{escape(DIM_LABELS[f['dimension']])}</td>",
+                f"<td>{escape(f['group'])}</td>",
+                _cell(f["basis"]),
+                _cell(f["signals"]),
+                '<td class="flag">'
+                + (f"{f['ratio']:.2f}" if f["ratio"] is not None else "suppressed")
+                + "</td>",
+            ]
+            for f in flagged
+        ]
+        out.append(
+            f'<div class="box warn"><b class="flag">{len(flagged)} coverage disparities '
+            "flagged</b>"
+            + _table(["scheme", "by", "group", "basis households", "signals", "ratio"], rows)
+            + "</div>"
+        )
+    else:
+        out.append('<div class="box">No coverage disparity beyond the configured ratio.</div>')
+    for s in schemes:
+        for dim in ("age_band", "household_type", "district"):
+            items = [
+                (f["group"], f["ratio"], f["state"])
+                for f in fairness
+                if f["scheme"] == s and f["dimension"] == dim and f["level"] == LEAF
+            ]
+            label = DIM_LABELS[dim]
+            out.append(f"<h3>By {label} ({escape(s)})</h3>")
+            out.append(charts.parity_chart(f"Coverage parity by {label}", items, low, high))
+    return "".join(out)
+
+
+def _method_section(summary: dict, p: Protected) -> str:
+    r = summary["rules"]
+    d = summary["disclosure"]
+    dp = summary.get("dp")
+    text = (
+        "<h2>Method and disclosure control</h2>"
+        f"<p>Counts are households (one row per household and scheme, benefit year of the "
+        f"run). Cells of 1 to {r['threshold'] - 1} households are suppressed; further cells "
+        "are suppressed until no suppressed cell can be worked out from totals or from other "
+        "tables of this report (an attacker's linear programme over every published number "
+        f"leaves each suppressed cell an interval at least {r['min_interval']} wide). Cells "
+        "suppressed in the previous report stay suppressed in this one"
+        + ("" if r["carry_forward"] else " (switched off for this report)")
+        + ", and a past run's figures in the trend keep that run's own suppression. "
+        f"Amounts are estimates in EUR per year, rounded to the nearest {r['amount_rounding']:,}"
+        f" each on its own, so totals can differ from the sum of their parts. "
+        f"This report publishes {d['cells']:,} distinct cells, {d['suppressed']:,} of them "
+        "suppressed. Estimated entitlement is the rules' estimate, including households "
+        "already receiving; it is not a decision on anyone's claim.</p>"
+    )
+    if dp:
+        text += (
+            "<p>Differential privacy is on for this report: its counts and amounts are noisy "
+            "estimates, the tables are not linked, and suppression is applied to the noisy "
+            "figures for readability only (the noise, not the suppression, protects "
+            "households).</p>"
+        )
+        rows = [
+            [
+                f"<td>{escape(e['table'])}</td>",
+                f"<td>{escape(e['metric'])}</td>",
+                f"<td>{e['epsilon']:.4f}</td>",
+                f"<td>{e['delta']:.2e}</td>",
+                f"<td>{escape(e['mechanism'])}</td>",
+            ]
+            for e in dp["entries"]
+        ]
+        text += (
+            "<h3>Differential privacy</h3>"
+            f"<p>{escape(dp['explanation'])}</p>"
+            + _table(["table", "metric", "epsilon", "delta", "mechanism"], rows)
+            + f"<p>Total budget: epsilon {dp['total_epsilon']}, delta {dp['total_delta']}.</p>"
+        )
+    return text
+
+
+def render_html(p: Protected, fairness, summary, schemes, past, unmatched, options) -> str:
+    district = p.tables["by_district"].dims[1]
+    body = [
+        "<h1>Proactive entitlement signals: aggregate report</h1>",
+        f'<p class="meta">Run {escape(summary["run_id"])} · reference date '
+        f"{escape(summary['reference_date'])} · generated {escape(summary['generated_at'])} · "
+        f"cells under {summary['rules']['threshold']} households suppressed</p>",
+        "<h2>Signals and estimated unclaimed amounts</h2>",
+    ]
+    body += [_scheme_section(p, s) for s in schemes]
+    body.append(
+        charts.bar_chart(
+            "Signals per scheme", [(s, p.count("by_scheme", _key(s, SIG))) for s in schemes]
+        )
+    )
+    body.append(
+        charts.bar_chart(
+            "Estimated unclaimed EUR per year per scheme",
+            [(s, p.amount("by_scheme", _key(s, SIG))) for s in schemes],
+            "EUR ",
+        )
+    )
+    body.append("<h2>Local picture</h2>")
+    body += [_district_section(p, district, s) for s in schemes]
+    body.append(_trend_section(p, schemes))
+    body.append(_feedback_section(p, schemes, unmatched, options.rules.threshold))
+    body.append("<h2>Overlap with early debt signals</h2>")
+    body += [
+        _classifier_section(p, "by_debt_signal", DEBT_DIM, s, "Early debt signals") for s in schemes
+    ]
+    body.append("<h2>Income bands</h2>")
+    body += [
+        _classifier_section(p, "by_income_band", INCOME, s, "Combined income (EUR/yr)")
+        for s in schemes
+    ]
+    body.append("<h2>Age and household type</h2>")
+    body += [
+        _classifier_section(p, "by_age_band", AGE, s, "Age band of the applicant") for s in schemes
+    ]
+    body += [
+        _classifier_section(p, "by_household_type", HOUSEHOLD, s, "Household type") for s in schemes
+    ]
+    body.append(_fairness_section(fairness, schemes, options))
+    body.append(_method_section(summary, p))
+    template = Template((Path(__file__).with_name("report_template.html")).read_text())
+    return template.substitute(
+        title=escape(f"Signals report {summary['run_id']}"),
+        version=escape(_version()),
+        body="\n".join(body),
+    )
+
+
+# -- Prefect artifacts -------------------------------------------------------------------------
+
+
+def artifact_tables(report: Report) -> dict[str, list[dict]]:
+    """The key tables for the Prefect UI: published values only ('suppressed' otherwise)."""
+    p = report.protected
+    schemes = p.tables["by_scheme"].dims[0].categories
+    district = p.tables["by_district"].dims[1]
+
+    def show(v):
+        return "suppressed" if v is None else v
+
+    scheme_rows = [
+        {
+            "scheme": s,
+            "signals": show(p.count("by_scheme", _key(s, SIG))),
+            "estimated_unclaimed_eur": show(p.amount("by_scheme", _key(s, SIG))),
+            "entitled": show(p.count("by_scheme", _key(s, ENT))),
+            "already_receiving": show(p.count("by_scheme", _key(s, REC))),
+            "households": show(p.count("by_scheme", _key(s, TOT))),
+        }
+        for s in schemes
+    ]
+    district_rows = [
+        {
+            "scheme": s,
+            "municipality": district.group_of.get(d, d),
+            "district": d,
+            "households": show(p.count("by_district", _key(s, (LEAF, d), TOT))),
+            "signals": show(p.count("by_district", _key(s, (LEAF, d), SIG))),
+            "estimated_unclaimed_eur": show(p.amount("by_district", _key(s, (LEAF, d), SIG))),
+        }
+        for s in schemes
+        for d in district.categories
+    ]
+    flags = [
+        {
+            "scheme": f["scheme"],
+            "by": f["dimension"],
+            "group": f["group"],
+            "ratio": show(f["ratio"]),
+        }
+        for f in report.fairness
+        if f["state"] == "flag"
+    ]
+    return {
+        "signals-per-scheme": scheme_rows,
+        "signals-per-district": district_rows,
+        "coverage-flags": flags,
+    }
+
+
+def attach_artifacts(report: Report) -> None:
+    """Attach the key tables and a summary to the current Prefect run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    for key, rows in artifact_tables(report).items():
+        if rows:
+            create_table_artifact(rows, key=key, description=f"{key} (suppressed, rounded)")
+    s = report.summary
+    d = s["disclosure"]
+    create_markdown_artifact(
+        "\n".join(
+            [
+                f"# Aggregate report {s['run_id']}",
+                f"- reference date {s['reference_date']}",
+                f"- report: `{report.html}`; tables: `{report.tables_dir}`",
+                f"- {d['cells']} cells, {d['suppressed']} suppressed "
+                f"(threshold {s['rules']['threshold']}, amounts rounded to EUR "
+                f"{s['rules']['amount_rounding']})",
+                f"- coverage disparities flagged: {s['flags']}",
+                f"- operator feedback: {s['feedback']}",
+            ]
+        ),
+        key="aggregate-report",
+        description="aggregate report summary",
+    )

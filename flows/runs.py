@@ -1,0 +1,173 @@
+"""Run history, read from the output folder: what ran, on which inputs, with what result.
+
+The output folder is the record. Every published run is a folder `<out>/<run_id>/`
+whose manifest.json is written before publication and never changed after it, so the
+history survives a reset of Prefect's database. A folder `<out>/.staging-<run_id>/`
+is a run that has not finished: it is running now, or it was interrupted and will be
+redone from the start by the next run on the same inputs (same run id). Prefect's UI
+adds the attempts, their logs and timings (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+STAGING_PREFIX = ".staging-"
+
+
+class RunNotFound(Exception):
+    """No run (or more than one) matches what the user asked for."""
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One line of the history."""
+
+    run_id: str
+    state: str  # published | personal data destroyed | unfinished
+    reference_date: str
+    created_at: str
+    signals: int | None
+    households: int | None
+    folder: Path
+
+
+def _manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _entry(folder: Path) -> RunEntry | None:
+    unfinished = folder.name.startswith(STAGING_PREFIX)
+    m = _manifest(folder)
+    if m is None and not unfinished:
+        return None  # not a run folder (the key store, a file a user left, ...)
+    run_id = folder.name[len(STAGING_PREFIX) :] if unfinished else folder.name
+    counts = (m or {}).get("counts", {})
+    if unfinished:
+        state = "unfinished"
+    elif (folder / "retention.json").is_file():
+        state = "personal data destroyed"
+    else:
+        state = "published"
+    return RunEntry(
+        run_id=run_id,
+        state=state,
+        # The run id starts with its reference date (flows/run.py make_run_id).
+        reference_date=(m or {}).get("reference_date", run_id[:10]),
+        created_at=(m or {}).get("created_at", ""),
+        signals=counts.get("signals"),
+        households=counts.get("households"),
+        folder=folder,
+    )
+
+
+def list_runs(out: Path) -> list[RunEntry]:
+    """Every run under `out`, newest reference date first, unfinished ones included."""
+    out = Path(out)
+    if not out.is_dir():
+        raise RunNotFound(f"{out}: output folder does not exist")
+    entries = [e for d in out.iterdir() if d.is_dir() and (e := _entry(d))]
+    return sorted(entries, key=lambda e: (e.reference_date, e.created_at, e.run_id), reverse=True)
+
+
+def find_run(out: Path, run: str) -> Path:
+    """The published run folder for a run id, a unique prefix of one, or a folder path."""
+    if Path(run).is_dir() and (Path(run) / "manifest.json").is_file():
+        return Path(run)
+    published = [e for e in list_runs(out) if e.state != "unfinished"]
+    exact = [e for e in published if e.run_id == run]
+    matches = exact or [e for e in published if e.run_id.startswith(run)]
+    if len(matches) == 1:
+        return matches[0].folder
+    if not matches:
+        raise RunNotFound(f"{out}: no published run {run!r} (see `signals runs list`)")
+    names = ", ".join(e.run_id for e in matches)
+    raise RunNotFound(f"{out}: {run!r} matches {len(matches)} runs ({names}); give more of the id")
+
+
+def history_lines(entries: list[RunEntry]) -> list[str]:
+    lines = [f"{'run':<26}{'reference':<12}{'state':<25}{'households':>11}{'signals':>9}  created"]
+    for e in entries:
+        households = f"{e.households:,}" if e.households is not None else "-"
+        signals = f"{e.signals:,}" if e.signals is not None else "-"
+        lines.append(
+            f"{e.run_id:<26}{e.reference_date:<12}{e.state:<25}{households:>11}{signals:>9}"
+            f"  {e.created_at or '-'}"
+        )
+    return lines
+
+
+def _inputs_lines(m: dict) -> list[str]:
+    sources = m.get("counts", {}).get("sources", {})
+    lines = [f"{'source':<18}{'reference':<12}{'rows in':>10}{'accepted':>10}{'quarantined':>12}"]
+    lines[0] += "  sha256        key"
+    for name, i in sorted(m.get("inputs", {}).items()):
+        c = sources.get(name, {})
+        lines.append(
+            f"{name:<18}{i.get('reference_date', '-'):<12}{c.get('rows_in', 0):>10,}"
+            f"{c.get('accepted', 0):>10,}{c.get('quarantined', 0):>12,}"
+            f"  {str(i.get('sha256', ''))[:12]:<12}  {i.get('pseudonym_key_id', '-')}"
+        )
+    return lines
+
+
+def _counts_lines(m: dict) -> list[str]:
+    c = m.get("counts", {})
+    lines = [f"households evaluated  {c.get('households', 0):,}"]
+    for scheme, n in sorted(c.get("signals_per_scheme", {}).items()):
+        lines.append(f"signals {scheme:<22}{n:>8,}")
+    lines.append(f"signals total                 {c.get('signals', 0):>8,}")
+    amount = float(c.get("estimated_annual_amount_total", 0) or 0)
+    lines.append(f"estimated annual amount EUR {amount:,.2f}")
+    lines.append(f"audit records         {c.get('audit_records', 0):,}")
+    for op, n in sorted(c.get("audit_records_per_operation", {}).items()):
+        lines.append(f"  {op:<20}{n:>10,}")
+    return lines
+
+
+def _rules_lines(m: dict) -> list[str]:
+    lines = [f"{'rule':<24}{'rule version':<16}{'parameters':<16}year"]
+    for r in m.get("rules", []):
+        lines.append(
+            f"{r.get('rule_id', '?'):<24}{str(r.get('rule_version', '-')):<16}"
+            f"{str(r.get('parameter_version', '-')):<16}{r.get('benefit_year', '-')}"
+        )
+    for r in m.get("rules_skipped", []):
+        lines.append(f"{r.get('rule_id', '?'):<24}skipped: {r.get('reason', '')}")
+    return lines
+
+
+def show_lines(run_dir: Path) -> list[str]:
+    """A published run's manifest as text: identity, inputs, counts, rule versions."""
+    run_dir = Path(run_dir)
+    m = _manifest(run_dir)
+    if m is None:
+        raise RunNotFound(f"{run_dir}: no readable manifest.json; not a published run")
+    lines = [
+        f"run {m.get('run_id', run_dir.name)}",
+        f"  reference date       {m.get('reference_date', '-')}",
+        f"  created              {m.get('created_at', '-')}",
+        f"  code version         {m.get('code_version', '-')}   runner {m.get('runner', '-')}",
+        f"  processing activity  {m.get('processing_activity_id', '-')}"
+        f"   register version {m.get('register_version', '-')}",
+        f"  folder               {run_dir}",
+    ]
+    retention = run_dir / "retention.json"
+    if retention.is_file():
+        info = json.loads(retention.read_text(encoding="utf-8"))
+        lines.append(
+            f"  personal data        destroyed {info.get('key_destroyed_at', '?')} "
+            f"(retention {info.get('period', '?')})"
+        )
+    for title, part in (
+        ("inputs", _inputs_lines(m)),
+        ("counts", _counts_lines(m)),
+        ("rules", _rules_lines(m)),
+    ):
+        lines += ["", f"{title}:"] + ["  " + line for line in part]
+    return lines

@@ -1,0 +1,270 @@
+"""`signals serve`: the central run and retention as scheduled Prefect deployments.
+
+Two deployments, served by one long-running process that executes their runs:
+
+    signals-scheduled-run/central   cron schedule.cron (monthly by default): pick up the
+                                    newest complete deliveries, then run_flow on them
+    signals-retention/retention     cron schedule.retention_cron (daily by default):
+                                    destroy the data keys of runs past retention
+
+Their parameters are paths only (deliveries, out, keyring, configuration file); what
+a run does is decided by the files it finds. Schedules need a Prefect server (the
+ephemeral in-process one does not schedule): `prefect server start`, then
+PREFECT_API_URL=http://127.0.0.1:4200/api (docs/operations.md).
+
+Picking up: a delivery is complete when its folder `<source>/<YYYY-MM-DD>/` has a
+manifest.json (bodies publish their pseudonymised delivery with one rename, manifest
+included). The run takes the newest reference date for which every source is
+complete; a source that has delivered a newer date only in part is named in the log.
+A run whose inputs are already published is a no-op (its run id comes from its
+inputs), so a schedule that fires before new deliveries arrive changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows.config import Config, ConfigError, load_config, load_passphrase
+from flows.faults import IO_RETRIES
+from pipelines.contract import SOURCES
+from pipelines.read_deliveries import DeliveryRefused
+
+CENTRAL = "central"
+RETENTION = "retention"
+
+
+class NoCompleteDelivery(DeliveryRefused):
+    """No reference date has a complete delivery from every source."""
+
+
+class ServeError(ConfigError):
+    """`signals serve` cannot start: no Prefect server is configured to schedule against."""
+
+
+@dataclass(frozen=True)
+class PickedUp:
+    """The reference date to run, and what is still incomplete after it."""
+
+    reference_date: dt.date
+    folders: dict[str, Path]
+    waiting: dict[str, str]  # source -> what is missing for a newer date
+
+
+def _dated_folders(source_dir: Path) -> dict[dt.date, Path]:
+    found = {}
+    for d in source_dir.iterdir() if source_dir.is_dir() else ():
+        try:
+            day = dt.date.fromisoformat(d.name)
+        except ValueError:
+            continue  # `.2025-01-01.partial-123` and other work in progress
+        if d.is_dir():
+            found[day] = d
+    return found
+
+
+def pick_up(root: Path, max_quarantine_share: float = 1.0) -> PickedUp:
+    """The newest reference date with a complete delivery from every source."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NoCompleteDelivery(f"{root}: deliveries folder does not exist")
+    dated = {name: _dated_folders(root / name) for name in SOURCES}
+    complete = {
+        name: {day for day, d in days.items() if (d / "manifest.json").is_file()}
+        for name, days in dated.items()
+    }
+    common = set.intersection(*complete.values())
+    if not common:
+        raise NoCompleteDelivery(f"{root}: no reference date is complete: {_missing(complete)}")
+    day = max(common)
+    folders = {name: dated[name][day] for name in SOURCES}
+    for name, folder in folders.items():
+        _check_quarantine_share(folder, name, max_quarantine_share)
+    waiting = {}
+    for name, days in dated.items():
+        newer = sorted(d for d in days if d > day)
+        if newer:
+            waiting[name] = ", ".join(
+                f"{d.isoformat()} ({'complete' if d in complete[name] else 'no manifest yet'})"
+                for d in newer
+            )
+    return PickedUp(day, folders, waiting)
+
+
+def _missing(complete: dict[str, set[dt.date]]) -> str:
+    parts = []
+    for name, days in complete.items():
+        newest = max(days).isoformat() if days else "none"
+        parts.append(f"{name} newest complete {newest}")
+    return "; ".join(parts)
+
+
+def _check_quarantine_share(folder: Path, source: str, limit: float) -> None:
+    """Refuse a delivery whose body quarantined more than `limit` of its rows."""
+    if limit >= 1:
+        return
+    path = folder / "manifest.json"
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+        original = int(m["original"]["row_count"])
+        quarantined = int(m["quarantine"]["row_count"])
+    except (ValueError, KeyError, TypeError):
+        return  # not a pseudonymised manifest: open_pseudonymised refuses it with the cause
+    if original and quarantined / original > limit:
+        raise DeliveryRefused(
+            f"{path}: {quarantined:,} of {original:,} rows ({quarantined / original:.1%}) were "
+            f"quarantined at the body, more than thresholds.max_quarantine_share "
+            f"({limit:.1%}); ask {source} for a corrected delivery"
+        )
+
+
+@task(**IO_RETRIES)
+def pick_up_deliveries(deliveries: str, max_quarantine_share: float) -> PickedUp:
+    """Find the newest reference date with every source's delivery complete."""
+    return pick_up(Path(deliveries), max_quarantine_share)
+
+
+@flow(name="signals-scheduled-run", validate_parameters=True)
+def scheduled_run(
+    deliveries: str, out: str, key_file: str | None = None, config: str | None = None
+) -> str:
+    """Pick up the newest complete deliveries and run them (a no-op if already published)."""
+    from flows.run import run_flow
+
+    logger = get_run_logger()
+    settings = load_config(config)  # as every `signals` command: the file, else the defaults
+    picked = pick_up_deliveries(deliveries, settings.thresholds.max_quarantine_share)
+    logger.info("picked up deliveries of %s", picked.reference_date.isoformat())
+    for name, what in picked.waiting.items():
+        logger.warning("%s has a newer delivery not yet run: %s", name, what)
+    return run_flow(
+        deliveries=deliveries,
+        reference_date=picked.reference_date,
+        out=out,
+        runner=settings.run.runner,
+        buckets=settings.run.buckets,
+        key_file=key_file,
+    )
+
+
+def retention_period() -> str:
+    """The retention period of the programme, from the processing register."""
+    from privacy import register
+    from privacy.keys import DEFAULT_DOMAIN
+
+    activity = register.load_register().activity(DEFAULT_DOMAIN)
+    if activity is None:
+        raise ConfigError(f"the processing register has no activity {DEFAULT_DOMAIN!r}")
+    return activity.retention["period"]
+
+
+@task(**IO_RETRIES)
+def destroy_expired_keys(out: str, period: str, as_of: dt.date, key_file: str) -> list[str]:
+    """Destroy the data keys of runs whose retention period ended before `as_of`."""
+    from privacy.keys import load_keyring, passphrase_from_env
+    from privacy.retention import enforce_retention
+
+    # The central keyring signs the deletion records retention appends to the audit log.
+    keyring = load_keyring(Path(key_file), passphrase_from_env())
+    return enforce_retention(Path(out), period, as_of, keyring)
+
+
+@flow(name="signals-retention", validate_parameters=True)
+def retention_run(out: str, key_file: str) -> list[str]:
+    """Enforce retention on the published runs under `out` (the register sets the period)."""
+    logger = get_run_logger()
+    period = retention_period()
+    destroyed = destroy_expired_keys(out, period, dt.date.today(), key_file)
+    logger.info("retention %s: %d run(s) had their data key destroyed", period, len(destroyed))
+    return destroyed
+
+
+def deployment_parameters(config: Config) -> dict[str, str | None]:
+    """The central deployment's parameters: paths from the configuration."""
+    return {
+        "deliveries": str(config.require("paths", "deliveries")),
+        "out": str(config.require("paths", "out")),
+        # Every run needs the central keyring (domain pseudonyms, run-data and audit keys).
+        "key_file": str(config.require("keys", "central_keyring")),
+        "config": str(config.source) if config.source else None,
+    }
+
+
+def deployments(config: Config) -> list:
+    """The runner deployments `signals serve` serves, scheduled as configured."""
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    params = deployment_parameters(config)
+    schedule = config.schedule
+    # Module entrypoints: the flow runs load `flows.serve`, installed, from any folder.
+    central = scheduled_run.to_deployment(
+        name=CENTRAL,
+        schedule=Cron(schedule.cron, timezone=schedule.timezone, slug=f"{CENTRAL}-cron"),
+        parameters=params,
+        description="Pick up the newest complete deliveries and run them",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    retention = retention_run.to_deployment(
+        name=RETENTION,
+        schedule=Cron(
+            schedule.retention_cron, timezone=schedule.timezone, slug=f"{RETENTION}-cron"
+        ),
+        parameters={"out": params["out"], "key_file": params["key_file"]},
+        description="Destroy the data keys of runs past their retention period",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [central, retention]
+
+
+def require_server() -> str:
+    """The Prefect API URL; schedules only fire on a real server, never the ephemeral one."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+    if not url:
+        raise ServeError(
+            "signals serve needs a Prefect server to schedule runs: start one with "
+            "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
+            "(see docs/operations.md)"
+        )
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=30).raise_for_status()
+    except httpx.HTTPError as e:
+        raise ServeError(
+            f"no Prefect server answers at PREFECT_API_URL={url} ({type(e).__name__}); "
+            "is `prefect server start` running?"
+        ) from None
+    return url
+
+
+def serve(config: Config) -> None:
+    """Register the deployments and execute their runs until stopped (Ctrl-C, SIGTERM)."""
+    from prefect import serve as prefect_serve
+    from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
+
+    from flows import environment
+
+    url = require_server()
+    load_passphrase(config)
+    level = os.environ.get("PREFECT_LOGGING_LEVEL")
+    if level == environment.DEFAULTS["PREFECT_LOGGING_LEVEL"]:
+        level = "INFO"  # a service's runs log to the server, for the UI, unless told otherwise
+    built = deployments(config)
+    print(f"serving on {url}: ", end="")
+    print(", ".join(f"{d.flow_name}/{d.name}" for d in built))
+    print(f"  {CENTRAL}: cron {config.schedule.cron!r} ({config.schedule.timezone})")
+    print(f"  {RETENTION}: cron {config.schedule.retention_cron!r} ({config.schedule.timezone})")
+    # One run at a time: two runs must never share an output folder's staging area. The flow
+    # runs are subprocesses that take their Prefect settings from this process's.
+    with temporary_settings(updates={PREFECT_LOGGING_LEVEL: level or "INFO"}):
+        prefect_serve(*built, limit=1, print_starting_message=False)

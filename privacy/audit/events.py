@@ -1,0 +1,64 @@
+"""Audit records made outside a run's pipeline, and appending them to the log.
+
+The central run logs its own records (ingest, exclusion, join, rule evaluation,
+signal) through `log.append_run`. Later steps on a published run log theirs here, as
+rows of AUDIT_SCHEMA under the run's trace, appended as one batch with a batch id that
+names the event, so retrying the same event never logs it twice:
+
+    records = deletion_records(context, pids, dataset="households", reason="retention")
+    append_events(log_root, records, f"{run_id}/deletion/households", signer)
+
+`re-identification` records are made by privacy/reidentify.py; it appends them with
+`append_events` (batch id `<run_id>/reidentification/<event>`) before writing the
+worklist. Proportionality decisions will do the same with their own operation name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipelines.audit_records import AuditContext, audit_batch, canonical_json
+from privacy.audit.log import AuditLog, Checkpoint
+from privacy.audit.signing import Signer
+
+# Every operation a record can name: the run's own, then the later steps'.
+OPERATIONS = (
+    "purpose_check",
+    "ingest",
+    "exclusion",
+    "join",
+    "rule_evaluation",
+    "proportionality",
+    "signal",
+    "reidentification",
+    "deletion",
+)
+
+
+def deletion_records(
+    context: AuditContext,
+    subjects: pa.Array,
+    dataset: str,
+    reason: str,
+    at: dt.datetime | None = None,
+) -> pa.Table:
+    """One `deletion` record per data subject whose data in `dataset` of the run was destroyed.
+
+    The span id depends on run, dataset and subject only: deleting the same data again
+    (a retried retention job) gives the same records, which the log keeps once.
+    """
+    subjects = subjects.cast(pa.string())
+    attributes = canonical_json({"dataset": dataset, "reason": reason})
+    dataset_key = pa.array([dataset] * len(subjects), pa.string())
+    batch = audit_batch(
+        context, "deletion", subjects, "deleted", attributes, discriminator=dataset_key, started=at
+    )
+    return pa.Table.from_batches([batch])
+
+
+def append_events(log_root: Path, records: pa.Table, batch_id: str, signer: Signer) -> Checkpoint:
+    """Append event records as one batch (once per batch id); returns the covering checkpoint."""
+    return AuditLog(log_root).append(records, batch_id, signer, kind="events").checkpoint

@@ -1,0 +1,444 @@
+"""The append-only purpose audit log across runs: Parquet segments under signed Merkle checkpoints.
+
+Where and what (`<out>/audit-log/`, next to the run folders it covers):
+
+    public_key.pem                   the current signing key (Ed25519, PEM): publish it
+    public_keys/<fingerprint>.pem    every key that ever signed a checkpoint (rotation)
+    segments/segment-<seq>.parquet   one segment per appended batch (a run): the batch's
+                                     audit records in log order, with `leaf_index` (their
+                                     position in the log) and `leaf_hash` (RFC 6962)
+    checkpoints/<seq>.json           the signed tree head after that batch: tree size, root,
+                                     the segment's file digest, the consistency proof from
+                                     the previous checkpoint, the frontier for the next append
+    .lock                            serialises appends (flock)
+
+Any DuckDB user reads the records directly:
+`SELECT name, COUNT(*) FROM 'audit-log/segments/*.parquet' GROUP BY name`.
+
+The leaves are the records' canonical bytes (privacy/audit/leaf.py) in segment order; the
+tree is RFC 6962's (privacy/audit/merkle.py). A checkpoint's signed body is its JSON
+without `signature`, serialised canonically (sorted keys, no whitespace, UTF-8), signed
+with Ed25519 by the keyring's `audit-signing` key. Ids in text are base64, never hex.
+
+Append, atomicity and reruns:
+- A batch is appended once: its id (the run id for runs) is looked up in the checkpoints
+  first, so a rerun or a retried task never duplicates records (`append` returns the
+  existing checkpoint). Within a batch, records with the same span id are kept once.
+- The checkpoint is the commit point. The segment is written to a temporary file, synced
+  and renamed, then the checkpoint the same way. A crash before the checkpoint's rename
+  leaves an uncovered segment that no reader counts (readers list segments through the
+  checkpoints) and that the next append replaces; `verify` reports it meanwhile.
+- The central run appends after finalising and before publishing its folder
+  (`append_run`). A run that fails before the append leaves the log untouched. A run whose
+  append succeeded but whose publication failed is reconciled by its rerun: same inputs,
+  same run id, so the append is found and not repeated, and the rerun's audit copy is
+  replaced by the records the log holds for that run (same span ids; only the times of
+  the failed attempt are kept), so the published copy and the log agree.
+- The run folder keeps `audit/segment-00000.parquet` (its own records, AUDIT_SCHEMA) for
+  convenience, and `audit/_log_entry.json` naming the checkpoint and leaf range that hold
+  them. The log is the record of authority; the copy is what the log says, nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.audit_records import AUDIT_SCHEMA
+from privacy.audit import merkle, signing
+from privacy.audit.leaf import LEAF_FORMAT, leaf_hashes
+
+LOG_DIRNAME = "audit-log"
+CHECKPOINT_FORMAT = "signals-audit-checkpoint/1"
+HASH_ALGORITHM = "RFC 6962 SHA-256 (leaf 0x00, node 0x01)"
+SEGMENT_SCHEMA = pa.schema(
+    [pa.field("leaf_index", pa.int64(), nullable=False)]
+    + list(AUDIT_SCHEMA)
+    + [pa.field("leaf_hash", pa.binary(32))]
+)
+RUN_COPY = Path("audit") / "segment-00000.parquet"
+LOG_ENTRY = Path("audit") / "_log_entry.json"  # "_": Parquet dataset readers skip it
+_CHECKPOINT_NAME = re.compile(r"^(\d{8})\.json$")
+ROW_GROUP = 1 << 20
+
+
+class AuditLogError(Exception):
+    """The audit log cannot be read or appended to as asked; the message says why."""
+
+
+def segment_name(sequence: int) -> str:
+    return f"segment-{sequence:08d}.parquet"
+
+
+def checkpoint_name(sequence: int) -> str:
+    return f"{sequence:08d}.json"
+
+
+def file_sha256(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One signed checkpoint: `body` is what is signed, `signature` the base64 Ed25519 signature."""
+
+    body: dict
+    signature: str
+
+    @property
+    def sequence(self) -> int:
+        return self.body["sequence"]
+
+    @property
+    def tree_size(self) -> int:
+        return self.body["tree_size"]
+
+    @property
+    def first_leaf(self) -> int:
+        return self.body["first_leaf"]
+
+    @property
+    def leaf_count(self) -> int:
+        return self.body["leaf_count"]
+
+    @property
+    def batch_id(self) -> str:
+        return self.body["batch_id"]
+
+    @property
+    def root(self) -> bytes:
+        return signing.unb64(self.body["root_hash"])
+
+    @property
+    def frontier(self) -> dict[int, bytes]:
+        hashes = [signing.unb64(h) for h in self.body["frontier"]]
+        levels = merkle.frontier_levels(self.tree_size)
+        if len(hashes) != len(levels):
+            raise AuditLogError(
+                f"checkpoint {self.sequence}: frontier has {len(hashes)} hashes, "
+                f"a tree of {self.tree_size} leaves needs {len(levels)}"
+            )
+        return dict(zip(levels, hashes, strict=True))
+
+    @property
+    def consistency_proof(self) -> list[bytes]:
+        return [signing.unb64(h) for h in self.body["consistency_proof"]]
+
+    @property
+    def public_key(self):
+        return signing.public_from_raw(signing.unb64(self.body["signing_key"]["public_key"]))
+
+    def signature_valid(self) -> bool:
+        """The signature checks out with the public key the checkpoint names (trust is separate)."""
+        try:
+            return signing.signature_valid(self.public_key, self.body, self.signature)
+        except (KeyError, ValueError):
+            return False
+
+    def digest(self) -> str:
+        """Base64 SHA-256 of the canonical JSON of the whole checkpoint, signature included."""
+        whole = dict(self.body, signature=self.signature)
+        return signing.b64(hashlib.sha256(signing.canonical(whole)).digest())
+
+    def to_json(self) -> str:
+        return json.dumps(dict(self.body, signature=self.signature), indent=1, sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> Checkpoint:
+        try:
+            doc = json.loads(text)
+            signature = doc.pop("signature")
+            if doc.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"format is not {CHECKPOINT_FORMAT}")
+            for name in ("sequence", "tree_size", "first_leaf", "leaf_count"):
+                if not isinstance(doc[name], int) or doc[name] < 0:
+                    raise ValueError(f"{name} must be a whole number >= 0")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise AuditLogError(f"{where}: not a readable checkpoint ({e})") from None
+        return cls(doc, signature)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    checkpoint: Checkpoint
+    appended: bool  # False: the batch was in the log already (idempotent rerun)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> bytes:
+    """The values of a fixed-size binary column, concatenated (nulls as zero bytes)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    width = array.type.byte_width
+    if len(array) == 0:
+        return b""
+    data = array.buffers()[1]
+    return data.to_pybytes()[array.offset * width : (array.offset + len(array)) * width]
+
+
+def normalise(records: pa.Table) -> pa.Table:
+    """Records as AUDIT_SCHEMA in the given order, each span id once (its first occurrence)."""
+    missing = set(AUDIT_SCHEMA.names) - set(records.column_names)
+    if missing:
+        raise AuditLogError(f"audit records lack column(s) {', '.join(sorted(missing))}")
+    table = records.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA).combine_chunks()
+    if table.num_rows == 0:
+        return table
+    if table.column("span_id").null_count:
+        raise AuditLogError("an audit record without a span id cannot be logged")
+    spans = np.frombuffer(fixed_bytes(table.column("span_id")), dtype=np.uint64)
+    _, first = np.unique(spans, return_index=True)
+    if len(first) < table.num_rows:
+        table = table.take(pa.array(np.sort(first)))
+    return table
+
+
+class AuditLog:
+    """One audit log folder. Reading needs nothing; appending needs a `signing.Signer`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.segments_dir = self.root / "segments"
+        self.checkpoints_dir = self.root / "checkpoints"
+        self.keys_dir = self.root / "public_keys"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def checkpoint_files(self) -> list[Path]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints_dir.iterdir() if _CHECKPOINT_NAME.match(p.name))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, parsed (not verified), in sequence order."""
+        return [Checkpoint.parse(p.read_text(), str(p)) for p in self.checkpoint_files()]
+
+    def latest(self) -> Checkpoint | None:
+        files = self.checkpoint_files()
+        return Checkpoint.parse(files[-1].read_text(), str(files[-1])) if files else None
+
+    def find(self, batch_id: str) -> Checkpoint | None:
+        return next((c for c in self.checkpoints() if c.batch_id == batch_id), None)
+
+    def segment_path(self, checkpoint: Checkpoint) -> Path:
+        return self.segments_dir / checkpoint.body["segment"]
+
+    def committed_segments(self) -> list[Path]:
+        """The segments covered by a checkpoint: what readers may count."""
+        return [self.segment_path(c) for c in self.checkpoints()]
+
+    def batch_records(self, batch_id: str) -> pa.Table:
+        """The records a batch holds in the log (AUDIT_SCHEMA plus leaf_index and leaf_hash)."""
+        checkpoint = self.find(batch_id)
+        if checkpoint is None:
+            raise AuditLogError(f"{self.root}: batch {batch_id!r} is not in the audit log")
+        return pq.read_table(self.segment_path(checkpoint))
+
+    def public_key_files(self) -> list[Path]:
+        return sorted(self.keys_dir.glob("*.pem")) if self.keys_dir.is_dir() else []
+
+    # -- appending ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the log's lock: one appender (or consistent reader) at a time."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _head(self) -> Checkpoint | None:
+        """The latest checkpoint, checked enough to build on: sequence, signature, frontier."""
+        files = self.checkpoint_files()
+        for i, path in enumerate(files):
+            if path.name != checkpoint_name(i):
+                raise AuditLogError(f"{path}: checkpoints must be numbered 0, 1, 2 ... (no gaps)")
+        if not files:
+            return None
+        head = Checkpoint.parse(files[-1].read_text(), str(files[-1]))
+        if head.sequence != len(files) - 1 or not head.signature_valid():
+            raise AuditLogError(f"{files[-1]}: the latest checkpoint is not validly signed")
+        if merkle.frontier_root(head.frontier) != head.root:
+            raise AuditLogError(f"{files[-1]}: its frontier does not give its root")
+        if not (self.keys_dir / f"{head.body['signing_key']['fingerprint']}.pem").is_file():
+            raise AuditLogError(f"{files[-1]}: its signing key is not published in {self.keys_dir}")
+        return head
+
+    def _publish_key(self, signer: signing.Signer) -> None:
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        pem = signing.public_pem(signer.public)
+        path = self.keys_dir / f"{signer.fingerprint}.pem"
+        if not path.is_file():
+            _write_atomic(path, pem)
+        current = self.root / "public_key.pem"
+        if not current.is_file() or current.read_bytes() != pem:
+            _write_atomic(current, pem)
+
+    def _write_segment(self, sequence: int, records: pa.Table, first: int, leaves: bytes) -> Path:
+        n = records.num_rows
+        table = pa.Table.from_arrays(
+            [pa.array(np.arange(first, first + n, dtype=np.int64))]
+            + list(records.columns)
+            + [
+                pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(leaves)])
+            ],
+            schema=SEGMENT_SCHEMA,
+        )
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        path = self.segments_dir / segment_name(sequence)
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.segments_dir)
+        return path
+
+    def append(
+        self, records: pa.Table, batch_id: str, signer: signing.Signer, kind: str = "run"
+    ) -> AppendResult:
+        """Append one batch of audit records (once per batch id) and sign the new tree head."""
+        records = normalise(records)
+        with self.locked():
+            head = self._head()
+            existing = self.find(batch_id) if head else None
+            if existing is not None:
+                return AppendResult(existing, appended=False)
+            sequence = head.sequence + 1 if head else 0
+            first = head.tree_size if head else 0
+            leaves = leaf_hashes(records, first)
+            tree = merkle.Tree(first, head.frontier if head else {}, leaves)
+            # An uncovered segment of this sequence is an interrupted append: replaced here.
+            segment = self._write_segment(sequence, records, first, leaves)
+            self._publish_key(signer)
+            body = self._body(head, sequence, batch_id, kind, records, tree, segment, signer)
+            checkpoint = Checkpoint(body, signer.sign(body))
+            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(
+                self.checkpoints_dir / checkpoint_name(sequence), checkpoint.to_json().encode()
+            )
+            return AppendResult(checkpoint, appended=True)
+
+    def _body(self, head, sequence, batch_id, kind, records, tree, segment, signer) -> dict:
+        names = pc.value_counts(records.column("name").combine_chunks()).to_pylist()
+        previous = None
+        if head is not None:
+            previous = {
+                "sequence": head.sequence,
+                "tree_size": head.tree_size,
+                "root_hash": head.body["root_hash"],
+                "checkpoint_sha256": head.digest(),
+            }
+        log_id = head.body["log_id"] if head else signing.b64(os.urandom(16))
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "log_id": log_id,
+            "sequence": sequence,
+            "batch_id": batch_id,
+            "kind": kind,
+            "segment": segment.name,
+            "segment_sha256": signing.b64(file_sha256(segment)),
+            "first_leaf": tree.old_size,
+            "leaf_count": tree.size - tree.old_size,
+            "tree_size": tree.size,
+            "root_hash": signing.b64(tree.root()),
+            "previous": previous,
+            "consistency_proof": [signing.b64(h) for h in tree.consistency_proof()],
+            "frontier": [signing.b64(h) for _, h in sorted(tree.frontier().items(), reverse=True)],
+            "records_per_operation": {d["values"]: d["counts"] for d in names},
+            "leaf_format": LEAF_FORMAT,
+            "hash": HASH_ALGORITHM,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "signing_key": {
+                "id": signer.key_id,
+                "fingerprint": signer.fingerprint,
+                "public_key": signing.b64(signing.raw_public(signer.public)),
+            },
+        }
+
+
+def _span_set(table: pa.Table) -> set[bytes]:
+    return set(table.column("span_id").to_pylist())
+
+
+def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Signer) -> Checkpoint:
+    """Append a finalised run's audit records to the log, or reconcile a rerun with it.
+
+    `run_folder` is the staging folder about to be published (or a published run).
+    Afterwards its `audit/segment-00000.parquet` holds exactly the log's records for the
+    run and `audit/_log_entry.json` says where they are in the log.
+    """
+    run_folder = Path(run_folder)
+    copy = run_folder / RUN_COPY
+    if not copy.is_file():
+        raise AuditLogError(f"{copy}: the run has no audit records to log")
+    records = pq.read_table(copy)
+    log = AuditLog(log_root)
+    result = log.append(records, run_id, signer)
+    if not result.appended:
+        logged = log.batch_records(run_id)
+        if _span_set(logged) != _span_set(normalise(records)):
+            raise AuditLogError(
+                f"{log_root}: run {run_id} is in the audit log (checkpoint "
+                f"{result.checkpoint.sequence}) with other records than this rerun made; "
+                "the inputs or the code changed under the same run id"
+            )
+        _write_atomic(copy, _parquet_bytes(logged.select(AUDIT_SCHEMA.names)))
+    write_log_entry(run_folder, log_root, result.checkpoint)
+    return result.checkpoint
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def write_log_entry(run_folder: Path, log_root: Path, checkpoint: Checkpoint) -> None:
+    entry = {
+        "audit_log": os.path.relpath(Path(log_root).resolve(), Path(run_folder).resolve().parent),
+        "checkpoint": checkpoint_name(checkpoint.sequence),
+        "segment": checkpoint.body["segment"],
+        "first_leaf": checkpoint.first_leaf,
+        "leaf_count": checkpoint.leaf_count,
+        "tree_size": checkpoint.tree_size,
+        "root_hash": checkpoint.body["root_hash"],
+    }
+    _write_atomic(
+        run_folder / LOG_ENTRY, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode()
+    )

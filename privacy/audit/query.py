@@ -1,0 +1,131 @@
+"""Questions auditors ask of the log, answered with DuckDB over the committed segments.
+
+Why was this record processed, under which legal basis, for which purpose, with which
+outcome: every record names its operation (`name`), outcome (`status`), processing
+activity (`processing_activity_id`, the register entry, at `register_version`), run, and
+in `attributes` (canonical JSON) the source and legal basis (ingest), the rule, its
+version and parameter version (rule evaluation, signal), the household joined into, and
+so on. Filters combine with AND; only segments covered by a signed checkpoint are read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from privacy.audit.log import AuditLog, AuditLogError
+
+COLUMNS = (
+    "leaf_index",
+    "start_time",
+    "end_time",
+    "run_id",
+    "name",
+    "status",
+    "data_subject_pid",
+    "processing_activity_id",
+    "register_version",
+    "attributes",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+)
+GROUPABLE = ("name", "status", "run_id", "processing_activity_id", "register_version", "scheme")
+
+
+@dataclass(frozen=True)
+class Filters:
+    purpose: str | None = None
+    legal_basis: str | None = None
+    scheme: str | None = None
+    run: str | None = None
+    operation: str | None = None
+    status: str | None = None
+    subject: str | None = None
+    since: dt.date | None = None
+    until: dt.date | None = None  # inclusive
+
+    def where(self) -> tuple[str, dict]:
+        """The WHERE clause and its parameters (values are bound, never pasted into SQL)."""
+        terms, params = ["TRUE"], {}
+        for column, name in (
+            ("processing_activity_id", "purpose"),
+            ("run_id", "run"),
+            ("name", "operation"),
+            ("status", "status"),
+            ("data_subject_pid", "subject"),
+        ):
+            if getattr(self, name) is not None:
+                terms.append(f"{column} = ${name}")
+                params[name] = getattr(self, name)
+        if self.scheme is not None:
+            terms.append("json_extract_string(attributes, '$.scheme') = $scheme")
+            params["scheme"] = self.scheme
+        if self.legal_basis is not None:
+            # The basis is text or a list of citations: match any part of it, any case.
+            terms.append(
+                "CAST(json_extract(attributes, '$.legal_basis') AS VARCHAR) "
+                "ILIKE '%' || $legal_basis || '%'"
+            )
+            params["legal_basis"] = self.legal_basis
+        if self.since is not None:
+            terms.append("start_time >= CAST($since AS DATE)")
+            params["since"] = self.since.isoformat()
+        if self.until is not None:
+            terms.append("start_time < CAST($until AS DATE) + INTERVAL 1 DAY")
+            params["until"] = self.until.isoformat()
+        return " AND ".join(terms), params
+
+
+def _source(log_root: Path) -> tuple[str, dict]:
+    files = [str(p) for p in AuditLog(log_root).committed_segments()]
+    if not files:
+        raise AuditLogError(f"{log_root}: the audit log holds no checkpoint yet")
+    return "read_parquet($files)", {"files": files}
+
+
+def select(log_root: Path, filters: Filters, limit: int | None = None) -> tuple[pa.Table, int]:
+    """Matching records in log order (at most `limit`) and how many match in all."""
+    source, params = _source(log_root)
+    where, more = filters.where()
+    params |= more
+    con = duckdb.connect()
+    try:
+        count = con.sql(f"SELECT COUNT(*) AS n FROM {source} WHERE {where}", params=params)
+        total = count.to_arrow_table().column("n")[0].as_py()
+        cap = f"LIMIT {int(limit)}" if limit is not None else ""
+        rows = con.sql(
+            f"SELECT {', '.join(COLUMNS)} FROM {source} WHERE {where} ORDER BY leaf_index {cap}",
+            params=params,
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return rows, total
+
+
+def count_by(log_root: Path, filters: Filters, groups: list[str]) -> pa.Table:
+    """Record counts per combination of `groups` (columns, or `scheme` from the attributes)."""
+    bad = [g for g in groups if g not in GROUPABLE]
+    if bad:
+        raise AuditLogError(f"cannot count by {', '.join(bad)}: choose from {', '.join(GROUPABLE)}")
+    source, params = _source(log_root)
+    where, more = filters.where()
+    params |= more
+    exprs = [
+        "json_extract_string(attributes, '$.scheme') AS scheme" if g == "scheme" else g
+        for g in groups
+    ]
+    names = ", ".join(groups)
+    con = duckdb.connect()
+    try:
+        return con.sql(
+            f"SELECT {', '.join(exprs)}, COUNT(*) AS records FROM {source} WHERE {where} "
+            f"GROUP BY {names} ORDER BY {names}",
+            params=params,
+        ).to_arrow_table()
+    finally:
+        con.close()

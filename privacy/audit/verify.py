@@ -1,0 +1,345 @@
+"""Verifying an audit log: signatures, sequence, every record's leaf, roots, proofs, history.
+
+`verify_log` checks, in log order, and names the first thing that is wrong:
+
+1. checkpoints: numbered 0, 1, 2 ... without gaps; each signed (Ed25519) by a trusted
+   key (the keys published with the log, or the ones the auditor pins); each names the
+   one before it (sequence, size, root, file digest), starts where it ended, and carries
+   a consistency proof from it that verifies (RFC 9162 2.1.4.2): the log only grew.
+2. segments: exactly one per checkpoint, none uncovered; its file digest as signed; its
+   records' `leaf_index` runs first_leaf, first_leaf+1, ... (a deleted, moved or
+   appended record breaks the run); every record's leaf hash recomputed from its
+   canonical bytes equals the stored one (an edited record) and, all together, give the
+   signed root and frontier (an edited record whose stored hash was rewritten too).
+3. inclusion: for sampled records of every segment an inclusion proof is made and
+   checked against the signed root as an outsider would (RFC 9162 2.1.3.2).
+4. history: checkpoints the auditor kept from earlier visits (`trusted`) must be in the
+   log unchanged; a log rewritten and re-signed since then differs from them.
+
+A record is named by leaf index, segment and row, operation, subject pseudonym and span
+id (base64), never by anything else.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from privacy.audit import merkle, signing
+from privacy.audit.leaf import leaf_hashes
+from privacy.audit.log import (
+    SEGMENT_SCHEMA,
+    AuditLog,
+    AuditLogError,
+    Checkpoint,
+    checkpoint_name,
+    file_sha256,
+    fixed_bytes,
+    segment_name,
+)
+
+INCLUSION_SAMPLES = 8
+
+
+@dataclass
+class Report:
+    """What verification found: `problems` in log order (empty: the log holds)."""
+
+    root: Path
+    problems: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+    records: int = 0
+    inclusion_proofs: int = 0
+    consistency_proofs: int = 0
+    trusted_checked: int = 0
+    key_fingerprints: set[str] = field(default_factory=set)
+    latest: Checkpoint | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def trusted_keys(log: AuditLog, pinned: list[Path] | None) -> dict[str, object]:
+    """Fingerprint -> public key: the pinned key files if given, else those published."""
+    files = pinned if pinned else log.public_key_files()
+    keys = {}
+    for path in files:
+        key = signing.load_public_pem(Path(path).read_bytes(), str(path))
+        keys[signing.fingerprint(key)] = key
+    return keys
+
+
+def _record_name(table: pa.Table, row: int, leaf: int, segment: str) -> str:
+    span = table.column("span_id")[row].as_py()
+    name = table.column("name")[row].as_py()
+    subject = table.column("data_subject_pid")[row].as_py()
+    span_text = signing.b64(span) if span else "none"
+    return f"leaf {leaf} ({segment} row {row}: {name} of {subject}, span {span_text})"
+
+
+def signature_problem(cp: Checkpoint, keys: dict) -> str | None:
+    """Why a checkpoint's signature cannot be trusted, or None when it can."""
+    where = f"checkpoint {checkpoint_name(cp.sequence)}"
+    fp = cp.body.get("signing_key", {}).get("fingerprint")
+    key = keys.get(fp)
+    if key is None:
+        return f"{where}: signed by key {fp}, which is not a trusted key"
+    named = cp.body["signing_key"].get("public_key", "")
+    if signing.b64(signing.raw_public(key)) != named:
+        return f"{where}: names another public key than the trusted key {fp}"
+    if not signing.signature_valid(key, cp.body, cp.signature):
+        return f"{where}: the signature does not verify (checkpoint altered)"
+    return None
+
+
+def link_problems(cp: Checkpoint, previous: Checkpoint | None) -> list[str]:
+    """Whether `cp` follows `previous`: same log, chained, contiguous, consistency proven."""
+    where = f"checkpoint {checkpoint_name(cp.sequence)}"
+    if previous is None:
+        if cp.sequence != 0 or cp.first_leaf != 0 or cp.body["previous"] is not None:
+            return [f"{where}: the first checkpoint must be number 0 and start at leaf 0"]
+        return []
+    problems = []
+    expected = {
+        "sequence": previous.sequence,
+        "tree_size": previous.tree_size,
+        "root_hash": previous.body["root_hash"],
+        "checkpoint_sha256": previous.digest(),
+    }
+    if cp.sequence != previous.sequence + 1 or cp.body["previous"] != expected:
+        problems.append(
+            f"{where}: does not chain to checkpoint {checkpoint_name(previous.sequence)} "
+            "(its previous number, size, root or digest differ)"
+        )
+    if cp.body["log_id"] != previous.body["log_id"]:
+        problems.append(f"{where}: belongs to another log (log_id differs)")
+    if cp.first_leaf != previous.tree_size or cp.tree_size != cp.first_leaf + cp.leaf_count:
+        problems.append(
+            f"{where}: covers leaves {cp.first_leaf}..{cp.tree_size - 1} but the log had "
+            f"{previous.tree_size} leaves before it"
+        )
+    if not merkle.verify_consistency(
+        previous.tree_size, cp.tree_size, previous.root, cp.root, cp.consistency_proof
+    ):
+        problems.append(
+            f"{where}: its consistency proof from tree size {previous.tree_size} does not "
+            "verify: the log was not only appended to"
+        )
+    return problems
+
+
+def _check_checkpoint(cp: Checkpoint, previous: Checkpoint | None, keys: dict, report) -> bool:
+    """Signature and chaining of one checkpoint; False when it cannot be trusted at all."""
+    problem = signature_problem(cp, keys)
+    if problem:
+        report.problems.append(problem)
+        return False
+    report.key_fingerprints.add(cp.body["signing_key"]["fingerprint"])
+    report.problems.extend(link_problems(cp, previous))
+    report.consistency_proofs += previous is not None
+    return True
+
+
+def _read_segment(path: Path, cp: Checkpoint, report) -> pa.Table | None:
+    name = path.name
+    if not path.is_file():
+        report.problems.append(f"{name}: missing (checkpoint {cp.sequence} covers it)")
+        return None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # any Parquet decoding failure is the finding itself
+        report.problems.append(
+            f"{name}: unreadable as Parquet, the file was altered ({type(e).__name__}: {e})"
+        )
+        return None
+    if [(f.name, f.type) for f in table.schema] != [(f.name, f.type) for f in SEGMENT_SCHEMA]:
+        report.problems.append(f"{name}: its columns are not those of an audit segment")
+        return None
+    return table
+
+
+def _check_sequence(table: pa.Table, cp: Checkpoint, name: str, report) -> bool:
+    """leaf_index must run first_leaf, first_leaf+1, ... and stop at tree_size."""
+    found = table.column("leaf_index").to_numpy(zero_copy_only=False)
+    expected = np.arange(cp.first_leaf, cp.first_leaf + len(found), dtype=np.int64)
+    wrong = np.flatnonzero(found != expected)
+    if len(wrong):
+        row = int(wrong[0])
+        leaf, there = int(expected[row]), int(found[row])
+        at = np.flatnonzero(found == leaf)
+        if len(at) == 0:
+            what = f"leaf {leaf} is missing (deleted)"
+        elif np.count_nonzero(found == there) > 1:
+            what = f"leaf {there} appears more than once"
+        else:
+            what = f"records out of order: leaf {leaf} is at row {int(at[0])}"
+        report.problems.append(
+            f"{name} row {row}: {what}; the record there is "
+            f"{_record_name(table, row, int(found[row]), name)}"
+        )
+        return False
+    if len(found) != cp.leaf_count:
+        first_missing = cp.first_leaf + len(found)
+        report.problems.append(
+            f"{name}: holds {len(found)} records, checkpoint {cp.sequence} signed "
+            f"{cp.leaf_count}: "
+            + (
+                f"leaves {first_missing}..{cp.tree_size - 1} are missing (truncated)"
+                if len(found) < cp.leaf_count
+                else f"records after leaf {cp.tree_size - 1} were added"
+            )
+        )
+        return False
+    return True
+
+
+def _check_leaves(table: pa.Table, cp: Checkpoint, name: str, report) -> tuple[bytes, bool]:
+    """Recomputed leaf hashes; names the first record whose content no longer matches."""
+    leaves = leaf_hashes(table, cp.first_leaf)
+    stored = table.column("leaf_hash")
+    stored_bytes = fixed_bytes(stored)
+    if stored.null_count == 0 and stored_bytes == leaves:
+        return leaves, True
+    a = np.frombuffer(leaves, dtype=np.uint8).reshape(-1, 32)
+    b = np.frombuffer(stored_bytes.ljust(len(leaves), b"\0"), dtype=np.uint8).reshape(-1, 32)
+    row = int(np.flatnonzero((a != b).any(axis=1))[0])
+    report.problems.append(
+        f"{_record_name(table, row, cp.first_leaf + row, name)}: its content does not match "
+        "its leaf hash (record altered)"
+    )
+    return leaves, False
+
+
+def _check_tree(tree: merkle.Tree, cp: Checkpoint, name: str, report, rng) -> None:
+    if tree.root() != cp.root:
+        report.problems.append(
+            f"{name} (leaves {cp.first_leaf}..{cp.tree_size - 1}): the records give another "
+            f"root than checkpoint {cp.sequence} signed (records altered and their stored "
+            "hashes rewritten)"
+        )
+        return
+    frontier = [signing.b64(h) for _, h in sorted(tree.frontier().items(), reverse=True)]
+    if frontier != cp.body["frontier"]:
+        report.problems.append(f"checkpoint {cp.sequence}: its frontier does not fit its records")
+    if [signing.b64(h) for h in tree.consistency_proof()] != cp.body["consistency_proof"]:
+        report.problems.append(
+            f"checkpoint {cp.sequence}: its consistency proof is not the one its records give"
+        )
+    count = cp.leaf_count
+    if not count:
+        return
+    picks = {0, count - 1, count // 2} | {rng.randrange(count) for _ in range(INCLUSION_SAMPLES)}
+    for offset in sorted(picks):
+        index = cp.first_leaf + offset
+        leaf = tree.node(0, index)
+        proof = tree.inclusion_proof(index)
+        if not merkle.verify_inclusion(leaf, index, cp.tree_size, proof, cp.root):
+            report.problems.append(f"{name}: inclusion proof of leaf {index} does not verify")
+        report.inclusion_proofs += 1
+
+
+def _check_segment(log: AuditLog, cp: Checkpoint, previous: Checkpoint | None, report, rng):
+    path = log.segment_path(cp)
+    name = path.name
+    if cp.body["segment"] != segment_name(cp.sequence):
+        report.problems.append(f"checkpoint {cp.sequence}: names segment {cp.body['segment']}")
+        return
+    found = len(report.problems)
+    table = _read_segment(path, cp, report)
+    if table is not None and _check_sequence(table, cp, name, report):
+        leaves, intact = _check_leaves(table, cp, name, report)
+        report.records += table.num_rows
+        if intact:
+            frontier = previous.frontier if previous else {}
+            _check_tree(merkle.Tree(cp.first_leaf, frontier, leaves), cp, name, report, rng)
+    digest_ok = path.is_file() and signing.b64(file_sha256(path)) == cp.body["segment_sha256"]
+    if not digest_ok and len(report.problems) == found and path.is_file():
+        report.problems.append(
+            f"{name}: the file's digest differs from the one checkpoint {cp.sequence} signed, "
+            "though its records still check out (the file was rewritten)"
+        )
+
+
+def _check_stray_files(log: AuditLog, checkpoints: list[Checkpoint], report) -> None:
+    covered = {c.body["segment"] for c in checkpoints}
+    if log.segments_dir.is_dir():
+        for path in sorted(log.segments_dir.iterdir()):
+            if path.name not in covered and not path.name.startswith("."):
+                report.problems.append(
+                    f"{path.name}: not covered by any signed checkpoint (an interrupted append, "
+                    "or a file put there)"
+                )
+
+
+def _check_trusted(checkpoints: list[Checkpoint], trusted: list[Path], keys: dict, report):
+    by_sequence = {c.sequence: c for c in checkpoints}
+    for path in trusted:
+        kept = Checkpoint.parse(Path(path).read_text(), str(path))
+        report.trusted_checked += 1
+        if signature_problem(kept, keys):
+            report.problems.append(f"{path}: the kept checkpoint is not signed by a trusted key")
+            continue
+        current = by_sequence.get(kept.sequence)
+        if current is None:
+            report.problems.append(
+                f"history rewritten: the log ends before checkpoint {kept.sequence} "
+                f"(tree size {kept.tree_size}) that {path} holds"
+            )
+        elif current.body != kept.body:
+            report.problems.append(
+                f"history rewritten: checkpoint {kept.sequence} (tree size {kept.tree_size}) "
+                f"in the log differs from the one kept in {path} (root "
+                f"{current.body['root_hash']} now, {kept.body['root_hash']} then)"
+            )
+
+
+def verify_log(
+    root: Path,
+    public_keys: list[Path] | None = None,
+    trusted: list[Path] | None = None,
+    seed: int | None = None,
+) -> Report:
+    """Verify the whole log; see the module docstring. Never raises for a finding."""
+    log = AuditLog(root)
+    report = Report(Path(root))
+    if not log.checkpoints_dir.is_dir():
+        report.problems.append(f"{root}: no checkpoints folder: not an audit log")
+        return report
+    try:
+        keys = trusted_keys(log, public_keys)
+    except signing.SignerError as e:
+        report.problems.append(str(e))
+        return report
+    if not keys:
+        report.problems.append(f"{root}: no public key to check signatures with")
+    rng = random.Random(seed)
+    checkpoints: list[Checkpoint] = []
+    previous = None
+    for i, path in enumerate(log.checkpoint_files()):
+        if path.name != checkpoint_name(i):
+            report.problems.append(f"{path.name}: checkpoint {checkpoint_name(i)} is missing")
+            break
+        try:
+            cp = Checkpoint.parse(path.read_text(), str(path))
+        except AuditLogError as e:
+            report.problems.append(str(e))
+            break
+        if cp.sequence != i:
+            report.problems.append(f"{path.name}: says it is checkpoint {cp.sequence}")
+            break
+        if not _check_checkpoint(cp, previous, keys, report):
+            break
+        _check_segment(log, cp, previous, report, rng)
+        checkpoints.append(cp)
+        previous = cp
+    report.checkpoints = len(checkpoints)
+    report.latest = previous
+    _check_stray_files(log, checkpoints, report)
+    _check_trusted(checkpoints, list(trusted or []), keys, report)
+    return report

@@ -1,0 +1,386 @@
+"""Crypto-shredding: a run's personal data is encrypted under its own key, and retention
+destroys that key.
+
+Before a run is published, every output that holds personal data (PERSONAL_DATA:
+signals, the household table, rule evaluations, lifecycle) is encrypted with AES-256-GCM
+under a fresh 256-bit data key made for that run alone. The data key is stored wrapped
+(AES-256-GCM) under the central keyring's active `run-data` key, in a key store outside
+the run folder (`<runs>/.keys/<run_id>.key` by default). `enforce_retention` destroys the wrapped
+keys of runs whose retention period has ended: their ciphertext stays on disk (and in
+any backup) but can no longer be read by anyone. Aggregate outputs (the manifest's
+counts, reports) and the quarantine files are not personal data about a person and
+stay in plain text, so they remain readable after retention.
+
+Files are encrypted in 1 MiB segments, each its own AES-GCM message whose nonce counts
+the segment and whose associated data binds the run, the file's path, the segment's
+number and whether it is the last: a segment cannot be swapped, reordered, moved to
+another run or file, or cut off without decryption failing. Readers decrypt into
+memory (`read_run_table`); `decrypt_run` writes plain copies for DuckDB users who
+accept to handle them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from privacy.keys import Keyring, KeyringError
+
+# Paths in a run folder that hold personal data (pseudonymous, per household or person);
+# a folder means its *.parquet files. Absent ones are skipped.
+PERSONAL_DATA = ("signals.parquet", "households", "evaluations", "lifecycle.parquet")
+ENCRYPTED_SUFFIX = ".enc"
+KEY_STORE = ".keys"
+ENCRYPTION_FILE = "encryption.json"
+RETENTION_FILE = "retention.json"
+SEGMENT = 1 << 20
+_MAGIC = b"signals-run-data/1\n"
+_KEY_FORMAT = "signals-run-key/1"
+ISO_PERIOD = re.compile(r"^P(?=\d)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?$")
+
+
+class RunDataUnavailable(Exception):
+    """A run's personal data cannot be read: its key was destroyed, is missing, or is not ours."""
+
+
+class RunDataDestroyed(RunDataUnavailable):
+    """A run's personal data was destroyed on purpose (retention); readers may skip the run."""
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def key_store_of(run_dir: Path) -> Path:
+    """The default key store of a run: `.keys` next to the run folders."""
+    return Path(run_dir).resolve().parent / KEY_STORE
+
+
+# -- the per-run data key -------------------------------------------------------------------
+
+
+def _wrap_aad(run_id: str, kek_id: str) -> bytes:
+    return f"{_KEY_FORMAT}\x00{run_id}\x00{kek_id}".encode()
+
+
+def _write_key(key_store: Path, run_id: str, data_key: bytes, keyring: Keyring) -> Path:
+    kek = keyring.active("run-data")
+    nonce = secrets.token_bytes(12)
+    wrapped = AESGCM(kek.material).encrypt(nonce, data_key, _wrap_aad(run_id, kek.id))
+    record = {
+        "format": _KEY_FORMAT,
+        "run_id": run_id,
+        "kek_id": kek.id,
+        "nonce": _b64(nonce),
+        "wrapped": _b64(wrapped),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    key_store.mkdir(parents=True, exist_ok=True)
+    path = key_store / f"{run_id}.key"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_key_record(run_dir: Path, key_store: Path) -> dict:
+    run_dir = Path(run_dir)
+    path = Path(key_store) / f"{run_dir.name}.key"
+    if not path.is_file():
+        tombstone = run_dir / RETENTION_FILE
+        if tombstone.is_file():
+            info = json.loads(tombstone.read_text())
+            raise RunDataDestroyed(
+                f"{run_dir}: its personal data was destroyed on {info['key_destroyed_at']} "
+                f"(retention period {info['period']} ended); only aggregate outputs remain"
+            )
+        raise RunDataUnavailable(f"{run_dir}: no data key for this run in {key_store}")
+    return json.loads(path.read_text())
+
+
+def run_data_key(run_dir: Path, keyring: Keyring, key_store: Path | None = None) -> bytes:
+    """Unwrap a run's data key with the keyring's run-data key (raises if destroyed)."""
+    record = _read_key_record(run_dir, key_store or key_store_of(run_dir))
+    try:
+        kek = keyring.by_id(record["kek_id"])
+    except KeyringError:
+        raise RunDataUnavailable(
+            f"{run_dir}: its data key is wrapped under {record['kek_id']}, which this keyring "
+            "does not hold"
+        ) from None
+    try:
+        return AESGCM(kek.material).decrypt(
+            base64.b64decode(record["nonce"]),
+            base64.b64decode(record["wrapped"]),
+            _wrap_aad(record["run_id"], kek.id),
+        )
+    except InvalidTag:
+        raise RunDataUnavailable(
+            f"{run_dir}: the data key does not open with key {kek.id}: wrong keyring, or the "
+            "key store file was altered"
+        ) from None
+
+
+# -- file encryption ---------------------------------------------------------------------
+
+
+def _segment_aad(header: bytes, index: int, final: bool) -> bytes:
+    return hashlib.sha256(_MAGIC + header).digest() + index.to_bytes(8, "big") + bytes([final])
+
+
+def encrypt_file(plain: Path, data_key: bytes, run_id: str, relative: str) -> Path:
+    """Encrypt `plain` to `<plain>.enc` and remove the plain file; returns the new path."""
+    prefix = secrets.token_bytes(4)
+    header = (
+        json.dumps(
+            {"run_id": run_id, "path": relative, "segment": SEGMENT, "nonce_prefix": _b64(prefix)},
+            sort_keys=True,
+        ).encode()
+        + b"\n"
+    )
+    aead = AESGCM(data_key)
+    target = plain.with_name(plain.name + ENCRYPTED_SUFFIX)
+    size = plain.stat().st_size
+    with open(plain, "rb") as src, open(target, "wb") as dst:
+        dst.write(_MAGIC + header)
+        index = 0
+        while True:
+            chunk = src.read(SEGMENT)
+            final = src.tell() >= size
+            nonce = prefix + index.to_bytes(8, "big")
+            dst.write(aead.encrypt(nonce, chunk, _segment_aad(header, index, final)))
+            index += 1
+            if final:
+                break
+    plain.unlink()
+    return target
+
+
+def decrypt_bytes(path: Path, data_key: bytes, run_id: str, relative: str) -> bytes:
+    """The plain content of an encrypted run file, in memory."""
+    data = Path(path).read_bytes()
+    if not data.startswith(_MAGIC):
+        raise RunDataUnavailable(f"{path}: not an encrypted run file")
+    end = data.index(b"\n", len(_MAGIC)) + 1
+    header = data[len(_MAGIC) : end]
+    meta = json.loads(header)
+    if (meta["run_id"], meta["path"]) != (run_id, relative):
+        raise RunDataUnavailable(f"{path}: belongs to {meta['run_id']}/{meta['path']}, not here")
+    aead, prefix, step = AESGCM(data_key), base64.b64decode(meta["nonce_prefix"]), SEGMENT + 16
+    out, offset, index = [], end, 0
+    while True:
+        segment = data[offset : offset + step]
+        offset += len(segment)
+        final = offset >= len(data)
+        try:
+            nonce = prefix + index.to_bytes(8, "big")
+            out.append(aead.decrypt(nonce, segment, _segment_aad(header, index, final)))
+        except InvalidTag:
+            raise RunDataUnavailable(
+                f"{path}: segment {index} does not decrypt: the file was altered or cut short"
+            ) from None
+        index += 1
+        if final:
+            return b"".join(out)
+
+
+def _personal_files(run_dir: Path, suffix: str) -> list[Path]:
+    found = []
+    for name in PERSONAL_DATA:
+        path = run_dir / name
+        if path.suffix == ".parquet":
+            candidate = path.with_name(path.name + suffix) if suffix else path
+            found += [candidate] if candidate.is_file() else []
+        elif path.is_dir():
+            found += sorted(path.glob(f"*.parquet{suffix}"))
+    return found
+
+
+def protect_run(staging: Path, run_id: str, keyring: Keyring, key_store: Path) -> dict:
+    """Encrypt a finalised run's personal data under a new data key; returns what was done."""
+    staging = Path(staging)
+    data_key = AESGCM.generate_key(bit_length=256)
+    key_path = _write_key(Path(key_store), run_id, data_key, keyring)
+    files = []
+    for plain in _personal_files(staging, ""):
+        relative = plain.relative_to(staging).as_posix()
+        encrypt_file(plain, data_key, run_id, relative)
+        files.append(relative + ENCRYPTED_SUFFIX)
+    info = {
+        "format": "signals-run-data/1",
+        "cipher": f"AES-256-GCM, {SEGMENT // (1 << 20)} MiB segments",
+        "data_key": {"store": str(key_path.parent), "file": key_path.name},
+        "wrapped_under": keyring.active("run-data").id,
+        "files": files,
+    }
+    (staging / ENCRYPTION_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_run_table(
+    run_dir: Path, name: str, keyring: Keyring, key_store: Path | None = None
+) -> pa.Table:
+    """A personal-data output of a run (`signals.parquet` or `households`), decrypted in memory."""
+    run_dir = Path(run_dir)
+    if name not in PERSONAL_DATA:
+        raise ValueError(f"{name!r} is not a personal-data output ({', '.join(PERSONAL_DATA)})")
+    data_key = run_data_key(run_dir, keyring, key_store)
+    tables = [
+        pq.read_table(pa.BufferReader(_decrypt(p, run_dir, data_key)))
+        for p in _personal_files(run_dir, ENCRYPTED_SUFFIX)
+        if p.relative_to(run_dir).parts[0] in (name, name + ENCRYPTED_SUFFIX)
+    ]
+    if not tables:
+        raise RunDataUnavailable(f"{run_dir}: no encrypted {name} in this run")
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _decrypt(path: Path, run_dir: Path, data_key: bytes) -> bytes:
+    relative = path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)]
+    return decrypt_bytes(path, data_key, run_dir.name, relative)
+
+
+def decrypt_run(
+    run_dir: Path, keyring: Keyring, out: Path, key_store: Path | None = None
+) -> list[Path]:
+    """Write plain copies of a run's personal data under `out` (same layout), for DuckDB."""
+    run_dir, out = Path(run_dir), Path(out)
+    data_key = run_data_key(run_dir, keyring, key_store)
+    written = []
+    for path in _personal_files(run_dir, ENCRYPTED_SUFFIX):
+        relative = path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)]
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(decrypt_bytes(path, data_key, run_dir.name, relative))
+        os.chmod(target, 0o600)
+        written.append(target)
+    return written
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+def add_period(start: dt.date, period: str) -> dt.date:
+    """`start` plus an ISO 8601 period of years, months, weeks and days (P1Y, P13M, P30D)."""
+    m = ISO_PERIOD.match(period)
+    if not m:
+        raise ValueError(f"retention period must be an ISO 8601 duration like P1Y, not {period!r}")
+    years, months, weeks, days = (int(g or 0) for g in m.groups())
+    month0 = start.month - 1 + months + 12 * years
+    year, month = start.year + month0 // 12, month0 % 12 + 1
+    last_day = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
+    return dt.date(year, month, min(start.day, last_day)) + dt.timedelta(weeks=weeks, days=days)
+
+
+def _destroy(path: Path) -> None:
+    """Overwrite, then remove: best effort against recovery from the same disk."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.write(secrets.token_bytes(size))
+        f.flush()
+        os.fsync(f.fileno())
+    path.unlink()
+
+
+def retention_status(runs_root: Path, period: str, key_store: Path | None = None) -> list[dict]:
+    """Every run with a data key: when it was made, until when it is kept, and its state."""
+    runs_root = Path(runs_root)
+    key_store = Path(key_store) if key_store else runs_root / KEY_STORE
+    out = []
+    for path in sorted(key_store.glob("*.key")) if key_store.is_dir() else []:
+        record = json.loads(path.read_text())
+        created = dt.datetime.fromisoformat(record["created"]).date()
+        out.append(
+            {
+                "run_id": record["run_id"],
+                "created": created.isoformat(),
+                "keep_until": add_period(created, period).isoformat(),
+                "key_file": path,
+            }
+        )
+    return out
+
+
+def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
+    """One `deletion` audit record per person whose data the run holds, in the audit log.
+
+    The persons are the household members the run's own audit copy names (its `join`
+    records), so nothing needs decrypting. Logged before the key goes: if the log
+    cannot be written, nothing is destroyed.
+    """
+    from pipelines.audit_records import AuditContext
+    from privacy.audit.events import append_events, deletion_records
+    from privacy.audit.log import LOG_DIRNAME, RUN_COPY
+    from privacy.audit.signing import Signer
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    copy = run_dir / RUN_COPY
+    pids = pa.array([], pa.string())
+    if copy.is_file():
+        audit = pq.read_table(copy, columns=["name", "data_subject_pid"])
+        members = audit.filter(pc.equal(audit["name"], "join"))["data_subject_pid"]
+        pids = pc.unique(members.combine_chunks())
+    context = AuditContext(
+        manifest["run_id"], manifest["processing_activity_id"], manifest["register_version"]
+    )
+    records = deletion_records(
+        context, pids, dataset="run-personal-data", reason=f"retention period {period} ended"
+    )
+    batch_id = f"{manifest['run_id']}/deletion/run-personal-data"
+    append_events(run_dir.parent / LOG_DIRNAME, records, batch_id, Signer(keyring))
+    return len(pids)
+
+
+def enforce_retention(
+    runs_root: Path,
+    period: str,
+    as_of: dt.date,
+    keyring: Keyring,
+    key_store: Path | None = None,
+) -> list[str]:
+    """Destroy the data keys of runs whose retention period ended before `as_of`.
+
+    Each destruction is logged first, one `deletion` record per person, in the audit
+    log (signed with the keyring's audit-signing key). Writes `retention.json` into each
+    such run folder so readers learn why the data is gone; returns the run ids whose
+    keys were destroyed.
+    """
+    destroyed = []
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    for run in retention_status(runs_root, period, key_store):
+        if dt.date.fromisoformat(run["keep_until"]) >= as_of:
+            continue
+        run_dir = Path(runs_root) / run["run_id"]
+        if run_dir.is_dir():
+            _log_deletion(run_dir, period, keyring)
+            (run_dir / RETENTION_FILE).write_text(
+                json.dumps(
+                    {
+                        "key_destroyed_at": now,
+                        "period": period,
+                        "kept_until": run["keep_until"],
+                        "destroyed": list(PERSONAL_DATA),
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        _destroy(run["key_file"])
+        destroyed.append(run["run_id"])
+    return destroyed

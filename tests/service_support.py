@@ -1,0 +1,157 @@
+"""Helpers for the service tests: real deliveries and keyrings, `signals` in a subprocess,
+and a Prefect server of the test's own.
+
+The hand-made population (tests/population.py) is pseudonymised with the real CLI.
+Runs that are to be killed run as `python -m flows.cli` in their own session, so the
+test can SIGKILL them and then reap any child they leave (nothing else is touched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from population import REFERENCE_DATE, write_population
+
+from flows.cli import main
+from pipelines.contract import SOURCES
+
+PASSPHRASE = "a service-test passphrase"
+# The installed command, as operators run it (`python -m flows.cli` would load flows.cli twice).
+_SCRIPT = Path(sys.executable).parent / "signals"
+SIGNALS = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "flows.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Pseudonymised deliveries and the central keyring that runs them."""
+
+    root: Path
+    deliveries: Path
+    central_keyring: Path
+
+
+def prepare_deliveries(root: Path) -> Prepared:
+    """Raw population -> body keyring -> pseudonymised deliveries; plus a central keyring."""
+    root = Path(root)
+    write_population(root / "raw")
+    body, central = root / "keys" / "body.keyring", root / "keys" / "central.keyring"
+    with _passphrase_env():
+        assert main(["keys", "init", "--key-file", str(body)]) == 0
+        assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
+        for source in SOURCES:
+            delivery = root / "raw" / source / REFERENCE_DATE
+            args = ["pseudonymise", "--delivery", str(delivery), "--key-file", str(body)]
+            assert main(args + ["--out", str(root / "pseudo")]) == 0
+    return Prepared(root, root / "pseudo", central)
+
+
+@contextlib.contextmanager
+def prefect_server():
+    """A Prefect server of the caller's own (Prefect's test harness); yields its API URL.
+
+    The start-up timeout is generous: a fresh database is migrated first, which takes
+    minutes, not seconds, when the machine is busy.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=600):
+        yield PREFECT_API_URL.value()
+
+
+@contextlib.contextmanager
+def _passphrase_env():
+    before = os.environ.get("SIGNALS_KEYRING_PASSPHRASE")
+    os.environ["SIGNALS_KEYRING_PASSPHRASE"] = PASSPHRASE
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SIGNALS_KEYRING_PASSPHRASE", None)
+        else:
+            os.environ["SIGNALS_KEYRING_PASSPHRASE"] = before
+
+
+def run_args(prepared: Prepared, out: Path) -> list[str]:
+    return [
+        "run",
+        "--deliveries",
+        str(prepared.deliveries),
+        "--reference-date",
+        REFERENCE_DATE,
+        "--out",
+        str(out),
+        "--buckets",
+        "4",
+        "--key-file",
+        str(prepared.central_keyring),
+    ]
+
+
+def subprocess_env(api_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SIGNALS_FAULT_AT"}
+    env["SIGNALS_KEYRING_PASSPHRASE"] = PASSPHRASE
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    env.update(extra)
+    return env
+
+
+def signals(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run `signals ARGS` in its own session; afterwards no process of that session is left."""
+    proc = subprocess.Popen(
+        [*SIGNALS, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        reap_session(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def reap_session(proc: subprocess.Popen) -> None:
+    """Kill what is left of the session `proc` led (a killed run's orphaned children)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def published_runs(out: Path) -> list[Path]:
+    """Run folders with a manifest (not the key store, the audit log, or staging)."""
+    return sorted(p.parent for p in Path(out).glob("*/manifest.json") if p.parent.name[:1] != ".")
+
+
+def decrypted(run_dir: Path, name: str, central_keyring: Path) -> pa.Table:
+    """A personal-data output of a run, decrypted in memory with the central keyring."""
+    from privacy.keys import load_keyring
+    from privacy.retention import read_run_table
+
+    ring = load_keyring(central_keyring, PASSPHRASE)
+    return read_run_table(run_dir, name, ring)
+
+
+def decrypted_bytes(run_dir: Path, relative: str, central_keyring: Path) -> bytes:
+    """The plain bytes of one encrypted run file (`signals.parquet`, `households/part-...`)."""
+    from privacy.keys import load_keyring
+    from privacy.retention import ENCRYPTED_SUFFIX, decrypt_bytes, run_data_key
+
+    run_dir = Path(run_dir)
+    key = run_data_key(run_dir, load_keyring(central_keyring, PASSPHRASE))
+    return decrypt_bytes(run_dir / (relative + ENCRYPTED_SUFFIX), key, run_dir.name, relative)

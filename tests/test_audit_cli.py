@@ -1,0 +1,160 @@
+"""The auditor's commands on a real log: trail, query, prove + check-proof, export.
+
+The log is built from the pipeline's own audit_batch records over three runs, and the
+commands are run through the `signals` entry point as an auditor would.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_audit_log import SUBJECTS, pids, run_records
+
+from flows.cli import main
+from privacy.audit.log import AuditLog
+from privacy.audit.signing import Signer
+from privacy.keys import Keyring
+
+RUNS = ("2025-01-01-run", "2025-02-01-run", "2025-03-01-run")
+
+
+@pytest.fixture(scope="module")
+def log_root(tmp_path_factory):
+    ring = Keyring()
+    ring.add("audit-signing")
+    root = tmp_path_factory.mktemp("audit") / "audit-log"
+    for run in RUNS:
+        AuditLog(root).append(run_records(run), run, Signer(ring))
+    return root
+
+
+def signals(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_the_trail_of_a_subject_lists_every_operation_of_every_run(log_root):
+    subject = pids(SUBJECTS)[5].as_py()
+    code, out, _ = signals("audit", "trail", subject, "--log", str(log_root))
+    assert code == 0
+    assert out.splitlines()[0].startswith(f"data subject {subject}: 12 audit record(s)")
+    code, out, _ = signals("audit", "trail", subject, "--log", str(log_root), "--format", "json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 12
+    assert {r["data_subject_pid"] for r in records} == {subject}
+    assert {(r["run_id"], r["name"]) for r in records} == {
+        (run, op) for run in RUNS for op in ("ingest", "join", "rule_evaluation")
+    }
+    assert all(len(base64.b64decode(r["span_id"], validate=True)) == 8 for r in records)
+
+
+def test_the_log_folder_or_its_parent_both_work(log_root):
+    subject = pids(1)[0].as_py()
+    assert signals("audit", "trail", subject, "--log", str(log_root.parent))[0] == 0
+    code, _, err = signals("audit", "trail", subject, "--log", str(log_root / "segments"))
+    assert code == 2 and "no audit log here" in err
+
+
+def test_query_filters_by_run_scheme_operation_and_date_and_counts(log_root):
+    args = ["audit", "query", "--log", str(log_root), "--format", "json", "--limit", "1000"]
+    code, out, _ = signals(*args, "--run", RUNS[1], "--operation", "rule_evaluation")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == SUBJECTS
+    assert {r["run_id"] for r in rows} == {RUNS[1]}
+    code, out, _ = signals(*args, "--scheme", "zorgtoeslag", "--status", "entitled")
+    assert len(out.splitlines()) == 3 * len(range(0, SUBJECTS, 3))
+    code, out, _ = signals(*args, "--purpose", "no-such-activity")
+    assert out == ""
+    code, out, _ = signals(*args, "--since", "1999-01-01", "--until", "2999-12-31")
+    assert len(out.splitlines()) == 3 * 4 * SUBJECTS
+    code, out, _ = signals(*args, "--until", "1999-12-31")
+    assert out == ""
+    code, out, _ = signals(
+        "audit", "query", "--log", str(log_root), "--count-by", "run_id,name", "--format", "json"
+    )
+    counts = [json.loads(line) for line in out.splitlines()]
+    assert {(c["run_id"], c["name"], c["records"]) for c in counts} == {
+        (run, op, n)
+        for run in RUNS
+        for op, n in (("ingest", 2 * SUBJECTS), ("join", SUBJECTS), ("rule_evaluation", SUBJECTS))
+    }
+
+
+def test_query_by_an_unknown_grouping_is_a_usage_error(log_root):
+    code, _, err = signals("audit", "query", "--log", str(log_root), "--count-by", "attributes")
+    assert code == 2 and "cannot count by attributes" in err
+
+
+def test_a_proof_bundle_checks_out_for_an_outsider_and_fails_when_tampered(log_root, tmp_path):
+    subject = pids(SUBJECTS)[7].as_py()
+    bundle = tmp_path / "proof.json"
+    code, out, _ = signals("audit", "prove", subject, "--log", str(log_root), "--out", str(bundle))
+    assert code == 0 and "12 record(s)" in out
+    key = log_root / "public_key.pem"
+    code, out, _ = signals("audit", "check-proof", str(bundle), "--public-key", str(key))
+    assert code == 0 and "OK: 12 record(s)" in out
+
+    doc = json.loads(bundle.read_text())
+    doc["records"][4]["record"]["status"] = "entitled"  # claim another outcome
+    doc["records"][4]["record"]["status"] += "!"
+    bundle.write_text(json.dumps(doc))
+    code, _, err = signals("audit", "check-proof", str(bundle), "--public-key", str(key))
+    assert code == 1 and "inclusion proof does not lead to the signed root" in err
+
+    doc = json.loads(bundle.read_text())
+    doc["records"][4]["record"]["status"] = doc["records"][4]["record"]["status"][:-1]
+    doc["checkpoints"][-1]["root_hash"] = doc["checkpoints"][0]["root_hash"]
+    bundle.write_text(json.dumps(doc))
+    code, _, err = signals("audit", "check-proof", str(bundle), "--public-key", str(key))
+    assert code == 1 and "signature does not verify" in err
+
+
+def test_a_bundle_signed_by_another_key_fails_against_the_pinned_one(log_root, tmp_path):
+    subject = pids(1)[0].as_py()
+    code, out, _ = signals("audit", "prove", subject, "--log", str(log_root))
+    other = Keyring()
+    other.add("audit-signing")
+    from privacy.audit.signing import public_pem
+
+    pem = tmp_path / "other.pem"
+    pem.write_bytes(public_pem(Signer(other).public))
+    bundle = tmp_path / "b.json"
+    bundle.write_text(out)
+    code, _, err = signals("audit", "check-proof", str(bundle), "--public-key", str(pem))
+    assert code == 1 and "not a trusted key" in err
+
+
+def test_proving_a_subject_the_log_does_not_know_is_a_usage_error(log_root):
+    code, _, err = signals("audit", "prove", "d1.nobody", "--log", str(log_root))
+    assert code == 2 and "no audit record about d1.nobody" in err
+
+
+def test_export_copies_a_verifiable_log_or_the_selected_records(log_root, tmp_path):
+    full = tmp_path / "full"
+    code, out, _ = signals("audit", "export", "--log", str(log_root), "--to", str(full))
+    assert code == 0 and "the whole log" in out
+    assert signals("audit", "verify", "--log", str(full))[0] == 0
+    kept = full / "latest-checkpoint.json"
+    assert (
+        signals("audit", "verify", "--log", str(log_root), "--trusted-checkpoint", str(kept))[0]
+        == 0
+    )
+
+    part = tmp_path / "part"
+    code, out, _ = signals(
+        "audit", "export", "--log", str(log_root), "--to", str(part), "--run", RUNS[2]
+    )
+    records = pq.read_table(part / "records.parquet")
+    assert code == 0 and records.num_rows == 4 * SUBJECTS
+    assert set(records.column("run_id").to_pylist()) == {RUNS[2]}
+    assert records.schema.field("span_id").type in (pa.binary(8), pa.binary())
+    code, _, err = signals("audit", "export", "--log", str(log_root), "--to", str(part))
+    assert code == 2 and "not empty" in err

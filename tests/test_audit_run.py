@@ -1,0 +1,185 @@
+"""A real central run on the hand-made population writes its audit trail into the signed log.
+
+Count rule, exactly: a run logs one record per data subject per operation *item*, and
+one run-level `purpose_check` record without a data subject. The item of an operation:
+
+    ingest            the source (a subject delivered by three sources has three records)
+    exclusion         none: each person who objected to all processing, once
+    join              none: each household member, once
+    rule_evaluation   the (scheme, benefit year) evaluated for the member's household
+    proportionality   the (scheme, benefit year) of the candidate signal, for its applicant
+    signal            the signal, for its applicant
+
+So records(run) = 1 + sum over operations of |{(data subject, item)}|. Each term is
+computed here from the run's inputs and outputs, not from the audit: the pseudonymised
+deliveries (ingest, exclusion), the household table (join), the evaluations (rule
+evaluation), the signals and suppressed candidates (proportionality, signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import duckdb
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from population import REFERENCE_DATE, write_population
+
+from flows.cli import main
+from pipelines.contract import SOURCES
+from pipelines.exclude import PERSON_SOURCES
+from pipelines.join import JOIN_SOURCES
+from privacy.audit.log import LOG_ENTRY, RUN_COPY, AuditLog
+from privacy.audit.verify import verify_log
+from privacy.keys import load_keyring
+from privacy.retention import read_run_table
+
+PASSPHRASE = "an audit-run passphrase"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The population pseudonymised and run through the CLI; (root, run folder, log folder)."""
+    root = tmp_path_factory.mktemp("audit-run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
+    write_population(root / "raw")
+    body, central = root / "keys" / "body.keyring", root / "keys" / "central.keyring"
+    assert main(["keys", "init", "--key-file", str(body)]) == 0
+    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
+    for source in SOURCES:
+        delivery = root / "raw" / source / REFERENCE_DATE
+        args = ["pseudonymise", "--delivery", str(delivery), "--key-file", str(body)]
+        assert main(args + ["--out", str(root / "pseudo")]) == 0
+    args = ["run", "--deliveries", str(root / "pseudo"), "--reference-date", REFERENCE_DATE]
+    args += ["--key-file", str(central), "--out", str(root / "runs"), "--buckets", "4"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    (run_dir,) = [p for p in (root / "runs").iterdir() if (p / "manifest.json").is_file()]
+    yield root, run_dir, root / "runs" / "audit-log"
+    mp.undo()
+
+
+def _delivery(root, source):
+    return pq.read_table(root / "pseudo" / source / REFERENCE_DATE / "data.parquet")
+
+
+def expected_counts(root, run_dir) -> dict[str, int]:
+    """Records per operation as the count rule says, from the run's inputs and outputs."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for source, c in manifest["counts"]["sources"].items():  # every row reached the run
+        assert c["quarantined"] == 0, source
+    objections = _delivery(root, "objections")
+    all_scope = pc.equal(objections.column("scope"), "all")
+    objectors = pc.unique(objections.column("bsn").filter(all_scope))
+    counts = {"purpose_check": 1, "exclusion": len(objectors), "ingest": 0}
+    for source in JOIN_SOURCES:
+        table = _delivery(root, source)
+        subjects = table.column(SOURCES[source].subject)
+        if source in PERSON_SOURCES or source == "objections":
+            table = table.filter(pc.invert(pc.is_in(subjects, value_set=objectors)))
+        if source == "objections":
+            table = table.filter(pc.not_equal(table.column("scope"), "all"))
+        counts["ingest"] += len(pc.unique(table.column(SOURCES[source].subject)))
+    ring = load_keyring(root / "keys" / "central.keyring", PASSPHRASE)
+    households = read_run_table(run_dir, "households", ring)
+    members = dict(
+        zip(
+            households.column("household_pid").to_pylist(),
+            pc.list_value_length(households.column("member_pids")).to_pylist(),
+            strict=True,
+        )
+    )
+    counts["join"] = sum(members.values())
+    evaluations = read_run_table(run_dir, "evaluations", ring)
+    counts["rule_evaluation"] = sum(members[h] for h in evaluations["household_pid"].to_pylist())
+    signals = read_run_table(run_dir, "signals.parquet", ring).num_rows
+    counts["signal"] = signals
+    counts["proportionality"] = signals + pq.read_table(run_dir / "suppressed.parquet").num_rows
+    return counts
+
+
+def test_the_run_logs_one_record_per_data_subject_per_operation_item(run):
+    root, run_dir, log_root = run
+    expected = expected_counts(root, run_dir)
+    (checkpoint,) = AuditLog(log_root).checkpoints()
+    assert checkpoint.batch_id == run_dir.name
+    assert checkpoint.body["records_per_operation"] == expected
+    assert checkpoint.leaf_count == sum(expected.values())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["counts"]["audit_records"] == checkpoint.leaf_count
+
+
+def test_no_record_is_logged_twice_for_the_same_subject_and_item(run):
+    _, _, log_root = run
+    items = {
+        "ingest": "json_extract_string(attributes, '$.source')",
+        "rule_evaluation": "json_extract_string(attributes, '$.scheme') || '/' || "
+        "json_extract_string(attributes, '$.benefit_year')",
+        "signal": "json_extract_string(attributes, '$.signal_id')",
+        "join": "''",
+        "exclusion": "''",
+    }
+    con = duckdb.connect()
+    for name, item in items.items():
+        total, distinct = con.execute(
+            f"SELECT COUNT(*), COUNT(DISTINCT (data_subject_pid, {item})) "
+            f"FROM '{log_root}/segments/*.parquet' WHERE name = '{name}'"
+        ).fetchone()
+        assert total == distinct > 0, name
+
+
+def test_every_record_names_the_run_trace_purpose_and_register_version(run):
+    _, run_dir, log_root = run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    table = pq.read_table(log_root / "segments" / "segment-00000000.parquet")
+    assert set(table.column("run_id").to_pylist()) == {run_dir.name}
+    assert len(set(table.column("trace_id").to_pylist())) == 1
+    assert set(table.column("processing_activity_id").to_pylist()) == {
+        manifest["processing_activity_id"]
+    }
+    assert set(table.column("register_version").to_pylist()) == {manifest["register_version"]}
+    assert table.column("span_id").null_count == 0
+    assert len(set(table.column("span_id").to_pylist())) == table.num_rows
+
+
+def test_the_run_folder_copy_is_exactly_what_the_log_holds_and_the_log_verifies(run):
+    _, run_dir, log_root = run
+    copy = pq.read_table(run_dir / RUN_COPY)
+    logged = pq.read_table(log_root / "segments" / "segment-00000000.parquet")
+    assert copy.equals(logged.select(copy.column_names))
+    entry = json.loads((run_dir / LOG_ENTRY).read_text())
+    assert entry["leaf_count"] == copy.num_rows and entry["audit_log"] == "audit-log"
+    report = verify_log(log_root)
+    assert report.ok, report.problems
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["audit", "verify", "--log", str(log_root.parent)]) == 0
+    assert ": OK" in out.getvalue()
+
+
+def test_a_signalled_subject_has_a_trail_from_ingest_to_signal_with_its_legal_bases(run):
+    _, _, log_root = run
+    con = duckdb.connect()
+    (subject,) = con.execute(
+        f"SELECT data_subject_pid FROM '{log_root}/segments/*.parquet' "
+        "WHERE name = 'signal' ORDER BY leaf_index LIMIT 1"
+    ).fetchone()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["audit", "trail", subject, "--log", str(log_root), "--format", "json"]) == 0
+    trail = [json.loads(line) for line in out.getvalue().splitlines()]
+    names = {r["name"] for r in trail}
+    assert {"ingest", "join", "rule_evaluation", "proportionality", "signal"} <= names
+    ingest = [json.loads(r["attributes"]) for r in trail if r["name"] == "ingest"]
+    assert all(a["legal_basis"]["legal_basis"] for a in ingest)  # each source's basis recorded
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        args = ["audit", "query", "--log", str(log_root), "--legal-basis", "wet brp"]
+        assert main(args + ["--count-by", "name", "--format", "json"]) == 0
+    # The brp ingest records and the run's purpose check cite the Wet BRP; nothing else does.
+    names = [json.loads(line)["name"] for line in out.getvalue().splitlines()]
+    assert names == ["ingest", "purpose_check"]

@@ -1,0 +1,188 @@
+"""Two-layer pseudonyms: body layer (HMAC) and purpose-domain layer (AES), with rotation."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import pyarrow as pa
+import pytest
+from population import B
+
+from privacy.keys import Keyring, KeyringError
+from privacy.pseudonyms import (
+    BODY_PSEUDONYM_PATTERN,
+    DomainPseudonymiser,
+    Pseudonymiser,
+    TwoLayerPseudonymiser,
+    translate,
+)
+
+BSNS = B[:20]
+
+
+@pytest.fixture
+def ring():
+    ring = Keyring()
+    ring.add("body")
+    ring.add("domain", "signalling")
+    ring.add("domain", "research")
+    return ring
+
+
+def test_the_same_bsn_gets_the_same_pseudonym_within_a_domain(ring):
+    a = TwoLayerPseudonymiser(ring.active("body"), ring.active("domain", "signalling"))
+    again = TwoLayerPseudonymiser(ring.active("body"), ring.active("domain", "signalling"))
+    assert a.one("bsn", B[0]) == again.one("bsn", B[0])
+    assert a.array("bsn", pa.array(BSNS)).to_pylist() == [a.one("bsn", b) for b in BSNS]
+    assert a.one("bsn", B[0]).startswith("d1.")
+
+
+def test_pseudonyms_differ_across_domains_and_share_no_value(ring):
+    body = ring.active("body")
+    signalling = TwoLayerPseudonymiser(body, ring.active("domain", "signalling"))
+    research = TwoLayerPseudonymiser(body, ring.active("domain", "research"))
+    one = set(signalling.array("bsn", pa.array(BSNS)).to_pylist())
+    other = set(research.array("bsn", pa.array(BSNS)).to_pylist())
+    assert one.isdisjoint(other)
+    # Not even the letters after the key id coincide: the two cannot be matched by suffix.
+    assert {p[3:] for p in one}.isdisjoint({p[3:] for p in other})
+
+
+def test_pseudonyms_differ_across_body_keys_in_the_same_domain(ring):
+    domain = ring.active("domain", "signalling")
+    other_body = Keyring().add("body")  # another custodian's key, also called b1
+    a = TwoLayerPseudonymiser(ring.active("body"), domain).array("bsn", pa.array(BSNS))
+    b = TwoLayerPseudonymiser(other_body, domain).array("bsn", pa.array(BSNS))
+    assert set(a.to_pylist()).isdisjoint(b.to_pylist())
+
+
+def test_a_body_cannot_find_its_records_in_domain_pseudonyms_without_the_domain_key(ring):
+    body = Pseudonymiser(ring.active("body"))
+    extract = body.array("bsn", pa.array(BSNS))  # what the body delivered (and can recompute)
+    central = DomainPseudonymiser(ring.active("domain", "signalling")).array(extract)
+    assert set(extract.to_pylist()).isdisjoint(central.to_pylist())
+    assert {p[3:] for p in extract.to_pylist()}.isdisjoint(p[3:] for p in central.to_pylist())
+    # With the domain key as well (the controller's keys) the join is exact.
+    controller = TwoLayerPseudonymiser(ring.active("body"), ring.active("domain", "signalling"))
+    assert controller.array("bsn", pa.array(BSNS)) == central
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        B[0],
+        "d1.abcdefghijklmnopabcdefghijklmnop",
+        "b1.short",
+        "b1.ABCDEFGHIJKLMNOPABCDEFGHIJKLMNOP",
+    ],
+)
+def test_the_domain_layer_accepts_only_body_pseudonyms(ring, value):
+    domain = DomainPseudonymiser(ring.active("domain", "signalling"))
+    with pytest.raises(TypeError, match="only body pseudonyms"):
+        domain.array(pa.array([value, None]))
+
+
+def test_keys_of_the_wrong_role_are_refused(ring):
+    with pytest.raises(KeyringError, match="needs a body key"):
+        Pseudonymiser(ring.active("domain", "signalling"))
+    with pytest.raises(KeyringError, match="needs a domain key"):
+        DomainPseudonymiser(ring.active("body"))
+
+
+def test_nulls_stay_null_and_sliced_arrays_work(ring):
+    body = Pseudonymiser(ring.active("body"))
+    domain = DomainPseudonymiser(ring.active("domain", "signalling"))
+    layer1 = body.array("bsn", pa.array([B[0], None, B[1], B[0]]))
+    values = layer1.to_pylist()
+    assert values[1] is None
+    assert all(re.match(BODY_PSEUDONYM_PATTERN, v) for v in values if v)
+    out = domain.array(layer1)
+    assert out[1].as_py() is None and out[0] == out[3]
+    assert domain.array(layer1.slice(2, 2)).to_pylist() == out.slice(2, 2).to_pylist()
+    assert domain.array(pa.array([None, None], pa.string())).to_pylist() == [None, None]
+
+
+def test_the_domain_layer_pickles_for_beam_and_never_shows_its_key(ring):
+    key = ring.active("domain", "signalling")
+    domain = DomainPseudonymiser(key)
+    copy = pickle.loads(pickle.dumps(domain))
+    layer1 = Pseudonymiser(ring.active("body")).array("bsn", pa.array(BSNS))
+    assert copy.array(layer1) == domain.array(layer1)
+    assert key.material.hex() not in repr(domain) and "material" not in repr(domain)
+
+
+def test_rotation_keeps_links_by_translating_old_pseudonyms_exactly(ring):
+    body = ring.active("body")
+    before = TwoLayerPseudonymiser(body, ring.active("domain", "signalling"))
+    old_pids = before.array("bsn", pa.array(BSNS + [None]))
+    old, new = ring.rotate("domain", "signalling")
+    assert (old.id, new.id) == ("d1", "d3") and ring.by_id("d1").retired
+    after = TwoLayerPseudonymiser(body, ring.active("domain", "signalling"))
+    new_pids = after.array("bsn", pa.array(BSNS + [None]))
+    assert set(old_pids.to_pylist()[:-1]).isdisjoint(new_pids.to_pylist())
+    assert translate(old_pids, ring, "signalling") == new_pids
+    # Already current pseudonyms pass through unchanged, mixed with old ones.
+    mixed = pa.concat_arrays([old_pids.slice(0, 5), new_pids.slice(5)])
+    assert translate(mixed, ring, "signalling") == new_pids
+
+
+def test_translation_never_crosses_domains(ring):
+    research = TwoLayerPseudonymiser(ring.active("body"), ring.active("domain", "research"))
+    pids = research.array("bsn", pa.array(BSNS[:3]))
+    with pytest.raises(KeyringError, match="not a key of domain 'signalling'"):
+        translate(pids, ring, "signalling")
+    with pytest.raises(TypeError, match="only domain pseudonyms"):
+        translate(pa.array([B[0]]), ring, "signalling")
+
+
+def test_the_central_read_moves_identifiers_to_the_domain_and_quarantines_the_rest(
+    tmp_path, keyring
+):
+    """A real Beam pipeline: ReadDelivery on a delivery where one row carries a raw BSN
+    and one an already-domain pseudonym; only body pseudonyms pass, as domain ones."""
+    import json
+
+    import apache_beam as beam
+    import pyarrow.parquet as pq
+    from apache_beam.io.parquetio import WriteToParquetBatched
+    from conftest import write_delivery
+
+    from pipelines.contract import SOURCES
+    from pipelines.options import pipeline_options
+    from pipelines.read_deliveries import ReadDelivery, open_pseudonymised, sha256_of
+    from pipelines.validate import QUARANTINE_SCHEMA
+    from privacy.minimise import pseudonymised_schema
+    from privacy.pseudonymise import pseudonymise_delivery
+
+    header = list(SOURCES["objections"].column_names)
+    rows = [[b, "2024-05-01", "all"] for b in B[:3]]
+    raw = write_delivery(tmp_path / "raw", "objections", header, rows)
+    folder = pseudonymise_delivery(raw, keyring, tmp_path / "pseudo").directory
+    data = folder / "data.parquet"
+    table = pq.read_table(data)
+    bsn = table.column("bsn").to_pylist()
+    bsn[1], bsn[2] = B[1], "d1." + bsn[2][3:]  # a raw BSN, a domain-looking pseudonym
+    pq.write_table(table.set_column(0, table.schema.field(0), pa.array(bsn)), data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"] = sha256_of(data)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    delivery = open_pseudonymised(folder, "objections")
+    domain_key = Keyring().add("domain", "signalling")
+
+    with beam.Pipeline(options=pipeline_options()) as p:
+        read = p | ReadDelivery(delivery, DomainPseudonymiser(domain_key))
+        for tag, schema in (("rows", pseudonymised_schema(SOURCES["objections"])),
+                            (ReadDelivery.QUARANTINE, QUARANTINE_SCHEMA)):  # fmt: skip
+            _ = (
+                read[tag]
+                | f"Table_{tag}" >> beam.Map(lambda b: pa.Table.from_batches([b]))
+                | f"Write_{tag}" >> WriteToParquetBatched(str(tmp_path / tag / "part"), schema)
+            )
+    kept = pq.read_table(tmp_path / "rows").column("bsn").to_pylist()
+    expected = DomainPseudonymiser(domain_key).one(bsn[0])
+    assert kept == [expected]
+    quarantined = pq.read_table(tmp_path / ReadDelivery.QUARANTINE).to_pylist()
+    assert sorted(q["row_number"] for q in quarantined) == [2, 3]
+    assert {q["cause"] for q in quarantined} == {"bsn: not a pseudonym"}
+    assert B[1] not in json.dumps(quarantined)

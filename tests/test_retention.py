@@ -1,0 +1,221 @@
+"""Crypto-shredding: run outputs with personal data are encrypted per run; retention destroys
+the key, after which the data cannot be read while the aggregate outputs still open."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from flows.summary import run_summary_lines
+from pipelines.audit_records import AuditContext, audit_batch
+from privacy.audit.log import LOG_DIRNAME, AuditLog
+from privacy.keys import DEFAULT_DOMAIN, Keyring, save_keyring
+from privacy.retention import (
+    KEY_STORE,
+    RunDataDestroyed,
+    RunDataUnavailable,
+    add_period,
+    decrypt_bytes,
+    decrypt_run,
+    encrypt_file,
+    protect_run,
+    read_run_table,
+)
+
+PIDS = [f"d1.{'abcdefghijklmnop'[i] * 32}" for i in range(4)]
+
+
+def _central() -> Keyring:
+    ring = Keyring()
+    ring.add("domain", DEFAULT_DOMAIN)
+    ring.add("run-data")
+    ring.add("audit-signing")
+    return ring
+
+
+def _finalised_run(runs: Path, run_id: str) -> Path:
+    """A finalised staging folder shaped like a real run's (personal data + aggregates)."""
+    staging = runs / f".staging-{run_id}"
+    (staging / "households").mkdir(parents=True)
+    (staging / "audit").mkdir()
+    signals = pa.table(
+        {
+            "signal_id": ["s.aa", "s.bb"],
+            "household_pid": PIDS[:2],
+            "applicant_pid": PIDS[:2],
+            "scheme": ["zorgtoeslag"] * 2,
+            "estimated_annual_amount": pa.array([Decimal("1573.42"), Decimal("99.00")]),
+        }
+    )
+    pq.write_table(signals, staging / "signals.parquet")
+    pq.write_table(pa.table({"household_pid": PIDS}), staging / "households" / "part-0.parquet")
+    context = AuditContext(run_id, DEFAULT_DOMAIN, "v1")
+    join = audit_batch(context, "join", pa.array(PIDS), "joined", "{}")
+    pq.write_table(pa.Table.from_batches([join]), staging / "audit" / "segment-00000.parquet")
+    manifest = {
+        "run_id": run_id,
+        "reference_date": "2025-01-01",
+        "processing_activity_id": DEFAULT_DOMAIN,
+        "register_version": "v1",
+        "created_at": "2025-01-02T00:00:00+00:00",
+        "counts": {
+            "sources": {},
+            "households": 4,
+            "signals": 2,
+            "signals_per_scheme": {"zorgtoeslag": 2},
+            "estimated_annual_amount_total": "1672.42",
+            "audit_records": 4,
+        },
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    return staging
+
+
+def _published(runs: Path, run_id: str, ring: Keyring) -> Path:
+    staging = _finalised_run(runs, run_id)
+    protect_run(staging, run_id, ring, runs / KEY_STORE)
+    target = runs / run_id
+    os.replace(staging, target)
+    return target
+
+
+def test_personal_data_is_published_only_encrypted_and_reads_back_in_memory(tmp_path):
+    ring = _central()
+    run = _published(tmp_path, "2025-01-01-aaaa", ring)
+    assert not (run / "signals.parquet").exists()
+    assert sorted(p.name for p in (run / "households").iterdir()) == ["part-0.parquet.enc"]
+    assert b"d1.aaaa" not in (run / "signals.parquet.enc").read_bytes()
+    signals = read_run_table(run, "signals.parquet", ring)
+    assert signals.column("household_pid").to_pylist() == PIDS[:2]
+    assert read_run_table(run, "households", ring).num_rows == 4
+    # Another central keyring (another run-data key) cannot open the run.
+    with pytest.raises(RunDataUnavailable, match="wrapped under r1, which this keyring"):
+        read_run_table(run, "signals.parquet", Keyring())
+    other = _central()
+    with pytest.raises(RunDataUnavailable, match="does not open with key r1"):
+        read_run_table(run, "signals.parquet", other)
+
+
+def test_decrypt_writes_plain_copies_for_duckdb(tmp_path, passphrase, capsys):
+    ring = _central()
+    run = _published(tmp_path / "runs", "2025-01-01-aaaa", ring)
+    save_keyring(ring, tmp_path / "central.keyring", passphrase)
+    argv = ["decrypt", "--run", str(run), "--key-file", str(tmp_path / "central.keyring")]
+    assert main(argv + ["--out", str(tmp_path / "plain")]) == 0
+    plain = pq.read_table(tmp_path / "plain" / "signals.parquet")
+    assert plain.equals(read_run_table(run, "signals.parquet", ring))
+    assert (tmp_path / "plain" / "households" / "part-0.parquet").is_file()
+
+
+@pytest.mark.parametrize("size", [0, 1000, (1 << 20), (1 << 20) * 2 + 17])
+def test_files_of_any_size_round_trip_through_segments(tmp_path, size):
+    data = os.urandom(size)
+    (tmp_path / "f.parquet").write_bytes(data)
+    key = os.urandom(32)
+    enc = encrypt_file(tmp_path / "f.parquet", key, "run", "f.parquet")
+    assert not (tmp_path / "f.parquet").exists()
+    assert decrypt_bytes(enc, key, "run", "f.parquet") == data
+
+
+@pytest.mark.parametrize(
+    "change", ["flip a byte", "cut the last segment", "other run", "other path"]
+)
+def test_a_changed_encrypted_file_does_not_decrypt(tmp_path, change):
+    (tmp_path / "f.parquet").write_bytes(os.urandom((1 << 20) + 500))
+    key = os.urandom(32)
+    enc = encrypt_file(tmp_path / "f.parquet", key, "run", "f.parquet")
+    run, path = "run", "f.parquet"
+    data = bytearray(enc.read_bytes())
+    if change == "flip a byte":
+        data[-100] ^= 1
+    elif change == "cut the last segment":
+        data = data[: len(data) - 500 - 16]
+    elif change == "other run":
+        run = "another-run"
+    else:
+        path = "g.parquet"
+    enc.write_bytes(bytes(data))
+    with pytest.raises(RunDataUnavailable):
+        decrypt_bytes(enc, key, run, path)
+
+
+@pytest.mark.parametrize(
+    "start, period, end",
+    [
+        ("2025-01-31", "P1M", "2025-02-28"),
+        ("2024-02-29", "P1Y", "2025-02-28"),
+        ("2025-01-01", "P13M", "2026-02-01"),
+        ("2025-01-01", "P6W", "2025-02-12"),
+        ("2025-01-01", "P1Y6M10D", "2026-07-11"),
+    ],
+)
+def test_retention_periods_are_added_as_calendar_periods(start, period, end):
+    assert add_period(dt.date.fromisoformat(start), period).isoformat() == end
+
+
+def test_after_retention_the_old_runs_personal_data_cannot_be_decrypted_but_its_report_opens(
+    tmp_path, passphrase, capsys
+):
+    ring = _central()
+    runs = tmp_path / "runs"
+    old = _published(runs, "2025-01-01-aaaa", ring)
+    new = _published(runs, "2025-02-01-bbbb", ring)
+    # Make the old run's key a year older than the new one's.
+    key_file = runs / KEY_STORE / f"{old.name}.key"
+    record = json.loads(key_file.read_text())
+    record["created"] = "2024-01-02T10:00:00+00:00"
+    key_file.write_text(json.dumps(record))
+    wrapped_copy = key_file.read_bytes()
+    save_keyring(ring, tmp_path / "central.keyring", passphrase)
+    argv = ["retention", "enforce", "--runs", str(runs), "--period", "P1Y", "--as-of"]
+    argv += ["2025-03-01", "--key-file", str(tmp_path / "central.keyring")]
+    assert main(argv) == 0
+    assert "1 run(s) past retention P1Y" in capsys.readouterr().out
+
+    assert not key_file.exists()
+    with pytest.raises(RunDataDestroyed, match="destroyed on .*retention period P1Y ended"):
+        read_run_table(old, "signals.parquet", ring)
+    with pytest.raises(RunDataUnavailable):
+        decrypt_run(old, ring, tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()
+    # The ciphertext is still there (as in any backup) but no key in the store opens it.
+    assert (old / "signals.parquet.enc").is_file()
+    assert wrapped_copy not in b"".join(p.read_bytes() for p in (runs / KEY_STORE).iterdir())
+    # Aggregates stay readable: the manifest's counts and the run summary.
+    lines = "\n".join(run_summary_lines(old))
+    assert "zorgtoeslag" in lines and "households evaluated   4" in lines
+    assert json.loads((old / "retention.json").read_text())["period"] == "P1Y"
+    # The run within its retention period is untouched.
+    assert read_run_table(new, "signals.parquet", ring).num_rows == 2
+    # Every person whose data went is logged, once, in the audit log.
+    deleted = AuditLog(runs / LOG_DIRNAME).batch_records(f"{old.name}/deletion/run-personal-data")
+    assert sorted(deleted.column("data_subject_pid").to_pylist()) == PIDS
+    assert set(deleted.column("name").to_pylist()) == {"deletion"}
+    # Enforcing again changes nothing and logs nothing twice.
+    assert main(argv) == 0
+    assert len(AuditLog(runs / LOG_DIRNAME).checkpoints()) == 1
+
+
+def test_retention_needs_a_keyring_that_can_sign_the_deletion_log(tmp_path, passphrase, capsys):
+    ring = _central()
+    runs = tmp_path / "runs"
+    _published(runs, "2025-01-01-aaaa", ring)
+    body = Keyring()
+    body.add("body")
+    save_keyring(body, tmp_path / "body.keyring", passphrase)
+    argv = ["retention", "enforce", "--runs", str(runs), "--period", "P1D", "--as-of"]
+    argv += ["2030-01-01", "--key-file", str(tmp_path / "body.keyring")]
+    assert main(argv) == 2
+    assert "no active 'audit-signing' key" in capsys.readouterr().err
+    # Nothing destroyed: the deletion could not be logged.
+    assert (runs / KEY_STORE / "2025-01-01-aaaa.key").is_file()
+    shutil.rmtree(runs / LOG_DIRNAME, ignore_errors=True)

@@ -1,0 +1,133 @@
+"""`signals runs list` and `signals runs show`: the history read from a real output folder.
+
+One real run of the hand-made population is published; a second reference date is
+left unfinished (its staging folder, as a killed run leaves it); retention is then
+enforced on the first run with the real command, and the history shows each state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from population import REFERENCE_DATE
+from service_support import (
+    PASSPHRASE,
+    prefect_server,
+    prepare_deliveries,
+    published_runs,
+    run_args,
+)
+
+from flows.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("history")
+    prepared = prepare_deliveries(root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
+    out = root / "runs"
+    with prefect_server():
+        assert main(run_args(prepared, out)) == 0
+    (run_dir,) = published_runs(out)
+    (out / ".staging-2025-02-01-unfinishedrun").mkdir()
+    yield out, run_dir, prepared.central_keyring
+    mp.undo()
+
+
+def test_the_list_shows_published_and_unfinished_runs_newest_first(runs, capsys):
+    out, run_dir, _ = runs
+    assert main(["runs", "list", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "reference", "state", "households", "signals", "created"]
+    unfinished, published = lines[1].split(), lines[2].split()
+    assert unfinished[:3] == ["2025-02-01-unfinishedrun", "2025-02-01", "unfinished"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    households, signals = manifest["counts"]["households"], manifest["counts"]["signals"]
+    assert published[:3] == [run_dir.name, REFERENCE_DATE, "published"]
+    assert published[3:5] == [str(households), str(signals)]
+    assert households == 11 and signals >= 3
+    assert len(lines) == 3  # the key store (.keys) is not a run
+
+
+def test_show_prints_inputs_counts_and_rule_versions(runs, capsys):
+    out, run_dir, _ = runs
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert main(["runs", "show", run_dir.name[:14], "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"run {run_dir.name}\n")
+    assert f"reference date       {REFERENCE_DATE}" in text
+    for source, given in manifest["inputs"].items():
+        counts = manifest["counts"]["sources"][source]
+        (line,) = [li for li in text.splitlines() if li.split()[:1] == [source]]
+        assert line.split()[1:5] == [
+            given["reference_date"],
+            f"{counts['rows_in']:,}",
+            f"{counts['accepted']:,}",
+            f"{counts['quarantined']:,}",
+        ]
+        assert given["sha256"][:12] in line
+    for rule in manifest["rules"]:
+        assert f"{rule['rule_id']:<24}{rule['rule_version']:<16}" in text
+    assert "signals total" in text and "audit records" in text
+
+
+def test_show_json_prints_the_manifest_as_published(runs, capsys):
+    out, run_dir, _ = runs
+    assert main(["runs", "show", run_dir.name, "--out", str(out), "--json"]) == 0
+    assert capsys.readouterr().out == (run_dir / "manifest.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "run, message",
+    [
+        ("2024-12-01-nothere", "no published run '2024-12-01-nothere'"),
+        ("2025-02-01-unfinishedrun", "no published run"),  # unfinished runs have no manifest
+        ("2025", "matches 2 runs"),
+    ],
+)
+def test_show_names_a_run_it_cannot_find(runs, capsys, run, message):
+    out, run_dir, _ = runs
+    extra = None
+    if run == "2025":  # make the prefix ambiguous with a second published run
+        extra = out / (run_dir.name[:11] + "zzzzzzzzzzzz")
+        extra.mkdir()
+        (extra / "manifest.json").write_text(json.dumps({"reference_date": "2025-01-01"}))
+    try:
+        assert main(["runs", "show", run, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    finally:
+        if extra:
+            (extra / "manifest.json").unlink()
+            extra.rmdir()
+
+
+def test_the_output_folder_comes_from_the_configuration(runs, capsys, tmp_path, monkeypatch):
+    out, run_dir, _ = runs
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SIGNALS_CONFIG", raising=False)
+    monkeypatch.delenv("SIGNALS_PATHS_OUT", raising=False)
+    assert main(["runs", "list"]) == 2
+    assert "paths.out is not set" in capsys.readouterr().err
+    (tmp_path / "signals.toml").write_text(f'[paths]\nout = "{out}"\n')
+    assert main(["runs", "list"]) == 0
+    assert run_dir.name in capsys.readouterr().out
+
+
+def test_after_retention_the_run_is_listed_with_its_personal_data_destroyed(runs, capsys):
+    out, run_dir, key = runs
+    later = (dt.date.today() + dt.timedelta(days=800)).isoformat()
+    args = ["retention", "enforce", "--runs", str(out), "--period", "P1Y", "--as-of", later]
+    args += ["--key-file", str(key)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["runs", "list", "--out", str(out)]) == 0
+    (line,) = [li for li in capsys.readouterr().out.splitlines() if run_dir.name in li]
+    assert "personal data destroyed" in line
+    assert main(["runs", "show", run_dir.name, "--out", str(out)]) == 0
+    assert "personal data        destroyed" in capsys.readouterr().out

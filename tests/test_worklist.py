@@ -1,0 +1,223 @@
+"""The controller's worklist: re-identification of signalled households only, logged per signal,
+impossible for anyone else; and domain-key rotation keeps the links."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from population import HOUSEHOLDS, REFERENCE_DATE, SIGNALLED, write_population
+
+from flows.cli import main
+from pipelines.contract import SOURCES
+from privacy.audit.log import LOG_DIRNAME, AuditLog
+from privacy.keys import DEFAULT_DOMAIN, load_keyring
+from privacy.pseudonyms import TwoLayerPseudonymiser, translate
+from privacy.reidentify import WORKLIST_SCHEMA
+from privacy.retention import read_run_table
+
+PASSPHRASE = "a worklist test passphrase"
+HEADS = {hh: members[0][0] for hh, members in HOUSEHOLDS.items()}
+
+
+def _run(root: Path, out: Path) -> Path:
+    args = ["run", "--deliveries", str(root / "pseudo"), "--reference-date", REFERENCE_DATE]
+    args += ["--key-file", str(root / "keys" / "central.keyring"), "--buckets", "4"]
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    assert main(args + ["--out", str(out)]) == 0
+    (new,) = [p for p in out.iterdir() if p.name not in before and (p / "manifest.json").is_file()]
+    return new
+
+
+def _controller(root: Path) -> Path:
+    keys = root / "keys"
+    args = ["keys", "init", "--role", "controller", "--force"]
+    args += ["--key-file", str(keys / "controller.keyring")]
+    assert main(args + ["--import", str(keys / "body.keyring")] +
+                ["--import", str(keys / "central.keyring")]) == 0  # fmt: skip
+    return keys / "controller.keyring"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """Bodies pseudonymise, the central party runs; (root, run folder)."""
+    root = tmp_path_factory.mktemp("worklist")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
+    write_population(root / "raw")
+    keys = root / "keys"
+    assert main(["keys", "init", "--key-file", str(keys / "body.keyring")]) == 0
+    args = ["keys", "init", "--role", "central", "--key-file", str(keys / "central.keyring")]
+    assert main(args) == 0
+    for source in SOURCES:
+        args = ["pseudonymise", "--delivery", str(root / "raw" / source / REFERENCE_DATE)]
+        args += ["--key-file", str(keys / "body.keyring"), "--out", str(root / "pseudo")]
+        assert main(args) == 0
+    _controller(root)
+    yield root, _run(root, root / "runs")
+    mp.undo()
+
+
+def _worklist(root: Path, run: Path, out: Path, key_file: Path | None = None) -> int:
+    args = ["worklist", "--run", str(run), "--brp", str(root / "raw" / "brp" / REFERENCE_DATE)]
+    key_file = key_file or root / "keys" / "controller.keyring"
+    return main(args + ["--key-file", str(key_file), "--out", str(out)])
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _signals(root: Path, run: Path) -> pa.Table:
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    return read_run_table(run, "signals.parquet", ring)
+
+
+def test_the_worklist_names_exactly_the_signalled_households_by_bsn(published, tmp_path):
+    root, run = published
+    assert _worklist(root, run, tmp_path / "worklist.csv") == 0
+    rows = _rows(tmp_path / "worklist.csv")
+    assert list(rows[0]) == WORKLIST_SCHEMA.names and WORKLIST_SCHEMA.names[0] == "bsn"
+    signals = _signals(root, run)
+    # One row per signalled household (pipelines/priority.py groups its signals).
+    assert len(rows) == len(set(signals.column("household_pid").to_pylist()))
+    zorgtoeslag = {r["bsn"] for r in rows if "zorgtoeslag" in r["schemes"].split("; ")}
+    assert zorgtoeslag == {HEADS[hh] for hh in SIGNALLED}
+    # Only heads of households are applicants: nobody else in the BRP comes out.
+    assert {r["bsn"] for r in rows} <= set(HEADS.values())
+    table = pq.read_table(tmp_path / "worklist.parquet")
+    assert table.schema == WORKLIST_SCHEMA and table.num_rows == len(rows)
+    for name in ("worklist.csv", "worklist.parquet"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
+
+
+def test_every_bsn_matches_the_brp_delivery_for_every_signal(published, tmp_path):
+    root, run = published
+    assert _worklist(root, run, tmp_path / "worklist.csv") == 0
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    both = TwoLayerPseudonymiser(ring.active("body"), ring.active("domain", DEFAULT_DOMAIN))
+    applicant = {s["signal_id"]: s["applicant_pid"] for s in _signals(root, run).to_pylist()}
+    with open(root / "raw" / "brp" / REFERENCE_DATE / "data.csv", newline="") as f:
+        brp = {row[0] for row in csv.reader(f)}
+    listed = []
+    for row in _rows(tmp_path / "worklist.csv"):
+        assert row["bsn"] in brp
+        for signal_id in row["signal_ids"].split("; "):
+            assert both.one("bsn", row["bsn"]) == applicant[signal_id]
+            listed.append(signal_id)
+    assert sorted(listed) == sorted(applicant)  # every signal once
+
+
+def test_every_reidentification_is_logged_per_signal_before_the_worklist(published, tmp_path):
+    root, run = published
+    log = AuditLog(run.parent / LOG_DIRNAME)
+    before = len(log.checkpoints())
+    assert _worklist(root, run, tmp_path / "a.csv") == 0
+    assert _worklist(root, run, tmp_path / "b.csv") == 0
+    batches = [c for c in log.checkpoints()[before:] if "/reidentification/" in c.batch_id]
+    assert len(batches) == 2  # each worklist is its own event
+    signals = _signals(root, run)
+    for checkpoint in batches:
+        records = log.batch_records(checkpoint.batch_id)
+        assert set(records.column("name").to_pylist()) == {"reidentification"}
+        assert sorted(records.column("data_subject_pid").to_pylist()) == sorted(
+            signals.column("applicant_pid").to_pylist()
+        )
+        ids = {json.loads(a)["signal_id"] for a in records.column("attributes").to_pylist()}
+        assert ids == set(signals.column("signal_id").to_pylist())
+    # The log itself holds pseudonyms only.
+    text = b"".join(p.read_bytes() for p in (run.parent / LOG_DIRNAME).rglob("*") if p.is_file())
+    assert not any(bsn.encode() in text for bsn in HEADS.values())
+
+
+@pytest.mark.parametrize("ring", ["central", "body"])
+def test_nobody_but_the_controller_can_make_a_worklist(published, tmp_path, capsys, ring):
+    root, run = published
+    key_file = root / "keys" / f"{ring}.keyring"
+    assert _worklist(root, run, tmp_path / "w.csv", key_file) == 2
+    assert "a controller keyring needs" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_brp_delivery_other_than_the_runs_is_refused_and_nothing_written(published, tmp_path):
+    root, run = published
+    other = tmp_path / "raw"
+    shutil.copytree(root / "raw" / "brp", other / "brp")
+    data = other / "brp" / REFERENCE_DATE / "data.csv"
+    lines = data.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines[:-1]))  # a row fewer: another delivery
+    manifest_path = other / "brp" / REFERENCE_DATE / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(row_count=manifest["row_count"] - 1)
+    manifest["sha256"] = hashlib.sha256(data.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    args = ["worklist", "--run", str(run), "--brp", str(other / "brp" / REFERENCE_DATE)]
+    args += ["--key-file", str(root / "keys" / "controller.keyring")]
+    assert main(args + ["--out", str(tmp_path / "out" / "w.csv")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_domain_key_rotation_keeps_links_and_old_runs_stay_reidentifiable(published, tmp_path):
+    root, old_run = published
+    keys = tmp_path / "keys"
+    shutil.copytree(root / "keys", keys)
+    # Work on copies: the other tests share the module's keyrings and runs.
+    work = tmp_path / "root"
+    work.mkdir()
+    (work / "keys").symlink_to(keys)
+    (work / "pseudo").symlink_to(root / "pseudo")
+    (work / "raw").symlink_to(root / "raw")
+    runs = tmp_path / "runs"
+    shutil.copytree(old_run.parent, runs, symlinks=True)
+    old_run = runs / old_run.name
+    argv = ["keys", "rotate", "--role", "domain", "--key-file", str(keys / "central.keyring")]
+    assert main(argv) == 0
+    new_run = _run(work, runs)
+    assert new_run.name != old_run.name  # the same inputs under a new key are a new run
+    _controller(work)
+
+    ring = load_keyring(keys / "controller.keyring", PASSPHRASE)
+    old = read_run_table(old_run, "households", ring).sort_by("applicant_pid")
+    new = read_run_table(new_run, "households", ring)
+    assert set(old.column("household_pid").to_pylist()).isdisjoint(
+        new.column("household_pid").to_pylist()
+    )
+    # Every old pseudonym translates to exactly the new run's pseudonym of the same household.
+    for column in ("household_pid", "applicant_pid"):
+        moved = translate(old.column(column).combine_chunks(), ring, DEFAULT_DOMAIN)
+        assert sorted(moved.to_pylist()) == sorted(new.column(column).to_pylist())
+    members = translate(
+        pa.chunked_array(old.column("member_pids")).combine_chunks().flatten(), ring, DEFAULT_DOMAIN
+    )
+    assert set(members.to_pylist()) == set(
+        new.column("member_pids").combine_chunks().flatten().to_pylist()
+    )
+    # Both runs still re-identify to the same people, each with the key it was made with.
+    assert _worklist(work, old_run, tmp_path / "old.csv") == 0
+    assert _worklist(work, new_run, tmp_path / "new.csv") == 0
+    old_bsns = sorted(r["bsn"] for r in _rows(tmp_path / "old.csv"))
+    assert old_bsns == sorted(r["bsn"] for r in _rows(tmp_path / "new.csv"))
+    assert set(old_bsns) >= {HEADS[hh] for hh in SIGNALLED}
+
+
+def test_only_the_worklist_step_combines_body_and_domain_keys():
+    """By construction: no other code path can turn a domain pseudonym back into a BSN."""
+    root = Path(__file__).resolve().parent.parent
+    code = [p for d in ("pipelines", "privacy", "flows") for p in (root / d).rglob("*.py")]
+    both = sorted(
+        str(p.relative_to(root)) for p in code if "TwoLayerPseudonymiser" in p.read_text()
+    )
+    assert both == ["privacy/pseudonyms.py", "privacy/reidentify.py"]
+    # The central side never asks a keyring for a body key.
+    central = [p for p in code if p.parts[-2] == "pipelines" or p.name in ("run.py", "central.py")]
+    assert not [p for p in central if re.search(r"active\(\s*['\"]body", p.read_text())]
