@@ -14,6 +14,7 @@ from pathlib import Path
 
 import apache_beam as beam
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from entitlement_rules import compile_rule, load_rules
 from flows import faults
@@ -41,6 +42,8 @@ from privacy.register import Register, load_register
 from privacy.retention import KEY_STORE, protect_run
 
 PROCESSING_ACTIVITY = "proactive-entitlement-signalling"
+# No task is cached (NO_CACHE): caching would hash task inputs, some of which carry key
+# material, into Prefect's database, and a run must never be skipped because one looked alike.
 
 
 def code_version() -> str:
@@ -80,7 +83,7 @@ def make_run_id(
     return f"{reference_date.isoformat()}-{_letters(h.hexdigest())[:12]}"
 
 
-@task(**IO_RETRIES)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def open_inputs(deliveries_root: str, reference_date: dt.date) -> dict[str, Delivery]:
     """Find and check the newest pseudonymised delivery of every source."""
     return {
@@ -89,25 +92,25 @@ def open_inputs(deliveries_root: str, reference_date: dt.date) -> dict[str, Deli
     }
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def load_purpose_register(register_dir: str | None) -> Register:
     """Read and validate the processing register (privacy/register/ unless given)."""
     return load_register(register_dir)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def purpose_check(register: Register, purpose: str) -> Outcome:
     """Before any data file is opened: may a run for this purpose read every source and field?"""
     return enforce(check_purpose(register, purpose, SOURCES))
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def record_purpose_check(staging: Path, audit: AuditContext, outcome: Outcome) -> None:
     """The run-level purpose_check audit record, next to the pipeline's audit parts."""
     write_purpose_check_record(staging / "audit_parts", audit, outcome)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def compile_rules(
     reference_date: dt.date, register: Register | None = None, purpose: str = PROCESSING_ACTIVITY
 ) -> list:
@@ -147,7 +150,7 @@ def load_history(out: str, reference_date: dt.date, keyring) -> lifecycle.Histor
     return lifecycle.load_history(Path(out), reference_date, read)
 
 
-@task(**IO_RETRIES)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def run_pipeline(spec: central.RunSpec, runner: str, runner_args: list[str]) -> None:
     """Run the Beam pipeline into the staging folder."""
     # A retry starts without the parts of the failed attempt: finalise would read them twice
@@ -158,19 +161,19 @@ def run_pipeline(spec: central.RunSpec, runner: str, runner_args: list[str]) -> 
         central.build(p, spec)
 
 
-@task(**IO_RETRIES)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def finalise_run(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     """Consolidate the pipeline's parts into the output contract."""
     return finalise(staging, deliveries)
 
 
-@task(**IO_RETRIES)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def publish_run(staging: Path, target: Path) -> str:
     """Publish the finalised run folder atomically."""
     return str(publish(staging, target))
 
 
-@task(**IO_RETRIES)
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def report_run(run_dir: str, keyring) -> str:
     """The aggregate report into <run>/report/, key tables attached as Prefect artifacts."""
     from flows.report import attach_artifacts, build_report
