@@ -2,7 +2,7 @@
 destroys that key.
 
 Before a run is published, every output that holds personal data (PERSONAL_DATA:
-signals, the household table, rule evaluations, lifecycle) is encrypted with AES-256-GCM
+signals, the household table, rule evaluations, lifecycle, suppressed candidates) is encrypted
 under a fresh 256-bit data key made for that run alone. The data key is stored wrapped
 (AES-256-GCM) under the central keyring's active `run-data` key, in a key store outside
 the run folder (`<runs>/.keys/<run_id>.key` by default). `enforce_retention` destroys the wrapped
@@ -40,7 +40,13 @@ from privacy.keys import Keyring, KeyringError
 
 # Paths in a run folder that hold personal data (pseudonymous, per household or person);
 # a folder means its *.parquet files. Absent ones are skipped.
-PERSONAL_DATA = ("signals.parquet", "households", "evaluations", "lifecycle.parquet")
+PERSONAL_DATA = (
+    "signals.parquet",
+    "households",
+    "evaluations",
+    "lifecycle.parquet",
+    "suppressed.parquet",
+)
 ENCRYPTED_SUFFIX = ".enc"
 KEY_STORE = ".keys"
 ENCRYPTION_FILE = "encryption.json"

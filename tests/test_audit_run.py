@@ -98,7 +98,8 @@ def expected_counts(root, run_dir) -> dict[str, int]:
     counts["rule_evaluation"] = sum(members[h] for h in evaluations["household_pid"].to_pylist())
     signals = read_run_table(run_dir, "signals.parquet", ring).num_rows
     counts["signal"] = signals
-    counts["proportionality"] = signals + pq.read_table(run_dir / "suppressed.parquet").num_rows
+    suppressed = read_run_table(run_dir, "suppressed.parquet", ring).num_rows
+    counts["proportionality"] = signals + suppressed
     return counts
 
 
