@@ -22,8 +22,9 @@ def run_summary_lines(run_dir: Path) -> list[str]:
     lines += ["", f"audit records          {c['audit_records']:,}"]
     lines += ["", "outputs:"]
     run_dir = Path(run_dir)
-    for name in ("signals.parquet", "manifest.json", "households/", "quarantine/", "audit/"):
-        lines.append(f"  {run_dir / name}")
+    # Personal-data outputs are published encrypted (*.enc): list what is actually there.
+    for path in sorted(run_dir.iterdir()):
+        lines.append(f"  {path}{'/' if path.is_dir() else ''}")
     return lines
 
 

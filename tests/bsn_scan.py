@@ -42,7 +42,9 @@ def _text_values(col) -> Iterable[str]:
     elif pa.types.is_binary(col.type) or pa.types.is_fixed_size_binary(col.type):
         yield from (v.decode("latin-1") for v in col.to_pylist() if v)
     elif pa.types.is_integer(col.type):
-        yield from (f"{v:09d}" for v in col.to_pylist() if v is not None and 0 <= v < 10**9)
+        # A BSN stored as a number loses its leading zero: 8 or 9 digits. Smaller integers (ages,
+        # counts, positions) padded to nine digits would only be false alarms.
+        yield from (f"{v:09d}" for v in col.to_pylist() if v is not None and 10**7 <= v < 10**9)
 
 
 def _hits(text: str, known: set[str]) -> list[str]:

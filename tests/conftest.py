@@ -63,6 +63,8 @@ def write_manifest(
 def _prefect_home(tmp_path_factory):
     """Keep Prefect's files inside the test session's temporary folder."""
     home = tmp_path_factory.mktemp("signals-home")
+    # Two xdist workers each start Prefect's server while the other runs Beam: allow time.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ["SIGNALS_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     environment.configure(home)
