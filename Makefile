@@ -26,8 +26,10 @@ browser:
 test: $(VENV)/.installed browser
 	$(PY) -m pytest -n 2 -q
 
+# docs/scaling.md: per stage, against a DuckDB floor; e.g. `make bench BENCH_PERSONS=3000000`.
+BENCH_PERSONS ?= 100000,1000000
 bench: $(VENV)/.installed
-	$(VENV)/bin/signals bench --persons 1000000
+	$(VENV)/bin/signals bench --persons $(BENCH_PERSONS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -353,3 +353,12 @@ def test_deletion_records_are_appended_once_per_event(log_root, signer):
     assert again.column("span_id").equals(records.column("span_id"))
     assert append_events(log_root, again, batch, signer) == cp
     assert verify_log(log_root).ok
+
+
+def test_a_keyring_without_an_audit_signing_key_cannot_sign():
+    from privacy.keys import KeyringError
+
+    ring = Keyring()
+    ring.add("run-data")
+    with pytest.raises(KeyringError, match="no active audit-signing key"):
+        Signer(ring)

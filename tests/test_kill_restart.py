@@ -159,15 +159,6 @@ def test_the_uninterrupted_run_signals_and_audits_something(world):
     assert audit > 0 and len(_audit(expected)) == audit
 
 
-def test_a_rerun_of_a_published_run_changes_nothing(world):
-    prepared, env, expected = world
-    before = {p: p.stat().st_mtime_ns for p in expected.rglob("*")}
-    again = signals(run_args(prepared, expected.parent), env, prepared.root)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert published_runs(expected.parent) == [expected]
-    assert {p: p.stat().st_mtime_ns for p in expected.rglob("*")} == before
-
-
 def test_kill_points_do_nothing_unless_the_variable_names_them(monkeypatch):
     import apache_beam as beam
 

@@ -34,6 +34,8 @@ Append, atomicity and reruns:
   same run id, so the append is found and not repeated, and the rerun's audit copy is
   replaced by the records the log holds for that run (same span ids; only the times of
   the failed attempt are kept), so the published copy and the log agree.
+- Appending reads the records and writes the segment a chunk (CHUNK_ROWS) at a time, and
+  so does verification: a 1M-person run has ~9M records, which never sit in memory whole.
 - The run folder keeps `audit/segment-00000.parquet` (its own records, AUDIT_SCHEMA) for
   convenience, and `audit/_log_entry.json` naming the checkpoint and leaf range that hold
   them. The log is the record of authority; the copy is what the log says, nothing more.
@@ -208,21 +210,64 @@ def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> bytes:
     return data.to_pybytes()[array.offset * width : (array.offset + len(array)) * width]
 
 
-def normalise(records: pa.Table) -> pa.Table:
-    """Records as AUDIT_SCHEMA in the given order, each span id once (its first occurrence)."""
+CHUNK_ROWS = 500_000
+
+
+def _conform(records: pa.Table) -> pa.Table:
     missing = set(AUDIT_SCHEMA.names) - set(records.column_names)
     if missing:
         raise AuditLogError(f"audit records lack column(s) {', '.join(sorted(missing))}")
-    table = records.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA).combine_chunks()
-    if table.num_rows == 0:
-        return table
-    if table.column("span_id").null_count:
+    return records.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
+
+
+def _first_occurrences(spans: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """A keep-mask with each span id's first occurrence, or None when all are distinct."""
+    if spans.null_count:
         raise AuditLogError("an audit record without a span id cannot be logged")
-    spans = np.frombuffer(fixed_bytes(table.column("span_id")), dtype=np.uint64)
-    _, first = np.unique(spans, return_index=True)
-    if len(first) < table.num_rows:
-        table = table.take(pa.array(np.sort(first)))
-    return table
+    ids = np.frombuffer(fixed_bytes(spans), dtype=np.uint64)
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == len(ids):
+        return None
+    keep = np.zeros(len(ids), dtype=bool)
+    keep[first] = True
+    return keep
+
+
+def normalise(records: pa.Table) -> pa.Table:
+    """Records as AUDIT_SCHEMA in the given order, each span id once (its first occurrence)."""
+    table = _conform(records)
+    keep = _first_occurrences(table.column("span_id")) if table.num_rows else None
+    return table if keep is None else table.filter(pa.array(keep))
+
+
+class _Records:
+    """Audit records to append, read a chunk at a time (a table, or a Parquet file on disk).
+
+    Memory stays at one chunk whatever the run's size: a 1M-person run has ~9M records.
+    """
+
+    def __init__(self, source: pa.Table | Path):
+        self.source = source
+        if isinstance(source, pa.Table):
+            spans = _conform(source).column("span_id")
+        else:
+            spans = pq.read_table(source, columns=["span_id"]).column("span_id")
+        self.keep = _first_occurrences(spans) if len(spans) else None
+
+    def chunks(self):
+        if isinstance(self.source, pa.Table):
+            table = _conform(self.source)
+            pieces = (table.slice(i, CHUNK_ROWS) for i in range(0, table.num_rows, CHUNK_ROWS))
+        else:
+            reader = pq.ParquetFile(self.source).iter_batches(batch_size=CHUNK_ROWS)
+            pieces = (_conform(pa.Table.from_batches([b])) for b in reader)
+        at = 0
+        for piece in pieces:
+            n = piece.num_rows
+            if self.keep is not None:
+                piece = piece.filter(pa.array(self.keep[at : at + n]))
+            at += n
+            yield piece
 
 
 class AuditLog:
@@ -309,31 +354,40 @@ class AuditLog:
         if not current.is_file() or current.read_bytes() != pem:
             _write_atomic(current, pem)
 
-    def _write_segment(self, sequence: int, records: pa.Table, first: int, leaves: bytes) -> Path:
-        n = records.num_rows
-        table = pa.Table.from_arrays(
-            [pa.array(np.arange(first, first + n, dtype=np.int64))]
-            + list(records.columns)
-            + [
-                pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(leaves)])
-            ],
-            schema=SEGMENT_SCHEMA,
-        )
+    def _write_segment(self, sequence: int, records: _Records, first: int):
+        """Stream the records into the segment file; returns (path, leaf hashes, counts)."""
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         path = self.segments_dir / segment_name(sequence)
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP)
+        leaves, counts, at = [], {}, first
+        with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression="zstd") as writer:
+            for chunk in records.chunks():
+                n = chunk.num_rows
+                hashes = leaf_hashes(chunk, at)
+                leaves.append(hashes)
+                index = pa.array(np.arange(at, at + n, dtype=np.int64))
+                digest = pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(32), n, [None, pa.py_buffer(hashes)]
+                )
+                columns = [index] + list(chunk.columns) + [digest]
+                writer.write_table(pa.Table.from_arrays(columns, schema=SEGMENT_SCHEMA))
+                for d in pc.value_counts(chunk.column("name").combine_chunks()).to_pylist():
+                    counts[d["values"]] = counts.get(d["values"], 0) + d["counts"]
+                at += n
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.segments_dir)
-        return path
+        return path, b"".join(leaves), counts
 
     def append(
-        self, records: pa.Table, batch_id: str, signer: signing.Signer, kind: str = "run"
+        self, records: pa.Table | Path, batch_id: str, signer: signing.Signer, kind: str = "run"
     ) -> AppendResult:
-        """Append one batch of audit records (once per batch id) and sign the new tree head."""
-        records = normalise(records)
+        """Append one batch of audit records (once per batch id) and sign the new tree head.
+
+        `records` is a table of AUDIT_SCHEMA rows, or a Parquet file of them (read in chunks).
+        """
+        source = _Records(records)
         with self.locked():
             head = self._head()
             existing = self.find(batch_id) if head else None
@@ -341,12 +395,11 @@ class AuditLog:
                 return AppendResult(existing, appended=False)
             sequence = head.sequence + 1 if head else 0
             first = head.tree_size if head else 0
-            leaves = leaf_hashes(records, first)
-            tree = merkle.Tree(first, head.frontier if head else {}, leaves)
             # An uncovered segment of this sequence is an interrupted append: replaced here.
-            segment = self._write_segment(sequence, records, first, leaves)
+            segment, leaves, counts = self._write_segment(sequence, source, first)
+            tree = merkle.Tree(first, head.frontier if head else {}, leaves)
             self._publish_key(signer)
-            body = self._body(head, sequence, batch_id, kind, records, tree, segment, signer)
+            body = self._body(head, sequence, batch_id, kind, counts, tree, segment, signer)
             checkpoint = Checkpoint(body, signer.sign(body))
             self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(
@@ -354,8 +407,7 @@ class AuditLog:
             )
             return AppendResult(checkpoint, appended=True)
 
-    def _body(self, head, sequence, batch_id, kind, records, tree, segment, signer) -> dict:
-        names = pc.value_counts(records.column("name").combine_chunks()).to_pylist()
+    def _body(self, head, sequence, batch_id, kind, counts, tree, segment, signer) -> dict:
         previous = None
         if head is not None:
             previous = {
@@ -380,7 +432,7 @@ class AuditLog:
             "previous": previous,
             "consistency_proof": [signing.b64(h) for h in tree.consistency_proof()],
             "frontier": [signing.b64(h) for _, h in sorted(tree.frontier().items(), reverse=True)],
-            "records_per_operation": {d["values"]: d["counts"] for d in names},
+            "records_per_operation": dict(sorted(counts.items())),
             "leaf_format": LEAF_FORMAT,
             "hash": HASH_ALGORITHM,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -392,8 +444,9 @@ class AuditLog:
         }
 
 
-def _span_set(table: pa.Table) -> set[bytes]:
-    return set(table.column("span_id").to_pylist())
+def _span_ids(path: Path) -> np.ndarray:
+    spans = pq.read_table(path, columns=["span_id"]).column("span_id")
+    return np.unique(np.frombuffer(fixed_bytes(spans), dtype=np.uint64))
 
 
 def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Signer) -> Checkpoint:
@@ -407,26 +460,30 @@ def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Si
     copy = run_folder / RUN_COPY
     if not copy.is_file():
         raise AuditLogError(f"{copy}: the run has no audit records to log")
-    records = pq.read_table(copy)
     log = AuditLog(log_root)
-    result = log.append(records, run_id, signer)
+    result = log.append(copy, run_id, signer)
     if not result.appended:
-        logged = log.batch_records(run_id)
-        if _span_set(logged) != _span_set(normalise(records)):
+        logged = log.segment_path(result.checkpoint)
+        if not np.array_equal(_span_ids(logged), _span_ids(copy)):
             raise AuditLogError(
                 f"{log_root}: run {run_id} is in the audit log (checkpoint "
                 f"{result.checkpoint.sequence}) with other records than this rerun made; "
                 "the inputs or the code changed under the same run id"
             )
-        _write_atomic(copy, _parquet_bytes(logged.select(AUDIT_SCHEMA.names)))
+        _copy_records(logged, copy)
     write_log_entry(run_folder, log_root, result.checkpoint)
     return result.checkpoint
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
+def _copy_records(segment: Path, target: Path) -> None:
+    """The log's records (AUDIT_SCHEMA columns) written over `target`, atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    with pq.ParquetWriter(tmp, AUDIT_SCHEMA, compression="zstd") as writer:
+        for batch in pq.ParquetFile(segment).iter_batches(
+            batch_size=CHUNK_ROWS, columns=AUDIT_SCHEMA.names
+        ):
+            writer.write_table(pa.Table.from_batches([batch]).cast(AUDIT_SCHEMA))
+    os.replace(tmp, target)
 
 
 def write_log_entry(run_folder: Path, log_root: Path, checkpoint: Checkpoint) -> None:

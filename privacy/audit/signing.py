@@ -72,6 +72,12 @@ class Signer:
     """Signs checkpoint bodies with the keyring's active audit-signing key."""
 
     def __init__(self, keyring: Keyring):
+        if not has_signing_key(keyring):
+            raise KeyringError(
+                "the keyring has no active audit-signing key, and the audit log's checkpoints "
+                "are signed with it: a central keyring made by `signals keys init --role "
+                "central` has one"
+            )
         key = keyring.active(ROLE)
         if len(key.material) != 32:
             raise KeyringError(f"audit-signing key {key.id} must hold 32 bytes (an Ed25519 seed)")

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import leaf_hashes
 from privacy.audit.log import (
+    CHUNK_ROWS,
     SEGMENT_SCHEMA,
     AuditLog,
     AuditLogError,
@@ -75,12 +76,15 @@ def trusted_keys(log: AuditLog, pinned: list[Path] | None) -> dict[str, object]:
     return keys
 
 
-def _record_name(table: pa.Table, row: int, leaf: int, segment: str) -> str:
-    span = table.column("span_id")[row].as_py()
-    name = table.column("name")[row].as_py()
-    subject = table.column("data_subject_pid")[row].as_py()
-    span_text = signing.b64(span) if span else "none"
-    return f"leaf {leaf} ({segment} row {row}: {name} of {subject}, span {span_text})"
+def _record_name(path: Path, row: int, leaf: int) -> str:
+    """How a problem names a record: leaf, segment and row, operation, subject, span id."""
+    columns = ["span_id", "name", "data_subject_pid"]
+    record = pq.read_table(path, columns=columns).slice(row, 1).to_pylist()[0]
+    span = signing.b64(record["span_id"]) if record["span_id"] else "none"
+    return (
+        f"leaf {leaf} ({path.name} row {row}: {record['name']} of "
+        f"{record['data_subject_pid']}, span {span})"
+    )
 
 
 def signature_problem(cp: Checkpoint, keys: dict) -> str | None:
@@ -146,27 +150,32 @@ def _check_checkpoint(cp: Checkpoint, previous: Checkpoint | None, keys: dict, r
     return True
 
 
-def _read_segment(path: Path, cp: Checkpoint, report) -> pa.Table | None:
+def _open_segment(path: Path, cp: Checkpoint, report) -> pq.ParquetFile | None:
     name = path.name
     if not path.is_file():
         report.problems.append(f"{name}: missing (checkpoint {cp.sequence} covers it)")
         return None
     try:
-        table = pq.read_table(path)
+        segment = pq.ParquetFile(path)
+        schema = segment.schema_arrow
     except Exception as e:  # any Parquet decoding failure is the finding itself
-        report.problems.append(
-            f"{name}: unreadable as Parquet, the file was altered ({type(e).__name__}: {e})"
-        )
+        report.problems.append(_unreadable(name, e))
         return None
-    if [(f.name, f.type) for f in table.schema] != [(f.name, f.type) for f in SEGMENT_SCHEMA]:
+    if [(f.name, f.type) for f in schema] != [(f.name, f.type) for f in SEGMENT_SCHEMA]:
         report.problems.append(f"{name}: its columns are not those of an audit segment")
         return None
-    return table
+    return segment
 
 
-def _check_sequence(table: pa.Table, cp: Checkpoint, name: str, report) -> bool:
+def _unreadable(name: str, e: Exception) -> str:
+    return f"{name}: unreadable as Parquet, the file was altered ({type(e).__name__}: {e})"
+
+
+def _check_sequence(segment: pq.ParquetFile, path: Path, cp: Checkpoint, report) -> bool:
     """leaf_index must run first_leaf, first_leaf+1, ... and stop at tree_size."""
-    found = table.column("leaf_index").to_numpy(zero_copy_only=False)
+    name = path.name
+    found = segment.read(columns=["leaf_index"]).column("leaf_index")
+    found = found.to_numpy(zero_copy_only=False)
     expected = np.arange(cp.first_leaf, cp.first_leaf + len(found), dtype=np.int64)
     wrong = np.flatnonzero(found != expected)
     if len(wrong):
@@ -180,8 +189,7 @@ def _check_sequence(table: pa.Table, cp: Checkpoint, name: str, report) -> bool:
         else:
             what = f"records out of order: leaf {leaf} is at row {int(at[0])}"
         report.problems.append(
-            f"{name} row {row}: {what}; the record there is "
-            f"{_record_name(table, row, int(found[row]), name)}"
+            f"{name} row {row}: {what}; the record there is {_record_name(path, row, there)}"
         )
         return False
     if len(found) != cp.leaf_count:
@@ -199,21 +207,28 @@ def _check_sequence(table: pa.Table, cp: Checkpoint, name: str, report) -> bool:
     return True
 
 
-def _check_leaves(table: pa.Table, cp: Checkpoint, name: str, report) -> tuple[bytes, bool]:
-    """Recomputed leaf hashes; names the first record whose content no longer matches."""
-    leaves = leaf_hashes(table, cp.first_leaf)
-    stored = table.column("leaf_hash")
-    stored_bytes = fixed_bytes(stored)
-    if stored.null_count == 0 and stored_bytes == leaves:
-        return leaves, True
-    a = np.frombuffer(leaves, dtype=np.uint8).reshape(-1, 32)
-    b = np.frombuffer(stored_bytes.ljust(len(leaves), b"\0"), dtype=np.uint8).reshape(-1, 32)
-    row = int(np.flatnonzero((a != b).any(axis=1))[0])
-    report.problems.append(
-        f"{_record_name(table, row, cp.first_leaf + row, name)}: its content does not match "
-        "its leaf hash (record altered)"
-    )
-    return leaves, False
+def _check_leaves(
+    segment: pq.ParquetFile, path: Path, cp: Checkpoint, report
+) -> tuple[bytes, bool]:
+    """Recomputed leaf hashes, a chunk at a time; names the first record that no longer matches."""
+    leaves, at = [], 0
+    for batch in segment.iter_batches(batch_size=CHUNK_ROWS):
+        chunk = pa.Table.from_batches([batch])
+        hashes = leaf_hashes(chunk, cp.first_leaf + at)
+        leaves.append(hashes)
+        stored = chunk.column("leaf_hash")
+        if stored.null_count or fixed_bytes(stored) != hashes:
+            mine = np.frombuffer(hashes, dtype=np.uint8).reshape(-1, 32)
+            theirs = fixed_bytes(stored).ljust(len(hashes), b"\0")
+            theirs = np.frombuffer(theirs, dtype=np.uint8).reshape(-1, 32)
+            row = at + int(np.flatnonzero((mine != theirs).any(axis=1))[0])
+            report.problems.append(
+                f"{_record_name(path, row, cp.first_leaf + row)}: its content does not match "
+                "its leaf hash (record altered)"
+            )
+            return b"", False
+        at += chunk.num_rows
+    return b"".join(leaves), True
 
 
 def _check_tree(tree: merkle.Tree, cp: Checkpoint, name: str, report, rng) -> None:
@@ -251,13 +266,16 @@ def _check_segment(log: AuditLog, cp: Checkpoint, previous: Checkpoint | None, r
         report.problems.append(f"checkpoint {cp.sequence}: names segment {cp.body['segment']}")
         return
     found = len(report.problems)
-    table = _read_segment(path, cp, report)
-    if table is not None and _check_sequence(table, cp, name, report):
-        leaves, intact = _check_leaves(table, cp, name, report)
-        report.records += table.num_rows
-        if intact:
-            frontier = previous.frontier if previous else {}
-            _check_tree(merkle.Tree(cp.first_leaf, frontier, leaves), cp, name, report, rng)
+    segment = _open_segment(path, cp, report)
+    try:
+        if segment is not None and _check_sequence(segment, path, cp, report):
+            leaves, intact = _check_leaves(segment, path, cp, report)
+            if intact:
+                report.records += cp.leaf_count
+                frontier = previous.frontier if previous else {}
+                _check_tree(merkle.Tree(cp.first_leaf, frontier, leaves), cp, name, report, rng)
+    except Exception as e:  # a page that no longer decodes, found while reading on
+        report.problems.append(_unreadable(name, e))
     digest_ok = path.is_file() and signing.b64(file_sha256(path)) == cp.body["segment_sha256"]
     if not digest_ok and len(report.problems) == found and path.is_file():
         report.problems.append(
