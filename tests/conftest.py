@@ -12,6 +12,9 @@ import pytest
 from flows import environment
 
 OIN = "00000001001234567000"
+# Two xdist workers each start Prefect's server while the other runs Beam: allow it time.
+# Set at import, before any test module configures the process environment.
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
 
 
 def write_delivery(
@@ -63,8 +66,6 @@ def write_manifest(
 def _prefect_home(tmp_path_factory):
     """Keep Prefect's files inside the test session's temporary folder."""
     home = tmp_path_factory.mktemp("signals-home")
-    # Two xdist workers each start Prefect's server while the other runs Beam: allow time.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ["SIGNALS_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     environment.configure(home)
