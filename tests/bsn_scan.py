@@ -23,6 +23,8 @@ NINE_DIGITS = re.compile(r"(?<!\d)\d{9}(?!\d)")
 # Hex SHA-256 digests (manifests carry them, as the contract requires) may contain nine
 # digits passing the 11-proef by chance; the generic net skips whole digests.
 HEX_DIGEST = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+# Prefect stores its run ids as UUID text; their hex groups can hold such digits by chance too.
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Integer columns that count positions 0, 1, 2 ... (the audit log's leaf index): any
 # number in them passes the 11-proef now and then without being anyone's BSN.
 POSITION_COLUMNS = {"leaf_index"}
@@ -48,7 +50,8 @@ def _text_values(col) -> Iterable[str]:
 
 
 def _hits(text: str, known: set[str]) -> list[str]:
-    found = [m for m in NINE_DIGITS.findall(HEX_DIGEST.sub(" ", text)) if bsn_is_valid(m)]
+    generic = UUID.sub(" ", HEX_DIGEST.sub(" ", text))
+    found = [m for m in NINE_DIGITS.findall(generic) if bsn_is_valid(m)]
     found += [b for b in known if b in text]
     return found
 
