@@ -324,6 +324,8 @@ def flow_phase(pseudo: str, out: str, keys: str, buckets: int) -> dict:
     from privacy.keys import PASSPHRASE_ENV
 
     os.environ.setdefault(PASSPHRASE_ENV, "signals bench: throwaway keyrings")
+    # A published run with the same inputs is not run again (same run id): start afresh.
+    shutil.rmtree(out, ignore_errors=True)
     keyrings = _demo_keyrings(Path(keys), os.environ[PASSPHRASE_ENV])
     started, cpu = time.perf_counter(), time.process_time()
     folder = run_flow(

@@ -38,6 +38,7 @@ from apache_beam.runners.dask import dask_runner as stock
 from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.runners.dask.transform_evaluator import (
     TRANSLATIONS,
+    Flatten,
     NoOp,
     OneReceiver,
     get_windowed_value,
@@ -132,7 +133,7 @@ class _Translator(PipelineVisitor):
             self.tagged.add(node)
             return
         op = TRANSLATIONS.get(type(transform), NoOp)(node, bag_kwargs=self.bag_kwargs)
-        if op.__class__.__name__ == "Flatten":
+        if isinstance(op, Flatten):
             self.bags[node] = op.apply(inputs)
         else:
             self.bags[node] = op.apply(inputs[0] if inputs else None)
