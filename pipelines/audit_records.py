@@ -210,8 +210,13 @@ def _json_fields(table: pa.Table, strings: tuple[str, ...], literals: tuple[str,
 def evaluation_records(
     context: AuditContext, evaluations: pa.Table, households: pa.Table
 ) -> pa.RecordBatch:
-    """One record per household member per (scheme, year): rule, versions and outcome."""
-    # Every evaluated household is in `households` (same batch): look members up by index.
+    """One `rule_evaluation` record per household member: every scheme evaluated for them.
+
+    Rule evaluation is one operation on the subject; its attributes list each (scheme,
+    year) with rule id and version, parameter version and outcome, in scheme order:
+    `{"evaluations":[{...},...],"household_pid":"..."}`. Status: `entitled` when any
+    scheme held, else `not_entitled`.
+    """
     evaluated = evaluations.select(
         [
             "household_pid",
@@ -223,39 +228,72 @@ def evaluation_records(
             "entitled",
             "already_receiving",
         ]
+    ).sort_by(
+        [("household_pid", "ascending"), ("scheme", "ascending"), ("benefit_year", "ascending")]
     )
-    at = pc.index_in(
-        evaluated.column("household_pid"), value_set=households.column("household_pid")
-    )
-    members = households.column("member_pids").take(at).combine_chunks()
-    # Built once per evaluation, then repeated for its members (~2 a household): the
-    # attributes hold no member field, and building JSON is the costly part.
-    attrs = _json_fields(
+    # Built once per evaluation and household, then repeated for the members (~2 a
+    # household): the attributes hold no member field, and building JSON is the costly part.
+    each = _json_fields(
         evaluated,
-        ("household_pid", "scheme", "rule_id", "rule_version", "parameter_version"),
+        ("scheme", "rule_id", "rule_version", "parameter_version"),
         ("benefit_year", "entitled", "already_receiving"),
+    ).combine_chunks()
+    pids = evaluated.column("household_pid").combine_chunks()
+    starts = _run_starts(pids)
+    offsets = pa.array(np.append(starts, len(pids)).astype(np.int32))
+    listed = pc.binary_join(pa.ListArray.from_arrays(offsets, each), ",")
+    first = pids.take(pa.array(starts))
+    attrs = pc.binary_join_element_wise(
+        '{"evaluations":[', listed, '],"household_pid":"', first, '"}', ""
     )
-    status = pc.if_else(evaluated.column("entitled"), "entitled", "not_entitled")
-    disc = pc.binary_join_element_wise(
-        evaluated.column("scheme"), pc.cast(evaluated.column("benefit_year"), pa.string()), "/"
+    entitled = evaluated.column("entitled").combine_chunks().fill_null(False)
+    held = (
+        np.add.reduceat(entitled.to_numpy(zero_copy_only=False).astype(np.int64), starts) > 0
+        if len(starts)
+        else np.zeros(0, bool)
     )
+    status = pc.if_else(pa.array(held, pa.bool_()), "entitled", "not_entitled")
+    # Every evaluated household is in `households` (same batch): look members up by index.
+    at = pc.index_in(first, value_set=households.column("household_pid"))
+    members = households.column("member_pids").take(at).combine_chunks()
     per_member = pc.list_parent_indices(members)
     return audit_batch(
         context,
         "rule_evaluation",
         pc.list_flatten(members),
-        status.combine_chunks().take(per_member),
-        attrs.combine_chunks().take(per_member),
-        discriminator=disc.combine_chunks().take(per_member),
+        status.take(per_member),
+        attrs.take(per_member),
     )
 
 
+def _run_starts(sorted_keys: pa.Array) -> np.ndarray:
+    """Positions where a run of equal values begins in a sorted array (int64)."""
+    n = len(sorted_keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    differs = pc.not_equal(sorted_keys.slice(1), sorted_keys.slice(0, n - 1))
+    return np.concatenate([[0], np.flatnonzero(differs.to_numpy(zero_copy_only=False)) + 1])
+
+
 def signal_records(context: AuditContext, signals: pa.Table) -> pa.RecordBatch:
-    """One `signal` record per signal, for its applicant: scheme, rule and amount."""
+    """One `signal` record per signal, for its applicant: the whole decision.
+
+    `signals` are the assessed rows decided `signal` (pipelines/proportionality.py): the
+    record holds scheme, rule id and version, parameter version and amount, the
+    proportionality checks with their outcomes (`checks`), and every household column the
+    rule read with its source fields and their legal basis (`fields_used`).
+    """
     attrs = _json_fields(
         signals,
         ("signal_id", "household_pid", "scheme", "rule_id", "rule_version", "parameter_version"),
-        ("benefit_year", "estimated_annual_amount", "confidence", "repayment_risk"),
+        (
+            "benefit_year",
+            "estimated_annual_amount",
+            "confidence",
+            "repayment_risk",
+            "checks",
+            "fields_used",
+        ),
     )
     return audit_batch(
         context,

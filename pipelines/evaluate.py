@@ -141,7 +141,7 @@ class EvaluateRules(beam.PTransform):
     In: PCollection[RecordBatch] of pipelines.household.SCHEMA.
     Out: tagged `evaluations` (pa.Table, one row per household x scheme x year, with
     entitled, amount, explanation), `audit` (RecordBatches of AUDIT_SCHEMA: a
-    rule_evaluation record per member and scheme) and `candidates` (pa.Table: the
+    rule_evaluation record per member, listing every scheme) and `candidates` (pa.Table: the
     SIGNAL_SCHEMA columns but status, plus entitled, already_receiving, objected and
     deregistered, for every evaluation), e.g. (signal_id='s.ab..', scheme='zorgtoeslag',
     benefit_year=2025, estimated_annual_amount=Decimal('1355.04'), entitled=True, ...).

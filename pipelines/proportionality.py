@@ -46,7 +46,12 @@ import yaml
 from apache_beam.metrics import Metrics
 
 from pipelines import lifecycle
-from pipelines.audit_records import AuditContext, proportionality_records, signal_records
+from pipelines.audit_records import (
+    AuditContext,
+    canonical_json,
+    proportionality_records,
+    signal_records,
+)
 from pipelines.evaluate import SIGNAL_SCHEMA
 from pipelines.household import COLUMNS as HOUSEHOLD_COLUMNS
 
@@ -230,6 +235,9 @@ NECESSITY_SCHEMA = pa.schema(
         ("necessary", pa.bool_()),
         ("fields", pa.list_(pa.string())),  # household columns the rule reads
         ("not_allowed", pa.list_(pa.string())),  # "column <- source.field: why"
+        # Canonical JSON, for the signal's audit record: per column the source fields it
+        # derives from, each with its legal basis for this purpose (privacy/register).
+        ("fields_used", pa.string()),
     ]
 )
 
@@ -259,11 +267,11 @@ def assess_necessity(compiled: list, register=None, purpose: str | None = None) 
     bound: the rule may read household columns only (the compiler already refuses others).
     """
     rows = []
+    activity = register.activity(purpose) if register is not None else None
     for rule in compiled:
         fields = sorted(rule.fields)
         refused = [f"{c}: not a household column" for c in fields if c not in LINEAGE]
         if register is not None:
-            activity = register.activity(purpose)
             if activity is None:
                 refused.append(f"purpose {purpose!r} is not in the register")
             elif rule.scheme not in activity.schemes:
@@ -282,9 +290,28 @@ def assess_necessity(compiled: list, register=None, purpose: str | None = None) 
                 "necessary": not refused,
                 "fields": fields,
                 "not_allowed": refused,
+                "fields_used": canonical_json(_fields_used(activity, fields)),
             }
         )
     return pa.Table.from_pylist(rows, schema=NECESSITY_SCHEMA)
+
+
+def _fields_used(activity, fields: list[str]) -> dict:
+    """Per household column a rule reads: its source fields and their legal basis.
+
+    Without a register entry (tests, or a purpose the register lacks) the sources are
+    known from the lineage but no basis is: `legal_basis` is then empty, never guessed.
+    """
+    used = {}
+    for column in fields:
+        sources = []
+        for source_field in LINEAGE.get(column, ()):
+            source, name = source_field.split(".", 1)
+            entry = activity.sources.get(source) if activity else None
+            bases = [b.citation() for b in entry.legal_basis] if entry else []
+            sources.append({"field": source_field, "legal_basis": bases})
+        used[column] = sources
+    return used
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -339,6 +366,7 @@ def assess_sql(policy: Policy, reference_date: dt.date) -> str:
     return f"""
 WITH checked AS (
     SELECT c.*, n.fields AS necessity_fields, coalesce(n.necessary, FALSE) AS ok_necessity,
+        n.fields_used,
         CAST({minimum} AS DECIMAL(12, 2)) AS minimum_amount,
         h.last_signalled_on, coalesce(h.episode_open, FALSE) AS episode_open,
         h.case_outcome,
@@ -370,13 +398,14 @@ reasoned AS (
     FROM judged
 ),
 decided AS (
-    SELECT *, CASE WHEN len(reasons) = 0 THEN 'signal' ELSE 'suppressed' END AS decision
+    SELECT *, CASE WHEN len(reasons) = 0 THEN 'signal' ELSE 'suppressed' END AS decision,
+        {checks} AS checks
     FROM reasoned
 )
 SELECT *,
     json_object(
         'benefit_year', benefit_year,
-        'checks', {checks},
+        'checks', checks,
         'decision', decision,
         'household_pid', household_pid,
         'lifecycle', status,
@@ -455,7 +484,8 @@ class AssessFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(AUDIT, proportionality_records(self.audit, assessed))
         if signals.num_rows:
             yield beam.pvalue.TaggedOutput(SIGNALS, signals)
-            yield beam.pvalue.TaggedOutput(AUDIT, signal_records(self.audit, signals))
+            signalled_rows = assessed.filter(signalled)
+            yield beam.pvalue.TaggedOutput(AUDIT, signal_records(self.audit, signalled_rows))
         if suppressed.num_rows:
             yield beam.pvalue.TaggedOutput(SUPPRESSED, suppressed)
         if resolved.num_rows:

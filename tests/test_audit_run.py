@@ -6,7 +6,8 @@ one run-level `purpose_check` record without a data subject. The item of an oper
     ingest            the source (a subject delivered by three sources has three records)
     exclusion         none: each person who objected to all processing, once
     join              none: each household member, once
-    rule_evaluation   the (scheme, benefit year) evaluated for the member's household
+    rule_evaluation   none: each member of an evaluated household, once (its attributes
+                      list every scheme and benefit year evaluated)
     proportionality   the (scheme, benefit year) of the candidate signal, for its applicant
     signal            the signal, for its applicant
 
@@ -95,7 +96,8 @@ def expected_counts(root, run_dir) -> dict[str, int]:
     )
     counts["join"] = sum(members.values())
     evaluations = read_run_table(run_dir, "evaluations", ring)
-    counts["rule_evaluation"] = sum(members[h] for h in evaluations["household_pid"].to_pylist())
+    evaluated = set(evaluations["household_pid"].to_pylist())
+    counts["rule_evaluation"] = sum(members[h] for h in evaluated)
     signals = read_run_table(run_dir, "signals.parquet", ring).num_rows
     counts["signal"] = signals
     suppressed = read_run_table(run_dir, "suppressed.parquet", ring).num_rows
@@ -118,8 +120,7 @@ def test_no_record_is_logged_twice_for_the_same_subject_and_item(run):
     _, _, log_root = run
     items = {
         "ingest": "json_extract_string(attributes, '$.source')",
-        "rule_evaluation": "json_extract_string(attributes, '$.scheme') || '/' || "
-        "json_extract_string(attributes, '$.benefit_year')",
+        "rule_evaluation": "''",
         "signal": "json_extract_string(attributes, '$.signal_id')",
         "join": "''",
         "exclusion": "''",
@@ -181,6 +182,60 @@ def test_a_signalled_subject_has_a_trail_from_ingest_to_signal_with_its_legal_ba
     with contextlib.redirect_stdout(out):
         args = ["audit", "query", "--log", str(log_root), "--legal-basis", "wet brp"]
         assert main(args + ["--count-by", "name", "--format", "json"]) == 0
-    # The brp ingest records and the run's purpose check cite the Wet BRP; nothing else does.
+    # The brp ingest records, the run's purpose check and the signals (whose rules read BRP
+    # fields such as age) cite the Wet BRP; nothing else does.
     names = [json.loads(line)["name"] for line in out.getvalue().splitlines()]
-    assert names == ["ingest", "purpose_check"]
+    assert names == ["ingest", "purpose_check", "signal"]
+
+
+def test_each_signal_record_holds_its_checks_and_fields_with_source_and_legal_basis(run):
+    _, _, log_root = run
+    con = duckdb.connect()
+    rows = con.execute(
+        f"SELECT attributes FROM '{log_root}/segments/*.parquet' WHERE name = 'signal'"
+    ).fetchall()
+    assert rows
+    for (text,) in rows:
+        attrs = json.loads(text)
+        assert attrs["rule_id"] and attrs["rule_version"] and attrs["parameter_version"]
+        # Every proportionality check, each passed (a signal is only made when all pass).
+        assert set(attrs["checks"]) >= {"necessity", "minimum_amount", "confidence", "fatigue"}
+        assert {c["outcome"] for c in attrs["checks"].values()} == {"pass"}, attrs["checks"]
+        # Every column the rule read, with its source fields and their legal basis.
+        assert attrs["fields_used"], attrs
+        for column, sources in attrs["fields_used"].items():
+            assert sources, column
+            for source in sources:
+                assert "." in source["field"] and source["legal_basis"], (column, source)
+    zorgtoeslag = [json.loads(t) for (t,) in rows if '"scheme":"zorgtoeslag"' in t]
+    income = zorgtoeslag[0]["fields_used"]["combined_income"]
+    assert {s["field"] for s in income} == {"tax.assessed_income"}
+
+
+def test_query_by_scheme_finds_the_rule_evaluations_that_list_it(run):
+    _, run_dir, log_root = run
+    ring = load_keyring(run_dir.parent.parent / "keys" / "central.keyring", PASSPHRASE)
+    evaluations = read_run_table(run_dir, "evaluations", ring)
+    households = read_run_table(run_dir, "households", ring)
+    kgb = set(
+        evaluations.filter(pc.equal(evaluations["scheme"], "kindgebonden_budget"))[
+            "household_pid"
+        ].to_pylist()
+    )
+    members = {
+        m
+        for h, ms in zip(
+            households["household_pid"].to_pylist(),
+            households["member_pids"].to_pylist(),
+            strict=True,
+        )
+        if h in kgb
+        for m in ms
+    }
+    out = io.StringIO()
+    args = ["audit", "query", "--log", str(log_root), "--scheme", "kindgebonden_budget"]
+    args += ["--operation", "rule_evaluation", "--format", "json", "--limit", "100000"]
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    found = {json.loads(line)["data_subject_pid"] for line in out.getvalue().splitlines()}
+    assert found == members and members

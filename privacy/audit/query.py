@@ -63,12 +63,18 @@ class Filters:
                 terms.append(f"{column} = ${name}")
                 params[name] = getattr(self, name)
         if self.scheme is not None:
-            terms.append("json_extract_string(attributes, '$.scheme') = $scheme")
+            # A rule_evaluation record lists every scheme evaluated for its subject.
+            terms.append(
+                "(json_extract_string(attributes, '$.scheme') = $scheme OR list_contains("
+                "json_extract_string(attributes, '$.evaluations[*].scheme'), $scheme))"
+            )
             params["scheme"] = self.scheme
         if self.legal_basis is not None:
-            # The basis is text or a list of citations: match any part of it, any case.
+            # The basis is text or a list of citations: match any part of it, any case. A
+            # signal names the basis of every source field its rule read (`fields_used`).
             terms.append(
-                "CAST(json_extract(attributes, '$.legal_basis') AS VARCHAR) "
+                "concat_ws(' ', CAST(json_extract(attributes, '$.legal_basis') AS VARCHAR), "
+                "CAST(json_extract(attributes, '$.fields_used') AS VARCHAR)) "
                 "ILIKE '%' || $legal_basis || '%'"
             )
             params["legal_basis"] = self.legal_basis
