@@ -67,8 +67,11 @@ EVALUATION_SCHEMA = pa.schema(
 # letters so that no id can contain something that looks like a BSN.
 SELECT_CANDIDATES_SQL = """
 SELECT
-    's.' || translate(left(sha256(e.household_pid || '|' || e.scheme || '|'
-        || CAST(e.benefit_year AS VARCHAR)), 32), '0123456789', 'qrstuvwxyz') AS signal_id,
+    -- Only an entitled candidate can become a signal: the others need no id (and hashing
+    -- every household x scheme row cost a quarter of this stage).
+    CASE WHEN e.entitled THEN 's.' || translate(left(sha256(e.household_pid || '|' || e.scheme
+        || '|' || CAST(e.benefit_year AS VARCHAR)), 32), '0123456789', 'qrstuvwxyz')
+    END AS signal_id,
     '{run_id}' AS run_id,
     e.household_pid,
     e.applicant_pid,
@@ -88,7 +91,6 @@ SELECT
     h.applicant_deregistered AS deregistered
 FROM evaluations AS e
 JOIN households AS h USING (household_pid)
-ORDER BY e.household_pid, e.scheme
 """
 
 

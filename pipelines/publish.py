@@ -22,8 +22,8 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.audit_records import AUDIT_SCHEMA
@@ -42,51 +42,65 @@ def _parts(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
 
 
-# DuckDB sorts within this much memory and spills the rest to staging: the largest output
-# (the audit, ~9 records a person) never has to fit in memory (docs/scaling.md).
+# DuckDB sorts within this much memory and spills the rest to staging: the evaluations
+# (a row per household and scheme) never have to fit in memory (docs/scaling.md).
 FINALISE_MEMORY = "1GB"
 FINALISE_BATCH_ROWS = 1 << 18
 
 
-def _consolidate(
-    con,
-    parts: list[str],
-    schema: pa.Schema,
-    target: Path,
-    order_by: str,
-    distinct_on: str | None = None,
-) -> int:
+def _consolidate(con, parts: list[str], schema: pa.Schema, target: Path, order_by: str) -> int:
     """Merge part files into one Parquet file in a deterministic order; returns rows.
 
-    Streamed: DuckDB sorts, the rows go to the file batch by batch. `distinct_on` must be
-    the last sort key and determine the keys before it (span_id determines operation and
-    subject), so copies of a row (a retried bundle) are adjacent: all but the first go.
+    Streamed: DuckDB sorts (spilling past FINALISE_MEMORY), the rows go to the file batch
+    by batch.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     if not parts:
         pq.write_table(schema.empty_table(), target)
         return 0
-    if distinct_on and order_by.split(",")[-1].strip() != distinct_on:
-        raise ValueError(f"distinct_on {distinct_on!r} must be the last key of {order_by!r}")
     files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in parts) + "]"
     query = f"SELECT * FROM read_parquet({files}) ORDER BY {order_by}"
-    rows, last = 0, None
+    rows = 0
     with pq.ParquetWriter(target, schema, compression="zstd") as writer:
         for batch in con.sql(query).to_arrow_reader(batch_size=FINALISE_BATCH_ROWS):
-            if distinct_on:
-                batch, last = _drop_repeats(batch, distinct_on, last)
             writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
             rows += batch.num_rows
     return rows
 
 
-def _drop_repeats(batch: pa.RecordBatch, key: str, last) -> tuple[pa.RecordBatch, object]:
-    """The rows whose `key` differs from the row before (for the first: the last batch's)."""
-    if batch.num_rows == 0:
-        return batch, last
-    keys = batch.column(key)
-    before = pa.concat_arrays([pa.array([last], keys.type), keys.slice(0, len(keys) - 1)])
-    return batch.filter(pc.fill_null(pc.not_equal(keys, before), True)), keys[-1].as_py()
+def _concatenate_audit(parts: list[str], target: Path) -> int:
+    """The audit parts, in name order, as one file; a span id seen before is dropped.
+
+    No sort: part names and the order inside a part are given by the records' span ids
+    (privacy/audit/parts.py), so this order is the same on every runner and every rerun.
+    Sorting ~9 million records a million persons cost most of finalise. The span ids
+    alone (8 bytes a record) are read first to find repeats: a subject in two batches of
+    one source, or a bundle retried under another part name.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    spans = [_span_ids(pq.read_table(p, columns=["span_id"]).column("span_id")) for p in parts]
+    keep = None
+    if spans:
+        ids = np.concatenate(spans)
+        _, first = np.unique(ids, return_index=True)
+        if len(first) < len(ids):
+            keep = np.zeros(len(ids), bool)
+            keep[first] = True
+    rows = at = 0
+    with pq.ParquetWriter(target, AUDIT_SCHEMA, compression="zstd") as writer:
+        for part, ids in zip(parts, spans, strict=True):
+            table = pq.read_table(part).select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
+            if keep is not None:
+                table = table.filter(pa.array(keep[at : at + len(ids)]))
+            at += len(ids)
+            writer.write_table(table, row_group_size=FINALISE_BATCH_ROWS)
+            rows += table.num_rows
+    return rows
+
+
+def _span_ids(column: pa.ChunkedArray) -> np.ndarray:
+    spans = column.combine_chunks()
+    return np.frombuffer(spans.buffers()[1], np.uint64)[spans.offset : spans.offset + len(spans)]
 
 
 def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
@@ -118,13 +132,8 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
             staging / "quarantine" / f"{name}.parquet",
             "row_number",
         )
-    counts["audit_records"] = _consolidate(
-        con,
-        _parts(staging / "audit_parts"),
-        AUDIT_SCHEMA,
-        staging / "audit" / "segment-00000.parquet",
-        "name, data_subject_pid, span_id",
-        distinct_on="span_id",
+    counts["audit_records"] = _concatenate_audit(
+        _parts(staging / "audit_parts"), staging / "audit" / "segment-00000.parquet"
     )
     counts["evaluations"] = _consolidate(
         con,
