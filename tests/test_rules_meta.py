@@ -133,8 +133,9 @@ def test_explain_shows_every_parameter_with_its_value_status_and_source():
 
 
 def test_explain_says_why_a_year_is_not_compiled():
-    text = explain("zorgtoeslag", 2026)
-    assert "NOT compiled: parameter asset_limit_single is unknown" in text
+    text = explain("huurtoeslag", 2026)
+    assert "NOT compiled: parameter minimum_basishuur_single is unknown" in text
+    assert "parameter afbouw_income_single is unknown (MISSING: the minimum-inkomensijkpunt" in text
 
 
 def test_explain_of_an_unknown_scheme_names_the_available_ones():
@@ -146,7 +147,7 @@ def test_list_rules_summarises_each_rule():
     (entry,) = [r for r in list_rules() if r["id"] == "zorgtoeslag"]
     assert entry["bwb_id"] == "BWBR0018451"
     assert entry["years"] == [2024, 2025, 2026]
-    assert entry["ready_years"] == [2024, 2025]
+    assert entry["ready_years"] == [2024, 2025, 2026]
     assert entry["cases"] >= 30
     assert "district_code" not in entry["reads"]
 

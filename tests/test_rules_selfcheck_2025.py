@@ -8,7 +8,8 @@ mistyped value fails here, not in production:
 - kindgebonden budget: the amounts of Wkb art. 2 lid 4, 5 and 8 are indexed every 1 January
   with the tabelcorrectiefactor (Wkb art. 3 lid 1), which also indexes the asset limits of
   art. 1 lid 4 (published independently by Meijburg & Co for 2024 and 2025); the thresholds use
-  the same drempelinkomen as the zorgtoeslag;
+  the same drempelinkomen as the zorgtoeslag, whose asset limits (Wzt art. 3 lid 2) follow the
+  same factor;
 - AIO and kwijtschelding read the same Participatiewet norms; the 2026 AOW amounts must agree
   with the net amounts and the Zvw contribution the secondary sources published;
 - huurtoeslag 2025: the statutory amounts reproduce the 16 monthly amounts metronieuws.nl
@@ -108,6 +109,18 @@ def test_kindgebonden_budget_threshold_is_the_zorgtoeslag_drempelinkomen(year):
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "before", "after"),
+    [("asset_limit_single", 2025, 2026), ("asset_limit_partner", 2025, 2026)],
+)
+def test_zorgtoeslag_asset_limits_follow_the_tabelcorrectiefactor(name, before, after):
+    # Wzt art. 3 lid 2: the amounts of lid 1 are indexed every 1 January with the
+    # tabelcorrectiefactor (1.029 for 2026, from the kindgebonden budget asset limits above). The
+    # rounding is not stated in the Wzt: the result must lie within one euro.
+    indexed = value("zorgtoeslag", before, name) * tabelcorrectiefactor(after)
+    assert abs(indexed - value("zorgtoeslag", after, name)) < 1, indexed
+
+
 # -- AIO and kwijtschelding -----------------------------------------------------------------------
 
 
@@ -154,6 +167,11 @@ PUBLISHED_2025 = {
 # Wht art. 18 (text valid from 2025-01-01): referentie-inkomensijkpunt of a one-person household
 # and its normhuur, EUR 483,78 minus EUR 2,27. Not parameters of the rule.
 REFERENCE_INCOME, REFERENCE_NORMHUUR = Decimal(32625), Decimal("483.78") - Decimal("2.27")
+# Wht art. 17 lid 2-3 (text valid from 2025-01-01): the normhuur at the minimum-inkomensijkpunt of a
+# one-person household, EUR 238,01 minus EUR 1,82, here WITHOUT the "verhoogd met EUR 12" of art. 16
+# (unresolved, see minimum_basishuur_single in parameters/huurtoeslag/2025.yaml, which is null).
+# That only this reproduces the published amounts is part of the evidence recorded there.
+MINIMUM_NORMHUUR = Decimal("238.01") - Decimal("1.82")
 # Inferred, NOT official: the one minimum-inkomensijkpunt (Wht art. 17 lid 1 onder a, multiple
 # of EUR 25) with which the amounts are reproduced. The Regeling huurtoeslaggrenzen 2025 was not
 # found; see parameters/huurtoeslag/2025.yaml.
@@ -163,7 +181,7 @@ INFERRED_MINIMUM_INCOME = Decimal(22700)
 def huurtoeslag_2025_month(income: Decimal, rent: Decimal) -> Decimal:
     """Wht art. 16-21 (2025) for a one-person household, with the 2025 year file's values."""
     p = {n: v.value for n, v in RULES["huurtoeslag"].parameter_sets[2025].values.items()}
-    minimum = p["minimum_basishuur_single"]
+    minimum = MINIMUM_NORMHUUR
     if income <= INFERRED_MINIMUM_INCOME:  # art. 19 lid 1
         normhuur = minimum
     else:  # art. 19 lid 2-3: a and b from the linear relation of the normhuurquotes
@@ -198,8 +216,11 @@ def test_the_huurtoeslag_rule_with_the_2025_amounts_reproduces_the_published_min
     fixture = {"status": "verified", "source": "test fixture, not law: unused below the ijkpunt"}
     for name in ("factor_a_single", "factor_b_single", "factor_a_multi", "factor_b_multi"):
         data["values"][name] |= {"value": "0"} | fixture
-    for name in ("minimum_basishuur_single", "minimum_basishuur_multi"):
-        data["values"][name]["status"] = "verified"  # the art. 16 amount is 0 in this check
+    # The minimum basishuur is null in the year file (the art. 16 amount is unresolved); this
+    # check uses the art. 17 lid 2-3 amounts without it (238.01 - 1.82 and 238.01 - 3.63).
+    minimum = {"minimum_basishuur_single": "236.19", "minimum_basishuur_multi": "234.38"}
+    for name, amount in minimum.items():
+        data["values"][name] |= {"value": amount} | fixture
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     (rule,) = load_rules(schemes=["huurtoeslag"], root=root)
     row = dict.fromkeys(COLUMN_NAMES) | {

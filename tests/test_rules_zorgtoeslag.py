@@ -138,7 +138,7 @@ def reference(year: int, income: Decimal, assets: Decimal, partner: bool) -> Dec
     return amount.quantize(CENT, ROUND_HALF_UP)
 
 
-@pytest.mark.parametrize("year", [2024, 2025])
+@pytest.mark.parametrize("year", [2024, 2025, 2026])
 def test_the_compiled_sql_agrees_with_the_formula_for_two_thousand_households(year):
     rng = random.Random(year)
     rows = []
@@ -175,17 +175,22 @@ def test_the_compiled_sql_agrees_with_the_formula_for_two_thousand_households(ye
 # -- 2026 -------------------------------------------------------------------------------------
 
 
-def test_2026_is_refused_naming_the_scheme_the_year_and_the_parameter():
-    with pytest.raises(MissingParameterError) as error:
-        compile_rule(RULE, 2026)
-    message = str(error.value)
-    assert "zorgtoeslag" in message and "2026" in message
-    assert "asset_limit_single" in message and "asset_limit_partner" in message
+def test_2026_compiles_now_that_its_asset_limits_are_filled_in():
+    # Wzt art. 3 lid 1 as valid from 2026-01-01, read in a verbatim copy (see the year file).
+    compiled = compile_rule(RULE, 2026)
+    assert compiled.year == 2026 and compiled.parameter_version.startswith("2026.2+")
+    p = parameters(2026)
+    assert (p["asset_limit_single"], p["asset_limit_partner"]) == (Decimal(146011), Decimal(184633))
+    assert (p["pct_single"], p["pct_partner"], p["afbouw_pct"]) == (
+        Decimal("0.01912"),
+        Decimal("0.04289"),
+        Decimal("0.1373"),
+    )
 
 
-def test_only_2024_and_2025_are_ready_to_compile():
+def test_2024_2025_and_2026_are_ready_to_compile():
     assert RULE.years == (2024, 2025, 2026)
-    assert RULE.ready_years() == (2024, 2025)
+    assert RULE.ready_years() == (2024, 2025, 2026)
 
 
 def test_a_year_without_a_parameter_file_is_refused_with_the_file_it_needs():
