@@ -93,11 +93,16 @@ def audit_batch(
     attributes: pa.Array | str,
     discriminator: pa.Array | None = None,
     started: dt.datetime | None = None,
+    rows: pa.Array | None = None,
 ) -> pa.RecordBatch:
-    """Audit records for `subjects` (one each) under one operation.
+    """Audit records for `subjects` (one each) under one operation, in span-id order.
 
     `discriminator` distinguishes several records of one subject in one operation
-    (e.g. the scheme in rule evaluation); it defaults to the subject itself.
+    (e.g. the source in ingest); it defaults to the subject itself. With `rows`, record
+    i takes its status and attributes from position rows[i] of those arrays (records
+    that share long attributes are built once and picked, in one pass with the sort).
+    Span-id order makes a batch the same whatever order its subjects came in
+    (privacy/audit/parts.py names and concatenates parts on it).
     """
     n = len(subjects)
     now = dt.datetime.now(dt.UTC)
@@ -107,32 +112,42 @@ def audit_batch(
         if discriminator is None
         else pc.binary_join_element_wise(subjects, discriminator, "\x00")
     )
+    spans = _span_ids(context, operation, keys)
+    order = span_order(spans)
+    picks = order if rows is None else pc.take(rows, order)
 
     def same(value, field: str) -> pa.Array:
         # One value for every record, repeated in C++ (a Python list of n costs ~1 s per 1M).
         return pa.repeat(pa.scalar(value, AUDIT_SCHEMA.field(field).type), n)
 
-    if isinstance(status, str):
-        status = same(status, "status")
-    if isinstance(attributes, str):
-        attributes = same(attributes, "attributes")
+    def picked(value, field: str) -> pa.Array:
+        return same(value, field) if isinstance(value, str) else pc.take(value, picks)
+
     return pa.RecordBatch.from_arrays(
         [
             same(trace_id(context.run_id), "trace_id"),
-            _span_ids(context, operation, keys),
+            pc.take(spans, order),
             same(operation_span(context.run_id, operation), "parent_span_id"),
             same(operation, "name"),
-            status,
+            picked(status, "status"),
             same(started, "start_time"),
             same(now, "end_time"),
             same(context.run_id, "run_id"),
             same(context.processing_activity_id, "processing_activity_id"),
             same(context.register_version, "register_version"),
-            subjects.cast(pa.string()),
-            attributes,
+            pc.take(subjects, order).cast(pa.string()),
+            picked(attributes, "attributes"),
         ],
         schema=AUDIT_SCHEMA,
     )
+
+
+def span_order(spans: pa.Array) -> pa.Array:
+    """Positions that sort 8-byte span ids as bytes (big-endian numbers sort the same)."""
+    if len(spans) == 0:
+        return pa.array([], pa.int64())
+    raw = np.frombuffer(spans.buffers()[1], dtype=">u8")[spans.offset : spans.offset + len(spans)]
+    return pa.array(np.argsort(raw, kind="stable"))
 
 
 class AuditContext:
@@ -258,11 +273,7 @@ def evaluation_records(
     members = households.column("member_pids").take(at).combine_chunks()
     per_member = pc.list_parent_indices(members)
     return audit_batch(
-        context,
-        "rule_evaluation",
-        pc.list_flatten(members),
-        status.take(per_member),
-        attrs.take(per_member),
+        context, "rule_evaluation", pc.list_flatten(members), status, attrs, rows=per_member
     )
 
 

@@ -77,3 +77,24 @@ def test_a_part_is_named_after_its_span_ids_and_sorted_by_them(tmp_path):
     assert spans == sorted(spans)
     write_parts(tmp_path, batches()[:1])  # a retry writes the same file again
     assert [p.name for p in (tmp_path / "audit_parts").glob("*.parquet")] == [part.name]
+
+
+def test_a_batch_is_the_same_whatever_order_its_subjects_came_in():
+    subjects = pids(0, 25)
+    attributes = pa.array([f'{{"n":{i}}}' for i in range(25)])
+    forward = audit_batch(CONTEXT, "join", subjects, "joined", attributes)
+    backward = audit_batch(CONTEXT, "join", subjects[::-1], "joined", attributes[::-1])
+    for name in ("span_id", "data_subject_pid", "attributes"):
+        assert forward.column(name).equals(backward.column(name)), name
+    spans = forward.column("span_id").to_pylist()
+    assert spans == sorted(spans)
+    # Each record keeps its own subject's attributes through the sort.
+    pairs = dict(zip(subjects.to_pylist(), attributes.to_pylist(), strict=True))
+    assert all(
+        pairs[s] == a
+        for s, a in zip(
+            forward.column("data_subject_pid").to_pylist(),
+            forward.column("attributes").to_pylist(),
+            strict=True,
+        )
+    )
