@@ -238,12 +238,11 @@ def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: 
 
 
 def summarise_outputs(staging: Path) -> dict:
-    """Signals per scheme, total amount and audit records per operation, from the files."""
+    """Signals per scheme and their total amount, from the signals file."""
     import duckdb
 
     con = duckdb.connect()
     signals = str(staging / "signals.parquet").replace("'", "''")
-    audit = str(staging / "audit" / "segment-00000.parquet").replace("'", "''")
     per_scheme = dict(
         con.execute(
             f"SELECT scheme, COUNT(*) FROM read_parquet('{signals}') GROUP BY scheme ORDER BY 1"
@@ -252,17 +251,8 @@ def summarise_outputs(staging: Path) -> dict:
     total = con.execute(
         f"SELECT coalesce(SUM(estimated_annual_amount), 0) FROM read_parquet('{signals}')"
     ).fetchone()[0]
-    per_op = dict(
-        con.execute(
-            f"SELECT name, COUNT(*) FROM read_parquet('{audit}') GROUP BY name ORDER BY 1"
-        ).fetchall()
-    )
     con.close()
-    return {
-        "signals_per_scheme": per_scheme,
-        "amount_total": f"{total:.2f}",
-        "audit_per_operation": per_op,
-    }
+    return {"signals_per_scheme": per_scheme, "amount_total": f"{total:.2f}"}
 
 
 @flow(name="signals-run", validate_parameters=True)

@@ -8,7 +8,8 @@ The pipeline leaves Parquet parts in staging; here they become the files users r
     <out>/<run_id>/households/part-*.parquet  the joined, minimised household table
     <out>/<run_id>/evaluations/part-00000.parquet every rule decision (for aggregate reports)
     <out>/<run_id>/quarantine/<source>.parquet every rejected row (body and central)
-    <out>/<run_id>/audit/segment-00000.parquet per-record purpose audit, deduplicated
+    <out>/<run_id>/audit/segment-00000.parquet the run's records in the audit log (a link to
+                                              its log segment, made by the log append)
     <out>/<run_id>/manifest.json              inputs, counts per stage, versions
 
 Publication is one rename of the staging folder: a run is there whole or not at all.
@@ -22,16 +23,15 @@ import shutil
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.audit_records import AUDIT_SCHEMA
 from pipelines.evaluate import EVALUATION_SCHEMA, SIGNAL_SCHEMA
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.proportionality import SUPPRESSED_SCHEMA
 from pipelines.read_deliveries import Delivery, quarantine_path
 from pipelines.validate import QUARANTINE_SCHEMA
+from privacy.audit.parts import AuditParts
 
 
 class PublicationError(Exception):
@@ -68,41 +68,6 @@ def _consolidate(con, parts: list[str], schema: pa.Schema, target: Path, order_b
     return rows
 
 
-def _concatenate_audit(parts: list[str], target: Path) -> int:
-    """The audit parts, in name order, as one file; a span id seen before is dropped.
-
-    No sort: part names and the order inside a part are given by the records' span ids
-    (privacy/audit/parts.py), so this order is the same on every runner and every rerun.
-    Sorting ~9 million records a million persons cost most of finalise. The span ids
-    alone (8 bytes a record) are read first to find repeats: a subject in two batches of
-    one source, or a bundle retried under another part name.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    spans = [_span_ids(pq.read_table(p, columns=["span_id"]).column("span_id")) for p in parts]
-    keep = None
-    if spans:
-        ids = np.concatenate(spans)
-        _, first = np.unique(ids, return_index=True)
-        if len(first) < len(ids):
-            keep = np.zeros(len(ids), bool)
-            keep[first] = True
-    rows = at = 0
-    with pq.ParquetWriter(target, AUDIT_SCHEMA, compression="zstd") as writer:
-        for part, ids in zip(parts, spans, strict=True):
-            table = pq.read_table(part).select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
-            if keep is not None:
-                table = table.filter(pa.array(keep[at : at + len(ids)]))
-            at += len(ids)
-            writer.write_table(table, row_group_size=FINALISE_BATCH_ROWS)
-            rows += table.num_rows
-    return rows
-
-
-def _span_ids(column: pa.ChunkedArray) -> np.ndarray:
-    spans = column.combine_chunks()
-    return np.frombuffer(spans.buffers()[1], np.uint64)[spans.offset : spans.offset + len(spans)]
-
-
 def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     """Turn staging parts into the published layout; returns counts per output."""
     staging = Path(staging)
@@ -132,9 +97,11 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
             staging / "quarantine" / f"{name}.parquet",
             "row_number",
         )
-    counts["audit_records"] = _concatenate_audit(
-        _parts(staging / "audit_parts"), staging / "audit" / "segment-00000.parquet"
-    )
+    # The audit parts stay: the log append streams them into its segment, the one place
+    # the records are written whole (privacy/audit/log.py append_run). Counted here.
+    audit = AuditParts(staging / "audit_parts")
+    counts["audit_records"] = audit.records
+    counts["audit_per_operation"] = audit.per_operation
     counts["evaluations"] = _consolidate(
         con,
         _parts(staging / "evaluation_parts"),
@@ -159,7 +126,7 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     counts["households"] = sum(pq.read_metadata(p).num_rows for p in _parts(staging / "households"))
     con.close()
     parts = ("signal_parts", "suppressed_parts", "lifecycle_parts", "evaluation_parts")
-    for folder in parts + ("quarantine_parts", "audit_parts", ".finalise-spill"):
+    for folder in parts + ("quarantine_parts", ".finalise-spill"):
         shutil.rmtree(staging / folder, ignore_errors=True)
     return counts
 

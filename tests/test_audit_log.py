@@ -314,8 +314,9 @@ def test_an_interrupted_append_is_reported_and_repaired_by_the_next(log_root, si
 
 
 def _staged_run(folder, run_id, records):
-    (folder / "audit").mkdir(parents=True)
-    pq.write_table(records, folder / RUN_COPY)
+    """A staging folder as the pipeline and finalise leave it: the audit records as parts."""
+    (folder / "audit_parts").mkdir(parents=True)
+    pq.write_table(records, folder / "audit_parts" / "a0-records.parquet")
     return folder
 
 
@@ -329,8 +330,10 @@ def test_a_rerun_after_a_failed_publication_reconciles_instead_of_logging_twice(
     second = _staged_run(tmp_path / ".staging-2", "R", rerun_records)
     again = append_run(second, "R", root, signer)
     assert again == cp and len(AuditLog(root).checkpoints()) == 1
-    logged = AuditLog(root).batch_records("R").select(AUDIT_SCHEMA.names)
+    # The rerun's folder gets the logged segment itself: the first attempt's records and times.
+    logged = AuditLog(root).batch_records("R")
     assert pq.read_table(second / RUN_COPY).equals(logged)
+    assert not (second / "audit_parts").exists()
     entry = json.loads((second / LOG_ENTRY).read_text())
     assert entry["audit_log"] == "audit-log" and entry["leaf_count"] == logged.num_rows
 

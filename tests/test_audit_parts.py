@@ -1,6 +1,7 @@
-"""Audit parts written inside the pipeline, and finalise putting them together without a sort.
+"""Audit parts written inside the pipeline, and the log append putting them together unsorted.
 
-Real Beam (DirectRunner) writes the parts; real Parquet files; finalise reads them back.
+Real Beam (DirectRunner) writes the parts; real Parquet files; finalise counts them and
+the log append streams them into a signed segment, which the run folder links to.
 The order of the run's audit copy must not depend on the order in which batches arrive
 or on a retried bundle, and a record made twice (same span id) is kept once.
 """
@@ -17,7 +18,10 @@ import pytest
 from pipelines.audit_records import AuditContext, audit_batch
 from pipelines.options import pipeline_options
 from pipelines.publish import finalise
+from privacy.audit.log import RUN_COPY, AuditLog, append_run
 from privacy.audit.parts import WriteAuditPartsFn
+from privacy.audit.signing import Signer
+from privacy.keys import Keyring
 
 CONTEXT = AuditContext("2025-01-01-parts", "proactive-entitlement-signalling", "2025.1")
 
@@ -51,8 +55,16 @@ def write_parts(staging, elements) -> None:
 
 
 def audit_copy(staging) -> pa.Table:
-    finalise(staging, {})
-    return pq.read_table(staging / "audit" / "segment-00000.parquet")
+    """finalise, then the log append: the run's records as its log segment holds them."""
+    counts = finalise(staging, {})
+    ring = Keyring()
+    ring.add("audit-signing")
+    checkpoint = append_run(staging, CONTEXT.run_id, staging / "audit-log", Signer(ring))
+    assert checkpoint.leaf_count == counts["audit_records"]
+    assert not (staging / "audit_parts").exists()  # written once, into the log
+    copy = pq.read_table(staging / RUN_COPY)
+    assert copy.equals(pq.read_table(AuditLog(staging / "audit-log").segment_path(checkpoint)))
+    return copy
 
 
 @pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0, 2)])

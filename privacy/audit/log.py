@@ -31,14 +31,16 @@ Append, atomicity and reruns:
 - The central run appends after finalising and before publishing its folder
   (`append_run`). A run that fails before the append leaves the log untouched. A run whose
   append succeeded but whose publication failed is reconciled by its rerun: same inputs,
-  same run id, so the append is found and not repeated, and the rerun's audit copy is
-  replaced by the records the log holds for that run (same span ids; only the times of
-  the failed attempt are kept), so the published copy and the log agree.
+  same run id, so the append is found and not repeated, and the rerun's run folder gets
+  the segment the log holds for that run (same span ids, checked; the times are those of
+  the attempt that was logged), so the published copy and the log agree.
 - Appending reads the records and writes the segment a chunk (CHUNK_ROWS) at a time, and
   so does verification: a 1M-person run has ~9M records, which never sit in memory whole.
-- The run folder keeps `audit/segment-00000.parquet` (its own records, AUDIT_SCHEMA) for
-  convenience, and `audit/_log_entry.json` naming the checkpoint and leaf range that hold
-  them. The log is the record of authority; the copy is what the log says, nothing more.
+- The run's records are written once, into the segment, straight from the pipeline's
+  audit parts (privacy/audit/parts.py). The run folder's `audit/segment-00000.parquet` is
+  that segment file (a hard link; a copy where links cannot be made), and
+  `audit/_log_entry.json` names the checkpoint and leaf range that hold them. The log is
+  the record of authority; the run's file is what the log says, nothing more.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +64,7 @@ import pyarrow.parquet as pq
 from pipelines.audit_records import AUDIT_SCHEMA
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_hashes
+from privacy.audit.parts import AuditParts
 
 LOG_DIRNAME = "audit-log"
 CHECKPOINT_FORMAT = "signals-audit-checkpoint/1"
@@ -246,8 +250,11 @@ class _Records:
     Memory stays at one chunk whatever the run's size: a 1M-person run has ~9M records.
     """
 
-    def __init__(self, source: pa.Table | Path):
+    def __init__(self, source: pa.Table | Path | AuditParts):
         self.source = source
+        if isinstance(source, AuditParts):
+            self.keep = None  # the parts drop their own repeats
+            return
         if isinstance(source, pa.Table):
             spans = _conform(source).column("span_id")
         else:
@@ -255,6 +262,9 @@ class _Records:
         self.keep = _first_occurrences(spans) if len(spans) else None
 
     def chunks(self):
+        if isinstance(self.source, AuditParts):
+            yield from self.source.tables(CHUNK_ROWS)
+            return
         if isinstance(self.source, pa.Table):
             table = _conform(self.source)
             pieces = (table.slice(i, CHUNK_ROWS) for i in range(0, table.num_rows, CHUNK_ROWS))
@@ -385,7 +395,8 @@ class AuditLog:
     ) -> AppendResult:
         """Append one batch of audit records (once per batch id) and sign the new tree head.
 
-        `records` is a table of AUDIT_SCHEMA rows, or a Parquet file of them (read in chunks).
+        `records` is a table of AUDIT_SCHEMA rows, a Parquet file of them, or a run's audit
+        parts (privacy/audit/parts.py); files are read in chunks.
         """
         source = _Records(records)
         with self.locked():
@@ -449,40 +460,53 @@ def _span_ids(path: Path) -> np.ndarray:
     return np.unique(np.frombuffer(fixed_bytes(spans), dtype=np.uint64))
 
 
+PARTS = "audit_parts"
+
+
 def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Signer) -> Checkpoint:
     """Append a finalised run's audit records to the log, or reconcile a rerun with it.
 
-    `run_folder` is the staging folder about to be published (or a published run).
-    Afterwards its `audit/segment-00000.parquet` holds exactly the log's records for the
-    run and `audit/_log_entry.json` says where they are in the log.
+    `run_folder` is the staging folder about to be published, holding the pipeline's
+    audit parts (`audit_parts/`), or a published run holding its copy. The records are
+    written once, into the log's segment; afterwards the run's `audit/segment-00000.parquet`
+    is that segment (a hard link where the file system allows, else a copy): exactly the
+    log's records for the run, with their leaf index and hash, and `audit/_log_entry.json`
+    says where they are in the log. The parts are removed.
     """
     run_folder = Path(run_folder)
     copy = run_folder / RUN_COPY
-    if not copy.is_file():
-        raise AuditLogError(f"{copy}: the run has no audit records to log")
+    if (run_folder / PARTS).is_dir():
+        source = AuditParts(run_folder / PARTS)
+        made = source.span_ids
+    elif copy.is_file():
+        source = copy
+        made = lambda: _span_ids(copy)  # noqa: E731
+    else:
+        raise AuditLogError(f"{run_folder}: the run has no audit records to log")
     log = AuditLog(log_root)
-    result = log.append(copy, run_id, signer)
-    if not result.appended:
-        logged = log.segment_path(result.checkpoint)
-        if not np.array_equal(_span_ids(logged), _span_ids(copy)):
-            raise AuditLogError(
-                f"{log_root}: run {run_id} is in the audit log (checkpoint "
-                f"{result.checkpoint.sequence}) with other records than this rerun made; "
-                "the inputs or the code changed under the same run id"
-            )
-        _copy_records(logged, copy)
+    result = log.append(source, run_id, signer)
+    logged = log.segment_path(result.checkpoint)
+    if not result.appended and not np.array_equal(_span_ids(logged), made()):
+        raise AuditLogError(
+            f"{log_root}: run {run_id} is in the audit log (checkpoint "
+            f"{result.checkpoint.sequence}) with other records than this rerun made; "
+            "the inputs or the code changed under the same run id"
+        )
+    _link_segment(logged, copy)
+    shutil.rmtree(run_folder / PARTS, ignore_errors=True)
     write_log_entry(run_folder, log_root, result.checkpoint)
     return result.checkpoint
 
 
-def _copy_records(segment: Path, target: Path) -> None:
-    """The log's records (AUDIT_SCHEMA columns) written over `target`, atomically."""
+def _link_segment(segment: Path, target: Path) -> None:
+    """`target` becomes the log's segment file: a hard link (no second copy), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    with pq.ParquetWriter(tmp, AUDIT_SCHEMA, compression="zstd") as writer:
-        for batch in pq.ParquetFile(segment).iter_batches(
-            batch_size=CHUNK_ROWS, columns=AUDIT_SCHEMA.names
-        ):
-            writer.write_table(pa.Table.from_batches([batch]).cast(AUDIT_SCHEMA))
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(segment, tmp)
+    except OSError:  # another file system, or links not allowed: copy the bytes
+        shutil.copyfile(segment, tmp)
     os.replace(tmp, target)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
@@ -74,3 +75,69 @@ def part_name(label: str, spans: bytes) -> str:
     """`<label>-<32 letters>.parquet`: the letters hash the part's span ids (no digit runs)."""
     digest = hashlib.sha256(spans).hexdigest()[:32].translate(_LETTERS)
     return f"{label}-{digest}.parquet"
+
+
+def span_numbers(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """8-byte span ids as numbers (native order: for equality and uniqueness only)."""
+    spans = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(spans) == 0:
+        return np.zeros(0, np.uint64)
+    return np.frombuffer(spans.buffers()[1], np.uint64)[spans.offset : spans.offset + len(spans)]
+
+
+class AuditParts:
+    """A run's audit parts in log order (part name, then span id), each span id once.
+
+    A span id seen before is dropped: a subject in two batches of one source, or a
+    bundle retried under another name. Only the span ids and operation names are read
+    up front (a few bytes a record); the records themselves are streamed by `tables`.
+    """
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        self.folder = folder
+        self.paths = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        spans, names = [], []
+        for path in self.paths:
+            table = pq.read_table(path, columns=["span_id", "name"])
+            spans.append(span_numbers(table.column("span_id")))
+            names.append(table.column("name").combine_chunks())
+        self.sizes = [len(s) for s in spans]
+        ids = np.concatenate(spans) if spans else np.zeros(0, np.uint64)
+        _, first = np.unique(ids, return_index=True)
+        self.keep = None
+        if len(first) < len(ids):
+            self.keep = np.zeros(len(ids), bool)
+            self.keep[first] = True
+        self.records = len(first)
+        all_names = (
+            pa.chunked_array(names, pa.string()) if names else pa.chunked_array([], pa.string())
+        )
+        if self.keep is not None:
+            all_names = all_names.filter(pa.array(self.keep))
+        counted = pc.value_counts(all_names).to_pylist()
+        self.per_operation = {d["values"]: d["counts"] for d in sorted(counted, key=str)}
+
+    def span_ids(self) -> np.ndarray:
+        """The distinct span ids, sorted (to compare with what a log holds)."""
+        spans = [
+            span_numbers(pq.read_table(p, columns=["span_id"]).column("span_id"))
+            for p in self.paths
+        ]
+        return np.unique(np.concatenate(spans)) if spans else np.zeros(0, np.uint64)
+
+    def tables(self, chunk_rows: int):
+        """AUDIT_SCHEMA tables of about `chunk_rows` records, in log order, repeats dropped."""
+        pending, held, at = [], 0, 0
+        for path, size in zip(self.paths, self.sizes, strict=True):
+            table = pq.read_table(path).select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
+            if self.keep is not None:
+                table = table.filter(pa.array(self.keep[at : at + size]))
+            at += size
+            pending.append(table)
+            held += table.num_rows
+            if held >= chunk_rows:
+                yield pa.concat_tables(pending).combine_chunks()
+                pending, held = [], 0
+        if held:
+            yield pa.concat_tables(pending).combine_chunks()
