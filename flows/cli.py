@@ -19,7 +19,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Known failures: their message is for the user. Anything else is a bug: full traceback."""
     from entitlement_rules.errors import RuleError
     from flows.config import ConfigError
-    from flows.runs import RunNotFound
+    from flows.runs import RunLocked, RunNotFound
     from pipelines.publish import PublicationError
     from pipelines.read_deliveries import DeliveryRefused
     from privacy.keys import KeyringError
@@ -42,6 +42,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         RegisterError,
         ConfigError,
         RunNotFound,
+        RunLocked,
     )
 
 

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from entitlement_rules import compile_rule, load_rules
 from flows import faults
 from flows.faults import IO_RETRIES
+from flows.runs import run_lock
 from pipelines import central, lifecycle, proportionality
 from pipelines.audit_records import AuditContext
 from pipelines.contract import SOURCES
@@ -268,7 +269,37 @@ def run_flow(
     register_dir: str | None = None,
     proportionality_config: str | None = None,
 ) -> str:
-    """One central run: check inputs, run the pipeline, finalise, publish (returns the folder)."""
+    """One central run: check inputs, run the pipeline, finalise, publish (returns the folder).
+
+    One run at a time per output folder (flows/runs.py run_lock): a second is refused.
+    """
+    with run_lock(Path(out)):
+        return _central_run(
+            deliveries,
+            reference_date,
+            out,
+            runner,
+            runner_args,
+            buckets,
+            key_file,
+            purpose,
+            register_dir,
+            proportionality_config,
+        )
+
+
+def _central_run(
+    deliveries: str,
+    reference_date: dt.date,
+    out: str,
+    runner: str,
+    runner_args: list[str] | None,
+    buckets: int,
+    key_file: str | None,
+    purpose: str,
+    register_dir: str | None,
+    proportionality_config: str | None,
+) -> str:
     logger = get_run_logger()
     # Purpose binding comes first: a run the processing register does not cover opens nothing.
     processing_register = load_purpose_register(register_dir)

@@ -10,15 +10,56 @@ adds the attempts, their logs and timings (docs/operations.md).
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 STAGING_PREFIX = ".staging-"
+LOCK_NAME = ".run.lock"
 
 
 class RunNotFound(Exception):
     """No run (or more than one) matches what the user asked for."""
+
+
+class RunLocked(Exception):
+    """Another central run is writing to the same output folder."""
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold `<out>/.run.lock` for one central run; refuse at once if another run holds it.
+
+    Two runs on one output folder (a manual run during a scheduled one) would share the
+    staging folder, the history and the publication. The lock is an flock, so it goes
+    when its process dies: a killed run never leaves the folder locked.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_NAME, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "no details"
+            raise RunLocked(
+                f"{out}: another central run is writing to this output folder ({holder}). "
+                "Wait until it has finished (signals runs list), or give another --out."
+            ) from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}, started {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC\n")
+            f.flush()
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

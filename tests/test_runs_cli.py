@@ -21,6 +21,7 @@ from service_support import (
 )
 
 from flows.cli import main
+from flows.runs import run_lock
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +37,12 @@ def runs(tmp_path_factory):
         assert main(run_args(prepared, out)) == 0
     (run_dir,) = published_runs(out)
     (out / ".staging-2025-02-01-unfinishedrun").mkdir()
-    yield out, run_dir, prepared.central_keyring
+    yield out, run_dir, prepared.central_keyring, run_args(prepared, out)
     mp.undo()
 
 
 def test_the_list_shows_published_and_unfinished_runs_newest_first(runs, capsys):
-    out, run_dir, _ = runs
+    out, run_dir, _, _ = runs
     assert main(["runs", "list", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["run", "reference", "state", "households", "signals", "created"]
@@ -56,7 +57,7 @@ def test_the_list_shows_published_and_unfinished_runs_newest_first(runs, capsys)
 
 
 def test_show_prints_inputs_counts_and_rule_versions(runs, capsys):
-    out, run_dir, _ = runs
+    out, run_dir, _, _ = runs
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert main(["runs", "show", run_dir.name[:14], "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -78,7 +79,7 @@ def test_show_prints_inputs_counts_and_rule_versions(runs, capsys):
 
 
 def test_show_json_prints_the_manifest_as_published(runs, capsys):
-    out, run_dir, _ = runs
+    out, run_dir, _, _ = runs
     assert main(["runs", "show", run_dir.name, "--out", str(out), "--json"]) == 0
     assert capsys.readouterr().out == (run_dir / "manifest.json").read_text()
 
@@ -92,7 +93,7 @@ def test_show_json_prints_the_manifest_as_published(runs, capsys):
     ],
 )
 def test_show_names_a_run_it_cannot_find(runs, capsys, run, message):
-    out, run_dir, _ = runs
+    out, run_dir, _, _ = runs
     extra = None
     if run == "2025":  # make the prefix ambiguous with a second published run
         extra = out / (run_dir.name[:11] + "zzzzzzzzzzzz")
@@ -108,7 +109,7 @@ def test_show_names_a_run_it_cannot_find(runs, capsys, run, message):
 
 
 def test_the_output_folder_comes_from_the_configuration(runs, capsys, tmp_path, monkeypatch):
-    out, run_dir, _ = runs
+    out, run_dir, _, _ = runs
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SIGNALS_CONFIG", raising=False)
     monkeypatch.delenv("SIGNALS_PATHS_OUT", raising=False)
@@ -120,7 +121,7 @@ def test_the_output_folder_comes_from_the_configuration(runs, capsys, tmp_path, 
 
 
 def test_after_retention_the_run_is_listed_with_its_personal_data_destroyed(runs, capsys):
-    out, run_dir, key = runs
+    out, run_dir, key, _ = runs
     later = (dt.date.today() + dt.timedelta(days=800)).isoformat()
     args = ["retention", "enforce", "--runs", str(out), "--period", "P1Y", "--as-of", later]
     args += ["--key-file", str(key)]
@@ -131,3 +132,17 @@ def test_after_retention_the_run_is_listed_with_its_personal_data_destroyed(runs
     assert "personal data destroyed" in line
     assert main(["runs", "show", run_dir.name, "--out", str(out)]) == 0
     assert "personal data        destroyed" in capsys.readouterr().out
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused_while_one_runs(runs, capsys):
+    out, _, _, command = runs
+    with run_lock(out):  # as a running scheduled run holds it
+        assert "pid" in (out / ".run.lock").read_text()
+        with prefect_server():
+            code = main(command)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{out}: another central run is writing to this output folder" in err
+    assert (out / ".run.lock").read_text() == ""  # released, and says so
+    with prefect_server():  # once it is free the same run goes ahead (here: already published)
+        assert main(command) == 0
