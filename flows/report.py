@@ -26,6 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from decimal import Decimal
 from html import escape
@@ -619,10 +621,18 @@ def build_report(
         "flags": sum(1 for f in fairness if f["state"] == "flag"),
         "dp": dp_ledger,
     }
-    write_tables(protected, fairness, tables_dir, summary)
+    # Tables first, the page last, each put in place whole (a crash leaves the old one or
+    # none): the flow takes an existing report.html as a finished report.
+    staged = tables_dir.with_name(f".{tables_dir.name}.tmp")
+    shutil.rmtree(staged, ignore_errors=True)
+    write_tables(protected, fairness, staged, summary)
+    shutil.rmtree(tables_dir, ignore_errors=True)
+    os.replace(staged, tables_dir)
     page = render_html(protected, fairness, summary, schemes, past, unmatched, options)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(page, encoding="utf-8")
+    partial = out_html.with_name(f".{out_html.name}.tmp")
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, out_html)
     return Report(out_html, tables_dir, protected, fairness, summary)
 
 

@@ -112,6 +112,8 @@ def test_the_tables_are_written_as_parquet_and_csv_with_suppressed_cells_empty(g
         "coverage_parity",
     } <= names
     assert names == {p.stem for p in report.tables_dir.glob("*.csv")}
+    # Written aside and moved into place whole: nothing half-written is left behind.
+    assert not list(report.html.parent.glob(".*.tmp"))
     rows = pq.read_table(report.tables_dir / "by_age_band.parquet").to_pylist()
     hidden = [r for r in rows if r["suppressed"]]
     assert hidden and all(r["households"] is None and r.get("amount_eur") is None for r in hidden)
