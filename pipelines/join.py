@@ -184,9 +184,11 @@ debts AS (
     GROUP BY bsn
 ),
 objected AS (
+    -- Every objection delivered applies, also one made after the reference date: an
+    -- objection stops processing from when it is made, and this run comes after it (as
+    -- scope-all objections, which pipelines/exclude.py applies whatever their date).
     SELECT bsn, list_sort(list_distinct(list(scope))) AS objected_schemes
     FROM objections
-    WHERE objected_on <= DATE '{ref}'
     GROUP BY bsn
 )
 SELECT

@@ -37,12 +37,16 @@ HOUSEHOLDS = {
     "S1": [(X[3], "1985-01-01", "head", "")],  # objected to zorgtoeslag only
     "S2": [(X[4], "1985-01-01", "head", "")],  # objected to huurtoeslag only
     "S3": [(X[5], "1985-01-01", "head", "")],  # no objection
+    # Objected to zorgtoeslag after the reference date, before the run: it applies as well
+    # (an objection stops processing from when it is made; this run happens after it).
+    "S4": [(X[6], "1985-01-01", "head", "")],
 }
 OBJECTIONS = [
     (X[0], "2024-05-01", "all"),
     (X[2], "2024-05-01", "all"),  # the partner in A2
     (X[3], "2024-05-01", "zorgtoeslag"),
     (X[4], "2024-05-01", "huurtoeslag"),
+    (X[6], "2025-03-01", "zorgtoeslag"),
 ]
 SCOPE_ALL = (X[0], X[2])
 
@@ -163,6 +167,7 @@ def test_a_scheme_objection_suppresses_only_that_scheme(published):
     run_dir, ring, p = published
     signalled = {(s["household_pid"], s["scheme"]) for s in _signals(run_dir, ring)}
     assert (p.one("household_id", "S1"), "zorgtoeslag") not in signalled  # objected zorgtoeslag
+    assert (p.one("household_id", "S4"), "zorgtoeslag") not in signalled  # objected later
     assert (p.one("household_id", "S2"), "zorgtoeslag") in signalled  # objected huurtoeslag
     assert (p.one("household_id", "S3"), "zorgtoeslag") in signalled  # control
     assert {hh for hh, _ in signalled} == {p.one("household_id", "S2"), p.one("household_id", "S3")}
@@ -174,6 +179,7 @@ def test_a_scheme_objector_stays_in_the_household_table_with_the_objection(publi
     assert objected[p.one("household_id", "S1")] == ["zorgtoeslag"]
     assert objected[p.one("household_id", "S2")] == ["huurtoeslag"]
     assert objected[p.one("household_id", "S3")] == []
+    assert objected[p.one("household_id", "S4")] == ["zorgtoeslag"]
 
 
 def test_a_scheme_objector_is_not_excluded_but_their_objection_is_ingested(published):
