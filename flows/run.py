@@ -273,33 +273,6 @@ def run_flow(
 
     One run at a time per output folder (flows/runs.py run_lock): a second is refused.
     """
-    with run_lock(Path(out)):
-        return _central_run(
-            deliveries,
-            reference_date,
-            out,
-            runner,
-            runner_args,
-            buckets,
-            key_file,
-            purpose,
-            register_dir,
-            proportionality_config,
-        )
-
-
-def _central_run(
-    deliveries: str,
-    reference_date: dt.date,
-    out: str,
-    runner: str,
-    runner_args: list[str] | None,
-    buckets: int,
-    key_file: str | None,
-    purpose: str,
-    register_dir: str | None,
-    proportionality_config: str | None,
-) -> str:
     logger = get_run_logger()
     # Purpose binding comes first: a run the processing register does not cover opens nothing.
     processing_register = load_purpose_register(register_dir)
@@ -310,67 +283,70 @@ def _central_run(
     domain = DomainPseudonymiser(keyring.active("domain", purpose))
     signer = Signer(keyring)  # the audit log is signed: no run without the audit-signing key
     compiled = compile_rules(reference_date, processing_register, purpose)
-    found = open_inputs(deliveries, reference_date)
-    check_one_body_key(found)
-    policy = proportionality.load_policy(proportionality_config)
-    history = load_history(out, reference_date, keyring)
-    run_id = make_run_id(
-        reference_date,
-        found,
-        compiled,
-        domain.key_id,
-        purpose,
-        processing_register.version,
-        f"{policy.version}:{history.fingerprint}",
-    )
-    out_dir = Path(out)
-    target = out_dir / run_id
-    if (target / "manifest.json").is_file():
-        logger.info("run %s is already published at %s: nothing to do", run_id, target)
-        if not (target / "report" / "report.html").is_file():  # a report that failed before
-            report_run(str(target), keyring)
-        return str(target)
-    staging = out_dir / f".staging-{run_id}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    faults.point("after_ingest")
-    spec = central.RunSpec(
-        run_id=run_id,
-        reference_date=reference_date,
-        deliveries=found,
-        staging=staging,
-        compiled_rules=compiled,
-        audit=AuditContext(run_id, purpose, processing_register.version),
-        legal_bases=outcome.ingest_bases(),
-        buckets=buckets,
-        domain=domain,
-        proportionality=policy,
-        necessity=proportionality.assess_necessity(compiled, processing_register, purpose),
-        history=history.state,
-    )
-    run_pipeline(spec, runner, runner_args or [])
-    record_purpose_check(staging, spec.audit, outcome)
-    counts = finalise_run(staging, found)
-    counts.update(summarise_outputs(staging))
-    manifest = build_manifest(spec, compiled, counts, runner)
-    manifest["purpose_check"] = outcome.to_manifest()
-    manifest["proportionality"] = {
-        "policy": {"path": policy.path, "version": policy.version},
-        "history": {"runs": list(history.runs), "fingerprint": history.fingerprint},
-        "feedback_files": list(history.feedback_files),
-        "suppressed": counts["suppressed"],
-        "resolved": counts["resolved"],
-    } | proportionality.summarise_run(staging)
-    write_manifest(staging, manifest)
-    # Crypto-shredding: personal data is published only encrypted under this run's own key.
-    protect_run(staging, run_id, keyring, out_dir / KEY_STORE)
-    # Logged before publication: a rerun after a failed publication finds the run in the log
-    # and reconciles its copy instead of logging it twice (privacy/audit/log.py).
-    faults.point("mid_audit")
-    append_run(staging, run_id, out_dir / LOG_DIRNAME, signer)
-    faults.point("after_audit")
-    published = publish_run(staging, target)
-    faults.point("during_publish")
-    logger.info("run %s published: %s signals", run_id, counts["signals"])
-    report_run(published, keyring)  # aggregates only: suppressed, rounded, no pseudonyms
-    return published
+    # One run at a time per output folder (flows/runs.py), taken once the run is allowed:
+    # a run refused by the register leaves nothing behind.
+    with run_lock(Path(out)):
+        found = open_inputs(deliveries, reference_date)
+        check_one_body_key(found)
+        policy = proportionality.load_policy(proportionality_config)
+        history = load_history(out, reference_date, keyring)
+        run_id = make_run_id(
+            reference_date,
+            found,
+            compiled,
+            domain.key_id,
+            purpose,
+            processing_register.version,
+            f"{policy.version}:{history.fingerprint}",
+        )
+        out_dir = Path(out)
+        target = out_dir / run_id
+        if (target / "manifest.json").is_file():
+            logger.info("run %s is already published at %s: nothing to do", run_id, target)
+            if not (target / "report" / "report.html").is_file():  # a report that failed before
+                report_run(str(target), keyring)
+            return str(target)
+        staging = out_dir / f".staging-{run_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        faults.point("after_ingest")
+        spec = central.RunSpec(
+            run_id=run_id,
+            reference_date=reference_date,
+            deliveries=found,
+            staging=staging,
+            compiled_rules=compiled,
+            audit=AuditContext(run_id, purpose, processing_register.version),
+            legal_bases=outcome.ingest_bases(),
+            buckets=buckets,
+            domain=domain,
+            proportionality=policy,
+            necessity=proportionality.assess_necessity(compiled, processing_register, purpose),
+            history=history.state,
+        )
+        run_pipeline(spec, runner, runner_args or [])
+        record_purpose_check(staging, spec.audit, outcome)
+        counts = finalise_run(staging, found)
+        counts.update(summarise_outputs(staging))
+        manifest = build_manifest(spec, compiled, counts, runner)
+        manifest["purpose_check"] = outcome.to_manifest()
+        manifest["proportionality"] = {
+            "policy": {"path": policy.path, "version": policy.version},
+            "history": {"runs": list(history.runs), "fingerprint": history.fingerprint},
+            "feedback_files": list(history.feedback_files),
+            "suppressed": counts["suppressed"],
+            "resolved": counts["resolved"],
+        } | proportionality.summarise_run(staging)
+        write_manifest(staging, manifest)
+        # Crypto-shredding: personal data is published only encrypted under this run's own key.
+        protect_run(staging, run_id, keyring, out_dir / KEY_STORE)
+        # Logged before publication: a rerun after a failed publication finds the run in the log
+        # and reconciles its copy instead of logging it twice (privacy/audit/log.py).
+        faults.point("mid_audit")
+        append_run(staging, run_id, out_dir / LOG_DIRNAME, signer)
+        faults.point("after_audit")
+        published = publish_run(staging, target)
+        faults.point("during_publish")
+        logger.info("run %s published: %s signals", run_id, counts["signals"])
+        report_run(published, keyring)  # aggregates only: suppressed, rounded, no pseudonyms
+        return published

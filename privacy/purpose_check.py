@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from entitlement_rules.errors import RuleCompileError
 from pipelines.audit_records import AUDIT_SCHEMA, canonical_json, operation_span, trace_id
@@ -594,9 +593,10 @@ def purpose_check_record(context, outcome: Outcome) -> pa.RecordBatch:
 
 
 def write_purpose_check_record(folder: Path, context, outcome: Outcome) -> Path:
-    """Write the run-level record as a Parquet part where the run's audit parts are collected."""
+    """Write the run-level record as a part where the run's audit parts are collected."""
+    from privacy.audit.parts import write_part
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{OPERATION}.parquet"
-    pq.write_table(pa.Table.from_batches([purpose_check_record(context, outcome)]), path)
-    return path
+    record = pa.Table.from_batches([purpose_check_record(context, outcome)])
+    return write_part(record, folder, OPERATION)

@@ -30,6 +30,7 @@ from privacy.audit.log import (
     append_run,
     segment_name,
 )
+from privacy.audit.parts import write_part
 from privacy.audit.signing import Signer
 from privacy.audit.verify import verify_log
 from privacy.keys import Keyring
@@ -316,7 +317,7 @@ def test_an_interrupted_append_is_reported_and_repaired_by_the_next(log_root, si
 def _staged_run(folder, run_id, records):
     """A staging folder as the pipeline and finalise leave it: the audit records as parts."""
     (folder / "audit_parts").mkdir(parents=True)
-    pq.write_table(records, folder / "audit_parts" / "a0-records.parquet")
+    write_part(records, folder / "audit_parts", "a0")
     return folder
 
 

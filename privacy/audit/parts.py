@@ -1,17 +1,18 @@
-"""Writing audit record batches to Parquet parts where they are made, inside the Beam stages.
+"""Audit record batches written as parts where they are made, and read back in log order.
 
-A run makes several audit records per person. Sent through one Flatten into one
-Parquet sink, every batch of them would wait in the runner's buffers until the last
-producing stage finished (the in-memory DirectRunner holds a stage's outputs whole):
-at 1M persons that is tens of GB. `WriteAuditPartsFn` writes each batch to its own
-part file in the stage that made it, so audit records never pile up in memory.
+A run makes several audit records per person. Sent through one Flatten into one sink,
+every batch of them would wait in the runner's buffers until the last producing stage
+finished (the in-memory DirectRunner holds a stage's outputs whole): at 1M persons that
+is tens of GB. `WriteAuditPartsFn` writes each batch to its own part file (Arrow IPC) in
+the stage that made it, so audit records never pile up in memory.
 
 A part is named after its content and its records are in span-id order, so the parts
 of a run, taken in name order, are the same sequence whatever the runner, the order in
 which bundles ran, or how often one was retried (a retry writes the same file again).
-finalise concatenates them in that order (pipelines/publish.py) instead of sorting
-millions of records. Span ids are derived from run, operation and subject
-(pipelines/audit_records.py), so a copy of a record is recognised and kept once.
+The log append streams them in that order into the run's log segment (`AuditParts`,
+privacy/audit/log.py) instead of sorting millions of records. Span ids are derived from
+run, operation and subject (pipelines/audit_records.py), so a copy of a record is
+recognised and kept once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.ipc as ipc
 from apache_beam.metrics import Metrics
 
 from pipelines.audit_records import AUDIT_SCHEMA
@@ -33,7 +34,7 @@ _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 
 
 class WriteAuditPartsFn(beam.DoFn):
-    """Writes each audit RecordBatch (or Table) to `<folder>/<label>-<content>.parquet`.
+    """Writes each audit RecordBatch (or Table) to `<folder>/<label>-<content>.arrow`.
 
     In: PCollection of AUDIT_SCHEMA batches. Out: nothing (the files are the output).
     """
@@ -47,15 +48,33 @@ class WriteAuditPartsFn(beam.DoFn):
 
     def process(self, batch):
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        if table.num_rows == 0:
-            return
-        table, spans = in_span_order(table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA))
-        name = part_name(self.label, spans)
-        path = Path(self.folder) / name
-        tmp = path.with_name(f".{path.name}.tmp")  # finalise reads *.parquet: never a torn file
-        pq.write_table(table, tmp, compression="snappy")
-        os.replace(tmp, path)
-        self.records.inc(table.num_rows)
+        if table.num_rows:
+            write_part(table, Path(self.folder), self.label)
+            self.records.inc(table.num_rows)
+
+
+# Parts live only until the log append: Arrow IPC with LZ4 reads back ~10x faster than
+# Parquet (no decoding) at about the same size, measured on a run's rule_evaluation parts.
+PART_SUFFIX = ".arrow"
+_PART_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
+
+
+def write_part(table: pa.Table, folder: Path, label: str) -> Path:
+    """One part: the records in span-id order, named after them, written whole or not at all."""
+    table, spans = in_span_order(table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA))
+    path = Path(folder) / part_name(label, spans)
+    tmp = path.with_name(f".{path.name}.tmp")  # the parts are listed by suffix: never torn
+    with ipc.new_file(tmp, AUDIT_SCHEMA, options=_PART_OPTIONS) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+    return path
+
+
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    names = columns or AUDIT_SCHEMA.names
+    options = ipc.IpcReadOptions(included_fields=[AUDIT_SCHEMA.get_field_index(n) for n in names])
+    with pa.OSFile(str(path), "rb") as f:
+        return ipc.open_file(f, options=options).read_all()
 
 
 def in_span_order(table: pa.Table) -> tuple[pa.Table, bytes]:
@@ -72,9 +91,9 @@ def in_span_order(table: pa.Table) -> tuple[pa.Table, bytes]:
 
 
 def part_name(label: str, spans: bytes) -> str:
-    """`<label>-<32 letters>.parquet`: the letters hash the part's span ids (no digit runs)."""
+    """`<label>-<32 letters>.arrow`: the letters hash the part's span ids (no digit runs)."""
     digest = hashlib.sha256(spans).hexdigest()[:32].translate(_LETTERS)
-    return f"{label}-{digest}.parquet"
+    return f"{label}-{digest}{PART_SUFFIX}"
 
 
 def span_numbers(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -96,10 +115,10 @@ class AuditParts:
     def __init__(self, folder: Path):
         folder = Path(folder)
         self.folder = folder
-        self.paths = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        self.paths = sorted(folder.glob(f"*{PART_SUFFIX}")) if folder.is_dir() else []
         spans, names = [], []
         for path in self.paths:
-            table = pq.read_table(path, columns=["span_id", "name"])
+            table = read_part(path, ["span_id", "name"])
             spans.append(span_numbers(table.column("span_id")))
             names.append(table.column("name").combine_chunks())
         self.sizes = [len(s) for s in spans]
@@ -120,17 +139,14 @@ class AuditParts:
 
     def span_ids(self) -> np.ndarray:
         """The distinct span ids, sorted (to compare with what a log holds)."""
-        spans = [
-            span_numbers(pq.read_table(p, columns=["span_id"]).column("span_id"))
-            for p in self.paths
-        ]
+        spans = [span_numbers(read_part(p, ["span_id"]).column("span_id")) for p in self.paths]
         return np.unique(np.concatenate(spans)) if spans else np.zeros(0, np.uint64)
 
     def tables(self, chunk_rows: int):
         """AUDIT_SCHEMA tables of about `chunk_rows` records, in log order, repeats dropped."""
         pending, held, at = [], 0, 0
         for path, size in zip(self.paths, self.sizes, strict=True):
-            table = pq.read_table(path).select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
+            table = read_part(path)
             if self.keep is not None:
                 table = table.filter(pa.array(self.keep[at : at + size]))
             at += size
