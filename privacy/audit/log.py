@@ -467,32 +467,26 @@ def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Si
     """Append a finalised run's audit records to the log, or reconcile a rerun with it.
 
     `run_folder` is the staging folder about to be published, holding the pipeline's
-    audit parts (`audit_parts/`), or a published run holding its copy. The records are
+    audit parts (`audit_parts/`, privacy/audit/parts.py). The records are
     written once, into the log's segment; afterwards the run's `audit/segment-00000.parquet`
     is that segment (a hard link where the file system allows, else a copy): exactly the
     log's records for the run, with their leaf index and hash, and `audit/_log_entry.json`
     says where they are in the log. The parts are removed.
     """
     run_folder = Path(run_folder)
-    copy = run_folder / RUN_COPY
-    if (run_folder / PARTS).is_dir():
-        source = AuditParts(run_folder / PARTS)
-        made = source.span_ids
-    elif copy.is_file():
-        source = copy
-        made = lambda: _span_ids(copy)  # noqa: E731
-    else:
-        raise AuditLogError(f"{run_folder}: the run has no audit records to log")
+    if not (run_folder / PARTS).is_dir():
+        raise AuditLogError(f"{run_folder}: the run has no audit records to log ({PARTS}/)")
+    source = AuditParts(run_folder / PARTS)
     log = AuditLog(log_root)
     result = log.append(source, run_id, signer)
     logged = log.segment_path(result.checkpoint)
-    if not result.appended and not np.array_equal(_span_ids(logged), made()):
+    if not result.appended and not np.array_equal(_span_ids(logged), source.span_ids()):
         raise AuditLogError(
             f"{log_root}: run {run_id} is in the audit log (checkpoint "
             f"{result.checkpoint.sequence}) with other records than this rerun made; "
             "the inputs or the code changed under the same run id"
         )
-    _link_segment(logged, copy)
+    _link_segment(logged, run_folder / RUN_COPY)
     shutil.rmtree(run_folder / PARTS, ignore_errors=True)
     write_log_entry(run_folder, log_root, result.checkpoint)
     return result.checkpoint

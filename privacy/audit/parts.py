@@ -71,6 +71,7 @@ def write_part(table: pa.Table, folder: Path, label: str) -> Path:
 
 
 def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A part's records (AUDIT_SCHEMA), or only the `columns` named (the rest not decoded)."""
     names = columns or AUDIT_SCHEMA.names
     options = ipc.IpcReadOptions(included_fields=[AUDIT_SCHEMA.get_field_index(n) for n in names])
     with pa.OSFile(str(path), "rb") as f:
@@ -135,7 +136,9 @@ class AuditParts:
         if self.keep is not None:
             all_names = all_names.filter(pa.array(self.keep))
         counted = pc.value_counts(all_names).to_pylist()
-        self.per_operation = {d["values"]: d["counts"] for d in sorted(counted, key=str)}
+        self.per_operation = {
+            d["values"]: d["counts"] for d in sorted(counted, key=lambda d: d["values"])
+        }
 
     def span_ids(self) -> np.ndarray:
         """The distinct span ids, sorted (to compare with what a log holds)."""
