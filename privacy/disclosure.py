@@ -13,11 +13,12 @@ status, ...). This module decides which of those numbers may be published:
   until both hold: (1) no additive relation (a total and its parts) has exactly one hidden
   member, and (2) an LP audit: an attacker who knows every published number, every
   relation, and that counts are not negative, solves for the smallest and largest value
-  of each hidden cell (scipy's HiGHS). A hidden cell must not be pinned down: its
-  feasible interval must be at least 1 wide, and at least `min_interval` (default: the
-  threshold) for a primary cell, so that not even a sum of small hidden cells can be
-  computed. When a cell fails, the cheapest unsuppressed cell related to it is hidden
-  (detail before totals, small before large) and the audit runs again.
+  of each hidden cell (HiGHS, one model per group of linked hidden cells). A hidden cell
+  must not be pinned down: its feasible interval must be at least 1 wide, and at least
+  `min_interval` (default: the threshold) for a primary cell, so that not even a sum of
+  small hidden cells can be computed. When a cell fails, the cheapest unsuppressed cell
+  related to it is hidden (detail before totals, small before large) and the audit runs
+  again.
 * Amounts (estimated EUR per year) follow the pattern of their counts and are rounded to
   `amount_rounding` (default EUR 1,000), each independently: totals may differ from the
   sum of their rounded parts.
@@ -45,9 +46,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
+import highspy
 import numpy as np
-from scipy.optimize import linprog
-from scipy.sparse import csr_matrix
 
 TOTAL = "Total"
 LEAF, GROUP, ALL = "leaf", "group", "total"
@@ -482,39 +482,65 @@ class _Model:
 
     def _solve(self, component: list[CellId], hidden: set[CellId], only=None) -> dict:
         index = {c: i for i, c in enumerate(component)}
-        rows, cols, data, rhs = [], [], [], []
+        columns: list[list[tuple[int, float]]] = [[] for _ in component]
+        rhs = []
         rels = sorted({r for c in component for r in self.of_cell.get(c, ())})
         for row, r in enumerate(rels):
             total, parts = self.relations[r]
             known = 0
             for m, sign in [(total, -1)] + [(p, 1) for p in parts]:
                 if m in hidden:
-                    rows.append(row)
-                    cols.append(index[m])
-                    data.append(sign)
+                    columns[index[m]].append((row, sign))
                 else:
                     known += sign * self.values[m]
             rhs.append(-known)
-        n = len(component)
         if not rels:
             return {c: (0.0, math.inf) for c in component}
-        a = csr_matrix((data, (rows, cols)), shape=(len(rels), n))
-        b = np.array(rhs, dtype=float)
-        out = {}
-        for c in [only] if only is not None else component:
-            out[c] = (_optimise(a, b, index[c], n, 1), _optimise(a, b, index[c], n, -1))
-        return out
+        lp = _LinearProgram(columns, rhs)
+        return {
+            c: (lp.optimum(index[c], 1), lp.optimum(index[c], -1))
+            for c in ([only] if only is not None else component)
+        }
 
 
-def _optimise(a, b, j: int, n: int, sense: int) -> float:
-    objective = np.zeros(n)
-    objective[j] = sense
-    res = linprog(objective, A_eq=a, b_eq=b, bounds=(0, None), method="highs")
-    if res.status == 3:  # unbounded: no upper limit
-        return math.inf if sense < 0 else 0.0
-    if res.status != 0:
-        raise DisclosureError(f"disclosure audit LP failed: {res.message}")
-    return float(res.fun) * sense
+class _LinearProgram:
+    """The attacker's system A x = b, x >= 0, in one HiGHS model, re-solved per objective.
+
+    Only the objective changes between the 2 x cells solves of a component, so each solve
+    starts from the previous optimal basis (a call to scipy's linprog set up a new model
+    every time: ~3 ms of overhead per solve, 7,204 solves for a 20,000-person report).
+    """
+
+    def __init__(self, columns: list[list[tuple[int, float]]], rhs: list[float]):
+        self.highs = highspy.Highs()
+        self.highs.setOptionValue("output_flag", False)
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = len(columns), len(rhs)
+        lp.col_cost_ = np.zeros(len(columns))
+        lp.col_lower_ = np.zeros(len(columns))
+        lp.col_upper_ = np.full(len(columns), highspy.kHighsInf)
+        lp.row_lower_ = lp.row_upper_ = np.array(rhs, dtype=float)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = np.cumsum([0] + [len(c) for c in columns], dtype=np.int32)
+        lp.a_matrix_.index_ = np.array([r for c in columns for r, _ in c], dtype=np.int32)
+        lp.a_matrix_.value_ = np.array([v for c in columns for _, v in c], dtype=float)
+        self.highs.passModel(lp)
+
+    def optimum(self, j: int, sense: int) -> float:
+        """min x_j (sense 1) or max x_j (sense -1); max is inf when x_j is unbounded."""
+        self.highs.changeColCost(j, float(sense))
+        try:
+            self.highs.run()
+            status = self.highs.getModelStatus()
+            if status == highspy.HighsModelStatus.kUnbounded:
+                return math.inf if sense < 0 else 0.0
+            if status != highspy.HighsModelStatus.kOptimal:
+                raise DisclosureError(
+                    f"disclosure audit LP failed: {self.highs.modelStatusToString(status)}"
+                )
+            return float(self.highs.getInfo().objective_function_value) * sense
+        finally:
+            self.highs.changeColCost(j, 0.0)
 
 
 def _secondary(model: _Model, suppressed: dict, cost: dict, rules: Rules) -> dict:

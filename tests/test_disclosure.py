@@ -408,3 +408,28 @@ def test_two_schemes_share_their_household_counts_and_stay_protected(tmp_path):
         assert hi - lo >= 1 - 1e-6, f"{sorted(cell[1])} recovered"
         if 0 < truth[cell] < THRESHOLD:
             assert hi - lo >= THRESHOLD - 1e-6, f"{sorted(cell[1])} narrowed to [{lo}, {hi}]"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_audit_lp_gives_the_same_bounds_as_an_independent_solve(seed):
+    # The audit re-solves one HiGHS model per objective (warm starts); each bound must equal
+    # a fresh, independent solve with scipy's linprog. Random sparse systems with a known
+    # non-negative solution, some with free directions (unbounded maxima).
+    import random
+
+    from privacy.disclosure import _LinearProgram
+
+    rng = random.Random(seed)
+    n, m = rng.randint(3, 12), rng.randint(1, 6)
+    truth = [rng.randint(0, 20) for _ in range(n)]
+    rows = [[rng.choice((-1, 0, 0, 1)) for _ in range(n)] for _ in range(m)]
+    rhs = [sum(a * x for a, x in zip(row, truth, strict=True)) for row in rows]
+    columns = [[(i, float(rows[i][j])) for i in range(m) if rows[i][j]] for j in range(n)]
+    lp = _LinearProgram(columns, rhs)
+    for j in range(n):
+        for sense in (1, -1):
+            objective = [0.0] * n
+            objective[j] = sense
+            ref = linprog(objective, A_eq=rows, b_eq=rhs, bounds=(0, None), method="highs")
+            expected = (math.inf if sense < 0 else 0.0) if ref.status == 3 else ref.fun * sense
+            assert lp.optimum(j, sense) == pytest.approx(expected, abs=1e-7), (j, sense)
