@@ -110,3 +110,37 @@ def test_a_batch_is_the_same_whatever_order_its_subjects_came_in():
             strict=True,
         )
     )
+
+
+def test_leaves_hashed_in_worker_processes_equal_those_hashed_here(tmp_path):
+    from privacy.audit.leaf import leaf_hashes
+    from privacy.audit.parts import AuditParts
+
+    write_parts(tmp_path, batches())
+    parts = AuditParts(tmp_path / "audit_parts")
+    # Chunks of 20 records: several chunks, so the work is spread over the workers.
+    here = list(parts.hashed_tables(20, 1000, workers=1))
+    there = list(parts.hashed_tables(20, 1000, workers=2))
+    assert len(here) > 1 and len(here) == len(there)
+    for (table, hashes), (table2, hashes2) in zip(here, there, strict=True):
+        assert table.equals(table2) and hashes == hashes2
+    whole = pa.concat_tables([t for t, _ in here])
+    assert whole.num_rows == parts.records == 60
+    assert b"".join(h for _, h in here) == leaf_hashes(whole, 1000)
+
+
+def test_an_append_hashed_in_worker_processes_signs_the_same_tree(tmp_path, monkeypatch):
+    import shutil
+
+    from privacy.audit import log
+
+    write_parts(tmp_path / "one", batches())
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    ring = Keyring()
+    ring.add("audit-signing")
+    here = append_run(tmp_path / "one", "r", tmp_path / "log-one", Signer(ring))
+    # A run this small would not use them; chunks of 20 records spread it over them.
+    monkeypatch.setattr(log, "PARALLEL_RECORDS", 1)
+    monkeypatch.setattr(log, "CHUNK_ROWS", 20)
+    there = append_run(tmp_path / "two", "r", tmp_path / "log-two", Signer(ring))
+    assert here.root == there.root and here.tree_size == there.tree_size == 60

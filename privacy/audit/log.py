@@ -215,6 +215,9 @@ def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> bytes:
 
 
 CHUNK_ROWS = 500_000
+# From this many records on, a run's leaves are hashed in worker processes: starting them
+# costs ~2 s (imports), hashing a million records ~2 s in one process.
+PARALLEL_RECORDS = 1_000_000
 
 
 def _conform(records: pa.Table) -> pa.Table:
@@ -260,6 +263,21 @@ class _Records:
         else:
             spans = pq.read_table(source, columns=["span_id"]).column("span_id")
         self.keep = _first_occurrences(spans) if len(spans) else None
+
+    def hashed_chunks(self, first: int):
+        """(chunk, its leaf hashes), leaves numbered from `first`.
+
+        A run's parts of PARALLEL_RECORDS or more are hashed in worker processes (one per
+        core) while this process reads and writes (privacy/audit/parts.py hashed_tables).
+        """
+        if isinstance(self.source, AuditParts):
+            big = self.source.records >= PARALLEL_RECORDS
+            workers = (os.cpu_count() or 1) if big else 1
+            yield from self.source.hashed_tables(CHUNK_ROWS, first, workers)
+            return
+        for chunk in self.chunks():
+            yield chunk, leaf_hashes(chunk, first)
+            first += chunk.num_rows
 
     def chunks(self):
         if isinstance(self.source, AuditParts):
@@ -371,9 +389,8 @@ class AuditLog:
         tmp = path.with_name(f".{path.name}.tmp")
         leaves, counts, at = [], {}, first
         with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression="zstd") as writer:
-            for chunk in records.chunks():
+            for chunk, hashes in records.hashed_chunks(first):
                 n = chunk.num_rows
-                hashes = leaf_hashes(chunk, at)
                 leaves.append(hashes)
                 index = pa.array(np.arange(at, at + n, dtype=np.int64))
                 digest = pa.FixedSizeBinaryArray.from_buffers(

@@ -18,7 +18,9 @@ recognised and kept once.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import apache_beam as beam
@@ -147,16 +149,67 @@ class AuditParts:
 
     def tables(self, chunk_rows: int):
         """AUDIT_SCHEMA tables of about `chunk_rows` records, in log order, repeats dropped."""
-        pending, held, at = [], 0, 0
+        for group, _ in self.plan(chunk_rows):
+            yield read_group(group)
+
+    def plan(self, chunk_rows: int) -> list[tuple[list[tuple[str, np.ndarray | None]], int]]:
+        """The parts grouped into chunks of about `chunk_rows` records kept.
+
+        Each chunk: its parts as (path, keep mask or None), and how many records it keeps.
+        """
+        groups, group, held, at = [], [], 0, 0
         for path, size in zip(self.paths, self.sizes, strict=True):
-            table = read_part(path)
-            if self.keep is not None:
-                table = table.filter(pa.array(self.keep[at : at + size]))
+            keep = None if self.keep is None else self.keep[at : at + size]
             at += size
-            pending.append(table)
-            held += table.num_rows
+            group.append((str(path), keep))
+            held += size if keep is None else int(keep.sum())
             if held >= chunk_rows:
-                yield pa.concat_tables(pending).combine_chunks()
-                pending, held = [], 0
-        if held:
-            yield pa.concat_tables(pending).combine_chunks()
+                groups.append((group, held))
+                group, held = [], 0
+        if group:
+            groups.append((group, held))
+        return groups
+
+    def hashed_tables(self, chunk_rows: int, first_index: int, workers: int = 1):
+        """(table, leaf hashes) per chunk, in log order, leaves numbered from first_index.
+
+        With workers > 1 the leaf hashing (one SHA-256 call per record: the largest part
+        of appending a big run) runs in that many processes while this one reads and
+        writes; each process reads its chunk's parts itself, so only hashes travel back.
+        """
+        from privacy.audit.leaf import leaf_hashes
+
+        planned = self.plan(chunk_rows)
+        groups = [group for group, _ in planned]
+        firsts, at = [], first_index
+        for _, rows in planned:
+            firsts.append(at)
+            at += rows
+        if workers <= 1 or len(groups) <= 1:
+            for group, first in zip(groups, firsts, strict=True):
+                table = read_group(group)
+                yield table, leaf_hashes(table, first)
+            return
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [
+                pool.submit(group_leaf_hashes, g, f) for g, f in zip(groups, firsts, strict=True)
+            ]
+            for group, future in zip(groups, futures, strict=True):
+                yield read_group(group), future.result()
+
+
+def read_group(group: list[tuple[str, np.ndarray | None]]) -> pa.Table:
+    """The records of a chunk's parts, repeats dropped, as one AUDIT_SCHEMA table."""
+    tables = []
+    for path, keep in group:
+        table = read_part(Path(path))
+        tables.append(table if keep is None else table.filter(pa.array(keep)))
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def group_leaf_hashes(group: list[tuple[str, np.ndarray | None]], first_index: int) -> bytes:
+    """Leaf hashes of a chunk's records (run in a worker process by `hashed_tables`)."""
+    from privacy.audit.leaf import leaf_hashes
+
+    return leaf_hashes(read_group(group), first_index)
