@@ -210,7 +210,8 @@ def report(f: dict) -> list[str]:
     n = parts["records"]
     lines = [
         f"audit overhead on a {f['persons']:,}-person run (whole Prefect flow, best of "
-        f"{len(f['with'])}; CPU = the run's own process, the figure to trust on a busy machine)",
+        f"{len(f['with'])}; CPU = the run's process and those it started, the figure to "
+        "trust on a busy machine)",
         f"{'':34}{'wall s':>10}{'CPU s':>10}",
         f"  without audit records and log   {wall_without:10.1f}{cpu_without:10.1f}",
         f"  with audit records and log      {wall_with:10.1f}{cpu_with:10.1f}",

@@ -62,15 +62,24 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _measured(fn, kwargs: dict) -> dict:
-    """Runs in the child: the phase's own result plus wall time, CPU time and peak memory."""
+    """Runs in the child: the phase's own result plus wall time, CPU time and peak memory.
+
+    CPU counts the phase's process and every process it started and waited for (the log
+    append's hashing workers, Prefect's ephemeral server); peak memory is its own.
+    """
     from flows import environment
 
     environment.configure()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
     result = fn(**kwargs)
     result["seconds"] = time.perf_counter() - wall
-    result["cpu_seconds"] = time.process_time() - cpu
+    result["cpu_seconds"] = time.process_time() - cpu + _children_cpu() - children
     result["peak_mb"] = _peak_mb()
     return result
 
