@@ -38,12 +38,18 @@ class Prepared:
     central_keyring: Path
 
 
-def prepare_deliveries(root: Path) -> Prepared:
-    """Raw population -> body keyring -> pseudonymised deliveries; plus a central keyring."""
+def prepare_deliveries(
+    root: Path, write_raw=write_population, passphrase: str = PASSPHRASE
+) -> Prepared:
+    """Raw population -> body keyring -> pseudonymised deliveries; plus a central keyring.
+
+    `write_raw(folder)` writes the raw deliveries (default: the hand-made population); the
+    keyrings are locked with `passphrase`.
+    """
     root = Path(root)
-    write_population(root / "raw")
+    write_raw(root / "raw")
     body, central = root / "keys" / "body.keyring", root / "keys" / "central.keyring"
-    with _passphrase_env():
+    with _passphrase_env(passphrase):
         assert main(["keys", "init", "--key-file", str(body)]) == 0
         assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
         for source in SOURCES:
@@ -68,9 +74,9 @@ def prefect_server():
 
 
 @contextlib.contextmanager
-def _passphrase_env():
+def _passphrase_env(passphrase: str = PASSPHRASE):
     before = os.environ.get("SIGNALS_KEYRING_PASSPHRASE")
-    os.environ["SIGNALS_KEYRING_PASSPHRASE"] = PASSPHRASE
+    os.environ["SIGNALS_KEYRING_PASSPHRASE"] = passphrase
     try:
         yield
     finally:

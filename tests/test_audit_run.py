@@ -27,7 +27,8 @@ import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from population import REFERENCE_DATE, write_population
+from population import REFERENCE_DATE
+from service_support import prepare_deliveries
 
 from flows.cli import main
 from pipelines.contract import SOURCES
@@ -47,14 +48,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit-run")
     mp = pytest.MonkeyPatch()
     mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
-    write_population(root / "raw")
-    body, central = root / "keys" / "body.keyring", root / "keys" / "central.keyring"
-    assert main(["keys", "init", "--key-file", str(body)]) == 0
-    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
-    for source in SOURCES:
-        delivery = root / "raw" / source / REFERENCE_DATE
-        args = ["pseudonymise", "--delivery", str(delivery), "--key-file", str(body)]
-        assert main(args + ["--out", str(root / "pseudo")]) == 0
+    central = prepare_deliveries(root, passphrase=PASSPHRASE).central_keyring
     args = ["run", "--deliveries", str(root / "pseudo"), "--reference-date", REFERENCE_DATE]
     args += ["--key-file", str(central), "--out", str(root / "runs"), "--buckets", "4"]
     with contextlib.redirect_stdout(io.StringIO()):

@@ -19,6 +19,7 @@ import duckdb
 import pytest
 from conftest import write_delivery
 from population import valid_bsns
+from service_support import prepare_deliveries
 
 from flows.cli import main
 from pipelines.contract import SOURCES
@@ -85,14 +86,8 @@ def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("objections")
     mp = pytest.MonkeyPatch()
     mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
-    write_objections_population(root / "raw")
+    prepare_deliveries(root, write_objections_population, PASSPHRASE)
     body, central = root / "keys" / "body.keyring", root / "keys" / "central.keyring"
-    assert main(["keys", "init", "--key-file", str(body)]) == 0
-    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
-    for source in SOURCES:
-        delivery = root / "raw" / source / REFERENCE_DATE
-        args = ["pseudonymise", "--delivery", str(delivery), "--key-file", str(body)]
-        assert main(args + ["--out", str(root / "pseudo")]) == 0
     args = ["run", "--deliveries", str(root / "pseudo"), "--reference-date", REFERENCE_DATE]
     assert main(args + ["--key-file", str(central), "--out", str(root / "runs")]) == 0
     (run_dir,) = [p for p in (root / "runs").iterdir() if p.name.startswith(REFERENCE_DATE)]

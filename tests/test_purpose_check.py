@@ -16,7 +16,8 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-from population import REFERENCE_DATE, write_population
+from population import REFERENCE_DATE
+from service_support import prepare_deliveries
 
 from entitlement_rules import RuleCompileError, compile_rule, load_rules, rules_fields
 from flows.cli import main
@@ -364,14 +365,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("purpose")
     mp = pytest.MonkeyPatch()
     mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
-    write_population(root / "raw")
-    body, central = root / "keys" / "body.keyring", root / "keys" / "central.keyring"
-    assert main(["keys", "init", "--key-file", str(body)]) == 0
-    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
-    for source in SOURCES:
-        delivery = root / "raw" / source / REFERENCE_DATE
-        args = ["pseudonymise", "--delivery", str(delivery), "--key-file", str(body)]
-        assert main(args + ["--out", str(root / "pseudo")]) == 0
+    prepare_deliveries(root, passphrase=PASSPHRASE)
     yield root
     mp.undo()
 
