@@ -100,16 +100,24 @@ def cmd_pseudonymise(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from flows.config import load_config, load_passphrase
     from flows.run import run_flow
 
+    # A flag wins; what it leaves out comes from signals.toml (and its SIGNALS_* overrides),
+    # as for the scheduled run, so a manual run and the schedule share one configuration.
+    config = load_config(args.config)
+    deliveries = args.deliveries or config.require("paths", "deliveries")
+    out = args.out or config.require("paths", "out")
+    key_file = args.key_file or config.keys.central_keyring
+    load_passphrase(config)
     folder = run_flow(
-        deliveries=str(Path(args.deliveries).resolve()),
+        deliveries=str(Path(deliveries).resolve()),
         reference_date=args.reference_date,
-        out=str(Path(args.out).resolve()),
-        runner=args.runner,
+        out=str(Path(out).resolve()),
+        runner=args.runner or config.run.runner,
         runner_args=args.runner_arg,
-        buckets=args.buckets,
-        key_file=str(Path(args.key_file).resolve()) if args.key_file else None,
+        buckets=args.buckets or config.run.buckets,
+        key_file=str(Path(key_file).resolve()) if key_file else None,
         purpose=args.purpose,
         register_dir=str(Path(args.register).resolve()) if args.register else None,
     )
@@ -163,11 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="root of the pseudonymised deliveries")
     p.set_defaults(func=cmd_pseudonymise)
 
-    p = sub.add_parser("run", help="the central run over pseudonymised deliveries")
-    p.add_argument("--deliveries", required=True, help="root of the pseudonymised deliveries")
+    p = sub.add_parser(
+        "run",
+        help="the central run over pseudonymised deliveries",
+        description="Flags not given are read from signals.toml (--config, $SIGNALS_CONFIG, "
+        "./signals.toml): paths.deliveries, paths.out, keys.central_keyring, "
+        "keys.passphrase_file, run.runner, run.buckets.",
+    )
+    p.add_argument("--deliveries", help="root of the pseudonymised deliveries (paths.deliveries)")
     p.add_argument("--reference-date", type=_date, required=True)
-    p.add_argument("--out", required=True, help="folder that receives <run_id>/")
-    p.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
+    p.add_argument("--out", help="folder that receives <run_id>/ (paths.out)")
+    p.add_argument(
+        "--config", help="configuration file (default: $SIGNALS_CONFIG, else ./signals.toml)"
+    )
+    p.add_argument("--runner", help="Beam runner (run.runner; default DirectRunner)")
     p.add_argument(
         "--runner-arg",
         action="append",
@@ -176,8 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Beam flag for the runner, repeatable (docs/scaling.md), "
         "e.g. --runner-arg=--dask_client_address=tcp://scheduler:8786",
     )
-    p.add_argument("--buckets", type=_positive, default=32, help="join buckets (default 32)")
-    p.add_argument("--key-file", help="central keyring (passphrase: $SIGNALS_KEYRING_PASSPHRASE)")
+    p.add_argument("--buckets", type=_positive, help="join buckets (run.buckets; default 32)")
+    p.add_argument(
+        "--key-file",
+        help="central keyring (keys.central_keyring; passphrase: $SIGNALS_KEYRING_PASSPHRASE "
+        "or keys.passphrase_file)",
+    )
     p.add_argument(
         "--purpose",
         default="proactive-entitlement-signalling",

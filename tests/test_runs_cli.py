@@ -146,3 +146,22 @@ def test_a_second_run_on_the_same_output_folder_is_refused_while_one_runs(runs, 
     assert (out / ".run.lock").read_text() == ""  # released, and says so
     with prefect_server():  # once it is free the same run goes ahead (here: already published)
         assert main(command) == 0
+
+
+def test_a_manual_run_reads_what_its_flags_leave_out_from_signals_toml(runs, tmp_path, capsys):
+    out, run_dir, key, command = runs
+    deliveries = command[command.index("--deliveries") + 1]
+    config = tmp_path / "signals.toml"
+    config.write_text(
+        f'[paths]\ndeliveries = "{deliveries}"\nout = "{out}"\n\n'
+        f'[keys]\ncentral_keyring = "{key}"\n\n[run]\nbuckets = 4\n'
+    )
+    with prefect_server():  # the same inputs: the published run is found, nothing redone
+        assert main(["run", "--config", str(config), "--reference-date", REFERENCE_DATE]) == 0
+    assert published_runs(out) == [run_dir]
+    assert run_dir.name in capsys.readouterr().out
+    bare = tmp_path / "bare.toml"
+    bare.write_text("[run]\nbuckets = 4\n")
+    code = main(["run", "--config", str(bare), "--reference-date", REFERENCE_DATE])
+    assert code == 2
+    assert "paths.deliveries is not set" in capsys.readouterr().err
