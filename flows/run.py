@@ -28,6 +28,7 @@ from pipelines.options import pipeline_options
 from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
 from privacy.audit.log import LOG_DIRNAME, append_run
+from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
 from privacy.keys import central_keyring
 from privacy.pseudonymise import check_one_body_key
@@ -108,7 +109,7 @@ def purpose_check(register: Register, purpose: str) -> Outcome:
 @task(cache_policy=NO_CACHE)
 def record_purpose_check(staging: Path, audit: AuditContext, outcome: Outcome) -> None:
     """The run-level purpose_check audit record, next to the pipeline's audit parts."""
-    write_purpose_check_record(staging / "audit_parts", audit, outcome)
+    write_purpose_check_record(staging / PARTS_DIR, audit, outcome)
 
 
 @task(cache_policy=NO_CACHE)

@@ -38,7 +38,7 @@ from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, bucket
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.read_deliveries import Delivery, ReadDelivery
 from pipelines.validate import QUARANTINE_SCHEMA
-from privacy.audit.parts import WriteAuditPartsFn
+from privacy.audit.parts import PARTS_DIR, WriteAuditPartsFn
 from privacy.minimise import pseudonymised_schema
 from privacy.pseudonyms import DomainPseudonymiser
 
@@ -147,4 +147,4 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     # Each audit collection is written in the stage that made it: one Flatten into one sink
     # held every record in the runner's buffers (tens of GB at 1M persons; privacy/audit/parts.py).
     for i, audit in enumerate(audits):
-        audit | f"AuditWrite_{i}" >> beam.ParDo(WriteAuditPartsFn(staging / "audit_parts", f"a{i}"))
+        audit | f"AuditWrite_{i}" >> beam.ParDo(WriteAuditPartsFn(staging / PARTS_DIR, f"a{i}"))

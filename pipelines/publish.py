@@ -31,7 +31,7 @@ from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.proportionality import SUPPRESSED_SCHEMA
 from pipelines.read_deliveries import Delivery, quarantine_path
 from pipelines.validate import QUARANTINE_SCHEMA
-from privacy.audit.parts import AuditParts
+from privacy.audit.parts import PARTS_DIR, AuditParts
 
 
 class PublicationError(Exception):
@@ -99,7 +99,7 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
         )
     # The audit parts stay: the log append streams them into its segment, the one place
     # the records are written whole (privacy/audit/log.py append_run). Counted here.
-    audit = AuditParts(staging / "audit_parts")
+    audit = AuditParts(staging / PARTS_DIR)
     counts["audit_records"] = audit.records
     counts["audit_per_operation"] = audit.per_operation
     counts["evaluations"] = _consolidate(

@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 from pipelines.audit_records import AUDIT_SCHEMA
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_hashes
-from privacy.audit.parts import AuditParts
+from privacy.audit.parts import PARTS_DIR, AuditParts
 
 LOG_DIRNAME = "audit-log"
 CHECKPOINT_FORMAT = "signals-audit-checkpoint/1"
@@ -477,9 +477,6 @@ def _span_ids(path: Path) -> np.ndarray:
     return np.unique(np.frombuffer(fixed_bytes(spans), dtype=np.uint64))
 
 
-PARTS = "audit_parts"
-
-
 def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Signer) -> Checkpoint:
     """Append a finalised run's audit records to the log, or reconcile a rerun with it.
 
@@ -491,9 +488,9 @@ def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Si
     says where they are in the log. The parts are removed.
     """
     run_folder = Path(run_folder)
-    if not (run_folder / PARTS).is_dir():
-        raise AuditLogError(f"{run_folder}: the run has no audit records to log ({PARTS}/)")
-    source = AuditParts(run_folder / PARTS)
+    if not (run_folder / PARTS_DIR).is_dir():
+        raise AuditLogError(f"{run_folder}: the run has no audit records to log ({PARTS_DIR}/)")
+    source = AuditParts(run_folder / PARTS_DIR)
     log = AuditLog(log_root)
     result = log.append(source, run_id, signer)
     logged = log.segment_path(result.checkpoint)
@@ -504,7 +501,7 @@ def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Si
             "the inputs or the code changed under the same run id"
         )
     _link_segment(logged, run_folder / RUN_COPY)
-    shutil.rmtree(run_folder / PARTS, ignore_errors=True)
+    shutil.rmtree(run_folder / PARTS_DIR, ignore_errors=True)
     write_log_entry(run_folder, log_root, result.checkpoint)
     return result.checkpoint
 

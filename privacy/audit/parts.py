@@ -55,6 +55,8 @@ class WriteAuditPartsFn(beam.DoFn):
             self.records.inc(table.num_rows)
 
 
+PARTS_DIR = "audit_parts"  # the folder of a run's staging area that holds its parts
+
 # Parts live only until the log append: Arrow IPC with LZ4 reads back ~10x faster than
 # Parquet (no decoding) at about the same size, measured on a run's rule_evaluation parts.
 PART_SUFFIX = ".arrow"
