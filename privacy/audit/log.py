@@ -280,9 +280,6 @@ class _Records:
             first += chunk.num_rows
 
     def chunks(self):
-        if isinstance(self.source, AuditParts):
-            yield from self.source.tables(CHUNK_ROWS)
-            return
         if isinstance(self.source, pa.Table):
             table = _conform(self.source)
             pieces = (table.slice(i, CHUNK_ROWS) for i in range(0, table.num_rows, CHUNK_ROWS))

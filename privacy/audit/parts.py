@@ -31,6 +31,7 @@ import pyarrow.ipc as ipc
 from apache_beam.metrics import Metrics
 
 from pipelines.audit_records import AUDIT_SCHEMA
+from privacy.audit.leaf import leaf_hashes
 
 _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 
@@ -128,7 +129,7 @@ class AuditParts:
             names.append(table.column("name").combine_chunks())
         self.sizes = [len(s) for s in spans]
         ids = np.concatenate(spans) if spans else np.zeros(0, np.uint64)
-        _, first = np.unique(ids, return_index=True)
+        self._distinct, first = np.unique(ids, return_index=True)
         self.keep = None
         if len(first) < len(ids):
             self.keep = np.zeros(len(ids), bool)
@@ -146,8 +147,7 @@ class AuditParts:
 
     def span_ids(self) -> np.ndarray:
         """The distinct span ids, sorted (to compare with what a log holds)."""
-        spans = [span_numbers(read_part(p, ["span_id"]).column("span_id")) for p in self.paths]
-        return np.unique(np.concatenate(spans)) if spans else np.zeros(0, np.uint64)
+        return self._distinct
 
     def tables(self, chunk_rows: int):
         """AUDIT_SCHEMA tables of about `chunk_rows` records, in log order, repeats dropped."""
@@ -179,8 +179,6 @@ class AuditParts:
         of appending a big run) runs in that many processes while this one reads and
         writes; each process reads its chunk's parts itself, so only hashes travel back.
         """
-        from privacy.audit.leaf import leaf_hashes
-
         planned = self.plan(chunk_rows)
         groups = [group for group, _ in planned]
         firsts, at = [], first_index
@@ -212,6 +210,4 @@ def read_group(group: list[tuple[str, np.ndarray | None]]) -> pa.Table:
 
 def group_leaf_hashes(group: list[tuple[str, np.ndarray | None]], first_index: int) -> bytes:
     """Leaf hashes of a chunk's records (run in a worker process by `hashed_tables`)."""
-    from privacy.audit.leaf import leaf_hashes
-
     return leaf_hashes(read_group(group), first_index)
