@@ -37,6 +37,7 @@ from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
 from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, buckets_for
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.read_deliveries import Delivery, ReadDelivery
+from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
 from privacy.audit.parts import PARTS_DIR, WriteAuditPartsFn
 from privacy.minimise import pseudonymised_schema
@@ -126,7 +127,7 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     # spec.buckets is the most; a small population gets fewer (pipelines/join.py).
     buckets = buckets_for(spec.deliveries["brp"].row_count, spec.buckets)
     households = {n: kept[n] for n in JOIN_SOURCES} | "JoinHouseholds" >> JoinHouseholds(
-        schemas, spec.reference_date, buckets
+        schemas, spec.reference_date, str(staging / SHUFFLE_DIR), buckets
     )
     households = faults.tap(households, "mid_join")  # restart tests only: flows/faults.py
     _write(households, staging / "households", household.SCHEMA, "households")

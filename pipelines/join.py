@@ -21,11 +21,14 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from pipelines import household
+from pipelines.shuffle import load, spill
 
-DEFAULT_BUCKETS = 32
+# The most buckets a run uses. Memory goes with the size of a bucket (its rows are joined
+# in DuckDB at once), so the cap is set for a national population: 256 x 100,000.
+DEFAULT_BUCKETS = 256
 JOIN_SOURCES = ("brp", "housing", "tax", "benefits", "arrears", "health_insurance", "objections")
 # Persons a bucket is sized for. Every bucket costs ~0.15 s of DuckDB planning (three
-# joins, the rules, proportionality) whatever its size: 32 buckets of a small population
+# joins, the rules, proportionality) whatever its size: many buckets of a small population
 # are mostly that. Above this size a bucket's own work dwarfs it.
 PERSONS_PER_BUCKET = 100_000
 
@@ -52,10 +55,11 @@ def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:
 
 
 class SplitByBucketFn(beam.DoFn):
-    """Splits a record batch into (bucket, sub-batch) pairs on a key column."""
+    """Splits a record batch on a key column into (bucket, Spilled) pairs: each bucket's
+    rows are written to a file under `folder` (pipelines/shuffle.py)."""
 
-    def __init__(self, key: str, buckets: int):
-        self.key, self.buckets = key, buckets
+    def __init__(self, key: str, buckets: int, folder: str):
+        self.key, self.buckets, self.folder = key, buckets, folder
 
     def process(self, batch: pa.RecordBatch):
         if batch.num_rows == 0:
@@ -67,9 +71,9 @@ class SplitByBucketFn(beam.DoFn):
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [len(order)]])
         for s, e in zip(starts, ends, strict=True):
-            # A take, not a slice: a pickled slice carries its parent's whole buffers, so
-            # every bucket would ship (and the grouping hold) the entire batch.
-            yield int(sorted_buckets[s]), batch.take(pa.array(order[s:e]))
+            bucket = int(sorted_buckets[s])
+            rows = batch.take(pa.array(order[s:e]))
+            yield bucket, spill(rows, self.folder, prefix=f"b{bucket:04d}-")
 
 
 class JoinBucketFn(beam.DoFn):
@@ -84,8 +88,7 @@ class JoinBucketFn(beam.DoFn):
     def process(self, element):
         bucket, groups = element
         for tag, schema in self.schemas.items():
-            batches = list(groups.get(tag, []))
-            self.con.register(tag, pa.Table.from_batches(batches, schema=schema))
+            self.con.register(tag, load(list(groups.get(tag, [])), schema))
         try:
             result = self.con.sql(self.sql).to_arrow_table()
         finally:
@@ -105,6 +108,8 @@ class BucketJoin(beam.PTransform):
     In: {tag: PCollection[RecordBatch]}, each with its key column named in `keys`.
     Out: PCollection[RecordBatch] of `out_schema`, one batch per non-empty bucket.
     The SQL sees each tag as a table, e.g. `SELECT ... FROM brp LEFT JOIN housing USING (...)`.
+    The grouping moves file paths: the rows go through files under `shuffle`
+    (pipelines/shuffle.py), a folder every worker can reach.
     """
 
     def __init__(
@@ -113,17 +118,20 @@ class BucketJoin(beam.PTransform):
         schemas: dict[str, pa.Schema],
         sql: str,
         out_schema: pa.Schema,
+        shuffle: str,
         buckets: int = DEFAULT_BUCKETS,
         name: str = "join",
     ):
         super().__init__()
         self.keys, self.schemas, self.sql = keys, schemas, sql
         self.out_schema, self.buckets, self.name = out_schema, buckets, name
+        self.shuffle = str(shuffle)
 
     def expand(self, tagged):
         bucketed = {
             tag: pcoll
-            | f"Bucket_{tag}" >> beam.ParDo(SplitByBucketFn(self.keys[tag], self.buckets))
+            | f"Bucket_{tag}"
+            >> beam.ParDo(SplitByBucketFn(self.keys[tag], self.buckets, f"{self.shuffle}/{tag}"))
             for tag, pcoll in tagged.items()
         }
         return (
@@ -361,15 +369,21 @@ class JoinHouseholds(beam.PTransform):
     sources (brp carries a `partner_withheld` column). Out: PCollection[RecordBatch] of
     pipelines.household.SCHEMA, e.g. (household_pid='b1.ab..', applicant_pid='b1.cd..',
     has_partner=False, applicant_age=34, combined_income=Decimal('21000.00'), ...).
+    `shuffle`: the folder the three joins shuffle their rows through (pipelines/shuffle.py).
     """
 
     PERSON_SOURCES = ("tax", "benefits", "arrears", "health_insurance", "objections")
 
     def __init__(
-        self, schemas: dict[str, pa.Schema], reference_date: dt.date, buckets: int = DEFAULT_BUCKETS
+        self,
+        schemas: dict[str, pa.Schema],
+        reference_date: dt.date,
+        shuffle: str,
+        buckets: int = DEFAULT_BUCKETS,
     ):
         super().__init__()
         self.schemas, self.reference_date, self.buckets = schemas, reference_date, buckets
+        self.shuffle = str(shuffle)
 
     def expand(self, sources):
         ref = self.reference_date.isoformat()
@@ -380,6 +394,7 @@ class JoinHouseholds(beam.PTransform):
                 schemas={"brp": self.schemas["brp"], "housing": self.schemas["housing"]},
                 sql=PERSON_AT_ADDRESS_SQL,
                 out_schema=persons_at_address,
+                shuffle=f"{self.shuffle}/persons_at_address",
                 buckets=self.buckets,
                 name="persons_at_address",
             )
@@ -391,6 +406,7 @@ class JoinHouseholds(beam.PTransform):
             | {t: self.schemas[t] for t in self.PERSON_SOURCES},
             sql=PERSON_FACTS_SQL.format(ref=ref, ref_year=self.reference_date.year),
             out_schema=PERSON_FACTS_SCHEMA,
+            shuffle=f"{self.shuffle}/person_facts",
             buckets=self.buckets,
             name="person_facts",
         )
@@ -399,6 +415,7 @@ class JoinHouseholds(beam.PTransform):
             schemas={"facts": PERSON_FACTS_SCHEMA},
             sql=HOUSEHOLD_SQL.format(ref=ref),
             out_schema=household.SCHEMA,
+            shuffle=f"{self.shuffle}/households",
             buckets=self.buckets,
             name="households",
         )

@@ -30,6 +30,7 @@ from pipelines.evaluate import EVALUATION_SCHEMA, SIGNAL_SCHEMA
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.proportionality import SUPPRESSED_SCHEMA
 from pipelines.read_deliveries import Delivery, quarantine_path
+from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
 from privacy.audit.parts import PARTS_DIR, AuditParts
 
@@ -126,7 +127,7 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     counts["households"] = sum(pq.read_metadata(p).num_rows for p in _parts(staging / "households"))
     con.close()
     parts = ("signal_parts", "suppressed_parts", "lifecycle_parts", "evaluation_parts")
-    for folder in parts + ("quarantine_parts", ".finalise-spill"):
+    for folder in parts + ("quarantine_parts", ".finalise-spill", SHUFFLE_DIR):
         shutil.rmtree(staging / folder, ignore_errors=True)
     return counts
 

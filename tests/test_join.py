@@ -46,7 +46,7 @@ def households(tmp_path_factory):
         rows = {n: p | f"Read_{n}" >> ReadDelivery(d, domain) for n, d in deliveries.items()}
         kept = {n: r.rows for n, r in rows.items()} | ExcludeObjectors(PERSON_SOURCES)
         table = {n: kept[n] for n in JOIN_SOURCES} | JoinHouseholds(
-            schemas, dt.date.fromisoformat(REFERENCE_DATE), buckets=4
+            schemas, dt.date.fromisoformat(REFERENCE_DATE), str(root / "shuffle"), buckets=4
         )
         assert_that(
             table | beam.Map(lambda b: b.num_rows) | beam.CombineGlobally(sum), equal_to([11])
