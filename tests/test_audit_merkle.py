@@ -8,6 +8,7 @@ and proofs, and the RFC 9162 verifiers must accept exactly the right proofs.
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 
@@ -140,3 +141,31 @@ def test_the_tree_refuses_proofs_it_cannot_give():
         tree.inclusion_proof(7)
     with pytest.raises(ValueError):
         merkle.Tree(5, {}, b"")  # a frontier of 5 leaves needs levels 2 and 0
+
+
+@pytest.mark.parametrize("old", [*range(0, 24), 63, 64, 65, 1000])
+def test_a_streamed_tree_gives_the_rfc_root_frontier_and_consistency_proof(old):
+    """TreeStream keeps only the edges of each level; what an append signs must not change."""
+    rng = random.Random(old)
+    for new in [*range(old, old + 34), old + 257, old + 1500]:
+        d = data(new)
+        frontier = merkle.Tree(0, {}, leaves(d[:old])).frontier()
+        stream = merkle.TreeStream(old, frontier)
+        added, hashes = old, leaves(d[old:])
+        while added < new:  # chunks of every size, odd ones included
+            step = rng.randint(1, 9)
+            stream.add(hashes[(added - old) * 32 : (added - old + step) * 32])
+            added += step
+        tree = stream.finish()
+        assert tree.size == new
+        assert tree.root() == mth(d)
+        assert merkle.frontier_root(tree.frontier()) == mth(d)
+        if 0 < old < new:
+            assert tree.consistency_proof() == proof(old, d)
+
+
+def test_a_streamed_tree_holds_no_proof_for_a_leaf_in_the_middle():
+    stream = merkle.TreeStream(0, {})
+    stream.add(leaves(data(100)))
+    with pytest.raises(merkle.ProofError):
+        stream.finish().inclusion_proof(50)

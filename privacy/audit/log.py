@@ -379,16 +379,19 @@ class AuditLog:
         if not current.is_file() or current.read_bytes() != pem:
             _write_atomic(current, pem)
 
-    def _write_segment(self, sequence: int, records: _Records, first: int):
-        """Stream the records into the segment file; returns (path, leaf hashes, counts)."""
+    def _write_segment(self, sequence: int, records: _Records, tree: merkle.TreeStream):
+        """Stream the records into the segment file and their leaves into `tree`.
+
+        Returns (path, records per operation).
+        """
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         path = self.segments_dir / segment_name(sequence)
         tmp = path.with_name(f".{path.name}.tmp")
-        leaves, counts, at = [], {}, first
+        counts, at = {}, tree.size
         with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression="zstd") as writer:
-            for chunk, hashes in records.hashed_chunks(first):
+            for chunk, hashes in records.hashed_chunks(at):
                 n = chunk.num_rows
-                leaves.append(hashes)
+                tree.add(hashes)
                 index = pa.array(np.arange(at, at + n, dtype=np.int64))
                 digest = pa.FixedSizeBinaryArray.from_buffers(
                     pa.binary(32), n, [None, pa.py_buffer(hashes)]
@@ -402,7 +405,7 @@ class AuditLog:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.segments_dir)
-        return path, b"".join(leaves), counts
+        return path, counts
 
     def append(
         self, records: pa.Table | Path, batch_id: str, signer: signing.Signer, kind: str = "run"
@@ -421,8 +424,9 @@ class AuditLog:
             sequence = head.sequence + 1 if head else 0
             first = head.tree_size if head else 0
             # An uncovered segment of this sequence is an interrupted append: replaced here.
-            segment, leaves, counts = self._write_segment(sequence, source, first)
-            tree = merkle.Tree(first, head.frontier if head else {}, leaves)
+            stream = merkle.TreeStream(first, head.frontier if head else {})
+            segment, counts = self._write_segment(sequence, source, stream)
+            tree = stream.finish()
             self._publish_key(signer)
             body = self._body(head, sequence, batch_id, kind, counts, tree, segment, signer)
             checkpoint = Checkpoint(body, signer.sign(body))

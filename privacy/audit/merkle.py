@@ -97,20 +97,22 @@ def frontier_levels(size: int) -> list[int]:
 class Tree:
     """A Merkle tree of `size` leaves, of which the first `old_size` are known by their frontier.
 
-    levels[h] is (start, hashes): the nodes of level h from index `start` to the end,
-    concatenated. Every node that involves a new leaf is there, and so is every
-    frontier node of the old tree (at index start when start was odd).
+    Built from all new leaf hashes at once, it holds every node: levels[h] is (start,
+    hashes), the nodes of level h from index `start` to the end, concatenated. Every
+    node that involves a new leaf is there, and so is every frontier node of the old
+    tree (at index start when start was odd). Built by `TreeStream`, it holds only the
+    nodes next to the old tree and at the right edge of every level: enough for the
+    root, the frontier and the consistency proof, not for inclusion proofs.
     """
 
     def __init__(self, old_size: int, old_frontier: dict[int, bytes], new_leaves: bytes):
         if len(new_leaves) % HASH_SIZE:
             raise ValueError("leaf hashes must be a multiple of 32 bytes")
-        if set(old_frontier) != set(frontier_levels(old_size)):
-            levels = frontier_levels(old_size)
-            raise ValueError(f"a frontier of {old_size} leaves needs levels {levels}")
+        _check_frontier(old_size, old_frontier)
         self.old_size = old_size
         self.size = old_size + len(new_leaves) // HASH_SIZE
         self.levels: list[tuple[int, bytes]] = []
+        self._held: list[dict[int, bytes]] | None = None
         start, current, width, h = old_size, new_leaves, self.size, 0
         while True:
             if start % 2:
@@ -121,9 +123,15 @@ class Tree:
                 break
             current = hash_level(current)
             start, width, h = start // 2, (width + 1) // 2, h + 1
+        self.height = len(self.levels) - 1
 
     def node(self, level: int, index: int) -> bytes:
         """Node `index` of `level`: MTH(D[index*2^level : min((index+1)*2^level, size)])."""
+        if self._held is not None:
+            held = self._held[level].get(index) if level < len(self._held) else None
+            if held is None:
+                raise ProofError(f"node {index} at level {level} is not held by this tree")
+            return held
         start, hashes = self.levels[level]
         at = (index - start) * HASH_SIZE
         if at < 0 or at + HASH_SIZE > len(hashes):
@@ -142,7 +150,7 @@ class Tree:
     def root(self) -> bytes:
         if self.size == 0:
             return EMPTY_ROOT
-        return self.node(len(self.levels) - 1, 0)
+        return self.node(self.height, 0)
 
     def frontier(self) -> dict[int, bytes]:
         """The perfect subtrees of the whole tree: what the next append starts from."""
@@ -153,7 +161,7 @@ class Tree:
         if not self.old_size <= index < self.size:
             raise ProofError(f"leaf {index} is not among leaves {self.old_size}..{self.size - 1}")
         proof, width = [], self.size
-        for level in range(len(self.levels) - 1):
+        for level in range(self.height):
             sibling = index ^ 1
             if sibling < width:
                 proof.append(self.node(level, sibling))
@@ -174,6 +182,84 @@ class Tree:
         if m <= k:
             return self._subproof(m, begin, begin + k, complete) + [self._range(begin + k, end)]
         return self._subproof(m - k, begin + k, end, False) + [self._range(begin, begin + k)]
+
+
+def _check_frontier(old_size: int, old_frontier: dict[int, bytes]) -> None:
+    if set(old_frontier) != set(frontier_levels(old_size)):
+        levels = frontier_levels(old_size)
+        raise ValueError(f"a frontier of {old_size} leaves needs levels {levels}")
+
+
+class TreeStream:
+    """Builds a `Tree` from leaf hashes that arrive a chunk at a time, in bounded memory.
+
+    Every level is hashed as its nodes arrive: a node waits only for its right sibling,
+    so at most one node per level is pending. Of each level only the first EDGE nodes
+    (next to the old tree: the consistency proof) and the last EDGE (the right edge:
+    frontier, root) are kept. A log append of 60 M records then needs a few kB for its
+    tree instead of ~4 GB; its leaf hashes are in the segment for whoever needs proofs.
+    """
+
+    EDGE = 4
+
+    def __init__(self, old_size: int, old_frontier: dict[int, bytes]):
+        _check_frontier(old_size, old_frontier)
+        self.old_size, self.size = old_size, old_size
+        self._pending: dict[int, tuple[int, bytes]] = {}
+        self._first: list[dict[int, bytes]] = []
+        self._last: list[dict[int, bytes]] = []
+        for h, node in old_frontier.items():
+            index = (old_size >> h) - 1  # even: the old tree's perfect subtree at this level
+            self._pending[h] = (index, node)
+            self._keep(h, index, node)
+
+    def add(self, leaves: bytes) -> None:
+        """The next leaf hashes (32 bytes each, concatenated), in log order."""
+        if len(leaves) % HASH_SIZE:
+            raise ValueError("leaf hashes must be a multiple of 32 bytes")
+        if leaves:
+            first, self.size = self.size, self.size + len(leaves) // HASH_SIZE
+            self._feed(0, first, leaves)
+
+    def _keep(self, level: int, index: int, node: bytes) -> None:
+        while len(self._first) <= level:
+            self._first.append({})
+            self._last.append({})
+        first, last = self._first[level], self._last[level]
+        if len(first) < self.EDGE or index in first:
+            first[index] = node
+            return
+        last[index] = node
+        if len(last) > self.EDGE:
+            del last[min(last)]
+
+    def _feed(self, level: int, first: int, nodes: bytes) -> None:
+        count = len(nodes) // HASH_SIZE
+        for i in [*range(min(count, self.EDGE)), *range(max(self.EDGE, count - self.EDGE), count)]:
+            self._keep(level, first + i, nodes[i * HASH_SIZE : (i + 1) * HASH_SIZE])
+        if level in self._pending:
+            index, node = self._pending.pop(level)
+            if index != first - 1:
+                raise AssertionError(f"level {level}: node {first} arrived after node {index}")
+            first, nodes, count = index, node + nodes, count + 1
+        if count % 2:
+            self._pending[level] = (first + count - 1, nodes[-HASH_SIZE:])
+            nodes, count = nodes[:-HASH_SIZE], count - 1
+        if count:
+            self._feed(level + 1, first // 2, hash_level(nodes))
+
+    def finish(self) -> Tree:
+        """The tree of all leaves added: root, frontier and consistency proof."""
+        level, width = 0, self.size
+        while width > 1:
+            if level in self._pending:  # an unpaired last node is carried up unchanged
+                index, node = self._pending.pop(level)
+                self._feed(level + 1, index // 2, node)
+            level, width = level + 1, (width + 1) // 2
+        tree = Tree.__new__(Tree)
+        tree.old_size, tree.size, tree.height, tree.levels = self.old_size, self.size, level, []
+        tree._held = [{**a, **b} for a, b in zip(self._first, self._last, strict=True)]
+        return tree
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Iterable[bytes], root: bytes):
