@@ -81,6 +81,18 @@ def test_the_audit_copy_is_the_same_whatever_the_batch_order_and_retries(tmp_pat
     assert len(set(got.column("span_id").to_pylist())) == 60
 
 
+def test_repeated_records_are_counted_once_per_operation(tmp_path):
+    from privacy.audit.parts import AuditParts
+
+    write_parts(tmp_path, [batches()[i] for i in (1, 2, 0, 2, 2)])  # batch 2 three times
+    parts = AuditParts(tmp_path / "audit_parts")
+    assert parts.records == 60 and parts.keep is not None
+    assert parts.per_operation == {"join": 60}
+    assert len(parts.span_ids()) == 60
+    write_parts(tmp_path / "once", batches()[:2])  # no subject twice
+    assert AuditParts(tmp_path / "once" / "audit_parts").keep is None
+
+
 def test_a_part_is_named_after_its_span_ids_and_sorted_by_them(tmp_path):
     write_parts(tmp_path, batches()[:1])
     (part,) = (tmp_path / "audit_parts").glob("*.arrow")

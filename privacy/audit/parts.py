@@ -110,6 +110,10 @@ def span_numbers(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.frombuffer(spans.buffers()[1], np.uint64)[spans.offset : spans.offset + len(spans)]
 
 
+def _value_counts(names: pa.ChunkedArray) -> dict[str, int]:
+    return {d["values"]: d["counts"] for d in pc.value_counts(names.combine_chunks()).to_pylist()}
+
+
 class AuditParts:
     """A run's audit parts in log order (part name, then span id), each span id once.
 
@@ -122,28 +126,38 @@ class AuditParts:
         folder = Path(folder)
         self.folder = folder
         self.paths = sorted(folder.glob(f"*{PART_SUFFIX}")) if folder.is_dir() else []
-        spans, names = [], []
+        spans, counts = [], []
         for path in self.paths:
             table = read_part(path, ["span_id", "name"])
             spans.append(span_numbers(table.column("span_id")))
-            names.append(table.column("name").combine_chunks())
+            counts.append(_value_counts(table.column("name")))
         self.sizes = [len(s) for s in spans]
         ids = np.concatenate(spans) if spans else np.zeros(0, np.uint64)
-        self._distinct, first = np.unique(ids, return_index=True)
+        del spans
+        # Sorting is enough to find repeats (a retried bundle's records under another name);
+        # only then is the first occurrence of each needed. 8 bytes a record, 16 while sorting.
+        self._distinct = np.sort(ids)
         self.keep = None
-        if len(first) < len(ids):
+        if len(ids) > 1 and np.any(self._distinct[1:] == self._distinct[:-1]):
+            self._distinct, first = np.unique(ids, return_index=True)
             self.keep = np.zeros(len(ids), bool)
             self.keep[first] = True
-        self.records = len(first)
-        all_names = (
-            pa.chunked_array(names, pa.string()) if names else pa.chunked_array([], pa.string())
-        )
-        if self.keep is not None:
-            all_names = all_names.filter(pa.array(self.keep))
-        counted = pc.value_counts(all_names).to_pylist()
-        self.per_operation = {
-            d["values"]: d["counts"] for d in sorted(counted, key=lambda d: d["values"])
-        }
+            counts = self._kept_counts()
+        self.records = len(self._distinct)
+        total: dict[str, int] = {}
+        for part in counts:
+            for name, n in part.items():
+                total[name] = total.get(name, 0) + n
+        self.per_operation = dict(sorted(total.items()))
+
+    def _kept_counts(self) -> list[dict[str, int]]:
+        """Records per operation name of each part, counting only the records kept."""
+        counts, at = [], 0
+        for path, size in zip(self.paths, self.sizes, strict=True):
+            names = read_part(path, ["name"]).column("name")
+            counts.append(_value_counts(names.filter(pa.array(self.keep[at : at + size]))))
+            at += size
+        return counts
 
     def span_ids(self) -> np.ndarray:
         """The distinct span ids, sorted (to compare with what a log holds)."""
