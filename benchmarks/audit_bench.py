@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--persons", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--buckets", type=int, default=32)
+    p.add_argument("--buckets", type=int, default=256)
     p.add_argument("--repeat", type=int, default=1, help="runs of each variant (best counts)")
     p.add_argument("--work", help="keep the population and runs here (reused when present)")
     p.add_argument("--json", help="also write the figures to this JSON file")

@@ -576,7 +576,7 @@ def run_bench(
     sizes: list[int],
     work: Path | None = None,
     seed: int = 1,
-    buckets: int = 32,
+    buckets: int = 256,
     runner: str = "DirectRunner",
     runner_args: list[str] | None = None,
     floor: bool = True,

@@ -193,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Beam flag for the runner, repeatable (docs/scaling.md), "
         "e.g. --runner-arg=--dask_client_address=tcp://scheduler:8786",
     )
-    p.add_argument("--buckets", type=_positive, help="join buckets (run.buckets; default 32)")
+    p.add_argument(
+        "--buckets",
+        type=_positive,
+        help="the most join buckets, one per 100,000 persons (run.buckets; default 256)",
+    )
     p.add_argument(
         "--key-file",
         help="central keyring (keys.central_keyring; passphrase: $SIGNALS_KEYRING_PASSPHRASE "

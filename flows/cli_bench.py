@@ -36,7 +36,7 @@ def register(subparsers) -> None:
         help="population sizes, comma-separated (default 100000,1000000)",
     )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--buckets", type=int, default=32, help="join buckets (default 32)")
+    p.add_argument("--buckets", type=int, default=256, help="the most join buckets (default 256)")
     p.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
     p.add_argument(
         "--runner-arg",

@@ -129,7 +129,7 @@ class Run:
     """How the central pipeline runs."""
 
     runner: str = "DirectRunner"
-    buckets: int = 32
+    buckets: int = 256  # pipelines.join.DEFAULT_BUCKETS (not imported: it loads Beam)
 
     def __post_init__(self):
         dotted = isinstance(self.runner, str) and self.runner.split(".")

@@ -35,7 +35,7 @@ def test_without_a_file_the_defaults_hold():
     assert config.source is None
     assert config.schedule.cron == "0 6 1 * *"
     assert config.schedule.timezone == "Europe/Amsterdam"
-    assert config.run.buckets == 32 and config.run.runner == "DirectRunner"
+    assert config.run.buckets == 256 and config.run.runner == "DirectRunner"
     assert config.thresholds.max_quarantine_share == 1.0
     assert config.paths.out is None and config.keys.central_keyring is None
 
