@@ -2,7 +2,8 @@
 
 For every population size the bench generates the raw deliveries once, pseudonymises
 them as the bodies would, and then runs on those same files, each phase in a fresh
-process so that each peak memory is its own:
+process so that each peak memory is its own (that of the phase's process and of the
+worker processes it starts, together):
 
     pipeline  the central Beam graph of pipelines/central.py, run directly (not through
               Prefect), with the time of every stage from Beam's own per-transform
@@ -31,6 +32,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -67,20 +69,72 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tree_rss_mb(root: int) -> float | None:
+    """Resident memory of process `root` and every process under it, now (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return None
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(pid))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+        todo += children.get(pid, [])
+    return total / 2**20
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class _TreeMemory:
+    """Samples the memory of this process and its workers together; keeps the peak."""
+
+    def __init__(self, every: float = 0.25):
+        self.every, self.peak, self._stop = every, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, tree_rss_mb(os.getpid()) or 0.0)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def _measured(fn, kwargs: dict) -> dict:
     """Runs in the child: the phase's own result plus wall time, CPU time and peak memory.
 
     CPU counts the phase's process and every process it started and waited for (the log
-    append's hashing workers, Prefect's ephemeral server); peak memory is its own.
+    append's hashing workers, Prefect's ephemeral server). Peak memory is that of the
+    phase's process and the processes it started, together: the process's own peak, or
+    the largest sum sampled every quarter second, whichever is larger.
     """
     from flows import environment
 
     environment.configure()
     wall, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
-    result = fn(**kwargs)
+    with _TreeMemory() as memory:
+        result = fn(**kwargs)
     result["seconds"] = time.perf_counter() - wall
     result["cpu_seconds"] = time.process_time() - cpu + _children_cpu() - children
-    result["peak_mb"] = _peak_mb()
+    result["peak_mb"] = max(_peak_mb(), memory.peak)
     return result
 
 

@@ -29,3 +29,24 @@ def test_bench_reports_every_stage_and_the_floor_agrees_with_the_pipeline(tmp_pa
     assert all(phases[p]["peak_mb"] > 0 for p in ("pipeline", "finalise", "floor"))
     # The populations are kept in --work and reused by the next run.
     assert (tmp_path / "work" / "persons-2000" / "population.json").is_file()
+
+
+def test_peak_memory_counts_the_worker_processes_too():
+    import os
+    import subprocess
+    import sys
+
+    from flows.bench import tree_rss_mb
+
+    alone = tree_rss_mb(os.getpid())
+    # A worker that holds 300 MB (written, so resident) until told to stop.
+    code = "b = b'x' * (300 * 2**20); print(1, flush=True); input()"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout.readline().strip() == "1"
+        together = tree_rss_mb(os.getpid())
+    finally:
+        worker.communicate("\n")
+    assert together - alone > 250
