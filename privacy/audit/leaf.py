@@ -88,7 +88,7 @@ def _prefixed(column: pa.Array) -> tuple[pa.Array, pa.Array]:
     return _fixed(lengths, 4), values
 
 
-def leaf_hashes(table: pa.Table, first_index: int, chunk_rows: int = 500_000) -> bytes:
+def leaf_hashes(table: pa.Table, first_index: int, chunk_rows: int = 100_000) -> bytes:
     """Leaf hashes of the records of `table` (AUDIT_SCHEMA columns), numbered from first_index.
 
     Returns the 32-byte hashes concatenated. The canonical bytes of every record are

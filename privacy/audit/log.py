@@ -214,7 +214,7 @@ def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> bytes:
     return data.to_pybytes()[array.offset * width : (array.offset + len(array)) * width]
 
 
-CHUNK_ROWS = 500_000
+CHUNK_ROWS = 250_000
 # From this many records on, a run's leaves are hashed in worker processes: starting them
 # costs ~2 s (imports), hashing a million records ~2 s in one process.
 PARALLEL_RECORDS = 1_000_000

@@ -219,7 +219,7 @@ def read_group(group: list[tuple[str, np.ndarray | None]]) -> pa.Table:
     for path, keep in group:
         table = read_part(Path(path))
         tables.append(table if keep is None else table.filter(pa.array(keep)))
-    return pa.concat_tables(tables).combine_chunks()
+    return pa.concat_tables(tables)
 
 
 def group_leaf_hashes(group: list[tuple[str, np.ndarray | None]], first_index: int) -> bytes:
