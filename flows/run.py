@@ -27,6 +27,7 @@ from pipelines.join import DEFAULT_BUCKETS
 from pipelines.options import pipeline_options
 from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
+from pipelines.shuffle import SHUFFLE_DIR
 from privacy.audit.log import LOG_DIRNAME, append_run
 from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
@@ -157,8 +158,10 @@ def run_pipeline(spec: central.RunSpec, runner: str, runner_args: list[str]) -> 
     """Run the Beam pipeline into the staging folder."""
     # A retry starts without the parts of the failed attempt: finalise would read them twice
     # (their shard names need not match). Every pipeline output is <folder>/part-*.parquet.
+    # The failed attempt's shuffle files are never read again: only their disk goes.
     for part in Path(spec.staging).rglob("part-*.parquet"):
         part.unlink()
+    shutil.rmtree(Path(spec.staging) / SHUFFLE_DIR, ignore_errors=True)
     with beam.Pipeline(options=pipeline_options(runner, runner_args)) as p:
         central.build(p, spec)
 

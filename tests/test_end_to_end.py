@@ -162,6 +162,13 @@ def test_no_file_written_by_the_run_or_the_bodies_holds_a_bsn(published):
     assert leaks == {}
 
 
+def test_the_published_run_keeps_no_scratch_of_the_pipeline(published):
+    _, run_dir, _ = published
+    scratch = {"shuffle", "audit_parts", "signal_parts", "quarantine_parts", ".finalise-spill"}
+    assert not scratch & {p.name for p in run_dir.rglob("*")}
+    assert not list(run_dir.rglob("*.arrow"))  # shuffle files and audit parts alike
+
+
 def test_a_rerun_with_the_same_inputs_is_a_no_op_with_the_same_run(published):
     root, run_dir, _ = published
     before = (run_dir / "signals.parquet.enc").read_bytes()
