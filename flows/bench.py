@@ -354,7 +354,10 @@ def floor_sql(pseudo: Path, compiled) -> tuple[list[str], str]:
         f"CREATE VIEW persons AS {join.PERSON_AT_ADDRESS_SQL}",
         "CREATE VIEW facts AS "
         + join.PERSON_FACTS_SQL.format(ref=ref, ref_year=REFERENCE_DATE.year),
-        "CREATE VIEW households AS " + join.HOUSEHOLD_SQL.format(ref=ref),
+        # A table, not a view: the query below reads the households twice (the rule, and
+        # the join for the objection columns); as a view DuckDB made them twice (18.8 GB,
+        # out of memory at 10M persons).
+        "CREATE TEMP TABLE households AS " + join.HOUSEHOLD_SQL.format(ref=ref),
     ]
     (rule,) = [c for c in compiled if c.rule_id == FLOOR_SCHEME]
     query = (
@@ -376,7 +379,8 @@ def floor_phase(pseudo: str) -> dict:
     compiled = [compile_rule(r, year) for r in load_rules(years=[year]) if r.id == FLOOR_SCHEME]
     views, query = floor_sql(Path(pseudo), compiled)
     started, cpu = time.perf_counter(), time.process_time()
-    con = duckdb.connect()
+    # Spill next to the population rather than fail: 10M persons need more than memory.
+    con = duckdb.connect(config={"temp_directory": str(Path(pseudo).parent / "floor-spill")})
     for view in views:
         con.execute(view)
     result = con.sql(query).to_arrow_table()
@@ -387,7 +391,7 @@ def floor_phase(pseudo: str) -> dict:
         "AND NOT already_receiving AND NOT list_contains(objected_schemes, scheme) "
         "AND NOT applicant_deregistered) FROM result"
     ).fetchone()
-    return {
+    figures = {
         "query_seconds": seconds,
         "query_cpu_seconds": cpu,
         "households": counts[0],
@@ -395,6 +399,9 @@ def floor_phase(pseudo: str) -> dict:
         "signals": counts[2],
         "threads": con.execute("SELECT current_setting('threads')").fetchone()[0],
     }
+    con.close()
+    shutil.rmtree(Path(pseudo).parent / "floor-spill", ignore_errors=True)
+    return figures
 
 
 def flow_phase(pseudo: str, out: str, keys: str, buckets: int) -> dict:
