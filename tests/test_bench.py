@@ -30,6 +30,14 @@ def test_bench_reports_every_stage_and_the_floor_agrees_with_the_pipeline(tmp_pa
     # The populations are kept in --work and reused by the next run.
     assert (tmp_path / "work" / "persons-2000" / "population.json").is_file()
 
+    # A floor that does not fit in memory is reported, not fatal (10M persons need ~19 GB).
+    from flows.bench import floor_phase
+
+    pseudo = tmp_path / "work" / "persons-2000" / "pseudonymised"
+    failed = floor_phase(str(pseudo), memory_limit="1MB")
+    assert failed.keys() == {"error"} and "out of memory" in failed["error"]
+    assert not (pseudo.parent / "floor-spill").exists()
+
 
 def test_peak_memory_counts_the_worker_processes_too():
     import os
