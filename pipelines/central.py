@@ -102,16 +102,15 @@ def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
 def build(p: beam.Pipeline, spec: RunSpec) -> None:
     """Adds the whole run to pipeline `p`."""
     staging = Path(spec.staging)
-    rows, audits = {}, []
+    rows, audits, quarantined = {}, [], []
     for name, delivery in spec.deliveries.items():
         read = p | f"Read_{name}" >> ReadDelivery(delivery, spec.domain)
         rows[name] = read.rows
-        _write(
-            read[ReadDelivery.QUARANTINE],
-            staging / "quarantine_parts" / name,
-            QUARANTINE_SCHEMA,
-            f"quarantine_{name}",
-        )
+        quarantined.append(read[ReadDelivery.QUARANTINE])
+    # One sink for every source's quarantine (rows name their source): a file sink is ~8
+    # stages for the runner to set up, and these collections are all but empty.
+    quarantine = quarantined | "Quarantine" >> beam.Flatten()
+    _write(quarantine, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine")
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)
     audits.append(kept["objector_pids"] | "AuditExclusion" >> beam.Map(exclusion_audit(spec.audit)))
     for name in JOIN_SOURCES:

@@ -49,7 +49,17 @@ FINALISE_MEMORY = "1GB"
 FINALISE_BATCH_ROWS = 1 << 18
 
 
-def _consolidate(con, parts: list[str], schema: pa.Schema, target: Path, order_by: str) -> int:
+def _rows_per_source(con, parts: list[str]) -> dict[str, int]:
+    if not parts:
+        return {}
+    files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in parts) + "]"
+    sql = f"SELECT source, count(*) FROM read_parquet({files}) GROUP BY source"
+    return dict(con.execute(sql).fetchall())
+
+
+def _consolidate(
+    con, parts: list[str], schema: pa.Schema, target: Path, order_by: str, where: str = "TRUE"
+) -> int:
     """Merge part files into one Parquet file in a deterministic order; returns rows.
 
     Streamed: DuckDB sorts (spilling past FINALISE_MEMORY), the rows go to the file batch
@@ -60,7 +70,7 @@ def _consolidate(con, parts: list[str], schema: pa.Schema, target: Path, order_b
         pq.write_table(schema.empty_table(), target)
         return 0
     files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in parts) + "]"
-    query = f"SELECT * FROM read_parquet({files}) ORDER BY {order_by}"
+    query = f"SELECT * FROM read_parquet({files}) WHERE {where} ORDER BY {order_by}"
     rows = 0
     with pq.ParquetWriter(target, schema, compression="zstd") as writer:
         for batch in con.sql(query).to_arrow_reader(batch_size=FINALISE_BATCH_ROWS):
@@ -84,20 +94,23 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
         staging / "signals.parquet",
         "signal_id",
     )
+    central = _parts(staging / "quarantine_parts")  # every source's, each row names it
+    per_source = _rows_per_source(con, central)
     for name, delivery in deliveries.items():
-        central = _parts(staging / "quarantine_parts" / name)
-        parts = [str(quarantine_path(delivery))] + central
         counts["quarantine"][name] = {
             "body": int(delivery.manifest["quarantine"]["row_count"]),
-            "central": sum(pq.read_metadata(p).num_rows for p in central),
+            "central": per_source.pop(name, 0),
         }
         _consolidate(
             con,
-            parts,
+            [str(quarantine_path(delivery))] + central,
             QUARANTINE_SCHEMA,
             staging / "quarantine" / f"{name}.parquet",
             "row_number",
+            where="source = '" + name.replace("'", "''") + "'",
         )
+    if per_source:
+        raise PublicationError(f"quarantined rows of unknown source(s): {sorted(per_source)}")
     # The audit parts stay: the log append streams them into its segment, the one place
     # the records are written whole (privacy/audit/log.py append_run). Counted here.
     audit = AuditParts(staging / PARTS_DIR)
