@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import apache_beam as beam
@@ -134,21 +136,28 @@ class AuditParts:
         self.sizes = [len(s) for s in spans]
         ids = np.concatenate(spans) if spans else np.zeros(0, np.uint64)
         del spans
-        # Sorting is enough to find repeats (a retried bundle's records under another name);
-        # only then is the first occurrence of each needed. 8 bytes a record, 16 while sorting.
-        self._distinct = np.sort(ids)
+        # Sorting (in place: 8 bytes a record) is enough to find repeats, a retried bundle's
+        # records under another name; only then is the first occurrence of each needed.
+        ids.sort()
         self.keep = None
-        if len(ids) > 1 and np.any(self._distinct[1:] == self._distinct[:-1]):
-            self._distinct, first = np.unique(ids, return_index=True)
+        self.records = len(ids)
+        if len(ids) > 1 and np.any(ids[1:] == ids[:-1]):
+            _, first = np.unique(self._all_span_ids(), return_index=True)
             self.keep = np.zeros(len(ids), bool)
             self.keep[first] = True
+            self.records = len(first)
             counts = self._kept_counts()
-        self.records = len(self._distinct)
+        del ids
         total: dict[str, int] = {}
         for part in counts:
             for name, n in part.items():
                 total[name] = total.get(name, 0) + n
         self.per_operation = dict(sorted(total.items()))
+
+    def _all_span_ids(self) -> np.ndarray:
+        """Every part's span ids, in log order, repeats included."""
+        spans = [span_numbers(read_part(p, ["span_id"]).column("span_id")) for p in self.paths]
+        return np.concatenate(spans) if spans else np.zeros(0, np.uint64)
 
     def _kept_counts(self) -> list[dict[str, int]]:
         """Records per operation name of each part, counting only the records kept."""
@@ -160,8 +169,8 @@ class AuditParts:
         return counts
 
     def span_ids(self) -> np.ndarray:
-        """The distinct span ids, sorted (to compare with what a log holds)."""
-        return self._distinct
+        """The distinct span ids, sorted (to compare with what a log holds; read again)."""
+        return np.unique(self._all_span_ids())
 
     def tables(self, chunk_rows: int):
         """AUDIT_SCHEMA tables of about `chunk_rows` records, in log order, repeats dropped."""
@@ -205,12 +214,19 @@ class AuditParts:
                 yield table, leaf_hashes(table, first)
             return
         context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        jobs = iter(zip(groups, firsts, strict=True))
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [
-                pool.submit(group_leaf_hashes, g, f) for g, f in zip(groups, firsts, strict=True)
-            ]
-            for group, future in zip(groups, futures, strict=True):
-                yield read_group(group), future.result()
+            # A few chunks in flight, not all: the workers hash faster than this process
+            # writes, and finished hashes would pile up here (1.9 GB at 60 M records).
+            pending = deque(
+                (g, pool.submit(group_leaf_hashes, g, f)) for g, f in islice(jobs, 2 * workers)
+            )
+            while pending:
+                group, future = pending.popleft()
+                hashes = future.result()
+                for g, f in islice(jobs, 1):
+                    pending.append((g, pool.submit(group_leaf_hashes, g, f)))
+                yield read_group(group), hashes
 
 
 def read_group(group: list[tuple[str, np.ndarray | None]]) -> pa.Table:
