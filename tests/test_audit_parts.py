@@ -156,3 +156,45 @@ def test_an_append_hashed_in_worker_processes_signs_the_same_tree(tmp_path, monk
     monkeypatch.setattr(log, "CHUNK_ROWS", 20)
     there = append_run(tmp_path / "two", "r", tmp_path / "log-two", Signer(ring))
     assert here.root == there.root and here.tree_size == there.tree_size == 60
+
+
+def test_first_occurrences_match_numpy_unique_on_random_repeats():
+    import numpy as np
+
+    from privacy.audit.parts import _first_occurrences
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        # Parts of sorted span ids drawn from a small pool: repeats across and within parts.
+        parts = [np.sort(rng.integers(0, 60, rng.integers(0, 12), dtype=np.uint64)) for _ in "abcd"]
+        ids = np.concatenate(parts)
+        _, first = np.unique(ids, return_index=True)
+        expected = np.zeros(len(ids), bool)
+        expected[first] = True
+        ordered = np.sort(ids)
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        assert np.array_equal(_first_occurrences(parts, repeated), expected)
+
+
+def test_a_second_reader_takes_the_summary_until_the_parts_change(tmp_path):
+    import numpy as np
+
+    from privacy.audit.parts import AuditParts
+
+    write_parts(tmp_path, [batches()[i] for i in (1, 2, 0, 2)])
+    folder = tmp_path / "audit_parts"
+    first = AuditParts(folder)
+    assert (folder / AuditParts.SUMMARY).is_file()
+    again = AuditParts(folder)
+    assert (again.records, again.per_operation, again.sizes) == (
+        first.records,
+        first.per_operation,
+        first.sizes,
+    )
+    assert np.array_equal(again.keep, first.keep)
+    # A part more (another operation's records): the summary no longer applies.
+    extra = audit_batch(CONTEXT, "exclusion", pids(100, 5), "excluded", "{}")
+    write_parts(tmp_path, [extra])
+    changed = AuditParts(folder)
+    assert changed.records == first.records + 5
+    assert changed.per_operation == {"exclusion": 5, "join": 60}
