@@ -51,6 +51,7 @@ STAGES = (
     ("ApplyProportionality", "proportionality"),
     ("Audit", "audit records"),
     ("FlattenAudit", "audit records"),
+    ("Quarantine", "write parts"),
     ("ToTable_", "write parts"),
     ("Write_", "write parts"),
 )
