@@ -392,28 +392,28 @@ def floor_phase(pseudo: str, memory_limit: str | None = None) -> dict:
         for view in views:
             con.execute(view)
         result = con.sql(query).to_arrow_table()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        con.register("result", result)
+        counts = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE entitled), count(*) FILTER (WHERE entitled "
+            "AND NOT already_receiving AND NOT list_contains(objected_schemes, scheme) "
+            "AND NOT applicant_deregistered) FROM result"
+        ).fetchone()
+        threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     except duckdb.OutOfMemoryException as e:
         limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
         return {"error": f"DuckDB ran out of memory (limit {limit}): {str(e).splitlines()[0]}"}
     finally:
+        con.close()
         shutil.rmtree(spill, ignore_errors=True)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    con.register("result", result)
-    counts = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE entitled), count(*) FILTER (WHERE entitled "
-        "AND NOT already_receiving AND NOT list_contains(objected_schemes, scheme) "
-        "AND NOT applicant_deregistered) FROM result"
-    ).fetchone()
-    figures = {
+    return {
         "query_seconds": seconds,
         "query_cpu_seconds": cpu,
         "households": counts[0],
         "entitled": counts[1],
         "signals": counts[2],
-        "threads": con.execute("SELECT current_setting('threads')").fetchone()[0],
+        "threads": threads,
     }
-    con.close()
-    return figures
 
 
 def flow_phase(pseudo: str, out: str, keys: str, buckets: int) -> dict:

@@ -8,13 +8,13 @@ IPC file under the run's staging folder; the grouping carries only its path and 
 count, and the join reads its bucket's files back when it runs. Memory is then one
 bucket's data, whatever the population.
 
-The staging folder must be reachable by every worker (a shared or object-store path
-on a cluster), as it already must be for the run's parts. File names are random, so
+The staging folder must be reachable by every worker at the same path (a shared file
+system on a cluster: docs/scaling.md, Paths), as it already must be for the run's parts. File names are random, so
 a retried bundle writes new files and never overwrites what another attempt wrote;
 the runner only passes on the paths of the attempt that succeeded. Files are
 removed with the rest of the staging scratch when the run is finalised
 (pipelines/publish.py), not after reading: a retried join must find them again.
-Uncompressed on purpose: the columns are mostly pseudonyms, which do not compress,
+Uncompressed: the columns are mostly pseudonyms, random text that compresses little,
 and an uncompressed file is read back by memory-mapping it.
 """
 
