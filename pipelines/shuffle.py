@@ -9,9 +9,10 @@ count, and the join reads its bucket's files back when it runs. Memory is then o
 bucket's data, whatever the population.
 
 The staging folder must be reachable by every worker at the same path (a shared file
-system on a cluster: docs/scaling.md, Paths), as it already must be for the run's parts. File names are random, so
-a retried bundle writes new files and never overwrites what another attempt wrote;
-the runner only passes on the paths of the attempt that succeeded. Files are
+system on a cluster: docs/scaling.md, Paths), as it already must be for the run's
+parts. File names are random, so a retried bundle writes new files and never
+overwrites what another attempt wrote; the runner only passes on the paths of the
+attempt that succeeded. Files are
 removed with the rest of the staging scratch when the run is finalised
 (pipelines/publish.py), not after reading: a retried join must find them again.
 Uncompressed: the columns are mostly pseudonyms, random text that compresses little,
