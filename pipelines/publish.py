@@ -49,11 +49,15 @@ FINALISE_MEMORY = "1GB"
 FINALISE_BATCH_ROWS = 1 << 18
 
 
+def _file_list(parts: list[str]) -> str:
+    """A SQL list literal of file paths, for read_parquet."""
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in parts) + "]"
+
+
 def _rows_per_source(con, parts: list[str]) -> dict[str, int]:
     if not parts:
         return {}
-    files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in parts) + "]"
-    sql = f"SELECT source, count(*) FROM read_parquet({files}) GROUP BY source"
+    sql = f"SELECT source, count(*) FROM read_parquet({_file_list(parts)}) GROUP BY source"
     return dict(con.execute(sql).fetchall())
 
 
@@ -69,8 +73,7 @@ def _consolidate(
     if not parts:
         pq.write_table(schema.empty_table(), target)
         return 0
-    files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in parts) + "]"
-    query = f"SELECT * FROM read_parquet({files}) WHERE {where} ORDER BY {order_by}"
+    query = f"SELECT * FROM read_parquet({_file_list(parts)}) WHERE {where} ORDER BY {order_by}"
     rows = 0
     with pq.ParquetWriter(target, schema, compression="zstd") as writer:
         for batch in con.sql(query).to_arrow_reader(batch_size=FINALISE_BATCH_ROWS):
