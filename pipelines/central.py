@@ -99,6 +99,11 @@ def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
     )
 
 
+def join_buckets(spec: RunSpec) -> int:
+    """The join's buckets: spec.buckets is the most, a small population gets fewer."""
+    return buckets_for(spec.deliveries["brp"].row_count, spec.buckets)
+
+
 def build(p: beam.Pipeline, spec: RunSpec) -> None:
     """Adds the whole run to pipeline `p`."""
     staging = Path(spec.staging)
@@ -123,10 +128,8 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
 
     schemas = {n: pseudonymised_schema(spec.deliveries[n].source) for n in JOIN_SOURCES}
     schemas["brp"] = schemas["brp"].append(pa.field("partner_withheld", pa.bool_()))
-    # spec.buckets is the most; a small population gets fewer (pipelines/join.py).
-    buckets = buckets_for(spec.deliveries["brp"].row_count, spec.buckets)
     households = {n: kept[n] for n in JOIN_SOURCES} | "JoinHouseholds" >> JoinHouseholds(
-        schemas, spec.reference_date, str(staging / SHUFFLE_DIR), buckets
+        schemas, spec.reference_date, str(staging / SHUFFLE_DIR), join_buckets(spec)
     )
     households = faults.tap(households, "mid_join")  # restart tests only: flows/faults.py
     _write(households, staging / "households", household.SCHEMA, "households")

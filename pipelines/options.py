@@ -10,9 +10,18 @@ the Prism runner, a Go binary it downloads from GitHub at run time: offline that
 (and leaves a temporary folder behind each run), online it would run a binary nobody
 pinned or tested here. For a batch pipeline it falls back to the FnApiRunner, so we go
 there directly and the local runner is the same on every machine.
+
+The FnApiRunner runs one bundle at a time unless told otherwise. With `threads` > 1 it
+runs that many at once (`multi_threading`): the joins, rules and writers spend most of
+their time in DuckDB and Arrow, which release the GIL, so a second core helps. Measured
+on 2 cores: 1,000,000 persons 43.5 s -> 34.7 s, 200,000 persons 11.5 s -> 10.2 s; with
+one join bucket (up to 100,000 persons) there is little to run side by side and the
+threads cost ~0.9 s, so `local_threads` asks for no more threads than buckets.
 """
 
 from __future__ import annotations
+
+import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -23,11 +32,23 @@ RUNNERS = {
 }
 
 
+def local_threads(buckets: int) -> int:
+    """Bundles the local runner runs at once: one per core, no more than join buckets."""
+    return max(1, min(os.cpu_count() or 1, buckets))
+
+
 def pipeline_options(
-    runner: str = "DirectRunner", extra: list[str] | None = None
+    runner: str = "DirectRunner", extra: list[str] | None = None, threads: int = 1
 ) -> PipelineOptions:
-    """Options for `runner`, plus any extra Beam flags (e.g. a Dask scheduler address)."""
+    """Options for `runner`, plus any extra Beam flags (e.g. a Dask scheduler address).
+
+    `threads` is for the DirectRunner only: bundles run at once (see above). A
+    `--direct_running_mode` among the extra flags wins over it.
+    """
     args = [f"--runner={RUNNERS.get(runner, runner)}"] + list(extra or [])
     if runner == "DirectRunner" and not any(a.startswith("--direct_running_mode") for a in args):
-        args.append("--direct_running_mode=in_memory")
+        if threads > 1:
+            args += ["--direct_running_mode=multi_threading", f"--direct_num_workers={threads}"]
+        else:
+            args.append("--direct_running_mode=in_memory")
     return PipelineOptions(args)

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.parquetio import WriteToParquetBatched
+from pipeline_outputs import assert_same_outputs, population, run_central
 
 from pipelines.options import pipeline_options
 
@@ -102,39 +103,7 @@ def test_write_to_parquet_writes_every_row_once(cluster, tmp_path):
 
 @pytest.fixture(scope="module")
 def pseudonymised(tmp_path_factory):
-    from flows.bench import generate_phase, pseudonymise_phase
-
-    root = tmp_path_factory.mktemp("dask-population")
-    generate_phase(raw=str(root / "raw"), persons=1_000, seed=7)
-    pseudonymise_phase(raw=str(root / "raw"), pseudo=str(root / "pseudo"))
-    return root
-
-
-def _run(spec, options):
-    from pipelines import central
-    from pipelines.publish import finalise
-
-    spec.staging.mkdir(parents=True)
-    with beam.Pipeline(options=options) as p:
-        central.build(p, spec)
-    finalise(spec.staging, spec.deliveries)
-    return spec.staging
-
-
-AUDIT_COLUMNS = ["span_id", "name", "status", "data_subject_pid", "attributes"]
-
-
-def _table(path, sort_by: str, columns=None) -> list[dict]:
-    return pq.read_table(path, columns=columns).sort_by(sort_by).to_pylist()
-
-
-def _audit(staging) -> tuple[list[str], list[dict]]:
-    from privacy.audit.parts import AuditParts
-
-    parts = AuditParts(staging / "audit_parts")
-    records = [r for t in parts.tables(1 << 20) for r in t.select(AUDIT_COLUMNS).to_pylist()]
-    assert len(records) == parts.records > 0
-    return [p.name for p in parts.paths], records
+    return population(tmp_path_factory.mktemp("dask-population"))
 
 
 def test_the_central_pipeline_gives_the_same_outputs_on_dask_as_on_the_direct_runner(
@@ -142,21 +111,13 @@ def test_the_central_pipeline_gives_the_same_outputs_on_dask_as_on_the_direct_ru
 ):
     from flows.bench import run_spec
 
-    root = pseudonymised
-    spec = run_spec(str(root / "pseudo"), str(root / "direct"), buckets=2)
-    direct = _run(spec, pipeline_options())
+    root = pseudonymised.parent
+    spec = run_spec(str(pseudonymised), str(root / "direct"), buckets=2)
+    direct = run_central(spec, pipeline_options())
     with distributed.Client(cluster) as client, distributed.get_task_stream(client) as tasks:
-        on_dask = _run(dataclasses.replace(spec, staging=root / "dask"), dask_options(cluster))
-
-    signals = _table(direct / "signals.parquet", "signal_id")
-    assert signals, "the population should give signals"
-    assert _table(on_dask / "signals.parquet", "signal_id") == signals
-    for name in ("households", "evaluations"):
-        if (direct / name).is_dir():
-            first = pq.read_schema(next((direct / name).glob("*.parquet"))).names[0]
-            assert _table(on_dask / name, first) == _table(direct / name, first), name
-    # The audit records in log order (the order the log append writes them): the same parts,
-    # the same records, in the same order on both runners.
-    assert _audit(on_dask) == _audit(direct)
+        on_dask = run_central(
+            dataclasses.replace(spec, staging=root / "dask"), dask_options(cluster)
+        )
+    assert_same_outputs(direct, on_dask)
     workers = {t["worker"] for t in tasks.data}
     assert len(workers) >= 2, f"all tasks ran on {workers}"
