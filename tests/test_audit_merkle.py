@@ -169,3 +169,44 @@ def test_a_streamed_tree_holds_no_proof_for_a_leaf_in_the_middle():
     stream.add(leaves(data(100)))
     with pytest.raises(merkle.ProofError):
         stream.finish().inclusion_proof(50)
+
+
+@pytest.mark.parametrize("old", [*range(0, 20), 63, 64, 65, 1000])
+def test_subtrees_hashed_elsewhere_give_the_same_tree_as_the_leaves(old):
+    """The log append hashes each chunk's subtrees in a worker; the stream joins them."""
+    rng = random.Random(old)
+    for new in [*range(old, old + 34), old + 257, old + 1500]:
+        d = data(new)
+        frontier = merkle.Tree(0, {}, leaves(d[:old])).frontier()
+        stream = merkle.TreeStream(old, frontier)
+        added, hashes = old, leaves(d[old:])
+        while added < new:  # chunks of every size, some as leaves, most as subtrees
+            step = rng.randint(1, 40)
+            chunk = hashes[(added - old) * 32 : (added - old + step) * 32]
+            if rng.random() < 0.2:
+                stream.add(chunk)
+            else:
+                stream.add_subtrees(merkle.subtrees(chunk, added))
+            added += len(chunk) // 32
+        tree = stream.finish()
+        assert tree.size == new
+        assert tree.root() == mth(d)
+        assert merkle.frontier_root(tree.frontier()) == mth(d)
+        if 0 < old < new:
+            assert tree.consistency_proof() == proof(old, d)
+
+
+def test_subtrees_cover_their_range_with_the_largest_perfect_subtrees():
+    d = data(64)
+    part = merkle.subtrees(leaves(d[3:13]), 3)
+    # [3, 13) = 3 | 4..7 | 8..11 | 12: levels 0, 2, 2, 0
+    assert [(level, index) for level, index, _ in part.cover] == [(0, 3), (2, 1), (2, 2), (0, 12)]
+    assert [node for *_, node in part.cover] == [
+        mth(d[3:4]),
+        mth(d[4:8]),
+        mth(d[8:12]),
+        mth(d[12:13]),
+    ]
+    stream = merkle.TreeStream(0, {})
+    with pytest.raises(ValueError, match="from leaf 3 given at leaf 0"):
+        stream.add_subtrees(part)

@@ -125,6 +125,7 @@ def test_a_batch_is_the_same_whatever_order_its_subjects_came_in():
 
 
 def test_leaves_hashed_in_worker_processes_equal_those_hashed_here(tmp_path):
+    from privacy.audit import merkle
     from privacy.audit.leaf import leaf_hashes
     from privacy.audit.parts import AuditParts
 
@@ -134,11 +135,15 @@ def test_leaves_hashed_in_worker_processes_equal_those_hashed_here(tmp_path):
     here = list(parts.hashed_tables(20, 1000, workers=1))
     there = list(parts.hashed_tables(20, 1000, workers=2))
     assert len(here) > 1 and len(here) == len(there)
-    for (table, hashes), (table2, hashes2) in zip(here, there, strict=True):
+    for (table, hashes, _), (table2, hashes2, subtrees) in zip(here, there, strict=True):
         assert table.equals(table2) and hashes == hashes2
-    whole = pa.concat_tables([t for t, _ in here])
+        assert subtrees == merkle.subtrees(hashes, subtrees.first)
+    whole = pa.concat_tables([t for t, *_ in here])
     assert whole.num_rows == parts.records == 60
-    assert b"".join(h for _, h in here) == leaf_hashes(whole, 1000)
+    assert b"".join(h for _, h, _ in here) == leaf_hashes(whole, 1000)
+    assert [s.first for *_, s in there] == [
+        1000 + sum(len(t) for t, *_ in here[:i]) for i in range(len(here))
+    ]
 
 
 def test_an_append_hashed_in_worker_processes_signs_the_same_tree(tmp_path, monkeypatch):
@@ -146,16 +151,27 @@ def test_an_append_hashed_in_worker_processes_signs_the_same_tree(tmp_path, monk
 
     from privacy.audit import log
 
-    write_parts(tmp_path / "one", batches())
-    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    for run, copy in (("one", "three"), ("two", "four")):
+        write_parts(tmp_path / run, batches())
+        shutil.copytree(tmp_path / run, tmp_path / copy)
     ring = Keyring()
     ring.add("audit-signing")
-    here = append_run(tmp_path / "one", "r", tmp_path / "log-one", Signer(ring))
-    # A run this small would not use them; chunks of 20 records spread it over them.
+    # Two runs into each log: the second starts from a tree of 60 leaves, not a power of
+    # two, so its subtrees join an old frontier and its checkpoint carries a consistency proof.
+    here = [
+        append_run(tmp_path / run, run, tmp_path / "log-here", Signer(ring)).body
+        for run in ("one", "two")
+    ]
+    # A run this small would not use them; chunks of 7 records spread it over them.
     monkeypatch.setattr(log, "PARALLEL_RECORDS", 1)
-    monkeypatch.setattr(log, "CHUNK_ROWS", 20)
-    there = append_run(tmp_path / "two", "r", tmp_path / "log-two", Signer(ring))
-    assert here.root == there.root and here.tree_size == there.tree_size == 60
+    monkeypatch.setattr(log, "CHUNK_ROWS", 7)
+    there = [
+        append_run(tmp_path / run, name, tmp_path / "log-there", Signer(ring)).body
+        for run, name in (("three", "one"), ("four", "two"))
+    ]
+    signed = ("tree_size", "root_hash", "consistency_proof", "frontier")
+    assert [{k: b[k] for k in signed} for b in here] == [{k: b[k] for k in signed} for b in there]
+    assert there[1]["tree_size"] == 120 and there[1]["consistency_proof"]
 
 
 def test_first_occurrences_match_numpy_unique_on_random_repeats():

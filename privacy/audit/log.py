@@ -265,10 +265,11 @@ class _Records:
         self.keep = _first_occurrences(spans) if len(spans) else None
 
     def hashed_chunks(self, first: int):
-        """(chunk, its leaf hashes), leaves numbered from `first`.
+        """(chunk, its leaf hashes, its Merkle subtrees or None), leaves numbered from `first`.
 
-        A run's parts of PARALLEL_RECORDS or more are hashed in worker processes (one per
-        core) while this process reads and writes (privacy/audit/parts.py hashed_tables).
+        A run's parts of PARALLEL_RECORDS or more are hashed, leaves and subtrees, in
+        worker processes (one per core) while this process reads and writes
+        (privacy/audit/parts.py hashed_tables). Hashed here, the subtrees are None.
         """
         if isinstance(self.source, AuditParts):
             big = self.source.records >= PARALLEL_RECORDS
@@ -276,7 +277,7 @@ class _Records:
             yield from self.source.hashed_tables(CHUNK_ROWS, first, workers)
             return
         for chunk in self.chunks():
-            yield chunk, leaf_hashes(chunk, first)
+            yield chunk, leaf_hashes(chunk, first), None
             first += chunk.num_rows
 
     def chunks(self):
@@ -389,9 +390,12 @@ class AuditLog:
         tmp = path.with_name(f".{path.name}.tmp")
         counts, at = {}, tree.size
         with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression="zstd") as writer:
-            for chunk, hashes in records.hashed_chunks(at):
+            for chunk, hashes, subtrees in records.hashed_chunks(at):
                 n = chunk.num_rows
-                tree.add(hashes)
+                if subtrees is None:
+                    tree.add(hashes)
+                else:
+                    tree.add_subtrees(subtrees)
                 index = pa.array(np.arange(at, at + n, dtype=np.int64))
                 digest = pa.FixedSizeBinaryArray.from_buffers(
                     pa.binary(32), n, [None, pa.py_buffer(hashes)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
@@ -190,6 +191,42 @@ def _check_frontier(old_size: int, old_frontier: dict[int, bytes]) -> None:
         raise ValueError(f"a frontier of {old_size} leaves needs levels {levels}")
 
 
+@dataclass(frozen=True)
+class Subtrees:
+    """Leaves first..first+count-1 hashed as far up as they go without their neighbours.
+
+    `cover`: the largest perfect subtrees that lie wholly in the range, left to right,
+    as (level, index, hash); together they cover the range. A `TreeStream` takes them
+    instead of the leaves, so the hashing can run in another process. They are all it
+    needs: a node of the root's, frontier's or consistency proof's path that lies wholly
+    in the range has its parent reaching outside, so it is one of them.
+    """
+
+    first: int
+    count: int
+    cover: list[tuple[int, int, bytes]]
+
+
+def subtrees(leaves: bytes, first: int) -> Subtrees:
+    """The `Subtrees` of leaf hashes numbered from `first` (every node wholly among them)."""
+    if len(leaves) % HASH_SIZE:
+        raise ValueError("leaf hashes must be a multiple of 32 bytes")
+    left, right = [], []
+    level, start, nodes = 0, first, leaves
+    while nodes:
+        end = start + len(nodes) // HASH_SIZE
+        if start % 2:  # its left sibling is outside the range: this node stays a subtree
+            left.append((level, start, nodes[:HASH_SIZE]))
+        if end % 2:  # likewise the last node's right sibling
+            right.append((level, end - 1, nodes[-HASH_SIZE:]))
+        lo, hi = start + start % 2, end - end % 2  # the nodes that pair up within the range
+        if hi <= lo:
+            break
+        nodes = hash_level(nodes[(lo - start) * HASH_SIZE : (hi - start) * HASH_SIZE])
+        level, start = level + 1, lo // 2
+    return Subtrees(first, len(leaves) // HASH_SIZE, left + right[::-1])
+
+
 class TreeStream:
     """Builds a `Tree` from leaf hashes that arrive a chunk at a time, in bounded memory.
 
@@ -220,6 +257,14 @@ class TreeStream:
         if leaves:
             first, self.size = self.size, self.size + len(leaves) // HASH_SIZE
             self._feed(0, first, leaves)
+
+    def add_subtrees(self, part: Subtrees) -> None:
+        """The next leaves, already hashed into subtrees elsewhere (`subtrees`)."""
+        if part.first != self.size:
+            raise ValueError(f"subtrees from leaf {part.first} given at leaf {self.size}")
+        self.size += part.count
+        for level, index, node in part.cover:  # left to right: as if fed leaf by leaf
+            self._feed(level, index, node)
 
     def _keep(self, level: int, index: int, node: bytes) -> None:
         while len(self._first) <= level:

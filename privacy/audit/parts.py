@@ -34,6 +34,7 @@ import pyarrow.ipc as ipc
 from apache_beam.metrics import Metrics
 
 from pipelines.audit_records import AUDIT_SCHEMA
+from privacy.audit import merkle
 from privacy.audit.leaf import leaf_hashes
 
 _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
@@ -274,11 +275,14 @@ class AuditParts:
         return groups
 
     def hashed_tables(self, chunk_rows: int, first_index: int, workers: int = 1):
-        """(table, leaf hashes) per chunk, in log order, leaves numbered from first_index.
+        """(table, leaf hashes, subtrees) per chunk, in log order, leaves numbered from
+        first_index.
 
-        With workers > 1 the leaf hashing (one SHA-256 call per record: the largest part
-        of appending a big run) runs in that many processes while this one reads and
-        writes; each process reads its chunk's parts itself, so only hashes travel back.
+        With workers > 1 the hashing runs in that many processes while this one reads and
+        writes: each chunk's leaves (one SHA-256 call per record: the largest part of
+        appending a big run) and its Merkle subtrees (merkle.subtrees, one call per node),
+        so this process only joins the chunks' subtrees. Each process reads its chunk's
+        parts itself, so only hashes travel back. Hashed here, subtrees is None.
         """
         planned = self.plan(chunk_rows)
         groups = [group for group, _ in planned]
@@ -289,7 +293,7 @@ class AuditParts:
         if workers <= 1 or len(groups) <= 1:
             for group, first in zip(groups, firsts, strict=True):
                 table = read_group(group)
-                yield table, leaf_hashes(table, first)
+                yield table, leaf_hashes(table, first), None
             return
         context = multiprocessing.get_context("spawn")  # no fork of a threaded process
         jobs = iter(zip(groups, firsts, strict=True))
@@ -297,14 +301,14 @@ class AuditParts:
             # A few chunks in flight, not all: the workers hash faster than this process
             # writes, and finished hashes would pile up here (1.9 GB at 60 M records).
             pending = deque(
-                (g, pool.submit(group_leaf_hashes, g, f)) for g, f in islice(jobs, 2 * workers)
+                (g, pool.submit(group_hashes, g, f)) for g, f in islice(jobs, 2 * workers)
             )
             while pending:
                 group, future = pending.popleft()
-                hashes = future.result()
+                hashes, subtrees = future.result()
                 for g, f in islice(jobs, 1):
-                    pending.append((g, pool.submit(group_leaf_hashes, g, f)))
-                yield read_group(group), hashes
+                    pending.append((g, pool.submit(group_hashes, g, f)))
+                yield read_group(group), hashes, subtrees
 
 
 def read_group(group: list[tuple[str, np.ndarray | None]]) -> pa.Table:
@@ -316,6 +320,9 @@ def read_group(group: list[tuple[str, np.ndarray | None]]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def group_leaf_hashes(group: list[tuple[str, np.ndarray | None]], first_index: int) -> bytes:
-    """Leaf hashes of a chunk's records (run in a worker process by `hashed_tables`)."""
-    return leaf_hashes(read_group(group), first_index)
+def group_hashes(
+    group: list[tuple[str, np.ndarray | None]], first_index: int
+) -> tuple[bytes, merkle.Subtrees]:
+    """A chunk's leaf hashes and Merkle subtrees (run in a worker process by `hashed_tables`)."""
+    hashes = leaf_hashes(read_group(group), first_index)
+    return hashes, merkle.subtrees(hashes, first_index)
