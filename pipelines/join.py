@@ -24,13 +24,16 @@ from pipelines import household
 from pipelines.shuffle import load, spill
 
 # The most buckets a run uses. Memory goes with the size of a bucket (its rows are joined
-# in DuckDB at once), so the cap is set for a national population: 256 x 100,000.
+# in DuckDB at once), so the cap is set for a national population: 18 M persons in 256
+# buckets is ~70,000 a bucket.
 DEFAULT_BUCKETS = 256
 JOIN_SOURCES = ("brp", "housing", "tax", "benefits", "arrears", "health_insurance", "objections")
 # Persons a bucket is sized for. Every bucket costs ~0.15 s of DuckDB planning (three
 # joins, the rules, proportionality) whatever its size: many buckets of a small population
-# are mostly that. Above this size a bucket's own work dwarfs it.
-PERSONS_PER_BUCKET = 100_000
+# are mostly that. Two buckets run at once on 2 cores (pipelines/options.py), and smaller
+# buckets hold less. Measured, pipeline at 1,000,000 persons on 2 cores: 100,000 a bucket
+# 32.5 s and 2.6 GB, 50,000 31.6 s and 2.0 GB, 25,000 37.1 s and 1.3 GB.
+PERSONS_PER_BUCKET = 50_000
 
 
 def buckets_for(persons: int, most: int = DEFAULT_BUCKETS) -> int:
