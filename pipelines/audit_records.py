@@ -12,29 +12,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import apache_beam as beam
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 
-AUDIT_SCHEMA = pa.schema(
-    [
-        ("trace_id", pa.binary(16)),
-        ("span_id", pa.binary(8)),
-        ("parent_span_id", pa.binary(8)),
-        ("name", pa.string()),
-        ("status", pa.string()),
-        ("start_time", pa.timestamp("us", tz="UTC")),
-        ("end_time", pa.timestamp("us", tz="UTC")),
-        ("run_id", pa.string()),
-        ("processing_activity_id", pa.string()),
-        ("register_version", pa.string()),
-        ("data_subject_pid", pa.string()),
-        ("attributes", pa.string()),  # canonical JSON: source, legal basis, rule, outcome...
-    ]
-)
+from privacy.audit.parts import write_part
+from privacy.audit.schema import AUDIT_SCHEMA
 
 OPERATIONS = ("ingest", "exclusion", "join", "rule_evaluation", "proportionality", "signal")
 
@@ -333,3 +322,23 @@ def proportionality_records(context: AuditContext, assessed: pa.Table) -> pa.Rec
         assessed.column("attributes").combine_chunks(),
         discriminator=disc.combine_chunks(),
     )
+
+
+class WriteAuditPartsFn(beam.DoFn):
+    """Writes each audit RecordBatch (or Table) to `<folder>/<label>-<content>.arrow`.
+
+    In: PCollection of AUDIT_SCHEMA batches. Out: nothing (the files are the output).
+    """
+
+    def __init__(self, folder: Path, label: str):
+        self.folder, self.label = str(folder), label
+        self.records = Metrics.counter("audit", f"{label}_records")
+
+    def setup(self):
+        os.makedirs(self.folder, exist_ok=True)
+
+    def process(self, batch):
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if table.num_rows:
+            write_part(table, Path(self.folder), self.label)
+            self.records.inc(table.num_rows)

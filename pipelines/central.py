@@ -22,6 +22,7 @@ from pipelines import proportionality as prop
 from pipelines.audit_records import (
     AuditContext,
     IngestAuditFn,
+    WriteAuditPartsFn,
     exclusion_audit,
     join_audit,
 )
@@ -39,7 +40,7 @@ from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.read_deliveries import Delivery, ReadDelivery
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
-from privacy.audit.parts import PARTS_DIR, WriteAuditPartsFn
+from privacy.audit.parts import PARTS_DIR
 from privacy.minimise import pseudonymised_schema
 from privacy.pseudonyms import DomainPseudonymiser
 

@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.audit_records import AUDIT_SCHEMA
 from privacy.audit import merkle
+from privacy.audit.schema import AUDIT_SCHEMA
 
 LEAF_FORMAT = "signals-audit-leaf/1"
 NULL_LENGTH = 0xFFFFFFFF

@@ -3,8 +3,10 @@
 A run makes several audit records per person. Sent through one Flatten into one sink,
 every batch of them would wait in the runner's buffers until the last producing stage
 finished (the in-memory DirectRunner holds a stage's outputs whole): at 1M persons that
-is tens of GB. `WriteAuditPartsFn` writes each batch to its own part file (Arrow IPC) in
-the stage that made it, so audit records never pile up in memory.
+is tens of GB. `WriteAuditPartsFn` (pipelines/audit_records.py) writes each batch to its
+own part file (Arrow IPC, `write_part`) in the stage that made it, so audit records never
+pile up in memory. This module has no Beam in it: the log append's hashing processes
+import it.
 
 A part is named after its content and its records are in span-id order, so the parts
 of a run, taken in name order, are the same sequence whatever the runner, the order in
@@ -26,38 +28,16 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
-from apache_beam.metrics import Metrics
 
-from pipelines.audit_records import AUDIT_SCHEMA
 from privacy.audit import merkle
 from privacy.audit.leaf import leaf_hashes
+from privacy.audit.schema import AUDIT_SCHEMA
 
 _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
-
-
-class WriteAuditPartsFn(beam.DoFn):
-    """Writes each audit RecordBatch (or Table) to `<folder>/<label>-<content>.arrow`.
-
-    In: PCollection of AUDIT_SCHEMA batches. Out: nothing (the files are the output).
-    """
-
-    def __init__(self, folder: Path, label: str):
-        self.folder, self.label = str(folder), label
-        self.records = Metrics.counter("audit", f"{label}_records")
-
-    def setup(self):
-        os.makedirs(self.folder, exist_ok=True)
-
-    def process(self, batch):
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        if table.num_rows:
-            write_part(table, Path(self.folder), self.label)
-            self.records.inc(table.num_rows)
 
 
 PARTS_DIR = "audit_parts"  # the folder of a run's staging area that holds its parts

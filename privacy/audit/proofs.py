@@ -29,10 +29,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.audit_records import AUDIT_SCHEMA
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_bytes
 from privacy.audit.log import AuditLog, AuditLogError, Checkpoint, fixed_bytes
+from privacy.audit.schema import AUDIT_SCHEMA
 from privacy.audit.verify import link_problems, signature_problem
 
 PROOF_FORMAT = "signals-audit-proof/1"
