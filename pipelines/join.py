@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from pipelines import household
-from pipelines.shuffle import load, spill
+from pipelines.shuffle import load, spill_pieces
 
 # The most buckets a run uses. Memory goes with the size of a bucket (its rows are joined
 # in DuckDB at once), so the cap is set for a national population: 18 M persons in 256
@@ -58,8 +58,9 @@ def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:
 
 
 class SplitByBucketFn(beam.DoFn):
-    """Splits a record batch on a key column into (bucket, Spilled) pairs: each bucket's
-    rows are written to a file under `folder` (pipelines/shuffle.py)."""
+    """Splits a record batch on a key column into (bucket, Spilled) pairs: the batch is
+    written to one file under `folder`, each bucket's rows a record batch of it
+    (pipelines/shuffle.py)."""
 
     def __init__(self, key: str, buckets: int, folder: str):
         self.key, self.buckets, self.folder = key, buckets, folder
@@ -73,10 +74,11 @@ class SplitByBucketFn(beam.DoFn):
         edges = np.flatnonzero(np.diff(sorted_buckets)) + 1
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [len(order)]])
-        for s, e in zip(starts, ends, strict=True):
-            bucket = int(sorted_buckets[s])
-            rows = batch.take(pa.array(order[s:e]))
-            yield bucket, spill(rows, self.folder, prefix=f"b{bucket:04d}-")
+        pieces = [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+        # The batch in bucket order, written once: a record batch per bucket in one file.
+        handles = spill_pieces(batch.take(pa.array(order)), pieces, self.folder)
+        for (start, _), handle in zip(pieces, handles, strict=True):
+            yield int(sorted_buckets[start]), handle
 
 
 class JoinBucketFn(beam.DoFn):
