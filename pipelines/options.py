@@ -14,10 +14,10 @@ there directly and the local runner is the same on every machine.
 The FnApiRunner runs one bundle at a time unless told otherwise. With `threads` > 1 it
 runs that many at once (`multi_threading`): the joins, rules and writers spend most of
 their time in DuckDB and Arrow, which release the GIL, so a second core helps. Measured
-on 2 cores, pipeline process: 1,000,000 persons 43.5 s -> 34.7 s, 200,000 persons 11.5 s
--> 10.2 s. With one join bucket there is little to run side by side and the threads only
-cost (1,000 persons 3.4 s -> 4.3 s; 100,000 persons in one bucket 7.7 s -> 8.5 s), so
-`local_threads` asks for no more threads than buckets.
+on 2 cores, pipeline process, buckets of 100,000 persons: 1,000,000 persons 43.5 s ->
+34.7 s, 200,000 persons 11.5 s -> 10.2 s. With one join bucket there is little to run
+side by side and the threads only cost (1,000 persons 3.4 s -> 4.3 s; 100,000 persons in
+one bucket 7.7 s -> 8.5 s), so `local_threads` asks for no more threads than buckets.
 """
 
 from __future__ import annotations
@@ -33,9 +33,21 @@ RUNNERS = {
 }
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def local_threads(buckets: int) -> int:
-    """Bundles the local runner runs at once: one per core, no more than join buckets."""
-    return max(1, min(os.cpu_count() or 1, buckets))
+    """Bundles the local runner runs at once: one per core, no more than join buckets.
+
+    Each holds a bucket in DuckDB, so memory grows with the cores used: on a machine with
+    many cores and little memory, set `--direct_num_workers` (docs/operations.md).
+    """
+    return max(1, min(cores(), buckets))
 
 
 def pipeline_options(
@@ -44,12 +56,22 @@ def pipeline_options(
     """Options for `runner`, plus any extra Beam flags (e.g. a Dask scheduler address).
 
     `threads` is for the DirectRunner only: bundles run at once (see above). A
-    `--direct_running_mode` among the extra flags wins over it.
+    `--direct_running_mode` or `--direct_num_workers` among the extra flags wins over it.
     """
     args = [f"--runner={RUNNERS.get(runner, runner)}"] + list(extra or [])
     if runner == "DirectRunner" and not any(a.startswith("--direct_running_mode") for a in args):
-        if threads > 1:
-            args += ["--direct_running_mode=multi_threading", f"--direct_num_workers={threads}"]
-        else:
-            args.append("--direct_running_mode=in_memory")
+        if not any(a.startswith("--direct_num_workers") for a in args):
+            args.append(f"--direct_num_workers={threads}")
+        workers = PipelineOptions(args).get_all_options()["direct_num_workers"]
+        args.append(f"--direct_running_mode={'multi_threading' if workers > 1 else 'in_memory'}")
     return PipelineOptions(args)
+
+
+def used_threads(options: PipelineOptions) -> int:
+    """Bundles the local runner will run at once under `options` (1 on other runners)."""
+    values = options.get_all_options()
+    if values.get("runner") != RUNNERS["DirectRunner"]:
+        return 1
+    if values.get("direct_running_mode") == "in_memory":
+        return 1
+    return values.get("direct_num_workers") or 1

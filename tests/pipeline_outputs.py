@@ -47,10 +47,13 @@ def _audit(staging) -> tuple[list[str], list[dict]]:
 
 
 def assert_same_outputs(expected, actual) -> None:
-    """Two finalised runs published the same signals, households, evaluations and audit."""
+    """Two finalised runs published the same signals, suppressed candidates, resolved
+    signals, households, evaluations and audit records."""
     signals = _table(expected / "signals.parquet", "signal_id")
     assert signals, "the population should give signals"
     assert _table(actual / "signals.parquet", "signal_id") == signals
+    for name in ("suppressed.parquet", "lifecycle.parquet"):
+        assert _table(actual / name, "signal_id") == _table(expected / name, "signal_id"), name
     for name in ("households", "evaluations"):
         if (expected / name).is_dir():
             first = pq.read_schema(next((expected / name).glob("*.parquet"))).names[0]

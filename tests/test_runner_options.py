@@ -12,7 +12,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipeline_outputs import assert_same_outputs, population, run_central
 
-from pipelines.options import local_threads, pipeline_options
+from pipelines.options import cores, local_threads, pipeline_options, used_threads
 
 
 def _options(options) -> dict:
@@ -34,23 +34,30 @@ def test_a_local_run_does_not_try_to_fetch_another_runner(caplog):
     assert not [r.getMessage() for r in caplog.records if "prism" in r.getMessage().lower()]
 
 
-def test_threads_run_bundles_side_by_side_unless_a_mode_is_given():
-    threaded = _options(pipeline_options(threads=2))
-    assert threaded["direct_running_mode"] == "multi_threading"
-    assert threaded["direct_num_workers"] == 2
-    given = _options(pipeline_options(extra=["--direct_running_mode=in_memory"], threads=2))
-    assert given["direct_running_mode"] == "in_memory"
-    # Another runner is not given local threads.
-    assert _options(pipeline_options("DaskRunner", threads=2))["direct_running_mode"] != (
-        "multi_threading"
+def test_threads_run_bundles_side_by_side_unless_the_user_says_otherwise():
+    def mode_and_workers(**kwargs):
+        options = pipeline_options(**kwargs)
+        values = _options(options)
+        return values["direct_running_mode"], values["direct_num_workers"], used_threads(options)
+
+    assert mode_and_workers(threads=2) == ("multi_threading", 2, 2)
+    assert mode_and_workers(threads=1) == ("in_memory", 1, 1)
+    # The user's flags win, either of them, in either spelling.
+    assert mode_and_workers(extra=["--direct_running_mode=in_memory"], threads=2)[::2] == (
+        "in_memory",
+        1,
     )
+    assert mode_and_workers(extra=["--direct_num_workers=1"], threads=2) == ("in_memory", 1, 1)
+    assert mode_and_workers(extra=["--direct_num_workers", "3"]) == ("multi_threading", 3, 3)
+    # Another runner is not given local threads.
+    assert used_threads(pipeline_options("DaskRunner", threads=2)) == 1
 
 
 def test_local_threads_are_one_per_core_and_no_more_than_join_buckets():
-    cores = os.cpu_count() or 1
+    assert cores() == len(os.sched_getaffinity(0))
     assert local_threads(1) == 1
-    assert local_threads(256) == min(cores, 256)
-    assert local_threads(2) == min(cores, 2)
+    assert local_threads(256) == min(cores(), 256)
+    assert local_threads(2) == min(cores(), 2)
     assert local_threads(0) == 1
 
 
@@ -59,11 +66,18 @@ def pseudonymised(tmp_path_factory):
     return population(tmp_path_factory.mktemp("threads-population"))
 
 
-def test_the_central_pipeline_publishes_the_same_with_two_threads_as_with_one(pseudonymised):
+def test_the_central_pipeline_publishes_the_same_with_two_threads_as_with_one(
+    pseudonymised, monkeypatch
+):
     from flows.bench import run_spec
+    from pipelines import central, join
 
+    # Buckets of 250 persons: the 1,000 are 4 buckets, so the joins, rules and audit of
+    # different buckets run side by side, as at scale.
+    monkeypatch.setattr(join, "PERSONS_PER_BUCKET", 250)
     root = pseudonymised.parent
-    spec = run_spec(str(pseudonymised), str(root / "one"), buckets=2)
+    spec = run_spec(str(pseudonymised), str(root / "one"), buckets=8)
+    assert central.join_buckets(spec) == 4
     one = run_central(spec, pipeline_options(threads=1))
     two = run_central(dataclasses.replace(spec, staging=root / "two"), pipeline_options(threads=2))
     assert_same_outputs(one, two)
