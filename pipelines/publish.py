@@ -90,7 +90,8 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     # spend their time outside the GIL, so on 2 cores they overlap.
     with ThreadPoolExecutor(1) as pool:
         audit = pool.submit(AuditParts, staging / PARTS_DIR)
-        counts = _consolidate_all(staging, deliveries)
+        with duckdb.connect() as con:
+            counts = _consolidate_all(con, staging, deliveries)
         # The audit parts stay: the log append streams them into its segment, the one
         # place the records are written whole (privacy/audit/log.py append_run).
         counts["audit_records"] = audit.result().records
@@ -101,9 +102,8 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     return counts
 
 
-def _consolidate_all(staging: Path, deliveries: dict[str, Delivery]) -> dict:
+def _consolidate_all(con, staging: Path, deliveries: dict[str, Delivery]) -> dict:
     """Every part but the audit's becomes its output file; returns counts per output."""
-    con = duckdb.connect()
     con.execute(f"SET memory_limit = '{FINALISE_MEMORY}'")
     spill = str(staging / ".finalise-spill").replace("'", "''")
     con.execute(f"SET temp_directory = '{spill}'")
@@ -154,7 +154,6 @@ def _consolidate_all(staging: Path, deliveries: dict[str, Delivery]) -> dict:
         "signal_id",
     )
     counts["households"] = sum(pq.read_metadata(p).num_rows for p in _parts(staging / "households"))
-    con.close()
     return counts
 
 

@@ -6,7 +6,8 @@ shuffles kept the whole population in memory: ~1.9 KB a person, ~20 GB at 10M
 persons. Here every batch that goes into a grouping is first written as an Arrow IPC
 file under the run's staging folder, a record batch per key (join bucket); the grouping
 carries only the path, batch number and row count, and the join reads its bucket's
-batches back when it runs. Memory is then one bucket's data, whatever the population.
+batches back when it runs. Memory is then one bucket's data per thread, whatever the
+population.
 
 The staging folder must be reachable by every worker at the same path (a shared file
 system on a cluster: docs/scaling.md, Paths), as it already must be for the run's

@@ -423,6 +423,8 @@ class AuditLog:
                 n = chunk.num_rows
                 if subtrees is None:
                     tree.add(hashes)
+                elif subtrees.count != n:
+                    raise AuditLogError(f"{n} records hashed as {subtrees.count} leaves")
                 else:
                     tree.add_subtrees(subtrees)
                 index = pa.array(np.arange(at, at + n, dtype=np.int64))

@@ -23,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import uuid
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
@@ -52,7 +53,8 @@ def write_part(table: pa.Table, folder: Path, label: str) -> Path:
     """One part: the records in span-id order, named after them, written whole or not at all."""
     table, spans = in_span_order(table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA))
     path = Path(folder) / part_name(label, spans)
-    tmp = path.with_name(f".{path.name}.tmp")  # the parts are listed by suffix: never torn
+    # The parts are listed by suffix: never torn. Two threads may write the same content.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with ipc.new_file(tmp, AUDIT_SCHEMA, options=_PART_OPTIONS) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
