@@ -229,7 +229,7 @@ def pipeline_phase(
     import apache_beam as beam
 
     from pipelines import central, proportionality  # noqa: F401 (imports timed here)
-    from pipelines.options import local_threads, pipeline_options, used_threads
+    from pipelines.options import used_threads
     from privacy import purpose_check, register  # noqa: F401
 
     t1 = time.perf_counter()
@@ -237,7 +237,7 @@ def pipeline_phase(
     Path(staging).mkdir(parents=True)
     spec = run_spec(pseudo, staging, buckets)
     t2 = time.perf_counter()
-    options = pipeline_options(runner, runner_args, local_threads(central.join_buckets(spec)))
+    options = central.run_options(spec, runner, runner_args)
     threads = used_threads(options)
     p = beam.Pipeline(options=options)
     central.build(p, spec)

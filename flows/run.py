@@ -24,7 +24,6 @@ from pipelines import central, lifecycle, proportionality
 from pipelines.audit_records import AuditContext
 from pipelines.contract import SOURCES
 from pipelines.join import DEFAULT_BUCKETS
-from pipelines.options import local_threads, pipeline_options
 from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
 from pipelines.shuffle import SHUFFLE_DIR
@@ -162,8 +161,7 @@ def run_pipeline(spec: central.RunSpec, runner: str, runner_args: list[str]) -> 
     for part in Path(spec.staging).rglob("part-*.parquet"):
         part.unlink()
     shutil.rmtree(Path(spec.staging) / SHUFFLE_DIR, ignore_errors=True)
-    threads = local_threads(central.join_buckets(spec))
-    with beam.Pipeline(options=pipeline_options(runner, runner_args, threads)) as p:
+    with beam.Pipeline(options=central.run_options(spec, runner, runner_args)) as p:
         central.build(p, spec)
 
 

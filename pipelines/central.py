@@ -15,6 +15,7 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from flows import faults
 from pipelines import household
@@ -37,6 +38,7 @@ from pipelines.evaluate import (
 from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
 from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, buckets_for
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
+from pipelines.options import local_threads, pipeline_options
 from pipelines.read_deliveries import Delivery, ReadDelivery
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
@@ -103,6 +105,11 @@ def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
 def join_buckets(spec: RunSpec) -> int:
     """The join's buckets: spec.buckets is the most, a small population gets fewer."""
     return buckets_for(spec.deliveries["brp"].row_count, spec.buckets)
+
+
+def run_options(spec: RunSpec, runner: str, runner_args: list[str]) -> PipelineOptions:
+    """The options to run `spec` with: the local runner gets a thread per bucket and core."""
+    return pipeline_options(runner, runner_args, local_threads(join_buckets(spec)))
 
 
 def build(p: beam.Pipeline, spec: RunSpec) -> None:
