@@ -87,16 +87,24 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; syntax errors name the file and line."""
+# libyaml's safe loader when PyYAML has it: the same documents, ~10x faster (the rules,
+# parameters and register are ~0.25 s of every run's start in pure Python).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def read_yaml(path: Path, error: type[Exception] = RuleLoadError) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; syntax errors name the file and line.
+
+    Problems raise `error` (the caller's own exception type) with a message naming the file.
+    """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
-        raise RuleLoadError(f"{path}: not valid YAML ({exc}).") from None
+        raise error(f"{path}: not valid YAML ({exc}).") from None
     except OSError as exc:
-        raise RuleLoadError(f"{path}: cannot be read ({exc.strerror}).") from None
+        raise error(f"{path}: cannot be read ({exc.strerror}).") from None
     if not isinstance(data, dict):
-        raise RuleLoadError(f"{path}: must hold a mapping at the top, not {type(data).__name__}.")
+        raise error(f"{path}: must hold a mapping at the top, not {type(data).__name__}.")
     return data
 
 

@@ -42,9 +42,9 @@ import apache_beam as beam
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 from apache_beam.metrics import Metrics
 
+from entitlement_rules.loader import read_yaml
 from pipelines import lifecycle
 from pipelines.audit_records import (
     AuditContext,
@@ -125,14 +125,7 @@ class Policy:
 def read_config(path: Path | str | None = None) -> tuple[Path, dict[str, Any]]:
     """The configuration file as a mapping (for this module and pipelines/priority.py)."""
     path = Path(path) if path else DEFAULT_PATH
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot be read ({exc.strerror}).") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML ({exc}).") from None
-    if not isinstance(data, dict):
-        raise PolicyError(f"{path}: must hold a mapping at the top, not {data!r}.")
+    data = read_yaml(path, PolicyError)
     return path, data
 
 

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from entitlement_rules.loader import read_yaml
 from pipelines.contract import BENEFIT_SCHEMES, SOURCES
 from pipelines.household import COLUMNS as HOUSEHOLD_COLUMNS
 
@@ -227,21 +226,9 @@ def load_register(root: Path | str | None = None) -> Register:
     paths = sorted(root.glob("*.yaml"))
     if not paths:
         raise RegisterError(f"{root}: no processing activity files (*.yaml) in the register.")
-    raw = {p.stem: _read_yaml(p) for p in paths}
+    raw = {p.stem: read_yaml(p, RegisterError) for p in paths}
     activities = {p.stem: _activity(p, raw[p.stem]) for p in paths}
     return Register(activities=activities, version=canonical_digest(raw), root=root)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RegisterError(f"{path}: not valid YAML ({exc}).") from None
-    except OSError as exc:
-        raise RegisterError(f"{path}: cannot be read ({exc.strerror}).") from None
-    if not isinstance(data, dict):
-        raise RegisterError(f"{path}: must hold a mapping at the top, not {type(data).__name__}.")
-    return data
 
 
 class _Map:

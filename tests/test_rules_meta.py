@@ -20,7 +20,7 @@ from entitlement_rules import (
 )
 from entitlement_rules.cases import load_cases
 from entitlement_rules.compiler import display
-from entitlement_rules.loader import DEFAULT_ROOT
+from entitlement_rules.loader import DEFAULT_ROOT, read_yaml
 from entitlement_rules.model import STATUSES
 
 RULES = load_rules()
@@ -247,3 +247,14 @@ def test_yaml_syntax_errors_name_the_file(root):
 def test_the_scheme_file_is_yaml_a_person_can_read():
     data = yaml.safe_load((PACKAGE / "schemes" / "zorgtoeslag.yaml").read_text(encoding="utf-8"))
     assert list(data)[:5] == ["id", "version", "label", "description", "legal_basis"]
+
+
+def test_every_shipped_yaml_file_reads_the_same_with_the_fast_loader():
+    """read_yaml uses libyaml's loader for speed; it must read our files as PyYAML does."""
+    repo = PACKAGE.parent
+    paths = sorted(repo.glob("entitlement_rules/**/*.yaml")) + sorted(
+        repo.glob("privacy/**/*.yaml")
+    )
+    assert len(paths) > 20
+    for path in paths:
+        assert read_yaml(path) == yaml.safe_load(path.read_text(encoding="utf-8")), path
