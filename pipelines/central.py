@@ -108,7 +108,7 @@ def join_buckets(spec: RunSpec) -> int:
 
 
 def run_options(spec: RunSpec, runner: str, runner_args: list[str]) -> PipelineOptions:
-    """The options to run `spec` with: the local runner gets a thread per bucket and core."""
+    """The options to run `spec` with: the local runner gets a thread per core, two buckets each."""
     return pipeline_options(runner, runner_args, local_threads(join_buckets(spec)))
 
 

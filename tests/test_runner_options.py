@@ -53,12 +53,11 @@ def test_threads_run_bundles_side_by_side_unless_the_user_says_otherwise():
     assert used_threads(pipeline_options("DaskRunner", threads=2)) == 1
 
 
-def test_local_threads_are_one_per_core_and_no_more_than_join_buckets():
+def test_local_threads_are_one_per_core_and_two_join_buckets_each():
     assert cores() == len(os.sched_getaffinity(0))
-    assert local_threads(1) == 1
-    assert local_threads(256) == min(cores(), 256)
-    assert local_threads(2) == min(cores(), 2)
-    assert local_threads(0) == 1
+    assert local_threads(0) == local_threads(1) == local_threads(2) == local_threads(3) == 1
+    assert local_threads(4) == min(cores(), 2)
+    assert local_threads(256) == min(cores(), 128)
 
 
 @pytest.fixture(scope="module")
