@@ -72,7 +72,7 @@ class RunSpec:
 def _write(pcoll, folder: Path, schema: pa.Schema, label: str):
     return (
         pcoll
-        | f"ToTable_{label}" >> beam.Map(_as_table)
+        | f"ToTable_{label}" >> beam.Map(_as_table).with_output_types(pa.Table)
         | f"Write_{label}"
         >> WriteToParquetBatched(
             file_path_prefix=str(folder / "part"),
@@ -125,13 +125,16 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     quarantine = quarantined | "Quarantine" >> beam.Flatten()
     _write(quarantine, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine")
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)
-    audits.append(kept["objector_pids"] | "AuditExclusion" >> beam.Map(exclusion_audit(spec.audit)))
+    exclusions = beam.Map(exclusion_audit(spec.audit)).with_output_types(pa.RecordBatch)
+    audits.append(kept["objector_pids"] | "AuditExclusion" >> exclusions)
     for name in JOIN_SOURCES:
         subject = spec.deliveries[name].source.subject
         audits.append(
             kept[name]
             | f"AuditIngest_{name}"
-            >> beam.ParDo(IngestAuditFn(spec.audit, name, subject, spec.legal_bases.get(name, {})))
+            >> beam.ParDo(
+                IngestAuditFn(spec.audit, name, subject, spec.legal_bases.get(name, {}))
+            ).with_output_types(pa.RecordBatch)
         )
 
     schemas = {n: pseudonymised_schema(spec.deliveries[n].source) for n in JOIN_SOURCES}
@@ -141,7 +144,10 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     )
     households = faults.tap(households, "mid_join")  # restart tests only: flows/faults.py
     _write(households, staging / "households", household.SCHEMA, "households")
-    audits.append(households | "AuditJoin" >> beam.Map(join_audit(spec.audit)))
+    audits.append(
+        households
+        | "AuditJoin" >> beam.Map(join_audit(spec.audit)).with_output_types(pa.RecordBatch)
+    )
 
     evaluated = households | "EvaluateRules" >> EvaluateRules(
         spec.compiled_rules, spec.run_id, spec.audit
@@ -152,7 +158,9 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     _write(suppressed, staging / "suppressed_parts", prop.SUPPRESSED_SCHEMA, "suppressed")
     _write(assessed[prop.RESOLVED], staging / "lifecycle_parts", LIFECYCLE_SCHEMA, "lifecycle")
     audits.append(assessed[prop.AUDIT])
-    decisions = evaluated[EVALUATIONS] | "EvaluationColumns" >> beam.Map(_evaluation_columns)
+    decisions = evaluated[EVALUATIONS] | "EvaluationColumns" >> beam.Map(
+        _evaluation_columns
+    ).with_output_types(pa.Table)
     _write(decisions, staging / "evaluation_parts", EVALUATION_SCHEMA, "evaluations")
     audits.append(evaluated[AUDIT])
     # Each audit collection is written in the stage that made it: one Flatten into one sink

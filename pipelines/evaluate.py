@@ -156,4 +156,6 @@ class EvaluateRules(beam.PTransform):
     def expand(self, households):
         return households | "Evaluate" >> beam.ParDo(
             EvaluateRulesFn(self.compiled, self.run_id, self.audit)
+        ).with_output_types(
+            pa.Table, **{EVALUATIONS: pa.Table, CANDIDATES: pa.Table, AUDIT: pa.RecordBatch}
         ).with_outputs(EVALUATIONS, CANDIDATES, AUDIT)

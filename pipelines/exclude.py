@@ -64,15 +64,17 @@ class ExcludeObjectors(beam.PTransform):
         self.person_sources = person_sources
 
     def expand(self, sources):
-        objectors = sources["objections"] | "ObjectorPids" >> beam.Map(objector_pids)
+        objectors = sources["objections"] | "ObjectorPids" >> beam.Map(
+            objector_pids
+        ).with_output_types(pa.Array)
         side = beam.pvalue.AsList(objectors)
         out = dict(sources)
         for name in self.person_sources + ("objections",):
             out[name] = sources[name] | f"DropObjectors_{name}" >> beam.ParDo(
                 DropObjectorsFn(name), side
-            )
+            ).with_output_types(pa.RecordBatch)
         out["objections"] = out["objections"] | "SchemeScopedOnly" >> beam.Map(
             lambda b: b.filter(pc.not_equal(b.column("scope"), "all"))
-        )
+        ).with_output_types(pa.RecordBatch)
         out["objector_pids"] = objectors
         return out

@@ -143,7 +143,9 @@ class BucketJoin(beam.PTransform):
             bucketed
             | "GroupByBucket" >> beam.CoGroupByKey()
             | "JoinInBucket"
-            >> beam.ParDo(JoinBucketFn(self.schemas, self.sql, self.out_schema, self.name))
+            >> beam.ParDo(
+                JoinBucketFn(self.schemas, self.sql, self.out_schema, self.name)
+            ).with_output_types(pa.RecordBatch)
         )
 
 

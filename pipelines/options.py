@@ -29,6 +29,9 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+# Every pipeline runs with options from here: this registers the coder of its Arrow elements.
+from pipelines import arrow_coder  # noqa: F401
+
 # Runner names Beam does not know (or knows only with bugs), and the class to use.
 RUNNERS = {
     "DirectRunner": "apache_beam.runners.portability.fn_api_runner.FnApiRunner",

@@ -557,16 +557,22 @@ class ApplyProportionality(beam.PTransform):
 
     def expand(self, candidates):
         history = candidates.pipeline | "History" >> beam.Create([self.history])
+        tables = {SIGNALS: pa.Table, SUPPRESSED: pa.Table, RESOLVED: pa.Table}
         assessed = candidates | "Assess" >> beam.ParDo(
             self.assess, beam.pvalue.AsSingleton(history)
-        ).with_outputs(SIGNALS, SUPPRESSED, RESOLVED, AUDIT)
-        present = candidates | "HouseholdPids" >> beam.Map(_household_pids)
+        ).with_output_types(pa.Table, **tables, **{AUDIT: pa.RecordBatch}).with_outputs(
+            SIGNALS, SUPPRESSED, RESOLVED, AUDIT
+        )
+        present = candidates | "HouseholdPids" >> beam.Map(_household_pids).with_output_types(
+            pa.Array
+        )
         # A Create of its own: one PCollection as side input of Assess and main input here
         # would fuse both into a cycle of stages waiting on each other's side inputs.
         absent = (
             candidates.pipeline
             | "HistoryOfAbsent" >> beam.Create([self.history])
-            | "ResolveAbsent" >> beam.ParDo(self.absent, beam.pvalue.AsList(present))
+            | "ResolveAbsent"
+            >> beam.ParDo(self.absent, beam.pvalue.AsList(present)).with_output_types(pa.Table)
         )
         return {
             SIGNALS: assessed[SIGNALS],

@@ -429,7 +429,7 @@ class ReadDelivery(beam.PTransform):
             pbegin
             | "ListRowGroups" >> beam.Create(groups, reshuffle=False)
             | "ReadRowGroups"
-            >> beam.ParDo(ReadRowGroupFn(self.delivery.source.name, self.domain)).with_outputs(
-                self.QUARANTINE, main="rows"
-            )
+            >> beam.ParDo(ReadRowGroupFn(self.delivery.source.name, self.domain))
+            .with_output_types(pa.RecordBatch, **{self.QUARANTINE: pa.RecordBatch})
+            .with_outputs(self.QUARANTINE, main="rows")
         )
