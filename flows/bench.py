@@ -47,12 +47,10 @@ STAGES = (
     ("ExcludeObjectors", "exclude objectors"),
     ("JoinHouseholds", "join (3 bucketed joins)"),
     ("EvaluateRules", "evaluate rules"),
-    ("EvaluationColumns", "evaluate rules"),
     ("ApplyProportionality", "proportionality"),
     ("Audit", "audit records"),
     ("FlattenAudit", "audit records"),
     ("Quarantine", "write parts"),
-    ("ToTable_", "write parts"),
     ("Write_", "write parts"),
 )
 RUNNER_STAGE = "runner (fusion, coders, grouping)"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from flows import faults
@@ -42,6 +41,7 @@ from pipelines.options import local_threads, pipeline_options
 from pipelines.read_deliveries import Delivery, ReadDelivery
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
+from pipelines.write_parts import WriteParts
 from privacy.audit.parts import PARTS_DIR
 from privacy.minimise import pseudonymised_schema
 from privacy.pseudonyms import DomainPseudonymiser
@@ -70,26 +70,8 @@ class RunSpec:
 
 
 def _write(pcoll, folder: Path, schema: pa.Schema, label: str):
-    return (
-        pcoll
-        | f"ToTable_{label}" >> beam.Map(_as_table).with_output_types(pa.Table)
-        | f"Write_{label}"
-        >> WriteToParquetBatched(
-            file_path_prefix=str(folder / "part"),
-            schema=schema,
-            file_name_suffix=".parquet",
-            codec="snappy",
-        )
-    )
-
-
-def _as_table(element) -> pa.Table:
-    return element if isinstance(element, pa.Table) else pa.Table.from_batches([element])
-
-
-def _evaluation_columns(table: pa.Table) -> pa.Table:
-    """The decision columns of an evaluations table (explanation texts dropped)."""
-    return table.select(EVALUATION_SCHEMA.names).cast(EVALUATION_SCHEMA)
+    """Parts with `schema`'s columns (others, like the explanation texts, are left out)."""
+    return pcoll | f"Write_{label}" >> WriteParts(folder, schema, label)
 
 
 def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
@@ -158,10 +140,7 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     _write(suppressed, staging / "suppressed_parts", prop.SUPPRESSED_SCHEMA, "suppressed")
     _write(assessed[prop.RESOLVED], staging / "lifecycle_parts", LIFECYCLE_SCHEMA, "lifecycle")
     audits.append(assessed[prop.AUDIT])
-    decisions = evaluated[EVALUATIONS] | "EvaluationColumns" >> beam.Map(
-        _evaluation_columns
-    ).with_output_types(pa.Table)
-    _write(decisions, staging / "evaluation_parts", EVALUATION_SCHEMA, "evaluations")
+    _write(evaluated[EVALUATIONS], staging / "evaluation_parts", EVALUATION_SCHEMA, "evaluations")
     audits.append(evaluated[AUDIT])
     # Each audit collection is written in the stage that made it: one Flatten into one sink
     # held every record in the runner's buffers (tens of GB at 1M persons; privacy/audit/parts.py).

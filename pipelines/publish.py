@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import household
 from pipelines.evaluate import EVALUATION_SCHEMA, SIGNAL_SCHEMA
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.proportionality import SUPPRESSED_SCHEMA
@@ -153,7 +154,10 @@ def _consolidate_all(con, staging: Path, deliveries: dict[str, Delivery]) -> dic
         staging / "lifecycle.parquet",
         "signal_id",
     )
-    counts["households"] = sum(pq.read_metadata(p).num_rows for p in _parts(staging / "households"))
+    households = _parts(staging / "households")
+    if not households:  # the pipeline writes a part per batch: none when no household
+        _consolidate(con, [], household.SCHEMA, staging / "households" / "part-empty.parquet", "")
+    counts["households"] = sum(pq.read_metadata(p).num_rows for p in households)
     return counts
 
 

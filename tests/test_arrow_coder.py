@@ -92,7 +92,7 @@ def test_every_step_of_the_central_pipeline_that_hands_on_arrow_data_declares_it
     steps = _Steps()
     p.visit(steps)
     # What the audit and file writers take is Arrow data, and must travel as such.
-    writers = [label for label in steps.inputs if label.startswith(("AuditWrite_", "ToTable_"))]
+    writers = [label for label in steps.inputs if label.startswith(("AuditWrite_", "Write_"))]
     assert len(writers) > 10
     for label in writers:
         assert steps.inputs[label] == [ArrowCoder()], label
