@@ -37,7 +37,7 @@ from pipelines.evaluate import (
 from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
 from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, buckets_for
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
-from pipelines.options import local_threads, pipeline_options
+from pipelines.options import cores, local_threads, pipeline_options
 from pipelines.read_deliveries import Delivery, ReadDelivery
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
@@ -86,7 +86,7 @@ def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
 
 def join_buckets(spec: RunSpec) -> int:
     """The join's buckets: spec.buckets is the most, a small population gets fewer."""
-    return buckets_for(spec.deliveries["brp"].row_count, spec.buckets)
+    return buckets_for(spec.deliveries["brp"].row_count, spec.buckets, cores())
 
 
 def run_options(spec: RunSpec, runner: str, runner_args: list[str]) -> PipelineOptions:

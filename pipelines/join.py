@@ -32,13 +32,24 @@ JOIN_SOURCES = ("brp", "housing", "tax", "benefits", "arrears", "health_insuranc
 # joins, the rules, proportionality) whatever its size: many buckets of a small population
 # are mostly that. Two buckets run at once on 2 cores (pipelines/options.py), and smaller
 # buckets hold less. Measured, pipeline at 1,000,000 persons on 2 cores: 100,000 a bucket
-# 32.5 s and 2.6 GB, 50,000 31.6 s and 2.0 GB, 25,000 37.1 s and 1.3 GB.
+# 32.5 s and 2.6 GB, 50,000 31.6 s and 2.0 GB, 25,000 37.1 s and 1.3 GB (later, with the
+# runner's costs lower: 50,000 25.5 s, 25,000 28.2 s).
 PERSONS_PER_BUCKET = 50_000
+# A population too small for two buckets per core at that size gets smaller buckets, down
+# to this, so that two threads or more get work (options.local_threads gives a thread two
+# buckets): at 100,000 persons, 4 buckets of 25,000 on two threads took 4.8-4.9 s, 2 of
+# 50,000 on one thread 5.3 s.
+SMALLEST_BUCKET = 20_000
 
 
-def buckets_for(persons: int, most: int = DEFAULT_BUCKETS) -> int:
-    """Buckets for a population: one per PERSONS_PER_BUCKET persons, 1 to `most`."""
-    return max(1, min(most, -(-persons // PERSONS_PER_BUCKET)))
+def buckets_for(persons: int, most: int = DEFAULT_BUCKETS, cores: int = 1) -> int:
+    """Buckets for a population, 1 to `most`: one per PERSONS_PER_BUCKET persons, or more,
+    two per core, when that lets two threads or more run and keeps SMALLEST_BUCKET a bucket."""
+    buckets = -(-persons // PERSONS_PER_BUCKET)
+    per_core = min(2 * cores, persons // SMALLEST_BUCKET)
+    if per_core >= 4:
+        buckets = max(buckets, per_core)
+    return max(1, min(most, buckets))
 
 
 def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:

@@ -60,6 +60,18 @@ def test_local_threads_are_one_per_core_and_two_join_buckets_each():
     assert local_threads(256) == min(cores(), 128)
 
 
+def test_a_small_population_gets_smaller_buckets_so_every_core_has_two():
+    from pipelines.join import SMALLEST_BUCKET, buckets_for
+
+    assert buckets_for(1_000, cores=2) == 1
+    assert buckets_for(4 * SMALLEST_BUCKET - 1, cores=2) == 2  # four would be too small
+    assert buckets_for(99_600, cores=2) == 4
+    assert buckets_for(99_600, cores=1) == 2  # one core: no thread to gain
+    assert buckets_for(99_600, cores=8) == 4
+    assert buckets_for(1_000_000, cores=2) == 20  # large enough by size alone
+    assert buckets_for(99_600, most=3, cores=2) == 3
+
+
 @pytest.fixture(scope="module")
 def pseudonymised(tmp_path_factory):
     return population(tmp_path_factory.mktemp("threads-population"))
