@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from pipelines import household
 from pipelines.shuffle import load, spill_pieces
@@ -35,6 +36,10 @@ JOIN_SOURCES = ("brp", "housing", "tax", "benefits", "arrears", "health_insuranc
 # 32.5 s and 2.6 GB, 50,000 31.6 s and 2.0 GB, 25,000 37.1 s and 1.3 GB (later, with the
 # runner's costs lower: 50,000 25.5 s, 25,000 28.2 s).
 PERSONS_PER_BUCKET = 50_000
+# Rows gathered into one shuffle file. A file per input batch made every bucket read a
+# piece of every batch: the joins after the first take one batch per bucket, so pieces grew
+# with buckets squared (40,000 a join at 10M persons, ~250 rows each).
+SPILL_ROWS = 500_000
 # A population too small for two buckets per core at that size gets smaller buckets, down
 # to this, so that two threads or more get work (options.local_threads gives a thread two
 # buckets): at 100,000 persons, 4 buckets of 25,000 on two threads took 4.8-4.9 s, 2 of
@@ -69,16 +74,33 @@ def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:
 
 
 class SplitByBucketFn(beam.DoFn):
-    """Splits a record batch on a key column into (bucket, Spilled) pairs: the batch is
-    written to one file under `folder`, each bucket's rows a record batch of it
-    (pipelines/shuffle.py)."""
+    """Splits record batches on a key column into (bucket, Spilled) pairs: the batches of a
+    bundle are gathered up to SPILL_ROWS rows and written to one file under `folder`, each
+    bucket's rows a record batch of it (pipelines/shuffle.py)."""
 
     def __init__(self, key: str, buckets: int, folder: str):
         self.key, self.buckets, self.folder = key, buckets, folder
 
+    def start_bundle(self):
+        self.pending, self.rows = [], 0
+
     def process(self, batch: pa.RecordBatch):
         if batch.num_rows == 0:
             return
+        self.pending.append(batch)
+        self.rows += batch.num_rows
+        if self.rows >= SPILL_ROWS:
+            yield from self._spill()
+
+    def finish_bundle(self):
+        for pair in self._spill():
+            yield GlobalWindows.windowed_value(pair)
+
+    def _spill(self):
+        if not self.pending:
+            return
+        batch = pa.Table.from_batches(self.pending).combine_chunks().to_batches()[0]
+        self.pending, self.rows = [], 0
         bucket = bucket_of(batch.column(self.key), self.buckets)
         order = np.argsort(bucket, kind="stable")
         sorted_buckets = bucket[order]
@@ -86,7 +108,7 @@ class SplitByBucketFn(beam.DoFn):
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [len(order)]])
         pieces = [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
-        # The batch in bucket order, written once: a record batch per bucket in one file.
+        # The batches in bucket order, written once: a record batch per bucket in one file.
         handles = spill_pieces(batch.take(pa.array(order)), pieces, self.folder)
         for (start, _), handle in zip(pieces, handles, strict=True):
             yield int(sorted_buckets[start]), handle

@@ -3,8 +3,9 @@
 A GroupByKey makes the runner hold (or ship) every element it groups until the group
 is complete. The DirectRunner holds them in memory, encoded, so the three join
 shuffles kept the whole population in memory: ~1.9 KB a person, ~20 GB at 10M
-persons. Here every batch that goes into a grouping is first written as an Arrow IPC
-file under the run's staging folder, a record batch per key (join bucket); the grouping
+persons. Here the batches that go into a grouping are first written as Arrow IPC files
+under the run's staging folder (a file per SPILL_ROWS rows, pipelines/join.py), a record
+batch per key (join bucket); the grouping
 carries only the path, batch number and row count, and the join reads its bucket's
 batches back when it runs. Memory is then one bucket's data per thread, whatever the
 population.
@@ -47,9 +48,9 @@ def spill_pieces(
     """Writes the (offset, length) pieces of `batch` to one new file in `folder`, a record
     batch each; returns a handle per piece.
 
-    One file per input batch, not per piece: with a piece per join bucket, files per bucket
-    would be batches x buckets, most of them a few hundred rows (~100,000 files at 10M
-    persons), and opening files would cost more than the rows.
+    One file for all pieces, not one per piece: with a piece per join bucket, files would
+    be batches x buckets, most of them a few hundred rows (~100,000 files at 10M persons),
+    and opening files would cost more than the rows.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
