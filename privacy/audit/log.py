@@ -236,10 +236,12 @@ def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> bytes:
     return data.to_pybytes()[array.offset * width : (array.offset + len(array)) * width]
 
 
-CHUNK_ROWS = 250_000
-# From this many records on, a run's leaves are hashed in worker processes. Measured on
-# 2 cores: 600,000 records 1.7 s here, 1.8 s with workers (starting them, and the
-# writing competes for the cores); 6 M records 19.0 s here, 13.1 s with workers.
+# Chunks small enough that the hashing workers share a run evenly. Measured on 2 cores,
+# 6 M records hashed in workers: chunks of 250,000 12.8-13.0 s, of 100,000 12.1-12.3 s
+# (19.0 s in this process).
+CHUNK_ROWS = 100_000
+# From this many records on, a run's leaves are hashed in worker processes. Below, the
+# workers gain nothing: 600,000 records took 1.6-1.7 s here and 1.6-1.7 s with them.
 PARALLEL_RECORDS = 1_000_000
 
 
