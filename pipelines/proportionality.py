@@ -428,7 +428,9 @@ SELECT * FROM (
     FROM history AS h
     SEMI JOIN candidates AS b ON b.household_pid = h.household_pid
     LEFT JOIN (
-        SELECT DISTINCT ON (household_pid, scheme) * FROM candidates
+        SELECT DISTINCT ON (household_pid, scheme)
+            household_pid, scheme, deregistered, objected, already_receiving, entitled
+        FROM candidates
         ORDER BY household_pid, scheme, benefit_year DESC
     ) AS c ON c.household_pid = h.household_pid AND c.scheme = h.scheme
     WHERE h.episode_open
@@ -462,7 +464,9 @@ class AssessFn(beam.DoFn):
         self.con.register("history", history)
         try:
             assessed = self.con.sql(self.assess).to_arrow_table()
-            resolved = self.con.sql(self.resolve).to_arrow_table()
+            # Without history there is no episode to resolve (the first run; the bench): the
+            # query would still sort every candidate.
+            resolved = self.con.sql(self.resolve).to_arrow_table() if history.num_rows else None
         finally:
             self.con.unregister("candidates")
             self.con.unregister("history")
@@ -472,6 +476,7 @@ class AssessFn(beam.DoFn):
         suppressed = suppressed.select(SUPPRESSED_SCHEMA.names).cast(SUPPRESSED_SCHEMA)
         Metrics.counter("proportionality", "signals").inc(signals.num_rows)
         Metrics.counter("proportionality", "suppressed").inc(suppressed.num_rows)
+        resolved = resolved if resolved is not None else lifecycle.LIFECYCLE_SCHEMA.empty_table()
         Metrics.counter("proportionality", "resolved").inc(resolved.num_rows)
         if assessed.num_rows:
             yield beam.pvalue.TaggedOutput(AUDIT, proportionality_records(self.audit, assessed))
