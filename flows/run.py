@@ -27,6 +27,7 @@ from pipelines.join import DEFAULT_BUCKETS
 from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
 from pipelines.shuffle import SHUFFLE_DIR
+from pipelines.write_parts import PART_GLOB, TMP_GLOB
 from privacy.audit.log import LOG_DIRNAME, append_run
 from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
@@ -155,11 +156,12 @@ def load_history(out: str, reference_date: dt.date, keyring) -> lifecycle.Histor
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def run_pipeline(spec: central.RunSpec, runner: str, runner_args: list[str]) -> None:
     """Run the Beam pipeline into the staging folder."""
-    # A retry starts without the parts of the failed attempt: finalise would read them twice
-    # (their shard names need not match). Every pipeline output is <folder>/part-*.parquet.
+    # A retry starts without the parts of the failed attempt, nor its unfinished writes.
+    # Every pipeline output is <folder>/part-*.parquet (pipelines/write_parts.py).
     # The failed attempt's shuffle files are never read again: only their disk goes.
-    for part in Path(spec.staging).rglob("part-*.parquet"):
-        part.unlink()
+    for pattern in (PART_GLOB, TMP_GLOB):
+        for part in Path(spec.staging).rglob(pattern):
+            part.unlink()
     shutil.rmtree(Path(spec.staging) / SHUFFLE_DIR, ignore_errors=True)
     with beam.Pipeline(options=central.run_options(spec, runner, runner_args)) as p:
         central.build(p, spec)

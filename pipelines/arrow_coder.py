@@ -15,6 +15,8 @@ hands on a table.
 
 from __future__ import annotations
 
+import typing
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -37,10 +39,11 @@ class ArrowCoder(beam.coders.Coder):
         else:
             raise TypeError(f"ArrowCoder encodes Arrow tables, batches and arrays, not {value!r}")
         sink = pa.BufferOutputStream()
+        sink.write(kind)
         with ipc.new_stream(sink, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
-        return kind + sink.getvalue().to_pybytes()
+        return sink.getvalue().to_pybytes()
 
     def decode(self, encoded: bytes):
         kind, reader = encoded[:1], ipc.open_stream(pa.py_buffer(encoded)[1:])
@@ -58,7 +61,7 @@ class ArrowCoder(beam.coders.Coder):
         return False
 
     def to_type_hint(self):
-        return pa.Table
+        return typing.Any  # any of the three kinds
 
     def __eq__(self, other):
         return type(self) is type(other)

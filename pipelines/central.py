@@ -69,9 +69,21 @@ class RunSpec:
     history: pa.Table | None = None
 
 
+# The columns that identify a row of each output in a run (pipelines/write_parts.py).
+SIGNAL_KEY = ("signal_id",)
+KEYS = {
+    "quarantine": ("source", "row_number"),
+    "households": ("household_pid",),
+    "signals": SIGNAL_KEY,
+    "suppressed": SIGNAL_KEY,
+    "lifecycle": SIGNAL_KEY,
+    "evaluations": ("household_pid", "scheme", "benefit_year"),
+}
+
+
 def _write(pcoll, folder: Path, schema: pa.Schema, label: str):
     """Parts with `schema`'s columns (others, like the explanation texts, are left out)."""
-    return pcoll | f"Write_{label}" >> WriteParts(folder, schema, label)
+    return pcoll | f"Write_{label}" >> WriteParts(folder, schema, label, KEYS[label])
 
 
 def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:

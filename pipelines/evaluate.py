@@ -96,9 +96,10 @@ LEFT JOIN texts AS t
     AND t.benefit_year = e.benefit_year
 """
 
-# The households with an evaluation that may become a signal: entitled, and not (or not
-# known not to be) receiving, objected to or deregistered, which pipelines/proportionality.py
-# all suppress. Only these get explanation texts (`texts` above).
+# The households with an evaluation that may become a signal: entitled, and known not to be
+# receiving, objected to or deregistered (pipelines/proportionality.py suppresses all
+# others, an unknown among them). Only these households' entitled evaluations get
+# explanation texts (`texts` above).
 MAY_SIGNAL_SQL = """
 SELECT * FROM households
 WHERE household_pid IN (
@@ -176,9 +177,10 @@ class EvaluateRules(beam.PTransform):
     entitled, amount, failed conditions; no texts), `audit` (RecordBatches of AUDIT_SCHEMA:
     a rule_evaluation record per member, listing every scheme) and `candidates` (pa.Table:
     the SIGNAL_SCHEMA columns but status, plus entitled, already_receiving, objected and
-    deregistered, for every evaluation; the explanation texts only where the candidate may
-    become a signal), e.g. (signal_id='s.ab..', scheme='zorgtoeslag',
-    benefit_year=2025, estimated_annual_amount=Decimal('1355.04'), entitled=True, ...).
+    deregistered, for every evaluation; the explanation texts only for the entitled
+    evaluations of households where a signal may come), e.g. (signal_id='s.ab..',
+    scheme='zorgtoeslag', benefit_year=2025, estimated_annual_amount=Decimal('1355.04'),
+    entitled=True, ...).
     """
 
     def __init__(self, compiled: list, run_id: str, audit: AuditContext):

@@ -49,7 +49,8 @@ SMALLEST_BUCKET = 20_000
 
 def buckets_for(persons: int, most: int = DEFAULT_BUCKETS, cores: int = 1) -> int:
     """Buckets for a population, 1 to `most`: one per PERSONS_PER_BUCKET persons, or more,
-    two per core, when that lets two threads or more run and keeps SMALLEST_BUCKET a bucket."""
+    up to two per core, when that lets two threads or more run and keeps SMALLEST_BUCKET
+    persons a bucket."""
     buckets = -(-persons // PERSONS_PER_BUCKET)
     per_core = min(2 * cores, persons // SMALLEST_BUCKET)
     if per_core >= 4:

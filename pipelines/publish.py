@@ -34,6 +34,7 @@ from pipelines.proportionality import SUPPRESSED_SCHEMA
 from pipelines.read_deliveries import Delivery, quarantine_path
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
+from pipelines.write_parts import TMP_GLOB
 from privacy.audit.parts import PARTS_DIR, AuditParts
 
 
@@ -154,6 +155,8 @@ def _consolidate_all(con, staging: Path, deliveries: dict[str, Delivery]) -> dic
         staging / "lifecycle.parquet",
         "signal_id",
     )
+    for unfinished in (staging / "households").glob(TMP_GLOB):  # a write that failed
+        unfinished.unlink()
     households = _parts(staging / "households")
     if not households:  # the pipeline writes a part per batch: none when no household
         _consolidate(con, [], household.SCHEMA, staging / "households" / "part-empty.parquet", "")

@@ -3,9 +3,12 @@
 Beam's Parquet sink makes four stages of every output (set up, write, group, finalise)
 to give each bundle's file a final name exactly once. Six outputs made 24 of a run's 41
 stages and ~0.7 s of every run, whatever its size. A part here is written whole or not
-at all (a temporary name, then a rename) and named after its bytes, so a retried bundle
-writes the same file again instead of a second copy: the same guarantee, in the step.
-The flow finalises the parts (pipelines/publish.py).
+at all (a temporary name, then a rename) and named after the rows it holds: its label,
+its smallest key and its row count. The steps before it are deterministic functions of
+their input, so a retried bundle makes the same rows again, in whatever order, and writes
+the same name again instead of a second copy; and the keys of an output are unique in a
+run (a signal id, a household, a row of a delivery), so two elements never share a
+smallest key. The flow finalises the parts (pipelines/publish.py).
 """
 
 from __future__ import annotations
@@ -17,57 +20,66 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 PART_GLOB = "part-*.parquet"
+TMP_GLOB = ".part-*.tmp"  # a write that did not finish (the flow removes them)
 
 
-def part_bytes(element: pa.Table | pa.RecordBatch, schema: pa.Schema) -> bytes:
-    """The Parquet bytes of one element, columns in `schema`'s order and types."""
-    table = element if isinstance(element, pa.Table) else pa.Table.from_batches([element])
-    sink = pa.BufferOutputStream()
-    pq.write_table(table.select(schema.names).cast(schema), sink, compression="snappy")
-    return sink.getvalue().to_pybytes()
+def part_name(table: pa.Table, label: str, key: tuple[str, ...]) -> str:
+    """`part-<digest>.parquet`: the digest of the label, each key column's least value and
+    the row count, so the same rows give the same name in any order."""
+    least = [str(pc.min(table.column(k)).as_py()) for k in key]
+    ident = "\x00".join([label, *least, str(table.num_rows)])
+    return f"part-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.parquet"
 
 
-def write_part(data: bytes, folder: Path) -> Path:
-    """`data` as `<folder>/part-<first 32 hex digits of its SHA-256>.parquet`, atomically."""
-    path = Path(folder) / f"part-{hashlib.sha256(data).hexdigest()[:32]}.parquet"
+def write_part(table: pa.Table, path: Path) -> Path:
+    """`table` as Parquet at `path`, written whole or not at all."""
     # Listed by PART_GLOB, so never torn; two attempts of one bundle may write at once.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="snappy")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
 class WritePartsFn(beam.DoFn):
     """Writes each non-empty element as one Parquet part in `folder`."""
 
-    def __init__(self, folder: Path, schema: pa.Schema, label: str):
-        self.folder, self.schema = str(folder), schema
+    def __init__(self, folder: Path, schema: pa.Schema, label: str, key: tuple[str, ...]):
+        self.folder, self.schema, self.label, self.key = str(folder), schema, label, key
         self.rows = Metrics.counter("write", f"{label}_rows")
 
     def setup(self):
         os.makedirs(self.folder, exist_ok=True)
 
     def process(self, element):
-        if element.num_rows:
-            write_part(part_bytes(element, self.schema), Path(self.folder))
-            self.rows.inc(element.num_rows)
+        if not element.num_rows:
+            return
+        table = element if isinstance(element, pa.Table) else pa.Table.from_batches([element])
+        table = table.select(self.schema.names).cast(self.schema)
+        write_part(table, Path(self.folder) / part_name(table, self.label, self.key))
+        self.rows.inc(table.num_rows)
 
 
 class WriteParts(beam.PTransform):
     """Writes a PCollection of Arrow tables or record batches as Parquet parts.
 
-    In: pa.Table or pa.RecordBatch elements with (at least) the columns of `schema`.
+    In: pa.Table or pa.RecordBatch elements with (at least) the columns of `schema`; `key`
+    names the columns that identify a row in the whole output (unique in a run).
     Out: nothing; `<folder>/part-<digest>.parquet`, one per non-empty element, with the
     columns of `schema` (no element, no part: finalise makes the empty outputs).
     """
 
-    def __init__(self, folder: Path, schema: pa.Schema, label: str):
+    def __init__(self, folder: Path, schema: pa.Schema, label: str, key: tuple[str, ...]):
         super().__init__()
-        self.folder, self.schema, self.label = Path(folder), schema, label
+        self.folder, self.schema, self.label, self.key = Path(folder), schema, label, key
 
     def expand(self, pcoll):
-        return pcoll | beam.ParDo(WritePartsFn(self.folder, self.schema, self.label))
+        return pcoll | beam.ParDo(WritePartsFn(self.folder, self.schema, self.label, self.key))

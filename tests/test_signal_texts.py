@@ -22,10 +22,9 @@ def test_every_signal_carries_the_text_a_full_evaluation_gives(tmp_path):
     con = duckdb.connect()
     con.register("households", pq.read_table(staging / "households"))
     full = evaluate(con, "households", spec.compiled_rules, explain="entitled")
-    texts = {
-        (r[0], r[1]): (r[2], r[3])
-        for r in full.select("household_pid, scheme, explanation, explanation_nl").fetchall()
-    }
+    columns = "household_pid, scheme, benefit_year, explanation, explanation_nl"
+    texts = {tuple(r[:3]): tuple(r[3:]) for r in full.select(columns).fetchall()}
     for s in signals:
-        assert (s["explanation"], s["explanation_nl"]) == texts[(s["household_pid"], s["scheme"])]
+        key = (s["household_pid"], s["scheme"], s["benefit_year"])
+        assert (s["explanation"], s["explanation_nl"]) == texts[key]
         assert ": entitled, estimated EUR " in s["explanation"] and s["explanation_nl"]
