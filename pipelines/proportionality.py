@@ -466,7 +466,11 @@ class AssessFn(beam.DoFn):
             assessed = self.con.sql(self.assess).to_arrow_table()
             # Without history there is no episode to resolve (the first run; the bench): the
             # query would still sort every candidate.
-            resolved = self.con.sql(self.resolve).to_arrow_table() if history.num_rows else None
+            resolved = (
+                self.con.sql(self.resolve).to_arrow_table()
+                if history.num_rows
+                else lifecycle.LIFECYCLE_SCHEMA.empty_table()
+            )
         finally:
             self.con.unregister("candidates")
             self.con.unregister("history")
@@ -476,7 +480,6 @@ class AssessFn(beam.DoFn):
         suppressed = suppressed.select(SUPPRESSED_SCHEMA.names).cast(SUPPRESSED_SCHEMA)
         Metrics.counter("proportionality", "signals").inc(signals.num_rows)
         Metrics.counter("proportionality", "suppressed").inc(suppressed.num_rows)
-        resolved = resolved if resolved is not None else lifecycle.LIFECYCLE_SCHEMA.empty_table()
         Metrics.counter("proportionality", "resolved").inc(resolved.num_rows)
         if assessed.num_rows:
             yield beam.pvalue.TaggedOutput(AUDIT, proportionality_records(self.audit, assessed))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from pathlib import Path
 
 import apache_beam as beam
@@ -23,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
+
+from privacy.audit.parts import written_whole
 
 PART_GLOB = "part-*.parquet"
 TMP_GLOB = ".part-*.tmp"  # a write that did not finish (the flow removes them)
@@ -38,14 +39,8 @@ def part_name(table: pa.Table, label: str, key: tuple[str, ...]) -> str:
 
 def write_part(table: pa.Table, path: Path) -> Path:
     """`table` as Parquet at `path`, written whole or not at all."""
-    # Listed by PART_GLOB, so never torn; two attempts of one bundle may write at once.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with written_whole(path) as tmp:
         pq.write_table(table, tmp, compression="snappy")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -26,6 +26,7 @@ import os
 import uuid
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -49,15 +50,25 @@ PART_SUFFIX = ".arrow"
 _PART_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 
 
+@contextmanager
+def written_whole(path: Path):
+    """A temporary path beside `path` to write a part to: renamed to `path` when the block
+    ends, removed when it fails. Parts are listed by suffix, so no reader sees a torn one;
+    two attempts (threads, retried bundles) may write the same part at once."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_part(table: pa.Table, folder: Path, label: str) -> Path:
     """One part: the records in span-id order, named after them, written whole or not at all."""
     table, spans = in_span_order(table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA))
     path = Path(folder) / part_name(label, spans)
-    # The parts are listed by suffix: never torn. Two threads may write the same content.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with ipc.new_file(tmp, AUDIT_SCHEMA, options=_PART_OPTIONS) as writer:
-        writer.write_table(table)
-    os.replace(tmp, path)
+    with written_whole(path) as tmp, ipc.new_file(tmp, AUDIT_SCHEMA, options=_PART_OPTIONS) as w:
+        w.write_table(table)
     return path
 
 
