@@ -65,14 +65,16 @@ EVALUATION_SCHEMA = pa.schema(
 # A signal id depends only on household, scheme and year, so it is the same in every
 # run (lifecycle, fatigue and idempotent reruns rely on that). Digits are mapped to
 # letters so that no id can contain something that looks like a BSN.
-SELECT_CANDIDATES_SQL = """
+# Objected to the scheme: in the candidates, and in which evaluations get texts.
+OBJECTED_SQL = "coalesce(list_contains(h.objected_schemes, e.scheme), FALSE)"
+SELECT_CANDIDATES_SQL = f"""
 SELECT
     -- Only an entitled candidate can become a signal: the others need no id (and hashing
     -- every household x scheme row cost a quarter of this stage).
     CASE WHEN e.entitled THEN 's.' || translate(left(sha256(e.household_pid || '|' || e.scheme
         || '|' || CAST(e.benefit_year AS VARCHAR)), 32), '0123456789', 'qrstuvwxyz')
     END AS signal_id,
-    '{run_id}' AS run_id,
+    '{{run_id}}' AS run_id,
     e.household_pid,
     e.applicant_pid,
     e.scheme,
@@ -87,7 +89,7 @@ SELECT
     e.repayment_risk,
     e.entitled,
     e.already_receiving,
-    coalesce(list_contains(h.objected_schemes, e.scheme), FALSE) AS objected,
+    {OBJECTED_SQL} AS objected,
     h.applicant_deregistered AS deregistered
 FROM evaluations AS e
 JOIN households AS h USING (household_pid)
@@ -100,12 +102,12 @@ LEFT JOIN texts AS t
 # receiving, objected to or deregistered (pipelines/proportionality.py suppresses all
 # others, an unknown among them). Only these households' entitled evaluations get
 # explanation texts (`texts` above).
-MAY_SIGNAL_SQL = """
+MAY_SIGNAL_SQL = f"""
 SELECT * FROM households
 WHERE household_pid IN (
     SELECT e.household_pid FROM evaluations AS e JOIN households AS h USING (household_pid)
     WHERE e.entitled AND NOT coalesce(e.already_receiving
-        OR coalesce(list_contains(h.objected_schemes, e.scheme), FALSE)
+        OR {OBJECTED_SQL}
         OR h.applicant_deregistered, TRUE)
 )
 """

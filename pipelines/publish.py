@@ -96,8 +96,9 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
             counts = _consolidate_all(con, staging, deliveries)
         # The audit parts stay: the log append streams them into its segment, the one
         # place the records are written whole (privacy/audit/log.py append_run).
-        counts["audit_records"] = audit.result().records
-        counts["audit_per_operation"] = audit.result().per_operation
+        counted = audit.result()
+        counts["audit_records"] = counted.records
+        counts["audit_per_operation"] = counted.per_operation
     parts = ("signal_parts", "suppressed_parts", "lifecycle_parts", "evaluation_parts")
     for folder in parts + ("quarantine_parts", ".finalise-spill", SHUFFLE_DIR):
         shutil.rmtree(staging / folder, ignore_errors=True)

@@ -5,10 +5,9 @@ is complete. The DirectRunner holds them in memory, encoded, so the three join
 shuffles kept the whole population in memory: ~1.9 KB a person, ~20 GB at 10M
 persons. Here the batches that go into a grouping are first written as Arrow IPC files
 under the run's staging folder (a file per SPILL_ROWS rows, pipelines/join.py), a record
-batch per key (join bucket); the grouping
-carries only the path, batch number and row count, and the join reads its bucket's
-batches back when it runs. Memory is then one bucket's data per thread, whatever the
-population.
+batch per key (join bucket); the grouping carries only the path, batch number and row
+count, and the join reads its bucket's batches back when it runs. Memory is then one
+bucket's data per thread, whatever the population.
 
 The staging folder must be reachable by every worker at the same path (a shared file
 system on a cluster: docs/scaling.md, Paths), as it already must be for the run's
