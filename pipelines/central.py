@@ -37,7 +37,8 @@ from pipelines.evaluate import (
 from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
 from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, buckets_for
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
-from pipelines.options import cores, local_threads, pipeline_options
+from pipelines.machine import cores
+from pipelines.options import local_threads, pipeline_options
 from pipelines.read_deliveries import Delivery, ReadDelivery
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA

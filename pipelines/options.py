@@ -25,26 +25,17 @@ persons 11.9 s -> 10.7 s). So `local_threads` gives each thread at least two buc
 
 from __future__ import annotations
 
-import os
-
 from apache_beam.options.pipeline_options import PipelineOptions
 
 # Every pipeline runs with options from here: this registers the coder of its Arrow elements.
 from pipelines import arrow_coder  # noqa: F401
+from pipelines.machine import cores
 
 # Runner names Beam does not know (or knows only with bugs), and the class to use.
 RUNNERS = {
     "DirectRunner": "apache_beam.runners.portability.fn_api_runner.FnApiRunner",
     "DaskRunner": "pipelines.dask_runner.DaskRunner",
 }
-
-
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the system tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def local_threads(buckets: int) -> int:

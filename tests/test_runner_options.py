@@ -12,7 +12,8 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipeline_outputs import assert_same_outputs, population, run_central
 
-from pipelines.options import cores, local_threads, pipeline_options, used_threads
+from pipelines.machine import cores
+from pipelines.options import local_threads, pipeline_options, used_threads
 
 
 def _options(options) -> dict:

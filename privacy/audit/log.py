@@ -61,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.machine import cores
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_hashes
 from privacy.audit.parts import PARTS_DIR, AuditParts
@@ -298,7 +299,7 @@ class _Records:
         """
         if isinstance(self.source, AuditParts):
             big = self.source.records >= PARALLEL_RECORDS
-            workers = (os.cpu_count() or 1) if big else 1
+            workers = cores() if big else 1
             yield from self.source.hashed_tables(CHUNK_ROWS, first, workers)
             return
         for chunk in self.chunks():

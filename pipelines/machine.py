@@ -1,0 +1,13 @@
+"""What the machine offers this process. No Beam here: the audit log's hashing uses it too."""
+
+from __future__ import annotations
+
+import os
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
