@@ -115,8 +115,8 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
         read = p | f"Read_{name}" >> ReadDelivery(delivery, spec.domain)
         rows[name] = read.rows
         quarantined.append(read[ReadDelivery.QUARANTINE])
-    # One sink for every source's quarantine (rows name their source): a file sink is ~8
-    # stages for the runner to set up, and these collections are all but empty.
+    # One writer for every source's quarantine (rows name their source): one step in the
+    # graph instead of one per source.
     quarantine = quarantined | "Quarantine" >> beam.Flatten()
     _write(quarantine, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine")
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)
