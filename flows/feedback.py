@@ -44,7 +44,6 @@ import csv
 import datetime as dt
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import duckdb
@@ -54,6 +53,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipelines import lifecycle
+from privacy.files import written_whole
 
 REQUIRED = ("signal_id", "outcome", "outcome_date")
 OPTIONAL = ("scheme",)
@@ -287,10 +287,8 @@ def store(table: pa.Table, runs_root: Path) -> tuple[Path, bool]:
     if path.is_file():
         return path, False
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.tmp"
-    pq.write_table(table, tmp)
-    os.chmod(tmp, 0o600)  # pseudonymised personal data
-    os.replace(tmp, path)
+    with written_whole(path, private=True) as tmp:  # pseudonymised personal data
+        pq.write_table(table, tmp)
     return path, True
 
 
@@ -349,9 +347,8 @@ def write_statistics(runs_root: Path, statistics: pa.Table) -> Path:
     path = lifecycle.feedback_folder(runs_root) / "statistics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"definitions": "flows/feedback.py", "per_scheme": statistics.to_pylist()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with written_whole(path) as tmp:
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -53,6 +53,7 @@ from privacy.disclosure import (
     carried_from,
     protect,
 )
+from privacy.files import written_whole
 
 STATUSES = ("signalled", "receiving", "withheld", "not_entitled")
 STATUS_LABELS = {
@@ -630,9 +631,8 @@ def build_report(
     os.replace(staged, tables_dir)
     page = render_html(protected, fairness, summary, schemes, past, unmatched, options)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_html.with_name(f".{out_html.name}.tmp")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, out_html)
+    with written_whole(out_html) as partial:
+        partial.write_text(page, encoding="utf-8")
     return Report(out_html, tables_dir, protected, fairness, summary)
 
 

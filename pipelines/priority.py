@@ -28,7 +28,6 @@ lists joined with "; ", ready to import into a case system.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -48,6 +47,7 @@ from pipelines.proportionality import (
     reasoned,
     whole_in,
 )
+from privacy.files import written_whole
 
 # What the score reads: household columns (pipelines/household.py) and the signals' amount.
 HOUSEHOLD_INPUTS = ("arrears_sectors", "arrears_total", "arrears_max_months")
@@ -262,8 +262,6 @@ def write_worklist(table: pa.Table, csv_path: Path) -> tuple[Path, Path]:
     parquet_path = csv_path.with_suffix(".parquet")
     for path, write in ((parquet_path, pq.write_table), (csv_path, pacsv.write_csv)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        write(table, tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        with written_whole(path, private=True) as tmp:
+            write(table, tmp)
     return csv_path, parquet_path

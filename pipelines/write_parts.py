@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from privacy.audit.parts import written_whole
+from privacy.files import written_whole
 
 PART_GLOB = "part-*.parquet"
 TMP_GLOB = ".part-*.tmp"  # a write that did not finish (the flow removes them)
@@ -39,7 +39,7 @@ def part_name(table: pa.Table, label: str, key: tuple[str, ...]) -> str:
 
 def write_part(table: pa.Table, path: Path) -> Path:
     """`table` as Parquet at `path`, written whole or not at all."""
-    with written_whole(path) as tmp:
+    with written_whole(path, shared=True) as tmp:  # a retried bundle may write it too
         pq.write_table(table, tmp, compression="snappy")
     return path
 

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from privacy.files import written_whole
+
 FORMAT = "signals-keyring/1"
 PASSPHRASE_ENV = "SIGNALS_KEYRING_PASSPHRASE"
 # RFC 9106's second recommended option (64 MiB, 3 passes); ~0.15 s here.
@@ -212,10 +214,8 @@ def save_keyring(keyring: Keyring, path: Path, passphrase: str) -> None:
     ciphertext = AESGCM(_kdf(passphrase, salt, kdf)).encrypt(nonce, plain, aad)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(dict(header, ciphertext=_b64(ciphertext)), indent=1))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    with written_whole(path, private=True) as tmp:
+        tmp.write_text(json.dumps(dict(header, ciphertext=_b64(ciphertext)), indent=1))
 
 
 def load_keyring(path: Path, passphrase: str) -> Keyring:

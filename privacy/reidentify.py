@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from pipelines.audit_records import AUDIT_SCHEMA, AuditContext, audit_batch, can
 from pipelines.priority import WORKLIST_SCHEMA as PRIORITY_WORKLIST
 from pipelines.priority import worklist_table
 from pipelines.read_deliveries import open_delivery, validate_delivery
+from privacy.files import written_whole
 from privacy.keys import Keyring, KeyringError, check_custody
 from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.register import load_register
@@ -155,10 +155,8 @@ def _log(run_dir: Path, run_id: str, batch: pa.RecordBatch, event: str, keyring:
 
 def _write_private(table: pa.Table, path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(table, tmp)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    with written_whole(path, private=True) as tmp:
+        write(table, tmp)
 
 
 def write_worklist(

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from privacy.files import written_whole
 from privacy.keys import Keyring, KeyringError
 
 # Paths in a run folder that hold personal data (pseudonymous, per household or person);
@@ -95,10 +96,8 @@ def _write_key(key_store: Path, run_id: str, data_key: bytes, keyring: Keyring) 
     }
     key_store.mkdir(parents=True, exist_ok=True)
     path = key_store / f"{run_id}.key"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    with written_whole(path, private=True) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipelines.contract import MANIFEST_KEYS, SCHEMA_VERSION, SOURCES, oin_is_valid
+from privacy.files import written_whole
 
 FORMATS = ("csv", "parquet")
 DEFAULT_FORMATS = {name: ("parquet" if name == "tax" else "csv") for name in SOURCES}
@@ -54,19 +54,18 @@ def write_data(table: pa.Table, directory: Path, fmt: str) -> Path:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"data.{fmt}"
-    tmp = directory / f".data.{fmt}.tmp"
-    if fmt == "csv":
-        options = pacsv.WriteOptions(
-            include_header=True,
-            delimiter=",",
-            quoting_style="none",
-            quoting_header="none",
-            batch_size=65536,
-        )
-        pacsv.write_csv(table, str(tmp), options)
-    else:
-        pq.write_table(table, str(tmp), compression="zstd")
-    os.replace(tmp, path)
+    with written_whole(path) as tmp:
+        if fmt == "csv":
+            options = pacsv.WriteOptions(
+                include_header=True,
+                delimiter=",",
+                quoting_style="none",
+                quoting_header="none",
+                batch_size=65536,
+            )
+            pacsv.write_csv(table, str(tmp), options)
+        else:
+            pq.write_table(table, str(tmp), compression="zstd")
     for other in FORMATS:
         stale = directory / f"data.{other}"
         if other != fmt and stale.exists():
@@ -128,9 +127,8 @@ def write_manifest(
             strict=True,
         )
     )
-    tmp = directory / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / "manifest.json")
+    with written_whole(directory / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
-import uuid
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -38,6 +35,7 @@ import pyarrow.ipc as ipc
 from privacy.audit import merkle
 from privacy.audit.leaf import leaf_hashes
 from privacy.audit.schema import AUDIT_SCHEMA
+from privacy.files import written_whole
 
 _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 
@@ -50,25 +48,14 @@ PART_SUFFIX = ".arrow"
 _PART_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 
 
-@contextmanager
-def written_whole(path: Path):
-    """A temporary path beside `path` to write a part to: renamed to `path` when the block
-    ends, removed when it fails. Parts are listed by suffix, so no reader sees a torn one;
-    two attempts (threads, retried bundles) may write the same part at once."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_part(table: pa.Table, folder: Path, label: str) -> Path:
     """One part: the records in span-id order, named after them, written whole or not at all."""
     table, spans = in_span_order(table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA))
     path = Path(folder) / part_name(label, spans)
-    with written_whole(path) as tmp, ipc.new_file(tmp, AUDIT_SCHEMA, options=_PART_OPTIONS) as w:
-        w.write_table(table)
+    # Two attempts (threads, retried bundles) may write the same part at once.
+    with written_whole(path, shared=True) as tmp:
+        with ipc.new_file(tmp, AUDIT_SCHEMA, options=_PART_OPTIONS) as writer:
+            writer.write_table(table)
     return path
 
 
@@ -210,15 +197,14 @@ class AuditParts:
             return
         dropped = np.zeros(0, np.int64) if self.keep is None else np.flatnonzero(~self.keep)
         meta = json.dumps({"records": self.records, "per_operation": self.per_operation})
-        tmp = self.folder / f".{self.SUMMARY}.tmp.npz"
-        np.savez(
-            tmp,
-            parts=np.array([p.name for p in self.paths], dtype=str),
-            sizes=np.array(self.sizes, np.int64),
-            dropped=dropped,
-            meta=np.array(meta),
-        )
-        os.replace(tmp, self.folder / self.SUMMARY)
+        with written_whole(self.folder / self.SUMMARY) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                parts=np.array([p.name for p in self.paths], dtype=str),
+                sizes=np.array(self.sizes, np.int64),
+                dropped=dropped,
+                meta=np.array(meta),
+            )
 
     def _all_span_ids(self) -> np.ndarray:
         """Every part's span ids, in log order, repeats included."""
