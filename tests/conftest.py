@@ -70,6 +70,13 @@ def _prefect_home(tmp_path_factory):
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     environment.configure(home)
     yield home
+    # Flows run here start Prefect's temporary server, which stops itself at exit and logs
+    # it to a stream pytest has closed by then ("--- Logging error ---" after the summary).
+    # Stopped here, while the streams are open. Prefect has no public handle on it.
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
 
 
 @pytest.fixture
