@@ -19,9 +19,31 @@ import datetime as dt
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 MAX_PROBLEMS_SHOWN = 20
+PROGRESS_EVERY = 5.0  # seconds between progress lines of a long verification
+
+
+def _progress(what: str):
+    """A `verify_log` progress callback: a line on stderr every PROGRESS_EVERY seconds
+    (a log of 1M persons takes ~20 s to verify, one of 10M a few minutes)."""
+    started = last = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY:
+            last = now
+            share = f" ({100 * done / total:.0f}%)" if total else ""
+            print(
+                f"{what}: {done:,} of {total:,} records checked{share}, {now - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
 
 
 def _log_root(value: str) -> Path:
@@ -67,7 +89,12 @@ def cmd_verify(args) -> int:
     from privacy.audit.verify import verify_log
 
     root = _log_root(args.log)
-    report = verify_log(root, args.public_key or None, args.trusted_checkpoint or None)
+    report = verify_log(
+        root,
+        args.public_key or None,
+        args.trusted_checkpoint or None,
+        progress=_progress("verifying"),
+    )
     if not report.ok:
         print(f"audit log {root}: FAILED", file=sys.stderr)
         print(f"  first problem: {report.problems[0]}", file=sys.stderr)
@@ -245,7 +272,7 @@ def cmd_export(args) -> int:
         raise UsageError(f"{dest}: not empty; export into a new folder")
     log = AuditLog(root)
     with log.locked():  # no append while the copy is made
-        report = verify_log(root)
+        report = verify_log(root, progress=_progress("verifying before export"))
         if not report.ok:
             print(
                 f"not exported: the log fails verification: {report.problems[0]}", file=sys.stderr

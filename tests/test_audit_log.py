@@ -120,6 +120,21 @@ def test_three_runs_make_a_chain_of_signed_checkpoints_that_verifies(log_root):
     assert (log_root / "public_key.pem").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
 
 
+def test_verification_tells_its_progress_up_to_the_signed_size(log_root, monkeypatch):
+    seen = []
+    report = verify_log(log_root, progress=lambda done, total: seen.append((done, total)))
+    total = AuditLog(log_root).latest().tree_size
+    assert report.ok and len(seen) >= 3  # at least once per segment
+    assert seen[-1] == (total, total) and {t for _, t in seen} == {total}
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    # The command line says it on stderr (here at every step; by default every 5 s).
+    from flows import cli_audit
+
+    monkeypatch.setattr(cli_audit, "PROGRESS_EVERY", 0)
+    code, err = verify_cli(log_root)
+    assert code == 0 and f"verifying: {total:,} of {total:,} records checked (100%)" in err
+
+
 def test_the_root_is_the_rfc_6962_root_of_the_canonical_leaves(log_root):
     log = AuditLog(log_root)
     table = pa.concat_tables(pq.read_table(p) for p in log.committed_segments())

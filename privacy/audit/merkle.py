@@ -233,18 +233,29 @@ class TreeStream:
     Every level is hashed as its nodes arrive: a node waits only for its right sibling,
     so at most one node per level is pending. Of each level only the first EDGE nodes
     (next to the old tree: the consistency proof) and the last EDGE (the right edge:
-    frontier, root) are kept. A log append of 60 M records then needs a few kB for its
-    tree instead of ~4 GB; its leaf hashes are in the segment for whoever needs proofs.
+    frontier, root) are kept, and the nodes that the inclusion proofs of the leaves in
+    `proofs_for` need. A log append of 60 M records then needs a few kB for its tree
+    instead of ~4 GB; its leaf hashes are in the segment for whoever needs proofs.
     """
 
     EDGE = 4
 
-    def __init__(self, old_size: int, old_frontier: dict[int, bytes]):
+    def __init__(
+        self, old_size: int, old_frontier: dict[int, bytes], proofs_for: Iterable[int] = ()
+    ):
         _check_frontier(old_size, old_frontier)
         self.old_size, self.size = old_size, old_size
         self._pending: dict[int, tuple[int, bytes]] = {}
         self._first: list[dict[int, bytes]] = []
         self._last: list[dict[int, bytes]] = []
+        # Per level, the nodes an inclusion proof of a leaf in `proofs_for` reads: the leaf
+        # itself, then its sibling and every ancestor's sibling.
+        self._wanted: dict[int, set[int]] = {}
+        for leaf in proofs_for:
+            self._wanted.setdefault(0, set()).add(leaf)
+            for level in range(64):
+                self._wanted.setdefault(level, set()).add((leaf >> level) ^ 1)
+        self._proof_nodes: dict[int, dict[int, bytes]] = {}
         for h, node in old_frontier.items():
             index = (old_size >> h) - 1  # even: the old tree's perfect subtree at this level
             self._pending[h] = (index, node)
@@ -260,6 +271,8 @@ class TreeStream:
 
     def add_subtrees(self, part: Subtrees) -> None:
         """The next leaves, already hashed into subtrees elsewhere (`subtrees`)."""
+        if self._wanted:
+            raise ValueError("a stream that gives inclusion proofs must be given the leaves")
         if part.first != self.size:
             raise ValueError(f"subtrees from leaf {part.first} given at leaf {self.size}")
         self.size += part.count
@@ -282,6 +295,10 @@ class TreeStream:
         count = len(nodes) // HASH_SIZE
         for i in [*range(min(count, self.EDGE)), *range(max(self.EDGE, count - self.EDGE), count)]:
             self._keep(level, first + i, nodes[i * HASH_SIZE : (i + 1) * HASH_SIZE])
+        for index in self._wanted.get(level, ()):
+            if first <= index < first + count:
+                at = (index - first) * HASH_SIZE
+                self._proof_nodes.setdefault(level, {})[index] = nodes[at : at + HASH_SIZE]
         if level in self._pending:
             index, node = self._pending.pop(level)
             if index != first - 1:
@@ -303,7 +320,10 @@ class TreeStream:
             level, width = level + 1, (width + 1) // 2
         tree = Tree.__new__(Tree)
         tree.old_size, tree.size, tree.height, tree.levels = self.old_size, self.size, level, []
-        tree._held = [{**a, **b} for a, b in zip(self._first, self._last, strict=True)]
+        tree._held = [
+            {**a, **b, **self._proof_nodes.get(h, {})}
+            for h, (a, b) in enumerate(zip(self._first, self._last, strict=True))
+        ]
         return tree
 
 

@@ -172,7 +172,25 @@ def _unreadable(name: str, e: Exception) -> str:
 
 
 def _check_sequence(segment: pq.ParquetFile, path: Path, cp: Checkpoint, report) -> bool:
-    """leaf_index must run first_leaf, first_leaf+1, ... and stop at tree_size."""
+    """leaf_index must run first_leaf, first_leaf+1, ... and stop at tree_size.
+
+    Read a chunk at a time (a 10M-person run has ~60 M records); only a segment found
+    out of sequence is read whole, to say what is wrong with it.
+    """
+    count = 0
+    for batch in segment.iter_batches(batch_size=CHUNK_ROWS, columns=["leaf_index"]):
+        found = batch.column(0).to_numpy(zero_copy_only=False)
+        start = cp.first_leaf + count
+        count += len(found)
+        if not np.array_equal(found, np.arange(start, start + len(found), dtype=np.int64)):
+            return _sequence_problem(segment, path, cp, report)
+    if count != cp.leaf_count:
+        return _sequence_problem(segment, path, cp, report)
+    return True
+
+
+def _sequence_problem(segment: pq.ParquetFile, path: Path, cp: Checkpoint, report) -> bool:
+    """Names what breaks the sequence of leaf_index (reads the column whole)."""
     name = path.name
     found = segment.read(columns=["leaf_index"]).column("leaf_index")
     found = found.to_numpy(zero_copy_only=False)
@@ -204,18 +222,19 @@ def _check_sequence(segment: pq.ParquetFile, path: Path, cp: Checkpoint, report)
             )
         )
         return False
-    return True
+    report.problems.append(f"{name}: its leaf indices changed while it was read (being altered?)")
+    return False
 
 
 def _check_leaves(
-    segment: pq.ParquetFile, path: Path, cp: Checkpoint, report
-) -> tuple[bytes, bool]:
-    """Recomputed leaf hashes, a chunk at a time; names the first record that no longer matches."""
-    leaves, at = [], 0
-    for batch in segment.iter_batches(batch_size=CHUNK_ROWS):
-        chunk = pa.Table.from_batches([batch])
+    segment: pq.ParquetFile, path: Path, cp: Checkpoint, tree: merkle.TreeStream, report, progress
+) -> bool:
+    """Every record's leaf hash recomputed, a chunk at a time, and fed to `tree`; names
+    the first record that no longer matches its stored hash."""
+    at = 0
+    for group in range(segment.num_row_groups):
+        chunk = segment.read_row_group(group)
         hashes = leaf_hashes(chunk, cp.first_leaf + at)
-        leaves.append(hashes)
         stored = chunk.column("leaf_hash")
         if stored.null_count or fixed_bytes(stored) != hashes:
             mine = np.frombuffer(hashes, dtype=np.uint8).reshape(-1, 32)
@@ -226,12 +245,23 @@ def _check_leaves(
                 f"{_record_name(path, row, cp.first_leaf + row)}: its content does not match "
                 "its leaf hash (record altered)"
             )
-            return b"", False
+            return False
+        tree.add(hashes)
         at += chunk.num_rows
-    return b"".join(leaves), True
+        progress(chunk.num_rows)
+    return True
 
 
-def _check_tree(tree: merkle.Tree, cp: Checkpoint, name: str, report, rng) -> None:
+def _samples(cp: Checkpoint, rng: random.Random) -> list[int]:
+    """The leaves of a checkpoint's segment whose inclusion proofs are checked."""
+    count = cp.leaf_count
+    if not count:
+        return []
+    picks = {0, count - 1, count // 2} | {rng.randrange(count) for _ in range(INCLUSION_SAMPLES)}
+    return sorted(cp.first_leaf + offset for offset in picks)
+
+
+def _check_tree(tree: merkle.Tree, cp: Checkpoint, samples: list[int], name: str, report):
     if tree.root() != cp.root:
         report.problems.append(
             f"{name} (leaves {cp.first_leaf}..{cp.tree_size - 1}): the records give another "
@@ -246,12 +276,7 @@ def _check_tree(tree: merkle.Tree, cp: Checkpoint, name: str, report, rng) -> No
         report.problems.append(
             f"checkpoint {cp.sequence}: its consistency proof is not the one its records give"
         )
-    count = cp.leaf_count
-    if not count:
-        return
-    picks = {0, count - 1, count // 2} | {rng.randrange(count) for _ in range(INCLUSION_SAMPLES)}
-    for offset in sorted(picks):
-        index = cp.first_leaf + offset
+    for index in samples:
         leaf = tree.node(0, index)
         proof = tree.inclusion_proof(index)
         if not merkle.verify_inclusion(leaf, index, cp.tree_size, proof, cp.root):
@@ -259,7 +284,9 @@ def _check_tree(tree: merkle.Tree, cp: Checkpoint, name: str, report, rng) -> No
         report.inclusion_proofs += 1
 
 
-def _check_segment(log: AuditLog, cp: Checkpoint, previous: Checkpoint | None, report, rng):
+def _check_segment(
+    log: AuditLog, cp: Checkpoint, previous: Checkpoint | None, report, rng, progress
+):
     path = log.segment_path(cp)
     name = path.name
     if cp.body["segment"] != segment_name(cp.sequence):
@@ -269,11 +296,12 @@ def _check_segment(log: AuditLog, cp: Checkpoint, previous: Checkpoint | None, r
     segment = _open_segment(path, cp, report)
     try:
         if segment is not None and _check_sequence(segment, path, cp, report):
-            leaves, intact = _check_leaves(segment, path, cp, report)
-            if intact:
+            samples = _samples(cp, rng)
+            frontier = previous.frontier if previous else {}
+            stream = merkle.TreeStream(cp.first_leaf, frontier, proofs_for=samples)
+            if _check_leaves(segment, path, cp, stream, report, progress):
                 report.records += cp.leaf_count
-                frontier = previous.frontier if previous else {}
-                _check_tree(merkle.Tree(cp.first_leaf, frontier, leaves), cp, name, report, rng)
+                _check_tree(stream.finish(), cp, samples, name, report)
     except Exception as e:  # a page that no longer decodes, found while reading on
         report.problems.append(_unreadable(name, e))
     digest_ok = path.is_file() and signing.b64(file_sha256(path)) == cp.body["segment_sha256"]
@@ -317,13 +345,28 @@ def _check_trusted(checkpoints: list[Checkpoint], trusted: list[Path], keys: dic
             )
 
 
+def _signed_records(files: list[Path]) -> int:
+    """The tree size the last readable checkpoint signed (for progress only)."""
+    for path in reversed(files):
+        try:
+            return Checkpoint.parse(path.read_text(), str(path)).tree_size
+        except (AuditLogError, OSError):
+            continue
+    return 0
+
+
 def verify_log(
     root: Path,
     public_keys: list[Path] | None = None,
     trusted: list[Path] | None = None,
     seed: int | None = None,
+    progress=None,
 ) -> Report:
-    """Verify the whole log; see the module docstring. Never raises for a finding."""
+    """Verify the whole log; see the module docstring. Never raises for a finding.
+
+    `progress(records_done, records_signed)`, if given, is called as the records are
+    checked (a log of 10M persons has ~60 M of them).
+    """
     log = AuditLog(root)
     report = Report(Path(root))
     if not log.checkpoints_dir.is_dir():
@@ -339,7 +382,17 @@ def verify_log(
     rng = random.Random(seed)
     checkpoints: list[Checkpoint] = []
     previous = None
-    for i, path in enumerate(log.checkpoint_files()):
+    files = log.checkpoint_files()
+    signed = _signed_records(files)
+    done = 0
+
+    def checked(records: int) -> None:
+        nonlocal done
+        done += records
+        if progress:
+            progress(done, signed)
+
+    for i, path in enumerate(files):
         if path.name != checkpoint_name(i):
             report.problems.append(f"{path.name}: checkpoint {checkpoint_name(i)} is missing")
             break
@@ -353,7 +406,7 @@ def verify_log(
             break
         if not _check_checkpoint(cp, previous, keys, report):
             break
-        _check_segment(log, cp, previous, report, rng)
+        _check_segment(log, cp, previous, report, rng, checked)
         checkpoints.append(cp)
         previous = cp
     report.checkpoints = len(checkpoints)
