@@ -204,6 +204,35 @@ def test_flipping_a_byte_of_a_record_value_names_that_record(log_root):
     assert f"leaf {leaf} ({segment_name(1)} row 17" in first and "record altered" in first
 
 
+def test_a_big_segment_is_verified_in_worker_processes_with_the_same_findings(
+    tmp_path, signer, monkeypatch
+):
+    from privacy.audit import log as audit_log
+    from privacy.audit import verify
+
+    monkeypatch.setattr(audit_log, "CHUNK_ROWS", 7)  # row groups of 7: work for every worker
+    root = tmp_path / "audit-log"
+    for run in ("2025-01-01-run", "2025-02-01-run"):
+        AuditLog(root).append(run_records(run), run, signer)
+    here = verify_log(root, seed=3)
+    monkeypatch.setattr(verify, "PARALLEL_RECORDS", 1)
+    there = verify_log(root, seed=3)
+    assert here.ok and there.ok, there.problems
+    assert (there.records, there.inclusion_proofs) == (here.records, here.inclusion_proofs)
+    assert there.records == 8 * SUBJECTS and there.inclusion_proofs >= 12
+
+    path = _segment(root)
+    table = pq.read_table(path)
+    attrs = table.column("attributes").to_pylist()
+    attrs[100] = attrs[100].replace("}", ',"x":1}', 1)
+    index = table.schema.get_field_index("attributes")
+    pq.write_table(table.set_column(index, "attributes", pa.array(attrs)), path, row_group_size=7)
+    report = verify_log(root)
+    leaf = 4 * SUBJECTS + 100
+    assert f"leaf {leaf} ({segment_name(1)} row 100" in report.problems[0]
+    assert "record altered" in report.problems[0]
+
+
 def test_deleting_a_record_names_the_missing_leaf(log_root):
     path = _segment(log_root)
     table = pq.read_table(path)

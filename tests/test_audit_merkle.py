@@ -177,9 +177,10 @@ def test_a_streamed_tree_gives_the_rfc_root_frontier_and_consistency_proof(old, 
             assert tree.consistency_proof() == proof(old, d)
 
 
+@pytest.mark.parametrize("as_subtrees", [False, True])
 @pytest.mark.parametrize("old", [0, 1, 2, 3, 5, 7, 8, 13, 64, 100])
-def test_a_streamed_tree_gives_the_rfc_inclusion_proofs_of_the_leaves_asked_for(old):
-    """What `audit verify` checks without holding a whole segment's tree in memory."""
+def test_a_streamed_tree_gives_the_rfc_inclusion_proofs_of_the_leaves_asked_for(old, as_subtrees):
+    """What `audit verify` and `audit prove` check without holding a segment's whole tree."""
     rng = random.Random(old)
     for new in [old + 1, old + 2, old + 3, old + 9, old + 64, old + 77, old + 1000]:
         d = data(new)
@@ -188,8 +189,11 @@ def test_a_streamed_tree_gives_the_rfc_inclusion_proofs_of_the_leaves_asked_for(
         stream = merkle.TreeStream(old, frontier, proofs_for=asked)
         added, hashes = old, leaves(d[old:])
         while added < new:
-            chunk = hashes[(added - old) * 32 : (added - old + rng.randint(1, 9)) * 32]
-            stream.add(chunk)
+            chunk = hashes[(added - old) * 32 : (added - old + rng.randint(1, 40)) * 32]
+            if as_subtrees:  # hashed in worker processes, each told every leaf asked for
+                stream.add_subtrees(merkle.subtrees(chunk, added, proofs_for=asked))
+            else:
+                stream.add(chunk)
             added += len(chunk) // 32
         tree = stream.finish()
         for m in asked:
@@ -198,10 +202,10 @@ def test_a_streamed_tree_gives_the_rfc_inclusion_proofs_of_the_leaves_asked_for(
             assert merkle.verify_inclusion(tree.node(0, m), m, new, path(m, d), mth(d))
 
 
-def test_a_stream_asked_for_proofs_refuses_subtrees_it_cannot_take_them_from():
-    stream = merkle.TreeStream(0, {}, proofs_for=[5])
-    with pytest.raises(ValueError, match="must be given the leaves"):
-        stream.add_subtrees(merkle.subtrees(leaves(data(8)), 0))
+def test_a_stream_asked_for_proofs_refuses_subtrees_not_told_of_them():
+    stream = merkle.TreeStream(0, {}, proofs_for=[5, 9])
+    with pytest.raises(ValueError, match=r"lack the proof nodes of \[9\]"):
+        stream.add_subtrees(merkle.subtrees(leaves(data(8)), 0, proofs_for=[5]))
 
 
 def test_a_streamed_tree_holds_no_proof_for_a_leaf_in_the_middle():

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
@@ -191,6 +191,17 @@ def _check_frontier(old_size: int, old_frontier: dict[int, bytes]) -> None:
         raise ValueError(f"a frontier of {old_size} leaves needs levels {levels}")
 
 
+def proof_nodes_wanted(leaves: Iterable[int]) -> dict[int, set[int]]:
+    """Per level, the nodes the inclusion proofs of `leaves` read: each leaf itself, then
+    its sibling and the sibling of every ancestor (RFC 6962 PATH)."""
+    wanted: dict[int, set[int]] = {}
+    for leaf in leaves:
+        wanted.setdefault(0, set()).add(leaf)
+        for level in range(64):
+            wanted.setdefault(level, set()).add((leaf >> level) ^ 1)
+    return wanted
+
+
 @dataclass(frozen=True)
 class Subtrees:
     """Leaves first..first+count-1 hashed as far up as they go without their neighbours.
@@ -205,16 +216,27 @@ class Subtrees:
     first: int
     count: int
     cover: list[tuple[int, int, bytes]]
+    # The nodes wholly in the range that inclusion proofs of `proofs_for` read: (level, index).
+    proofs_for: frozenset[int] = frozenset()
+    proof_nodes: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
 
-def subtrees(leaves: bytes, first: int) -> Subtrees:
-    """The `Subtrees` of leaf hashes numbered from `first` (every node wholly among them)."""
+def subtrees(leaves: bytes, first: int, proofs_for: Iterable[int] = ()) -> Subtrees:
+    """The `Subtrees` of leaf hashes numbered from `first` (every node wholly among them),
+    with the nodes among them that the inclusion proofs of the leaves `proofs_for` read."""
     if len(leaves) % HASH_SIZE:
         raise ValueError("leaf hashes must be a multiple of 32 bytes")
+    proofs_for = frozenset(proofs_for)
+    wanted = proof_nodes_wanted(proofs_for)
+    found: dict[tuple[int, int], bytes] = {}
     left, right = [], []
     level, start, nodes = 0, first, leaves
     while nodes:
         end = start + len(nodes) // HASH_SIZE
+        for index in wanted.get(level, ()):
+            if start <= index < end:
+                at = (index - start) * HASH_SIZE
+                found[(level, index)] = nodes[at : at + HASH_SIZE]
         if start % 2:  # its left sibling is outside the range: this node stays a subtree
             left.append((level, start, nodes[:HASH_SIZE]))
         if end % 2:  # likewise the last node's right sibling
@@ -224,7 +246,7 @@ def subtrees(leaves: bytes, first: int) -> Subtrees:
             break
         nodes = hash_level(nodes[(lo - start) * HASH_SIZE : (hi - start) * HASH_SIZE])
         level, start = level + 1, lo // 2
-    return Subtrees(first, len(leaves) // HASH_SIZE, left + right[::-1])
+    return Subtrees(first, len(leaves) // HASH_SIZE, left + right[::-1], proofs_for, found)
 
 
 class TreeStream:
@@ -248,13 +270,8 @@ class TreeStream:
         self._pending: dict[int, tuple[int, bytes]] = {}
         self._first: list[dict[int, bytes]] = []
         self._last: list[dict[int, bytes]] = []
-        # Per level, the nodes an inclusion proof of a leaf in `proofs_for` reads: the leaf
-        # itself, then its sibling and every ancestor's sibling.
-        self._wanted: dict[int, set[int]] = {}
-        for leaf in proofs_for:
-            self._wanted.setdefault(0, set()).add(leaf)
-            for level in range(64):
-                self._wanted.setdefault(level, set()).add((leaf >> level) ^ 1)
+        self._proofs_for = frozenset(proofs_for)
+        self._wanted = proof_nodes_wanted(self._proofs_for)
         self._proof_nodes: dict[int, dict[int, bytes]] = {}
         for h, node in old_frontier.items():
             index = (old_size >> h) - 1  # even: the old tree's perfect subtree at this level
@@ -270,11 +287,16 @@ class TreeStream:
             self._feed(0, first, leaves)
 
     def add_subtrees(self, part: Subtrees) -> None:
-        """The next leaves, already hashed into subtrees elsewhere (`subtrees`)."""
-        if self._wanted:
-            raise ValueError("a stream that gives inclusion proofs must be given the leaves")
+        """The next leaves, already hashed into subtrees elsewhere (`subtrees`, given the
+        same `proofs_for` as this stream when it is to give inclusion proofs)."""
         if part.first != self.size:
             raise ValueError(f"subtrees from leaf {part.first} given at leaf {self.size}")
+        # A proof's nodes may lie in any part of the range: every part must have looked.
+        if not self._proofs_for <= part.proofs_for:
+            missing = sorted(self._proofs_for - part.proofs_for)
+            raise ValueError(f"subtrees from leaf {part.first} lack the proof nodes of {missing}")
+        for (level, index), node in part.proof_nodes.items():
+            self._proof_nodes.setdefault(level, {})[index] = node
         self.size += part.count
         for level, index, node in part.cover:  # left to right: as if fed leaf by leaf
             self._feed(level, index, node)

@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +30,7 @@ import pyarrow.ipc as ipc
 
 from privacy.audit import merkle
 from privacy.audit.leaf import leaf_hashes
+from privacy.audit.pool import in_order
 from privacy.audit.schema import AUDIT_SCHEMA
 from privacy.files import written_whole
 
@@ -274,20 +271,11 @@ class AuditParts:
                 table = read_group(group)
                 yield table, leaf_hashes(table, first), None
             return
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        jobs = iter(zip(groups, firsts, strict=True))
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            # A few chunks in flight, not all: the workers hash faster than this process
-            # writes, and finished hashes would pile up here (1.9 GB at 60 M records).
-            pending = deque(
-                (g, pool.submit(group_hashes, g, f)) for g, f in islice(jobs, 2 * workers)
-            )
-            while pending:
-                group, future = pending.popleft()
-                hashes, subtrees = future.result()
-                for g, f in islice(jobs, 1):
-                    pending.append((g, pool.submit(group_hashes, g, f)))
-                yield read_group(group), hashes, subtrees
+        jobs = list(zip(groups, firsts, strict=True))
+        for group, (hashes, subtrees) in zip(
+            groups, in_order(group_hashes, jobs, workers), strict=True
+        ):
+            yield read_group(group), hashes, subtrees
 
 
 def read_group(group: list[tuple[str, np.ndarray | None]]) -> pa.Table:

@@ -22,6 +22,7 @@ id (base64), never by anything else.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipelines.machine import cores
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import leaf_hashes
 from privacy.audit.log import (
     CHUNK_ROWS,
+    PARALLEL_RECORDS,
     SEGMENT_SCHEMA,
     AuditLog,
     AuditLogError,
@@ -42,6 +45,7 @@ from privacy.audit.log import (
     fixed_bytes,
     segment_name,
 )
+from privacy.audit.pool import in_order
 
 INCLUSION_SAMPLES = 8
 
@@ -225,29 +229,52 @@ def _sequence_problem(segment: pq.ParquetFile, path: Path, cp: Checkpoint, repor
     return False
 
 
+def check_group(
+    path: str, group: int, first: int, proofs_for: frozenset[int]
+) -> tuple[int | None, merkle.Subtrees | None]:
+    """One row group of a segment, its first record being leaf `first`: every record's leaf
+    hash recomputed from its canonical bytes. Returns the row (in the group) of the first
+    record whose stored hash differs, or the group's Merkle subtrees with the nodes of
+    the inclusion proofs of `proofs_for` (run in a worker process for a big segment)."""
+    chunk = pq.ParquetFile(path).read_row_group(group)
+    hashes = leaf_hashes(chunk, first)
+    stored = chunk.column("leaf_hash")
+    if stored.null_count or fixed_bytes(stored) != hashes:
+        mine = np.frombuffer(hashes, dtype=np.uint8).reshape(-1, 32)
+        theirs = fixed_bytes(stored).ljust(len(hashes), b"\0")
+        theirs = np.frombuffer(theirs, dtype=np.uint8).reshape(-1, 32)
+        return int(np.flatnonzero((mine != theirs).any(axis=1))[0]), None
+    return None, merkle.subtrees(hashes, first, proofs_for)
+
+
 def _check_leaves(
-    segment: pq.ParquetFile, path: Path, cp: Checkpoint, tree: merkle.TreeStream, report, progress
+    segment: pq.ParquetFile,
+    path: Path,
+    cp: Checkpoint,
+    tree: merkle.TreeStream,
+    samples: list[int],
+    report,
+    progress,
 ) -> bool:
-    """Every record's leaf hash recomputed, a chunk at a time, and fed to `tree`; names
-    the first record that no longer matches its stored hash."""
-    at = 0
-    for group in range(segment.num_row_groups):
-        chunk = segment.read_row_group(group)
-        hashes = leaf_hashes(chunk, cp.first_leaf + at)
-        stored = chunk.column("leaf_hash")
-        if stored.null_count or fixed_bytes(stored) != hashes:
-            mine = np.frombuffer(hashes, dtype=np.uint8).reshape(-1, 32)
-            theirs = fixed_bytes(stored).ljust(len(hashes), b"\0")
-            theirs = np.frombuffer(theirs, dtype=np.uint8).reshape(-1, 32)
-            row = at + int(np.flatnonzero((mine != theirs).any(axis=1))[0])
-            report.problems.append(
-                f"{_record_name(path, row, cp.first_leaf + row)}: its content does not match "
-                "its leaf hash (record altered)"
-            )
-            return False
-        tree.add(hashes)
-        at += chunk.num_rows
-        progress(chunk.num_rows)
+    """Every record's leaf hash recomputed, a row group at a time, and fed to `tree`; names
+    the first record that no longer matches its stored hash. A segment of PARALLEL_RECORDS
+    or more is hashed in worker processes, one per core, as the log append does."""
+    rows = [segment.metadata.row_group(g).num_rows for g in range(segment.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).tolist()
+    samples = frozenset(samples)
+    jobs = [(str(path), g, cp.first_leaf + starts[g], samples) for g in range(len(rows))]
+    workers = cores() if cp.leaf_count >= PARALLEL_RECORDS else 1
+    with contextlib.closing(in_order(check_group, jobs, workers)) as results:
+        for group, (bad, part) in enumerate(results):
+            if bad is not None:
+                row = starts[group] + bad
+                report.problems.append(
+                    f"{_record_name(path, row, cp.first_leaf + row)}: its content does not "
+                    "match its leaf hash (record altered)"
+                )
+                return False
+            tree.add_subtrees(part)
+            progress(rows[group])
     return True
 
 
@@ -298,7 +325,7 @@ def _check_segment(
             samples = _samples(cp, rng)
             frontier = previous.frontier if previous else {}
             stream = merkle.TreeStream(cp.first_leaf, frontier, proofs_for=samples)
-            if _check_leaves(segment, path, cp, stream, report, progress):
+            if _check_leaves(segment, path, cp, stream, samples, report, progress):
                 report.records += cp.leaf_count
                 _check_tree(stream.finish(), cp, samples, name, report)
     except Exception as e:  # a page that no longer decodes, found while reading on
