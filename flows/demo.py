@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from flows.summary import print_run_summary
+from privacy.files import written_whole
 
 
 def _demo_passphrase(keys_dir: Path) -> str:
@@ -27,8 +28,8 @@ def _demo_passphrase(keys_dir: Path) -> str:
     path = keys_dir / "demo-passphrase.txt"
     if not path.exists():
         keys_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        os.chmod(path, 0o600)
+        with written_whole(path, private=True) as tmp:
+            tmp.write_text(secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 

@@ -214,7 +214,7 @@ def save_keyring(keyring: Keyring, path: Path, passphrase: str) -> None:
     ciphertext = AESGCM(_kdf(passphrase, salt, kdf)).encrypt(nonce, plain, aad)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with written_whole(path, private=True) as tmp:
+    with written_whole(path, private=True, durable=True) as tmp:
         tmp.write_text(json.dumps(dict(header, ciphertext=_b64(ciphertext)), indent=1))
 
 

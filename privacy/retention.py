@@ -96,7 +96,7 @@ def _write_key(key_store: Path, run_id: str, data_key: bytes, keyring: Keyring) 
     }
     key_store.mkdir(parents=True, exist_ok=True)
     path = key_store / f"{run_id}.key"
-    with written_whole(path, private=True) as tmp:
+    with written_whole(path, private=True, durable=True) as tmp:  # without it, no data
         tmp.write_text(json.dumps(record, indent=1))
     return path
 
@@ -272,8 +272,8 @@ def decrypt_run(
         relative = path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)]
         target = out / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(decrypt_bytes(path, data_key, run_dir.name, relative))
-        os.chmod(target, 0o600)
+        with written_whole(target, private=True) as tmp:  # plain personal data
+            tmp.write_bytes(decrypt_bytes(path, data_key, run_dir.name, relative))
         written.append(target)
     return written
 

@@ -66,6 +66,7 @@ from privacy.audit import merkle, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_hashes
 from privacy.audit.parts import PARTS_DIR, AuditParts
 from privacy.audit.schema import AUDIT_SCHEMA
+from privacy.files import written_whole
 
 LOG_DIRNAME = "audit-log"
 CHECKPOINT_FORMAT = "signals-audit-checkpoint/1"
@@ -209,22 +210,9 @@ class AppendResult:
     appended: bool  # False: the batch was in the log already (idempotent rerun)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with written_whole(path, durable=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> bytes:
@@ -413,36 +401,33 @@ class AuditLog:
         """
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         path = self.segments_dir / segment_name(sequence)
-        tmp = path.with_name(f".{path.name}.tmp")
         counts, at = {}, tree.size
-        with pq.ParquetWriter(
-            tmp,
-            SEGMENT_SCHEMA,
-            compression="zstd",
-            use_dictionary=_DICTIONARY,
-            write_statistics=_STATISTICS,
-        ) as writer:
-            for chunk, hashes, subtrees in records.hashed_chunks(at):
-                n = chunk.num_rows
-                if subtrees is None:
-                    tree.add(hashes)
-                elif subtrees.count != n:
-                    raise AuditLogError(f"{n} records hashed as {subtrees.count} leaves")
-                else:
-                    tree.add_subtrees(subtrees)
-                index = pa.array(np.arange(at, at + n, dtype=np.int64))
-                digest = pa.FixedSizeBinaryArray.from_buffers(
-                    pa.binary(32), n, [None, pa.py_buffer(hashes)]
-                )
-                columns = [index] + list(chunk.columns) + [digest]
-                writer.write_table(pa.Table.from_arrays(columns, schema=SEGMENT_SCHEMA))
-                for d in pc.value_counts(chunk.column("name").combine_chunks()).to_pylist():
-                    counts[d["values"]] = counts.get(d["values"], 0) + d["counts"]
-                at += n
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.segments_dir)
+        with written_whole(path, durable=True) as tmp:
+            with pq.ParquetWriter(
+                tmp,
+                SEGMENT_SCHEMA,
+                compression="zstd",
+                use_dictionary=_DICTIONARY,
+                write_statistics=_STATISTICS,
+            ) as writer:
+                for chunk, hashes, subtrees in records.hashed_chunks(at):
+                    n = chunk.num_rows
+                    if subtrees is None:
+                        tree.add(hashes)
+                    elif subtrees.count != n:
+                        raise AuditLogError(f"{n} records hashed as {subtrees.count} leaves")
+                    else:
+                        tree.add_subtrees(subtrees)
+                    index = pa.array(np.arange(at, at + n, dtype=np.int64))
+                    digest = pa.FixedSizeBinaryArray.from_buffers(
+                        pa.binary(32), n, [None, pa.py_buffer(hashes)]
+                    )
+                    columns = [index] + list(chunk.columns) + [digest]
+                    writer.write_table(pa.Table.from_arrays(columns, schema=SEGMENT_SCHEMA))
+                    names = chunk.column("name").combine_chunks()
+                    for d in pc.value_counts(names).to_pylist():
+                        counts[d["values"]] = counts.get(d["values"], 0) + d["counts"]
+                    at += n
         return path, counts
 
     def append(
@@ -548,13 +533,12 @@ def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Si
 def _link_segment(segment: Path, target: Path) -> None:
     """`target` becomes the log's segment file: a hard link (no second copy), else a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(segment, tmp)
-    except OSError:  # another file system, or links not allowed: copy the bytes
-        shutil.copyfile(segment, tmp)
-    os.replace(tmp, target)
+    with written_whole(target) as tmp:
+        tmp.unlink(missing_ok=True)  # a leftover of a killed run: a link needs a free name
+        try:
+            os.link(segment, tmp)
+        except OSError:  # another file system, or links not allowed: copy the bytes
+            shutil.copyfile(segment, tmp)
 
 
 def write_log_entry(run_folder: Path, log_root: Path, checkpoint: Checkpoint) -> None:
