@@ -6,7 +6,9 @@ import os
 
 
 def cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the system tells)."""
+    """The cores this process may run on: its CPU affinity (taskset, a cpuset), where the
+    system tells. A CPU quota (`docker --cpus`) is not seen: give such a container a
+    cpuset too (`--cpuset-cpus`)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

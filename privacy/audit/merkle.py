@@ -102,8 +102,9 @@ class Tree:
     hashes), the nodes of level h from index `start` to the end, concatenated. Every
     node that involves a new leaf is there, and so is every frontier node of the old
     tree (at index start when start was odd). Built by `TreeStream`, it holds only the
-    nodes next to the old tree and at the right edge of every level: enough for the
-    root, the frontier and the consistency proof, not for inclusion proofs.
+    nodes next to the old tree and at the right edge of every level, enough for the
+    root, the frontier and the consistency proof, and the nodes of the inclusion proofs
+    the stream was asked for (`proofs_for`); no other inclusion proof.
     """
 
     def __init__(self, old_size: int, old_frontier: dict[int, bytes], new_leaves: bytes):
@@ -209,8 +210,11 @@ class Subtrees:
     `cover`: the largest perfect subtrees that lie wholly in the range, left to right,
     as (level, index, hash); together they cover the range. A `TreeStream` takes them
     instead of the leaves, so the hashing can run in another process. They are all it
-    needs: a node of the root's, frontier's or consistency proof's path that lies wholly
-    in the range has its parent reaching outside, so it is one of them.
+    needs for the root, frontier and consistency proof: a node of their paths that lies
+    wholly in the range has its parent reaching outside, so it is one of them. An
+    inclusion proof also reads nodes inside a cover subtree: `proof_nodes` holds those
+    of the leaves `proofs_for` (which may lie outside the range: a proof reads nodes far
+    from its leaf).
     """
 
     first: int
@@ -333,7 +337,8 @@ class TreeStream:
             self._feed(level + 1, first // 2, hash_level(nodes))
 
     def finish(self) -> Tree:
-        """The tree of all leaves added: root, frontier and consistency proof."""
+        """The tree of all leaves added: root, frontier, consistency proof, and the inclusion
+        proofs of the leaves in `proofs_for`."""
         level, width = 0, self.size
         while width > 1:
             if level in self._pending:  # an unpaired last node is carried up unchanged

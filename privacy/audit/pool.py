@@ -27,11 +27,13 @@ def in_order(fn: Callable, jobs: Iterable[tuple], workers: int) -> Iterator:
         for job in jobs:
             yield fn(*job)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
         pending = deque(pool.submit(fn, *job) for job in islice(jobs, 2 * workers))
         while pending:
             future = pending.popleft()
             for job in islice(jobs, 1):
                 pending.append(pool.submit(fn, *job))
             yield future.result()
+    finally:  # a caller that stops early (a record found altered) waits for no more jobs
+        pool.shutdown(wait=True, cancel_futures=True)

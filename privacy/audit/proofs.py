@@ -102,17 +102,18 @@ def make_bundle(log_root: Path, subject: str) -> dict:
         rows = _subject_rows(log, subject).to_pylist()
         if not rows:
             raise AuditLogError(f"{log_root}: no audit record about {subject}")
+        leaves = [row["leaf_index"] for row in rows]
+        segment_of = {leaf: _segment_of(checkpoints, leaf) for leaf in leaves}
         by_segment: dict[int, list[int]] = {}
-        for row in rows:
-            cp = _segment_of(checkpoints, row["leaf_index"])
-            by_segment.setdefault(cp.sequence, []).append(row["leaf_index"])
+        for leaf, cp in segment_of.items():
+            by_segment.setdefault(cp.sequence, []).append(leaf)
         trees = {
-            sequence: _segment_tree(log, checkpoints, checkpoints[sequence], leaves)
-            for sequence, leaves in by_segment.items()
+            sequence: _segment_tree(log, checkpoints, checkpoints[sequence], asked)
+            for sequence, asked in by_segment.items()
         }
         records = []
         for row in rows:
-            cp = _segment_of(checkpoints, row["leaf_index"])
+            cp = segment_of[row["leaf_index"]]
             proof = trees[cp.sequence].inclusion_proof(row["leaf_index"])
             records.append(
                 {

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.machine import cores
@@ -263,7 +264,7 @@ def _check_leaves(
     starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).tolist()
     samples = frozenset(samples)
     jobs = [(str(path), g, cp.first_leaf + starts[g], samples) for g in range(len(rows))]
-    workers = cores() if cp.leaf_count >= PARALLEL_RECORDS else 1
+    workers = min(cores(), len(rows)) if cp.leaf_count >= PARALLEL_RECORDS else 1
     with contextlib.closing(in_order(check_group, jobs, workers)) as results:
         for group, (bad, part) in enumerate(results):
             if bad is not None:
@@ -328,7 +329,7 @@ def _check_segment(
             if _check_leaves(segment, path, cp, stream, samples, report, progress):
                 report.records += cp.leaf_count
                 _check_tree(stream.finish(), cp, samples, name, report)
-    except Exception as e:  # a page that no longer decodes, found while reading on
+    except (pa.ArrowException, OSError) as e:  # a page that no longer decodes, found later
         report.problems.append(_unreadable(name, e))
     digest_ok = path.is_file() and signing.b64(file_sha256(path)) == cp.body["segment_sha256"]
     if not digest_ok and len(report.problems) == found and path.is_file():
