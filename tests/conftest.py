@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,9 @@ def _prefect_home(tmp_path_factory):
     # Flows run here start Prefect's temporary server, which stops itself at exit and logs
     # it to a stream pytest has closed by then ("--- Logging error ---" after the summary).
     # Stopped here, while the streams are open. Prefect has no public handle on it.
-    from prefect.server.api.server import SubprocessASGIServer
-
-    for server in list(SubprocessASGIServer._instances.values()):
+    server_module = sys.modules.get("prefect.server.api.server")
+    server_class = getattr(server_module, "SubprocessASGIServer", None)
+    for server in list(getattr(server_class, "_instances", {}).values()):
         server.stop()
 
 
