@@ -262,7 +262,7 @@ def cmd_check_proof(args) -> int:
 
 def cmd_export(args) -> int:
     from privacy.audit.log import AuditLog
-    from privacy.audit.query import select
+    from privacy.audit.query import export_records
     from privacy.audit.verify import verify_log
 
     root, dest = _log_root(args.log), Path(args.to)
@@ -293,10 +293,7 @@ def cmd_export(args) -> int:
                 f"`signals audit verify --log {dest}`"
             )
         else:
-            import pyarrow.parquet as pq
-
-            rows, total = select(root, filters)
-            pq.write_table(rows, dest / "records.parquet", compression="zstd")
+            total = export_records(root, filters, dest / "records.parquet")
             what = f"{total:,} selected record(s) in records.parquet, with the checkpoints"
     print(f"exported {what}")
     print(

@@ -154,7 +154,14 @@ def test_export_copies_a_verifiable_log_or_the_selected_records(log_root, tmp_pa
     )
     records = pq.read_table(part / "records.parquet")
     assert code == 0 and records.num_rows == 4 * SUBJECTS
+    assert f"{4 * SUBJECTS:,} selected record(s)" in out
     assert set(records.column("run_id").to_pylist()) == {RUNS[2]}
+    leaves = records.column("leaf_index").to_pylist()
+    assert leaves == sorted(leaves)  # in log order, as `audit query` lists them
+    from privacy.audit.query import Filters, select
+
+    selected, _ = select(log_root, Filters(run=RUNS[2]))
+    assert records.column("attributes").equals(selected.column("attributes"))
     assert records.schema.field("span_id").type in (pa.binary(8), pa.binary())
     code, _, err = signals("audit", "export", "--log", str(log_root), "--to", str(part))
     assert code == 2 and "not empty" in err

@@ -11,6 +11,7 @@ so on. Filters combine with AND; only segments covered by a signed checkpoint ar
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,34 @@ def select(log_root: Path, filters: Filters, limit: int | None = None) -> tuple[
     finally:
         con.close()
     return rows, total
+
+
+# DuckDB's memory for an export. Without a limit it takes what it may (80% of the machine)
+# to keep the rows in order: 11.5 GB for the 37 M ingest records of a 10M-person log,
+# where 1 GB gave the same file in 49 s.
+EXPORT_MEMORY = "1GB"
+
+
+def export_records(log_root: Path, filters: Filters, path: Path) -> int:
+    """The matching records, in log order, written to Parquet at `path` by DuckDB as it
+    reads them (a broad selection of a national log holds tens of millions of records,
+    more than fit in memory). Returns how many were written."""
+    source, params = _source(log_root)
+    where, more = filters.where()
+    params |= more
+    target = str(path).replace("'", "''")
+    config = {"preserve_insertion_order": True, "memory_limit": EXPORT_MEMORY}  # log order
+    with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=Path(path).parent) as spill:
+        con = duckdb.connect(config=config | {"temp_directory": spill})
+        try:
+            written = con.execute(
+                f"COPY (SELECT {', '.join(COLUMNS)} FROM {source} WHERE {where}) "
+                f"TO '{target}' (FORMAT parquet, COMPRESSION zstd)",
+                params,
+            )
+            return written.fetchall()[0][0]
+        finally:
+            con.close()
 
 
 def count_by(log_root: Path, filters: Filters, groups: list[str]) -> pa.Table:
