@@ -8,7 +8,8 @@
     export --to DIR        a verified copy of the log, or of the records a query selects
 
 `--log` is the audit-log folder (`<out>/audit-log`) or the run output folder holding it.
-Verification exits 0 when the log holds, 1 when it found a problem, 2 on a usage error.
+Verification exits 0 when the log holds, 1 when it found a problem, 2 on a usage error,
+3 when it could not finish (a hashing process died): then nothing was judged.
 Ids are printed in base64, never hex.
 """
 
@@ -85,16 +86,24 @@ def _as_usage_errors(func):
 # -- verify --------------------------------------------------------------------------------
 
 
+NOT_JUDGED = 3  # exit code: verification could not finish
+
+
 def cmd_verify(args) -> int:
-    from privacy.audit.verify import verify_log
+    from privacy.audit.verify import VerificationIncomplete, verify_log
 
     root = _log_root(args.log)
-    report = verify_log(
-        root,
-        args.public_key or None,
-        args.trusted_checkpoint or None,
-        progress=_progress("verifying"),
-    )
+    try:
+        report = verify_log(
+            root,
+            args.public_key or None,
+            args.trusted_checkpoint or None,
+            progress=_progress("verifying"),
+        )
+    except VerificationIncomplete as e:
+        print(f"audit log {root}: NOT VERIFIED", file=sys.stderr)
+        print(f"  {e}", file=sys.stderr)
+        return NOT_JUDGED
     if not report.ok:
         print(f"audit log {root}: FAILED", file=sys.stderr)
         print(f"  first problem: {report.problems[0]}", file=sys.stderr)
@@ -263,7 +272,7 @@ def cmd_check_proof(args) -> int:
 def cmd_export(args) -> int:
     from privacy.audit.log import AuditLog
     from privacy.audit.query import export_records
-    from privacy.audit.verify import verify_log
+    from privacy.audit.verify import VerificationIncomplete, verify_log
 
     root, dest = _log_root(args.log), Path(args.to)
     if dest.exists() and any(dest.iterdir()):
@@ -272,7 +281,11 @@ def cmd_export(args) -> int:
         raise UsageError(f"{dest}: not empty; export into a new folder")
     log = AuditLog(root)
     with log.locked():  # no append while the copy is made
-        report = verify_log(root, progress=_progress("verifying before export"))
+        try:
+            report = verify_log(root, progress=_progress("verifying before export"))
+        except VerificationIncomplete as e:
+            print(f"not exported: the log could not be verified: {e}", file=sys.stderr)
+            return NOT_JUDGED
         if not report.ok:
             print(
                 f"not exported: the log fails verification: {report.problems[0]}", file=sys.stderr

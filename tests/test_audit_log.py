@@ -234,6 +234,27 @@ def test_a_big_segment_is_verified_in_worker_processes_with_the_same_findings(
     assert "record altered" in report.problems[0]
 
 
+def test_a_hashing_process_that_dies_leaves_the_log_not_judged(tmp_path, signer, monkeypatch):
+    # Killed as an out-of-memory kill would be: verification cannot say the log holds, nor
+    # that it was tampered with (exit 1); it says it could not finish (exit 3).
+    from flows.faults import FAULT_ENV
+    from privacy.audit import log as audit_log
+    from privacy.audit import verify
+
+    monkeypatch.setattr(audit_log, "CHUNK_ROWS", 7)  # row groups enough for two workers
+    log_root = tmp_path / "audit-log"
+    AuditLog(log_root).append(run_records("2025-01-01-run"), "2025-01-01-run", signer)
+    # Hashed here instead of in workers, the kill would end this test process.
+    assert pq.ParquetFile(_segment(log_root, 0)).num_row_groups >= 2
+    monkeypatch.setattr(verify, "PARALLEL_RECORDS", 1)
+    monkeypatch.setattr(verify, "cores", lambda: 2)
+    monkeypatch.setenv(FAULT_ENV, "verify_worker")  # the workers inherit it, not this process
+    with pytest.raises(verify.VerificationIncomplete, match="died"):
+        verify_log(log_root)
+    code, err = verify_cli(log_root)
+    assert code == 3 and "NOT VERIFIED" in err and "nothing was judged" in err
+
+
 def test_deleting_a_record_names_the_missing_leaf(log_root):
     path = _segment(log_root)
     table = pq.read_table(path)

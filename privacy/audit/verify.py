@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flows import faults
 from pipelines.machine import cores
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import leaf_hashes
@@ -49,6 +51,10 @@ from privacy.audit.log import (
 from privacy.audit.pool import in_order
 
 INCLUSION_SAMPLES = 8
+
+
+class VerificationIncomplete(Exception):
+    """Verification could not finish (a hashing process died): the log was not judged."""
 
 
 @dataclass
@@ -237,6 +243,7 @@ def check_group(
     hash recomputed from its canonical bytes. Returns the row (in the group) of the first
     record whose stored hash differs, or the group's Merkle subtrees with the nodes of
     the inclusion proofs of `proofs_for` (run in a worker process for a big segment)."""
+    faults.point("verify_worker")
     chunk = pq.ParquetFile(path).read_row_group(group)
     hashes = leaf_hashes(chunk, first)
     stored = chunk.column("leaf_hash")
@@ -265,17 +272,23 @@ def _check_leaves(
     samples = frozenset(samples)
     jobs = [(str(path), g, cp.first_leaf + starts[g], samples) for g in range(len(rows))]
     workers = min(cores(), len(rows)) if cp.leaf_count >= PARALLEL_RECORDS else 1
-    with contextlib.closing(in_order(check_group, jobs, workers)) as results:
-        for group, (bad, part) in enumerate(results):
-            if bad is not None:
-                row = starts[group] + bad
-                report.problems.append(
-                    f"{_record_name(path, row, cp.first_leaf + row)}: its content does not "
-                    "match its leaf hash (record altered)"
-                )
-                return False
-            tree.add_subtrees(part)
-            progress(rows[group])
+    try:
+        with contextlib.closing(in_order(check_group, jobs, workers)) as results:
+            for group, (bad, part) in enumerate(results):
+                if bad is not None:
+                    row = starts[group] + bad
+                    report.problems.append(
+                        f"{_record_name(path, row, cp.first_leaf + row)}: its content does "
+                        "not match its leaf hash (record altered)"
+                    )
+                    return False
+                tree.add_subtrees(part)
+                progress(rows[group])
+    except BrokenProcessPool as e:
+        raise VerificationIncomplete(
+            f"{path.name}: a process hashing its records died ({e}); nothing was judged. "
+            "Was it out of memory? Run again with fewer cores (taskset -c 0) or more memory."
+        ) from None
     return True
 
 
