@@ -260,21 +260,17 @@ class AuditParts:
         so this process only joins the chunks' subtrees. Each process reads its chunk's
         parts itself, so only hashes travel back. Hashed here, subtrees is None.
         """
-        planned = self.plan(chunk_rows)
-        groups = [group for group, _ in planned]
-        firsts, at = [], first_index
-        for _, rows in planned:
-            firsts.append(at)
+        jobs, at = [], first_index  # (a chunk's parts, its first leaf)
+        for group, rows in self.plan(chunk_rows):
+            jobs.append((group, at))
             at += rows
-        if workers <= 1 or len(groups) <= 1:
-            for group, first in zip(groups, firsts, strict=True):
+        if workers <= 1 or len(jobs) <= 1:
+            for group, first in jobs:
                 table = read_group(group)
                 yield table, leaf_hashes(table, first), None
             return
-        jobs = list(zip(groups, firsts, strict=True))
-        for group, (hashes, subtrees) in zip(
-            groups, in_order(group_hashes, jobs, workers), strict=True
-        ):
+        results = in_order(group_hashes, jobs, workers)
+        for (group, _), (hashes, subtrees) in zip(jobs, results, strict=True):
             yield read_group(group), hashes, subtrees
 
 
