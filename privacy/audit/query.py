@@ -88,18 +88,18 @@ class Filters:
         return " AND ".join(terms), params
 
 
-def _source(log_root: Path) -> tuple[str, dict]:
+def _source(log_root: Path, filters: Filters) -> tuple[str, str, dict]:
+    """(FROM, WHERE, their parameters) for the committed segments and the filters."""
     files = [str(p) for p in AuditLog(log_root).committed_segments()]
     if not files:
         raise AuditLogError(f"{log_root}: the audit log holds no checkpoint yet")
-    return "read_parquet($files)", {"files": files}
+    where, params = filters.where()
+    return "read_parquet($files)", where, params | {"files": files}
 
 
 def select(log_root: Path, filters: Filters, limit: int | None = None) -> tuple[pa.Table, int]:
     """Matching records in log order (at most `limit`) and how many match in all."""
-    source, params = _source(log_root)
-    where, more = filters.where()
-    params |= more
+    source, where, params = _source(log_root, filters)
     con = duckdb.connect()
     try:
         count = con.sql(f"SELECT COUNT(*) AS n FROM {source} WHERE {where}", params=params)
@@ -124,9 +124,7 @@ def export_records(log_root: Path, filters: Filters, path: Path) -> int:
     """The matching records, in log order, written to Parquet at `path` by DuckDB as it
     reads them (a broad selection of a national log holds tens of millions of records,
     more than fit in memory). Returns how many were written."""
-    source, params = _source(log_root)
-    where, more = filters.where()
-    params |= more
+    source, where, params = _source(log_root, filters)
     target = str(path).replace("'", "''")
     config = {"preserve_insertion_order": True, "memory_limit": EXPORT_MEMORY}  # log order
     with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=Path(path).parent) as spill:
@@ -147,9 +145,7 @@ def count_by(log_root: Path, filters: Filters, groups: list[str]) -> pa.Table:
     bad = [g for g in groups if g not in GROUPABLE]
     if bad:
         raise AuditLogError(f"cannot count by {', '.join(bad)}: choose from {', '.join(GROUPABLE)}")
-    source, params = _source(log_root)
-    where, more = filters.where()
-    params |= more
+    source, where, params = _source(log_root, filters)
     exprs = [
         "json_extract_string(attributes, '$.scheme') AS scheme" if g == "scheme" else g
         for g in groups
