@@ -21,7 +21,7 @@ A null field is the length 0xFFFFFFFF with no bytes. The leaf hash is
 SHA-256(0x00 || leaf bytes) (privacy/audit/merkle.py). Putting the leaf index in the
 leaf binds every record to its position: a moved record no longer matches its hash.
 `leaf_bytes` below is the reference, one record at a time, written for reading;
-`leaf_hashes` computes the same bytes column-wise with Arrow for millions of records.
+`leaf_hashes` computes the same bytes column-wise (Arrow, numpy) for millions of records.
 """
 
 from __future__ import annotations
@@ -66,50 +66,121 @@ def leaf_bytes(leaf_index: int, record: dict) -> bytes:
     return b"".join(parts)
 
 
-def _fixed(values: np.ndarray, width: int) -> pa.Array:
-    """A binary array whose every value is the big-endian bytes of one number."""
-    buffer = pa.py_buffer(np.ascontiguousarray(values).tobytes())
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, buffer]).cast(
-        pa.binary()
-    )
+# Building the leaf bytes column-wise. Arrow joins binary columns element-wise at a cost per
+# column and record, so neighbouring columns are merged first: fixed-width ones (ids, times,
+# length prefixes, equal-length pseudonyms) side by side in one numpy record array, and
+# low-cardinality ones (name, status, run, register) as one code into the table of their
+# combinations. A run's chunk of ingest records joins 6 columns instead of 27: the bytes
+# of a 1M-person run's 6.0 M records took ~0.6 us a record, now ~0.35.
+_COMBINATIONS = 4096  # the most value combinations of neighbouring coded columns merged
+_NOTHING = pa.scalar(b"", pa.binary())
+_CODED = {"name", "status", "run_id", "processing_activity_id", "register_version"}
 
 
-def _prefixed(column: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(length prefix, value) of a binary-like column, nulls as 0xFFFFFFFF and no bytes."""
+class _Block(list):
+    """Fixed-width fields of every record: (numpy dtype, values), written side by side."""
+
+    def binary(self, n: int) -> pa.Array:
+        dtype = np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)])
+        rows = np.empty(n, dtype)
+        for i, (_, values) in enumerate(self):
+            rows[f"f{i}"] = values
+        offsets = np.arange(0, (n + 1) * dtype.itemsize, dtype.itemsize, dtype=np.int32)
+        return pa.BinaryArray.from_buffers(
+            pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(rows)]
+        )
+
+
+def _length(lengths, nulls: np.ndarray | None = None):
+    return (">u4", lengths if nulls is None else np.where(nulls, NULL_LENGTH, lengths))
+
+
+def _bytes(data: np.ndarray, n: int, width: int):
+    return (("u1", (width,)), data.reshape(n, width))
+
+
+def _pieces(column: pa.Array, name: str) -> list:
+    """A column's length prefix and bytes: a _Block, a (codes, values) pair, or binary."""
+    n = len(column)
     if pa.types.is_timestamp(column.type):
         micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-        values = _fixed(micros.fill_null(0).to_numpy().astype(">i8"), 8)
-        lengths = pc.if_else(pc.is_null(micros), NULL_LENGTH, 8)
-    else:
-        values = column.cast(pa.binary())
-        lengths = pc.if_else(pc.is_null(values), NULL_LENGTH, pc.binary_length(values))
-        values = values.fill_null(b"")
-    lengths = lengths.cast(pa.uint32()).to_numpy(zero_copy_only=False).astype(">u4")
-    return _fixed(lengths, 4), values
+        if not micros.null_count:
+            return [_Block([_length(8), (">i8", micros.to_numpy())])]
+        block = _Block([(">i8", micros.fill_null(0).to_numpy(zero_copy_only=False))])
+        column = pc.if_else(micros.is_null(), pa.scalar(None, pa.binary()), block.binary(n))
+    if pa.types.is_fixed_size_binary(column.type) and not column.null_count:
+        width = column.type.byte_width
+        data = np.frombuffer(column.buffers()[1], np.uint8)
+        data = data[column.offset * width : (column.offset + n) * width]
+        return [_Block([_length(width), _bytes(data, n, width)])]
+    if name in _CODED:
+        encoded = column.dictionary_encode(null_encoding="encode")
+        values = [_field(v) for v in encoded.dictionary.to_pylist()]
+        return [(encoded.indices.to_numpy(zero_copy_only=False), values)]
+    binary = column.cast(pa.binary())
+    offsets = np.frombuffer(binary.buffers()[1], np.int32)[binary.offset : binary.offset + n + 1]
+    lengths = np.diff(offsets)
+    if not binary.null_count and n and (lengths == lengths[0]).all():  # equal lengths
+        data = np.frombuffer(binary.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+        return [_Block([_length(lengths[0]), _bytes(data, n, int(lengths[0]))])]
+    nulls = binary.is_null().to_numpy(zero_copy_only=False) if binary.null_count else None
+    return [_Block([_length(lengths, nulls)]), binary.fill_null(b"")]
+
+
+def _merged(pieces: list) -> list:
+    """Neighbouring blocks as one, neighbouring coded columns as one code."""
+    out = []
+    for piece in pieces:
+        last = out[-1] if out else None
+        if isinstance(piece, _Block) and isinstance(last, _Block):
+            last.extend(piece)
+        elif (
+            isinstance(piece, tuple)
+            and isinstance(last, tuple)
+            and len(last[1]) * len(piece[1]) <= _COMBINATIONS
+        ):
+            codes = last[0].astype(np.int64) * len(piece[1]) + piece[0]
+            out[-1] = (codes, [a + b for a in last[1] for b in piece[1]])
+        else:
+            out.append(piece)
+    return out
+
+
+def _binary(piece, n: int) -> pa.Array:
+    if isinstance(piece, _Block):
+        return piece.binary(n)
+    if isinstance(piece, tuple):
+        codes, values = piece
+        return pa.array(values, pa.binary()).take(pa.array(codes))
+    return piece
 
 
 def leaf_hashes(table: pa.Table, first_index: int, chunk_rows: int = 100_000) -> bytes:
     """Leaf hashes of the records of `table` (AUDIT_SCHEMA columns), numbered from first_index.
 
     Returns the 32-byte hashes concatenated. The canonical bytes of every record are
-    built column-wise with Arrow, a chunk at a time (bounded memory, 32-bit offsets);
-    only the SHA-256 itself runs per record.
+    built column-wise with Arrow and numpy, a chunk at a time (bounded memory, 32-bit
+    offsets); only the SHA-256 itself runs per record.
     """
-    out = []
-    for start in range(0, table.num_rows, chunk_rows):
-        chunk = table.slice(start, chunk_rows)
-        out.append(_chunk_hashes(chunk, first_index + start))
+    out, at = [], first_index
+    for batch in table.to_batches():  # a batch's columns are whole: nothing to combine
+        for start in range(0, batch.num_rows, chunk_rows):
+            chunk = batch.slice(start, chunk_rows)
+            out.append(_chunk_hashes(chunk, at))
+            at += chunk.num_rows
     return b"".join(out)
 
 
-def _chunk_hashes(table: pa.Table, first_index: int) -> bytes:
-    n = table.num_rows
-    indices = np.arange(first_index, first_index + n, dtype=np.uint64).astype(">u8")
-    parts = [pa.array([merkle.LEAF_PREFIX] * n, pa.binary())]
-    parts += [_fixed(np.full(n, 8, dtype=">u4"), 4), _fixed(indices, 8)]
+def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
+    n = batch.num_rows
+    if not n:
+        return b""
+    indices = np.arange(first_index, first_index + n, dtype=np.uint64)
+    pieces = [_Block([("u1", merkle.LEAF_PREFIX[0]), _length(8), (">u8", indices)])]
     for name in AUDIT_SCHEMA.names:
-        parts.extend(_prefixed(table.column(name).combine_chunks()))
-    joined = pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
+        pieces += _pieces(batch.column(name), name)
+    arrays = [_binary(p, n) for p in _merged(pieces)]
+    joined = arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, _NOTHING)
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
     offsets = offsets[joined.offset : joined.offset + n + 1]
     return merkle.hash_prefixed(joined.buffers()[2], offsets.tolist())
