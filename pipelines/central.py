@@ -39,7 +39,7 @@ from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, bucket
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.machine import cores
 from pipelines.options import local_threads, pipeline_options
-from pipelines.read_deliveries import Delivery, ReadDelivery
+from pipelines.read_deliveries import Delivery, ReadDeliveries
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
 from pipelines.write_parts import WriteParts
@@ -110,13 +110,16 @@ def run_options(spec: RunSpec, runner: str, runner_args: list[str]) -> PipelineO
 def build(p: beam.Pipeline, spec: RunSpec) -> None:
     """Adds the whole run to pipeline `p`."""
     staging = Path(spec.staging)
-    rows, audits, quarantined = {}, [], []
-    for name, delivery in spec.deliveries.items():
-        read = p | f"Read_{name}" >> ReadDelivery(delivery, spec.domain)
-        rows[name] = read.rows
-        quarantined.append(read[ReadDelivery.QUARANTINE])
-    # One writer for every source's quarantine (rows name their source): one step in the
-    # graph instead of one per source.
+    audits, rows, quarantined = [], {}, []
+    # The objections are read first: every other source's exclusion step takes them as a
+    # side input, and only then can it run in the same bundles as that source's reading.
+    objections = {n: d for n, d in spec.deliveries.items() if n == "objections"}
+    others = {n: d for n, d in spec.deliveries.items() if n != "objections"}
+    for label, deliveries in (("ReadObjections", objections), ("Read", others)):
+        read = p | label >> ReadDeliveries(deliveries, spec.domain)
+        rows.update({name: read[name] for name in deliveries})
+        quarantined.append(read[ReadDeliveries.QUARANTINE])
+    # One writer for every source's quarantine (rows name their source).
     quarantine = quarantined | "Quarantine" >> beam.Flatten()
     _write(quarantine, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine")
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)

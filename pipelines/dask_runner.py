@@ -4,7 +4,7 @@ The stock runner (apache_beam.runners.dask) turns a Beam graph into dask bags, b
 gives wrong results for any graph like ours:
 
 1. A ParDo's tagged outputs are not told apart: every consumer of any of its outputs
-   gets the elements of all of them (ReadDelivery's rows would include its quarantine).
+   gets the elements of all of them (ReadDeliveries' rows would include its quarantine).
    Outputs made in finish_bundle are dropped, and in a threaded worker the receiving
    list is shared between partitions.
 2. A side input is computed again inside every task that reads it (`list(bag)` in the

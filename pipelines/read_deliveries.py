@@ -359,14 +359,15 @@ def quarantine_path(delivery: Delivery) -> Path:
 class ReadRowGroupFn(beam.DoFn):
     """Reads one Parquet row group of a pseudonymised delivery; rows with a malformed
     identifier go to quarantine (the value is never quoted: it may be a raw BSN). The
-    rest leave with their identifiers moved to the purpose domain's pseudonyms."""
+    rest leave, under their source's tag, with their identifiers moved to the purpose
+    domain's pseudonyms."""
 
-    def __init__(self, source_name: str, domain: DomainPseudonymiser):
-        self.source_name, self.domain = source_name, domain
+    def __init__(self, domain: DomainPseudonymiser):
+        self.domain = domain
 
     def process(self, element):
-        path, group, first_row = element
-        source = SOURCES[self.source_name]
+        source_name, path, group, first_row = element
+        source = SOURCES[source_name]
         names = pseudonymised_schema(source).names
         batch = pq.ParquetFile(path).read_row_group(group, columns=names)
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
@@ -387,49 +388,57 @@ class ReadRowGroupFn(beam.DoFn):
         if pc.any(bad).as_py():
             rows = pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.int64))
             cause = pc.coalesce(*causes)
-            Metrics.counter("read", f"{self.source_name}_quarantined").inc(pc.sum(bad).as_py())
+            Metrics.counter("read", f"{source_name}_quarantined").inc(pc.sum(bad).as_py())
             yield beam.pvalue.TaggedOutput(
-                ReadDelivery.QUARANTINE,
-                quarantine_records(
-                    self.source_name, rows.filter(bad), "identifier", cause.filter(bad)
-                ),
+                ReadDeliveries.QUARANTINE,
+                quarantine_records(source_name, rows.filter(bad), "identifier", cause.filter(bad)),
             )
             batch = batch.filter(ok)
-        Metrics.counter("read", f"{self.source_name}_rows").inc(batch.num_rows)
+        Metrics.counter("read", f"{source_name}_rows").inc(batch.num_rows)
         if batch.num_rows:
-            yield self.domain.batch(batch, source.identifier_columns)
+            yield beam.pvalue.TaggedOutput(
+                source_name, self.domain.batch(batch, source.identifier_columns)
+            )
 
 
-class ReadDelivery(beam.PTransform):
-    """Reads a checked, pseudonymised delivery as Arrow record batches (one per row group).
+class ReadDeliveries(beam.PTransform):
+    """Reads checked, pseudonymised deliveries as Arrow record batches (one per row group).
 
-    In: the pipeline root. Out: `rows`, typed RecordBatches with the source's minimised
-    columns (privacy/minimise.py) and identifiers as domain pseudonyms, e.g. tax ->
-    RecordBatch(bsn='d1.mfoa...', year=2024, assessed_income=Decimal('23100.00'),
-    assets=..., assessment_status='definitive'); and QUARANTINE, RecordBatches of
-    QUARANTINE_SCHEMA for rows whose identifiers are not pseudonyms. Nothing after this
-    step sees a body pseudonym.
+    In: the pipeline root. Out, tagged: one output per source name, typed RecordBatches
+    with the source's minimised columns (privacy/minimise.py) and identifiers as domain
+    pseudonyms, e.g. tax -> RecordBatch(bsn='d1.mfoa...', year=2024,
+    assessed_income=Decimal('23100.00'), assets=..., assessment_status='definitive'); and
+    QUARANTINE, RecordBatches of QUARANTINE_SCHEMA for rows whose identifiers are not
+    pseudonyms. Nothing after this step sees a body pseudonym.
+
+    Every source's row groups are one list, spread over the workers: a list per source
+    read each source in one bundle, one source after another (at 1M persons 10.6 s of a
+    25 s pipeline on 2 cores).
     """
 
     QUARANTINE = "quarantine"
 
-    def __init__(self, delivery: Delivery, domain: DomainPseudonymiser):
+    def __init__(self, deliveries: dict[str, Delivery], domain: DomainPseudonymiser):
         super().__init__()
         if not isinstance(domain, DomainPseudonymiser):
-            raise TypeError("ReadDelivery needs the purpose domain's DomainPseudonymiser")
-        self.delivery, self.domain = delivery, domain
+            raise TypeError("ReadDeliveries needs the purpose domain's DomainPseudonymiser")
+        if self.QUARANTINE in deliveries:
+            raise ValueError(f"a source cannot be called {self.QUARANTINE!r}")
+        self.deliveries, self.domain = dict(deliveries), domain
 
     def expand(self, pbegin):
-        metadata = pq.read_metadata(self.delivery.data_path)
-        groups, first = [], 1
-        for i in range(metadata.num_row_groups):
-            groups.append((str(self.delivery.data_path), i, first))
-            first += metadata.row_group(i).num_rows
+        groups = []
+        for name, delivery in self.deliveries.items():
+            metadata, first = pq.read_metadata(delivery.data_path), 1
+            for i in range(metadata.num_row_groups):
+                groups.append((name, str(delivery.data_path), i, first))
+                first += metadata.row_group(i).num_rows
+        tags = [self.QUARANTINE, *self.deliveries]
         return (
             pbegin
-            | "ListRowGroups" >> beam.Create(groups, reshuffle=False)
+            | "ListRowGroups" >> beam.Create(groups)  # reshuffled: read side by side
             | "ReadRowGroups"
-            >> beam.ParDo(ReadRowGroupFn(self.delivery.source.name, self.domain))
-            .with_output_types(pa.RecordBatch, **{self.QUARANTINE: pa.RecordBatch})
-            .with_outputs(self.QUARANTINE, main="rows")
+            >> beam.ParDo(ReadRowGroupFn(self.domain))
+            .with_output_types(pa.RecordBatch, **{tag: pa.RecordBatch for tag in tags})
+            .with_outputs(*tags)
         )

@@ -97,7 +97,7 @@ def test_every_step_of_the_central_pipeline_that_hands_on_arrow_data_declares_it
     for label in writers:
         assert steps.inputs[label] == [ArrowCoder()], label
     for producer in (
-        "Read_brp/ReadRowGroups/",
+        "Read/ReadRowGroups/",
         "ExcludeObjectors/ObjectorPids",
         "JoinHouseholds/PersonFacts/JoinInBucket",
         "EvaluateRules/Evaluate/",

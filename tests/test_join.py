@@ -18,7 +18,7 @@ from pipelines.contract import SOURCES
 from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
 from pipelines.join import JOIN_SOURCES, JoinHouseholds, bucket_of
 from pipelines.options import pipeline_options
-from pipelines.read_deliveries import ReadDelivery, open_pseudonymised
+from pipelines.read_deliveries import ReadDeliveries, open_pseudonymised
 from privacy.minimise import pseudonymised_schema
 from privacy.pseudonymise import pseudonymise_delivery
 from privacy.pseudonyms import DomainPseudonymiser, Pseudonymiser, TwoLayerPseudonymiser
@@ -43,8 +43,8 @@ def households(tmp_path_factory):
 
     with beam.Pipeline(options=pipeline_options()) as p:
         domain = DomainPseudonymiser(domain_key)
-        rows = {n: p | f"Read_{n}" >> ReadDelivery(d, domain) for n, d in deliveries.items()}
-        kept = {n: r.rows for n, r in rows.items()} | ExcludeObjectors(PERSON_SOURCES)
+        read = p | ReadDeliveries(deliveries, domain)
+        kept = {n: read[n] for n in deliveries} | ExcludeObjectors(PERSON_SOURCES)
         table = {n: kept[n] for n in JOIN_SOURCES} | JoinHouseholds(
             schemas, dt.date.fromisoformat(REFERENCE_DATE), str(root / "shuffle"), buckets=4
         )

@@ -139,7 +139,7 @@ def test_translation_never_crosses_domains(ring):
 def test_the_central_read_moves_identifiers_to_the_domain_and_quarantines_the_rest(
     tmp_path, keyring
 ):
-    """A real Beam pipeline: ReadDelivery on a delivery where one row carries a raw BSN
+    """A real Beam pipeline: ReadDeliveries on a delivery where one row carries a raw BSN
     and one an already-domain pseudonym; only body pseudonyms pass, as domain ones."""
     import json
 
@@ -150,7 +150,7 @@ def test_the_central_read_moves_identifiers_to_the_domain_and_quarantines_the_re
 
     from pipelines.contract import SOURCES
     from pipelines.options import pipeline_options
-    from pipelines.read_deliveries import ReadDelivery, open_pseudonymised, sha256_of
+    from pipelines.read_deliveries import ReadDeliveries, open_pseudonymised, sha256_of
     from pipelines.validate import QUARANTINE_SCHEMA
     from privacy.minimise import pseudonymised_schema
     from privacy.pseudonymise import pseudonymise_delivery
@@ -171,18 +171,18 @@ def test_the_central_read_moves_identifiers_to_the_domain_and_quarantines_the_re
     domain_key = Keyring().add("domain", "signalling")
 
     with beam.Pipeline(options=pipeline_options()) as p:
-        read = p | ReadDelivery(delivery, DomainPseudonymiser(domain_key))
-        for tag, schema in (("rows", pseudonymised_schema(SOURCES["objections"])),
-                            (ReadDelivery.QUARANTINE, QUARANTINE_SCHEMA)):  # fmt: skip
+        read = p | ReadDeliveries({"objections": delivery}, DomainPseudonymiser(domain_key))
+        for tag, schema in (("objections", pseudonymised_schema(SOURCES["objections"])),
+                            (ReadDeliveries.QUARANTINE, QUARANTINE_SCHEMA)):  # fmt: skip
             _ = (
                 read[tag]
                 | f"Table_{tag}" >> beam.Map(lambda b: pa.Table.from_batches([b]))
                 | f"Write_{tag}" >> WriteToParquetBatched(str(tmp_path / tag / "part"), schema)
             )
-    kept = pq.read_table(tmp_path / "rows").column("bsn").to_pylist()
+    kept = pq.read_table(tmp_path / "objections").column("bsn").to_pylist()
     expected = DomainPseudonymiser(domain_key).one(bsn[0])
     assert kept == [expected]
-    quarantined = pq.read_table(tmp_path / ReadDelivery.QUARANTINE).to_pylist()
+    quarantined = pq.read_table(tmp_path / ReadDeliveries.QUARANTINE).to_pylist()
     assert sorted(q["row_number"] for q in quarantined) == [2, 3]
     assert {q["cause"] for q in quarantined} == {"bsn: not a pseudonym"}
     assert B[1] not in json.dumps(quarantined)
