@@ -43,13 +43,14 @@ FLOOR_SCHEME = "zorgtoeslag"
 
 # Beam transform label (its first path element) -> the stage it belongs to, in graph order.
 STAGES = (
-    ("Read/", "read + domain pseudonyms"),
+    ("Read", "read + domain pseudonyms"),  # Read and ReadObjections
     ("ExcludeObjectors", "exclude objectors"),
     ("JoinHouseholds", "join (3 bucketed joins)"),
     ("EvaluateRules", "evaluate rules"),
     ("ApplyProportionality", "proportionality"),
     ("Audit", "audit records"),
     ("FlattenAudit", "audit records"),
+    ("Quarantine", "write parts"),
     ("Write_", "write parts"),
 )
 RUNNER_STAGE = "runner (fusion, coders, grouping)"
