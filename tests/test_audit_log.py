@@ -199,6 +199,37 @@ def test_leaf_hashes_equal_the_reference_whichever_way_the_columns_are_built(nul
             assert leaf_hashes(batches.slice(1), first + 1) == expected[32:]
 
 
+def test_leaf_hashes_do_not_depend_on_how_the_columns_are_typed_or_batched():
+    rng = random.Random(16)
+    records = [_random_record(rng, nulls=True) for _ in range(50)]
+    for record in records:  # whole milliseconds, so a millisecond column holds them
+        for name in ("start_time", "end_time"):
+            if record[name] is not None:
+                record[name] = record[name].replace(
+                    microsecond=record[name].microsecond // 1000 * 1000
+                )
+    table = pa.Table.from_pylist(records, schema=AUDIT_SCHEMA)
+    expected = b"".join(merkle.leaf_hash(leaf_bytes(5 + i, r)) for i, r in enumerate(records))
+
+    def retyped(name: str, values) -> pa.Table:
+        return table.set_column(table.schema.get_field_index(name), name, values)
+
+    variants = {
+        "dictionary name": retyped("name", table.column("name").dictionary_encode()),
+        "string_view status": retyped("status", table.column("status").cast(pa.string_view())),
+        "large_string attributes": retyped(
+            "attributes", table.column("attributes").cast(pa.large_string())
+        ),
+        "milliseconds elsewhere": retyped(
+            "start_time", table.column("start_time").cast(pa.timestamp("ms", "Europe/Amsterdam"))
+        ),
+        "one-record batches": pa.Table.from_batches(table.to_batches(max_chunksize=1)),
+        "columns reordered": table.select(list(reversed(table.column_names))),
+    }
+    for label, variant in variants.items():
+        assert leaf_hashes(variant, 5) == expected, label
+
+
 def test_leaf_hashes_of_many_distinct_values_in_coded_columns():
     # More combinations of name, status and run than are merged into one code.
     rng = random.Random(1)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -70,11 +71,19 @@ def leaf_bytes(leaf_index: int, record: dict) -> bytes:
 # column and record, so neighbouring columns are merged first: fixed-width ones (ids, times,
 # length prefixes, equal-length pseudonyms) side by side in one numpy record array, and
 # low-cardinality ones (name, status, run, register) as one code into the table of their
-# combinations. A run's chunk of ingest records joins 6 columns instead of 27: the bytes
-# of a 1M-person run's 6.0 M records took ~0.6 us a record, now ~0.35.
+# combinations. A chunk of a run's records then joins a handful of arrays instead of 27
+# (figures in docs/scaling.md, seventh round).
 _COMBINATIONS = 4096  # the most value combinations of neighbouring coded columns merged
-_NOTHING = pa.scalar(b"", pa.binary())
+_NO_SEPARATOR = pa.scalar(b"", pa.binary())
 _CODED = {"name", "status", "run_id", "processing_activity_id", "register_version"}
+_SMALL = 10_000  # batches smaller than this are combined: each costs ~0.5 ms however small
+
+
+class _Coded(NamedTuple):
+    """A column (or neighbouring columns) as one code a record into the bytes of each value."""
+
+    codes: np.ndarray
+    values: list[bytes]
 
 
 class _Block(list):
@@ -82,6 +91,8 @@ class _Block(list):
 
     def binary(self, n: int) -> pa.Array:
         dtype = np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)])
+        if (n + 1) * dtype.itemsize >= 2**31:  # the offsets are 32-bit
+            raise ValueError(f"{n:,} records of {dtype.itemsize} bytes are too many for one chunk")
         rows = np.empty(n, dtype)
         for i, (_, values) in enumerate(self):
             rows[f"f{i}"] = values
@@ -100,7 +111,7 @@ def _bytes(data: np.ndarray, n: int, width: int):
 
 
 def _pieces(column: pa.Array, name: str) -> list:
-    """A column's length prefix and bytes: a _Block, a (codes, values) pair, or binary."""
+    """A column's length prefix and bytes: a _Block, _Coded, or a binary array."""
     n = len(column)
     if pa.types.is_timestamp(column.type):
         micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
@@ -116,7 +127,7 @@ def _pieces(column: pa.Array, name: str) -> list:
     if name in _CODED:
         encoded = column.dictionary_encode(null_encoding="encode")
         values = [_field(v) for v in encoded.dictionary.to_pylist()]
-        return [(encoded.indices.to_numpy(zero_copy_only=False), values)]
+        return [_Coded(encoded.indices.to_numpy(zero_copy_only=False), values)]
     binary = column.cast(pa.binary())
     offsets = np.frombuffer(binary.buffers()[1], np.int32)[binary.offset : binary.offset + n + 1]
     lengths = np.diff(offsets)
@@ -135,12 +146,12 @@ def _merged(pieces: list) -> list:
         if isinstance(piece, _Block) and isinstance(last, _Block):
             last.extend(piece)
         elif (
-            isinstance(piece, tuple)
-            and isinstance(last, tuple)
-            and len(last[1]) * len(piece[1]) <= _COMBINATIONS
+            isinstance(piece, _Coded)
+            and isinstance(last, _Coded)
+            and len(last.values) * len(piece.values) <= _COMBINATIONS
         ):
-            codes = last[0].astype(np.int64) * len(piece[1]) + piece[0]
-            out[-1] = (codes, [a + b for a in last[1] for b in piece[1]])
+            codes = last.codes.astype(np.int64) * len(piece.values) + piece.codes
+            out[-1] = _Coded(codes, [a + b for a in last.values for b in piece.values])
         else:
             out.append(piece)
     return out
@@ -149,9 +160,8 @@ def _merged(pieces: list) -> list:
 def _binary(piece, n: int) -> pa.Array:
     if isinstance(piece, _Block):
         return piece.binary(n)
-    if isinstance(piece, tuple):
-        codes, values = piece
-        return pa.array(values, pa.binary()).take(pa.array(codes))
+    if isinstance(piece, _Coded):
+        return pa.array(piece.values, pa.binary()).take(pa.array(piece.codes))
     return piece
 
 
@@ -162,13 +172,38 @@ def leaf_hashes(table: pa.Table, first_index: int, chunk_rows: int = 100_000) ->
     built column-wise with Arrow and numpy, a chunk at a time (bounded memory, 32-bit
     offsets); only the SHA-256 itself runs per record.
     """
+    # Cast first: a dictionary or string_view column would be encoded differently below.
+    table = table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
     out, at = [], first_index
-    for batch in table.to_batches():  # a batch's columns are whole: nothing to combine
-        for start in range(0, batch.num_rows, chunk_rows):
-            chunk = batch.slice(start, chunk_rows)
-            out.append(_chunk_hashes(chunk, at))
-            at += chunk.num_rows
+    for chunk in _chunks(table, chunk_rows):
+        out.append(_chunk_hashes(chunk, at))
+        at += chunk.num_rows
     return b"".join(out)
+
+
+def _chunks(table: pa.Table, chunk_rows: int):
+    """Record batches of at most chunk_rows: large ones as they are (a batch's columns are
+    whole, nothing is copied), runs of small ones combined."""
+    run, held = [], 0
+    for batch in table.to_batches():
+        for start in range(0, batch.num_rows, chunk_rows):
+            piece = batch.slice(start, chunk_rows)
+            if run and (held + piece.num_rows > chunk_rows or piece.num_rows >= _SMALL):
+                yield _combined(run)
+                run, held = [], 0
+            if piece.num_rows >= _SMALL:
+                yield piece
+            else:
+                run.append(piece)
+                held += piece.num_rows
+    if run:
+        yield _combined(run)
+
+
+def _combined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
 def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
@@ -180,7 +215,7 @@ def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
     for name in AUDIT_SCHEMA.names:
         pieces += _pieces(batch.column(name), name)
     arrays = [_binary(p, n) for p in _merged(pieces)]
-    joined = arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, _NOTHING)
+    joined = arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, _NO_SEPARATOR)
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
     offsets = offsets[joined.offset : joined.offset + n + 1]
     return merkle.hash_prefixed(joined.buffers()[2], offsets.tolist())
