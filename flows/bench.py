@@ -43,7 +43,8 @@ FLOOR_SCHEME = "zorgtoeslag"
 
 # Beam transform label (its first path element) -> the stage it belongs to, in graph order.
 STAGES = (
-    ("Read", "read + domain pseudonyms"),  # Read and ReadObjections
+    ("Read/", "read + domain pseudonyms"),
+    ("ReadObjections/", "read + domain pseudonyms"),
     ("ExcludeObjectors", "exclude objectors"),
     ("JoinHouseholds", "join (3 bucketed joins)"),
     ("EvaluateRules", "evaluate rules"),

@@ -34,7 +34,7 @@ from pipelines.evaluate import (
     SIGNAL_SCHEMA,
     EvaluateRules,
 )
-from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
+from pipelines.exclude import OBJECTIONS, PERSON_SOURCES, ExcludeObjectors
 from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, buckets_for
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.machine import cores
@@ -111,10 +111,12 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     """Adds the whole run to pipeline `p`."""
     staging = Path(spec.staging)
     audits, rows, quarantined = [], {}, []
-    # The objections are read first: every other source's exclusion step takes them as a
-    # side input, and only then can it run in the same bundles as that source's reading.
-    objections = {n: d for n, d in spec.deliveries.items() if n == "objections"}
-    others = {n: d for n, d in spec.deliveries.items() if n != "objections"}
+    # The objections are read in a step of their own: every other source's exclusion takes
+    # them as a side input, so it can run in the same bundles as that source's reading only
+    # when the objections come from another step (read in one step, the exclusions ran
+    # afterwards, one source at a time).
+    objections = {n: d for n, d in spec.deliveries.items() if n == OBJECTIONS}
+    others = {n: d for n, d in spec.deliveries.items() if n != OBJECTIONS}
     for label, deliveries in (("ReadObjections", objections), ("Read", others)):
         read = p | label >> ReadDeliveries(deliveries, spec.domain)
         rows.update({name: read[name] for name in deliveries})

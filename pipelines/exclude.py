@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 
 # Sources keyed by a person's pseudonym: objectors' rows are removed from each.
 PERSON_SOURCES = ("brp", "tax", "benefits", "arrears", "health_insurance")
+OBJECTIONS = "objections"  # the source of the objections themselves
 
 
 def objector_pids(batch: pa.RecordBatch) -> pa.Array:
@@ -64,16 +65,16 @@ class ExcludeObjectors(beam.PTransform):
         self.person_sources = person_sources
 
     def expand(self, sources):
-        objectors = sources["objections"] | "ObjectorPids" >> beam.Map(
+        objectors = sources[OBJECTIONS] | "ObjectorPids" >> beam.Map(
             objector_pids
         ).with_output_types(pa.Array)
         side = beam.pvalue.AsList(objectors)
         out = dict(sources)
-        for name in self.person_sources + ("objections",):
+        for name in self.person_sources + (OBJECTIONS,):
             out[name] = sources[name] | f"DropObjectors_{name}" >> beam.ParDo(
                 DropObjectorsFn(name), side
             ).with_output_types(pa.RecordBatch)
-        out["objections"] = out["objections"] | "SchemeScopedOnly" >> beam.Map(
+        out[OBJECTIONS] = out[OBJECTIONS] | "SchemeScopedOnly" >> beam.Map(
             lambda b: b.filter(pc.not_equal(b.column("scope"), "all"))
         ).with_output_types(pa.RecordBatch)
         out["objector_pids"] = objectors

@@ -411,9 +411,9 @@ class ReadDeliveries(beam.PTransform):
     QUARANTINE, RecordBatches of QUARANTINE_SCHEMA for rows whose identifiers are not
     pseudonyms. Nothing after this step sees a body pseudonym.
 
-    Every source's row groups are one list, spread over the workers: a list per source
-    read each source in one bundle, one source after another (at 1M persons 10.6 s of a
-    25 s pipeline on 2 cores).
+    All sources' row groups are listed in one reshuffled Create, so the runner spreads
+    them over its workers (one Create per source read each source in a single bundle, on
+    one thread; docs/scaling.md, seventh round).
     """
 
     QUARANTINE = "quarantine"
@@ -422,6 +422,10 @@ class ReadDeliveries(beam.PTransform):
         super().__init__()
         if not isinstance(domain, DomainPseudonymiser):
             raise TypeError("ReadDeliveries needs the purpose domain's DomainPseudonymiser")
+        for name, delivery in deliveries.items():
+            # The name tags the rows and picks the schema they are read with.
+            if name != delivery.source.name:
+                raise ValueError(f"delivery of {delivery.source.name!r} given as {name!r}")
         if self.QUARANTINE in deliveries:
             raise ValueError(f"a source cannot be called {self.QUARANTINE!r}")
         self.deliveries, self.domain = dict(deliveries), domain

@@ -98,6 +98,7 @@ def test_every_step_of_the_central_pipeline_that_hands_on_arrow_data_declares_it
         assert steps.inputs[label] == [ArrowCoder()], label
     for producer in (
         "Read/ReadRowGroups/",
+        "ReadObjections/ReadRowGroups/",
         "ExcludeObjectors/ObjectorPids",
         "JoinHouseholds/PersonFacts/JoinInBucket",
         "EvaluateRules/Evaluate/",

@@ -160,3 +160,17 @@ def test_parquet_deliveries_are_read_with_natural_types(tmp_path):
     counts, valid, q = _collect(open_delivery(folder))
     assert (counts.accepted, counts.quarantined) == (1, 1)
     assert q.column("row_number").to_pylist() == [2]
+
+
+def test_the_central_reader_refuses_a_delivery_under_another_source_name(tmp_path):
+    # The name tags the rows and picks the schema they are read with: a mix-up must not
+    # read one body's file as another's.
+    from pipelines.read_deliveries import Delivery, ReadDeliveries
+    from privacy.keys import Keyring
+    from privacy.pseudonyms import DomainPseudonymiser
+
+    delivery = Delivery(SOURCES["objections"], tmp_path, tmp_path / "data.parquet", {})
+    domain = DomainPseudonymiser(Keyring().add("domain", "test"))
+    with pytest.raises(ValueError, match="delivery of 'objections' given as 'tax'"):
+        ReadDeliveries({"tax": delivery}, domain)
+    ReadDeliveries({"objections": delivery}, domain)  # its own name: accepted
