@@ -31,9 +31,9 @@ def cmd_worklist(args) -> int:
     )
     logged = f"checkpoint {result.audit.sequence}" if result.audit else "nothing to log"
     print(
-        f"worklist: {result.rows:,} signals re-identified -> {result.csv} "
-        f"(and {result.parquet.name}); {result.rows:,} reidentification records in the "
-        f"audit log ({logged})"
+        f"worklist: {result.rows:,} households ({result.signals:,} signals) re-identified -> "
+        f"{result.csv} (and {result.parquet.name}); {result.records:,} reidentification "
+        f"records in the audit log ({logged})"
     )
     return 0
 

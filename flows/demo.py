@@ -108,7 +108,8 @@ def run_demo(args) -> int:
         out / "worklist.csv",
     )
     print(
-        f"\ncontroller's worklist: {worklist.rows:,} signals re-identified -> {worklist.csv}"
+        f"\ncontroller's worklist: {worklist.rows:,} households ({worklist.signals:,} signals) "
+        f"re-identified -> {worklist.csv}"
         "\n  (the only file with BSNs; each re-identification is logged in the audit log)"
     )
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")

@@ -62,7 +62,9 @@ class Worklist:
     csv: Path
     parquet: Path
     audit: object  # the audit log checkpoint of the reidentification records (None: no rows)
-    rows: int
+    rows: int  # households on the worklist
+    signals: int  # the signals they carry
+    records: int  # reidentification records appended to the audit log
 
 
 def _manifest(run_dir: Path) -> dict:
@@ -194,12 +196,12 @@ def write_worklist(
     first_signal = pc.index_in(grouped.column("applicant_pid"), value_set=applicants)
     bsn = bsns.take(at.take(first_signal)) if len(applicants) else pa.array([], pa.string())
     table = grouped.add_column(0, "bsn", bsn).cast(WORKLIST_SCHEMA)
-    checkpoint = None  # no signal, nobody re-identified: nothing to log
+    checkpoint, records = None, 0  # no signal, nobody re-identified: nothing to log
     if table.num_rows:
         sha = manifest["inputs"]["brp"]["original_sha256"]
         batch, event = _audit_records(manifest, signals, sha)
-        checkpoint = _log(run_dir, manifest["run_id"], batch, event, keyring)
+        checkpoint, records = _log(run_dir, manifest["run_id"], batch, event, keyring), len(batch)
     parquet_path = out.with_suffix(".parquet")
     _write_private(table, parquet_path, pq.write_table)
     _write_private(table, out, pacsv.write_csv)
-    return Worklist(out, parquet_path, checkpoint, table.num_rows)
+    return Worklist(out, parquet_path, checkpoint, table.num_rows, signals.num_rows, records)

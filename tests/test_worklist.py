@@ -118,7 +118,9 @@ def test_every_bsn_matches_the_brp_delivery_for_every_signal(published, tmp_path
     assert sorted(listed) == sorted(applicant)  # every signal once
 
 
-def test_every_reidentification_is_logged_per_signal_before_the_worklist(published, tmp_path):
+def test_every_reidentification_is_logged_per_signal_before_the_worklist(
+    published, tmp_path, capsys
+):
     root, run = published
     log = AuditLog(run.parent / LOG_DIRNAME)
     before = len(log.checkpoints())
@@ -127,6 +129,14 @@ def test_every_reidentification_is_logged_per_signal_before_the_worklist(publish
     batches = [c for c in log.checkpoints()[before:] if "/reidentification/" in c.batch_id]
     assert len(batches) == 2  # each worklist is its own event
     signals = _signals(root, run)
+    # What the command says it did: households listed, their signals, records logged.
+    households = len(_rows(tmp_path / "b.csv"))
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith(
+        f"worklist: {households:,} households ({signals.num_rows:,} signals) re-identified"
+    )
+    assert f"; {batches[-1].leaf_count:,} reidentification records in the audit log" in said
+    assert batches[-1].leaf_count == signals.num_rows
     for checkpoint in batches:
         records = log.batch_records(checkpoint.batch_id)
         assert set(records.column("name").to_pylist()) == {"reidentification"}
