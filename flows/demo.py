@@ -113,4 +113,26 @@ def run_demo(args) -> int:
         "\n  (the only file with BSNs; each re-identification is logged in the audit log)"
     )
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
+    _print_next_steps(out, Path(folder), keyrings)
     return 0
+
+
+def _print_next_steps(out: Path, run: Path, keyrings: dict[str, Path]) -> None:
+    """Commands to try on what the demo made, with its own paths (relative where shorter)."""
+
+    def show(path: Path) -> str:
+        relative = os.path.relpath(path)
+        return relative if len(relative) < len(str(path)) else str(path)
+
+    runs, passphrase = show(out / "runs"), out / "keys" / "demo-passphrase.txt"
+    where = f"$(cat {show(passphrase)})" if passphrase.exists() else "<your passphrase>"
+    print(
+        "\nnext, on these outputs (runs and audit log in "
+        f"{runs}, keyrings in {show(out / 'keys')}):\n"
+        f"  export SIGNALS_KEYRING_PASSPHRASE={where}\n"
+        f"  signals runs list --out {runs}\n"
+        f"  signals audit verify --log {runs}\n"
+        f"  signals audit query --log {runs} --count-by name,status\n"
+        f"  signals report --run {show(run)} --out {show(out / 'report')} "
+        f"--key-file {show(keyrings['controller'])}"
+    )

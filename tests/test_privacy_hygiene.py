@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import os
 import re
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -93,19 +94,24 @@ def _leaks(root: Path, known: set[str], skip: set[Path] = frozenset()) -> dict[s
     return found
 
 
+def _env(root: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        SIGNALS_HOME=str(root / "home"),
+        PREFECT_HOME=str(root / "home" / "prefect"),
+        TMPDIR=str(root / "tmp"),
+        SIGNALS_KEYRING_PASSPHRASE="a hygiene test passphrase",
+    )
+    return env
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("hygiene")
-    home, tmp, out = root / "home", root / "tmp", root / "out"
-    tmp.mkdir()
-    env = dict(os.environ)
-    env.update(
-        SIGNALS_HOME=str(home),
-        PREFECT_HOME=str(home / "prefect"),
-        TMPDIR=str(tmp),
-        SIGNALS_KEYRING_PASSPHRASE="a hygiene test passphrase",
-    )
+    out = root / "out"
+    (root / "tmp").mkdir()
     argv = [sys.executable, "-m", "flows.cli", "demo", "--persons", "1000", "--out", str(out)]
+    env = _env(root)
     proc = subprocess.run(argv, cwd=MAIN, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root / "console.log").write_text(proc.stdout + proc.stderr)
@@ -141,6 +147,19 @@ def test_the_demo_ends_with_a_worklist_whose_bsns_are_in_the_brp_delivery(demo):
     assert "re-identified" in (root / "console.log").read_text()
     # The scanner does see BSNs where they are: it is not blind.
     assert _leaks_in(worklist, known)
+
+
+def test_the_demo_ends_with_commands_that_work_on_its_outputs(demo):
+    root, _ = demo
+    after = (root / "console.log").read_text().split("next, on these outputs", 1)[1]
+    commands = [line.strip() for line in after.splitlines() if line.strip().startswith("signals ")]
+    assert [c.split()[1] for c in commands] == ["runs", "audit", "audit", "report"]
+    for command in commands:
+        argv = [sys.executable, "-m", "flows.cli", *shlex.split(command)[1:]]
+        proc = subprocess.run(
+            argv, cwd=MAIN, env=_env(root), capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, (command, proc.stderr[-2000:])
 
 
 def test_the_scanner_reads_values_not_glued_bytes(tmp_path):
