@@ -103,6 +103,8 @@ def cmd_run(args) -> int:
     from flows.config import load_config, load_passphrase
     from flows.run import run_flow
 
+    environment.quiet_known_failures(_user_errors())
+
     # A flag wins; what it leaves out comes from signals.toml (and its SIGNALS_* overrides),
     # as for the scheduled run, so a manual run and the schedule share one configuration.
     config = load_config(args.config)
@@ -130,6 +132,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from flows.demo import run_demo
 
+    environment.quiet_known_failures(_user_errors())
     return run_demo(args)
 
 

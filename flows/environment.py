@@ -38,3 +38,39 @@ def configure(home: Path | None = None) -> None:
     os.environ.setdefault("PREFECT_HOME", str(base / "prefect"))
     # Prefect creates its home without parents and its server dies if that fails.
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+class _KnownFailures(logging.Filter):
+    """Drops Prefect's console records of a failure the command reports itself."""
+
+    def __init__(self, known: tuple[type[Exception], ...]):
+        super().__init__()
+        self.known = known
+        self.phrases = tuple(f"exception {k.__name__}:" for k in known)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("prefect"):
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], self.known):
+            return False  # the flow's failure, with its traceback
+        return not any(p in record.getMessage() for p in self.phrases)  # the task's state
+
+
+def quiet_known_failures(known: tuple[type[Exception], ...]) -> None:
+    """Keep Prefect's console from repeating a known failure with its traceback.
+
+    A command that runs a flow reports a known failure (a refused delivery, a missing
+    keyring) in one line and exits 2; Prefect would first print it as ERROR lines and a
+    ~70-line traceback. Other failures keep their traceback, and Prefect's own run records
+    (its database, a server) keep everything: only the console handlers are filtered.
+    """
+    # Their imports set up the console: Beam's puts a stream handler on the root logger,
+    # which Prefect's flow and task loggers reach.
+    import apache_beam  # noqa: F401
+    import prefect  # noqa: F401
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
+            isinstance(f, _KnownFailures) for f in handler.filters
+        ):
+            handler.addFilter(_KnownFailures(known))

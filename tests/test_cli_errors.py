@@ -1,0 +1,53 @@
+"""A known failure of a command that runs a flow: one line on stderr and exit 2.
+
+Prefect logs a failed flow run with its traceback; the command reports the same failure
+in one line, so on the console Prefect's records of a known failure are dropped
+(flows/environment.py quiet_known_failures). Any other failure keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.environment import _KnownFailures
+from pipelines.read_deliveries import DeliveryRefused
+
+MAIN = Path(__file__).resolve().parent.parent
+
+
+def _record(name: str, message: str, error: Exception | None = None) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error else None
+    return logging.LogRecord(name, logging.ERROR, __file__, 1, message, None, exc_info)
+
+
+def test_only_prefects_records_of_a_known_failure_are_dropped():
+    known = _KnownFailures((DeliveryRefused,))
+    refused = DeliveryRefused("/x/brp: no delivery of source 'brp' (folder missing)")
+    assert not known.filter(_record("prefect.flow_runs", "Encountered exception", refused))
+    state = "Finished in state Failed('Task run encountered an exception DeliveryRefused: /x')"
+    assert not known.filter(_record("prefect.task_runs", state))
+    # A bug keeps its record and traceback; so does anything not from Prefect.
+    assert known.filter(_record("prefect.flow_runs", "Encountered exception", KeyError("k")))
+    assert known.filter(_record("pipelines", "Encountered exception", refused))
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_for_a_known_cause_prints_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SIGNALS_KEYRING_PASSPHRASE"}
+    env.update(SIGNALS_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "home" / "p"))
+    (tmp_path / "deliveries").mkdir()
+    argv = [sys.executable, "-m", "flows.cli", "run", "--deliveries", str(tmp_path / "deliveries")]
+    argv += ["--reference-date", "2025-01-01", "--out", str(tmp_path / "runs")]
+    argv += ["--key-file", str(tmp_path / "central.keyring")]
+    proc = subprocess.run(argv, cwd=MAIN, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: no passphrase: set SIGNALS_KEYRING_PASSPHRASE or pass --passphrase-file to "
+        "unlock the keyring"
+    ]
