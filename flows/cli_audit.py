@@ -48,16 +48,34 @@ def _progress(what: str):
 
 
 def _log_root(value: str) -> Path:
+    from flows.cli import UsageError
     from privacy.audit.log import LOG_DIRNAME
 
     path = Path(value)
+    if (path / "records.parquet").is_file() and not (path / "segments").is_dir():
+        raise UsageError(
+            f"{path}: an export of selected records, not a log: read its records.parquet "
+            "with DuckDB; to check records, verify or prove them in the log it came from"
+        )
     if (path / "checkpoints").is_dir():
         return path
     if (path / LOG_DIRNAME / "checkpoints").is_dir():
         return path / LOG_DIRNAME
-    from flows.cli import UsageError
-
     raise UsageError(f"{path}: no audit log here (expected checkpoints/ or {LOG_DIRNAME}/)")
+
+
+def _pseudonym(value: str) -> str:
+    if value.strip().isdigit():  # not quoted back: it may be a BSN
+        raise argparse.ArgumentTypeError(
+            "the audit log names data subjects by pseudonym (d1.…), never by a number like a BSN"
+        )
+    return value
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count (0 or more)")
+    return int(value)
 
 
 def _date(value: str) -> dt.date:
@@ -90,9 +108,12 @@ NOT_JUDGED = 3  # exit code: verification could not finish
 
 
 def cmd_verify(args) -> int:
+    from privacy.audit.signing import load_public_pem
     from privacy.audit.verify import VerificationIncomplete, verify_log
 
     root = _log_root(args.log)
+    for path in args.public_key or ():  # a key that cannot be read is a usage error, exit 2
+        load_public_pem(Path(path).read_bytes(), str(path))
     try:
         report = verify_log(
             root,
@@ -202,6 +223,7 @@ def cmd_trail(args) -> int:
         return 0
     print(f"data subject {args.pseudonym}: {total:,} audit record(s) in {root}")
     if total == 0:
+        print("  (the log names each data subject by its pseudonym as the run made it, d1.…)")
         return 0
     for r in count_by(root, filters, ["run_id", "name", "status"]).to_pylist():
         print(f"  {r['run_id']:<26} {r['name']:<17} {r['status']:<14} {r['records']:>6}")
@@ -219,7 +241,10 @@ def cmd_query(args) -> int:
         table = count_by(root, filters, [g.strip() for g in args.count_by.split(",")])
         if args.format == "json":
             _print_rows(table.to_pylist(), "json")
+        elif table.num_rows == 0:
+            print("no record matches")
         else:
+            print("  ".join(table.column_names))
             for r in table.to_pylist():
                 print("  ".join(f"{v if v is not None else '-'}" for v in r.values()))
         return 0
@@ -252,7 +277,12 @@ def cmd_prove(args) -> int:
 def cmd_check_proof(args) -> int:
     from privacy.audit.proofs import check_bundle
 
-    bundle = json.loads(Path(args.bundle).read_text())
+    try:
+        bundle = json.loads(Path(args.bundle).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _not_a_bundle(args.bundle, f"not JSON: {e}") from None
+    if not isinstance(bundle, dict) or not {"checkpoints", "records", "subject"} <= set(bundle):
+        raise _not_a_bundle(args.bundle, "it lacks checkpoints, records or subject")
     problems = check_bundle(bundle, args.public_key or None)
     if problems:
         print(f"{args.bundle}: FAILED", file=sys.stderr)
@@ -267,6 +297,12 @@ def cmd_check_proof(args) -> int:
         f"{latest['root_hash']}), signatures checked with the {source}"
     )
     return 0
+
+
+def _not_a_bundle(path: str, why: str) -> Exception:
+    from flows.cli import UsageError
+
+    return UsageError(f"{path}: not a proof bundle made by `signals audit prove` ({why})")
 
 
 def cmd_export(args) -> int:
@@ -307,7 +343,10 @@ def cmd_export(args) -> int:
             )
         else:
             total = export_records(root, filters, dest / "records.parquet")
-            what = f"{total:,} selected record(s) in records.parquet, with the checkpoints"
+            what = (
+                f"{total:,} selected record(s) in records.parquet (read it with DuckDB), with "
+                "the checkpoints of the log they were verified in"
+            )
     print(f"exported {what}")
     print(
         f"keep {dest / 'latest-checkpoint.json'}: pass it to a later `signals audit verify "
@@ -355,25 +394,25 @@ def register(subparsers) -> None:
         "rewritten history",
     )
     p = command("trail", cmd_trail, "everything that happened to one data subject")
-    p.add_argument("pseudonym", help="the data subject's pseudonym")
+    p.add_argument("pseudonym", type=_pseudonym, help="the data subject's pseudonym")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p = command("query", cmd_query, "records or counts by purpose, legal basis, scheme, run, date")
     _add_filters(p)
-    p.add_argument("--subject", help="data subject pseudonym")
+    p.add_argument("--subject", type=_pseudonym, help="data subject pseudonym")
     p.add_argument(
         "--count-by",
         help="comma-separated: name, status, run_id, "
         "processing_activity_id, register_version, scheme",
     )
-    p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    p.add_argument("--limit", type=_count, default=50, help="rows to show (default 50)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p = command("prove", cmd_prove, "an inclusion proof bundle for one data subject")
-    p.add_argument("pseudonym")
+    p.add_argument("pseudonym", type=_pseudonym)
     p.add_argument("--out", help="write the bundle here (default: standard output)")
     p = command("export", cmd_export, "a verified copy of the log or of selected records")
     p.add_argument("--to", required=True, help="a new folder")
     _add_filters(p)
-    p.add_argument("--subject", help="data subject pseudonym")
+    p.add_argument("--subject", type=_pseudonym, help="data subject pseudonym")
 
     p = sub.add_parser("check-proof", help="check a proof bundle (needs no log)")
     p.add_argument("bundle", help="the JSON bundle from `signals audit prove`")

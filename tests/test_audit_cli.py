@@ -37,7 +37,10 @@ def log_root(tmp_path_factory):
 def signals(*args) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse refusing an argument
+            code = e.code
     return code, out.getvalue(), err.getvalue()
 
 
@@ -165,3 +168,35 @@ def test_export_copies_a_verifiable_log_or_the_selected_records(log_root, tmp_pa
     assert records.schema.field("span_id").type in (pa.binary(8), pa.binary())
     code, _, err = signals("audit", "export", "--log", str(log_root), "--to", str(part))
     assert code == 2 and "not empty" in err
+    # An export of selected records is not a log: the commands say so instead of failing
+    # on segments it never had.
+    for command in ("verify", "trail", "query"):
+        args = ["audit", command, "--log", str(part)]
+        code, _, err = signals(*args, *([pids(1)[0].as_py()] if command == "trail" else []))
+        assert code == 2 and "an export of selected records, not a log" in err, command
+
+
+def test_an_auditor_is_told_what_went_wrong_in_one_line(log_root, tmp_path):
+    log = str(log_root)
+    # A number is never a subject (it may be a BSN) and is not quoted back.
+    code, _, err = signals("audit", "trail", "123456782", "--log", log)
+    assert code == 2 and "by pseudonym" in err and "123456782" not in err
+    code, out, _ = signals("audit", "trail", "d1.nosuchsubject", "--log", log)
+    assert code == 0 and "0 audit record(s)" in out and "pseudonym as the run made it" in out
+    assert signals("audit", "query", "--log", log, "--limit", "-1")[0] == 2
+    code, out, _ = signals(
+        "audit", "query", "--log", log, "--run", "no-such-run", "--count-by", "name"
+    )
+    assert code == 0 and out.strip() == "no record matches"
+    code, out, _ = signals("audit", "query", "--log", log, "--count-by", "run_id,name")
+    assert code == 0 and out.splitlines()[0] == "run_id  name  records"
+    # Files that are not what the option wants are usage errors naming the file (exit 2).
+    text = tmp_path / "notes.md"
+    text.write_text("# not a key, not a bundle\n")
+    code, _, err = signals("audit", "verify", "--log", log, "--public-key", str(text))
+    assert code == 2 and f"{text}: not a PEM public key" in err
+    code, _, err = signals("audit", "check-proof", str(text))
+    assert code == 2 and f"{text}: not a proof bundle" in err and "not JSON" in err
+    text.write_text("{}")
+    code, _, err = signals("audit", "check-proof", str(text))
+    assert code == 2 and "lacks checkpoints, records or subject" in err
