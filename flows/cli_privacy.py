@@ -23,9 +23,11 @@ def _key_store(args) -> Path | None:
 
 
 def cmd_worklist(args) -> int:
+    from privacy.keys import check_custody
     from privacy.reidentify import write_worklist
 
     ring = _keyring(args)
+    check_custody(ring, "controller", args.key_file)
     result = write_worklist(
         Path(args.run), Path(args.brp), ring, Path(args.out), key_store=_key_store(args)
     )

@@ -150,10 +150,10 @@ def check_custody(ring: Keyring, party: str, where: Path | str = "keyring") -> N
             "key (key custody, docs/privacy.md)"
         )
     if needs - held:
-        lacking = " and ".join(f"a {r}" for r in sorted(needs - held))
+        lacking = " or ".join(sorted(needs - held))
         raise KeyringError(
-            f"{where}: a {party} keyring needs {lacking} key; "
-            f"create one with `signals keys init --role {party}`"
+            f"{where}: not a {party} keyring (it holds no {lacking} key): give the "
+            f"{party}'s keyring, or create one with `signals keys init --role {party}`"
         )
 
 

@@ -155,7 +155,7 @@ def test_nobody_but_the_controller_can_make_a_worklist(published, tmp_path, caps
     root, run = published
     key_file = root / "keys" / f"{ring}.keyring"
     assert _worklist(root, run, tmp_path / "w.csv", key_file) == 2
-    assert "a controller keyring needs" in capsys.readouterr().err
+    assert f"{key_file}: not a controller keyring" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
