@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
+import time
 from pathlib import Path
 
 from flows import environment
@@ -112,6 +114,7 @@ def cmd_run(args) -> int:
     out = args.out or config.require("paths", "out")
     key_file = args.key_file or config.keys.central_keyring
     load_passphrase(config)
+    started = time.time()
     folder = run_flow(
         deliveries=str(Path(deliveries).resolve()),
         reference_date=args.reference_date,
@@ -125,6 +128,8 @@ def cmd_run(args) -> int:
     )
     from flows.summary import print_run_summary
 
+    if (Path(folder) / "manifest.json").stat().st_mtime < started:
+        print(f"{folder}: already published for these inputs, code and rules; nothing changed\n")
     print_run_summary(Path(folder))
     return 0
 
@@ -240,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader stopped early (`signals register show | head`): nowhere left to write.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +180,16 @@ def _rules_lines(m: dict) -> list[str]:
             f"{str(r.get('parameter_version', '-')):<16}{r.get('benefit_year', '-')}"
         )
     for r in m.get("rules_skipped", []):
-        lines.append(f"{r.get('rule_id', '?'):<24}skipped: {r.get('reason', '')}")
+        # A reason can run to a paragraph (which figures are missing, and where from).
+        reason = textwrap.wrap(
+            f"skipped: {r.get('reason', '')}",
+            76,
+            subsequent_indent="  ",
+            break_on_hyphens=False,  # keep words and paths whole
+            break_long_words=False,
+        )
+        lines.append(f"{r.get('rule_id', '?'):<24}{reason[0] if reason else 'skipped'}")
+        lines += [" " * 24 + part for part in reason[1:]]
     return lines
 
 

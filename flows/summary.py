@@ -13,6 +13,15 @@ def run_summary_lines(run_dir: Path) -> list[str]:
     lines.append(f"{'source':<18}{'rows in':>12}{'accepted':>12}{'quarantined':>13}")
     for name, s in c["sources"].items():
         lines.append(f"{name:<18}{s['rows_in']:>12,}{s['accepted']:>12,}{s['quarantined']:>13,}")
+    # A run takes each source's newest delivery on or before its reference date: say so
+    # when that is an older one, so a missing month does not go unnoticed.
+    older = [
+        f"{name} {given['reference_date']}"
+        for name, given in m.get("inputs", {}).items()
+        if given.get("reference_date", m["reference_date"]) != m["reference_date"]
+    ]
+    if older:
+        lines.append(f"older deliveries used (the newest on or before): {', '.join(older)}")
     lines += ["", f"households evaluated   {c['households']:,}", ""]
     lines.append(f"{'scheme':<24}{'signals':>10}")
     for scheme, n in sorted(c["signals_per_scheme"].items()):

@@ -51,3 +51,15 @@ def test_a_run_that_fails_for_a_known_cause_prints_one_line(tmp_path):
         "error: no passphrase: set SIGNALS_KEYRING_PASSPHRASE or pass --passphrase-file to "
         "unlock the keyring"
     ]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    # `signals register show | head -1`: the reader is gone before the command writes.
+    argv = [sys.executable, "-m", "flows.cli", "register", "show"]
+    proc = subprocess.Popen(
+        argv, cwd=MAIN, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

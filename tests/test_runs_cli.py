@@ -8,6 +8,7 @@ enforced on the first run with the real command, and the history shows each stat
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 
 import pytest
@@ -76,6 +77,18 @@ def test_show_prints_inputs_counts_and_rule_versions(runs, capsys):
     for rule in manifest["rules"]:
         assert f"{rule['rule_id']:<24}{rule['rule_version']:<16}" in text
     assert "signals total" in text and "audit records" in text
+    # A skipped rule's reason (a paragraph: which figures are missing) is wrapped, whole.
+    lines = text.splitlines()
+    assert manifest["rules_skipped"]  # huurtoeslag: its figures are not all verified
+    for skipped in manifest["rules_skipped"]:
+        (at,) = [i for i, li in enumerate(lines) if li.split()[:1] == [skipped["rule_id"]]]
+        column = lines[at].index("skipped: ")  # continuation lines are indented to it
+        pad = " " * column
+        following = itertools.takewhile(lambda li, pad=pad: li.startswith(pad), lines[at + 1 :])
+        block = [lines[at], *following]
+        shown = " ".join([block[0][column:], *block[1:]])
+        assert shown.split() == f"skipped: {skipped['reason']}".split()
+        assert len(block) > 1 and max(len(li) for li in block) <= 110
 
 
 def test_show_json_prints_the_manifest_as_published(runs, capsys):
@@ -159,7 +172,8 @@ def test_a_manual_run_reads_what_its_flags_leave_out_from_signals_toml(runs, tmp
     with prefect_server():  # the same inputs: the published run is found, nothing redone
         assert main(["run", "--config", str(config), "--reference-date", REFERENCE_DATE]) == 0
     assert published_runs(out) == [run_dir]
-    assert run_dir.name in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert run_dir.name in said and "already published for these inputs" in said
     bare = tmp_path / "bare.toml"
     bare.write_text("[run]\nbuckets = 4\n")
     code = main(["run", "--config", str(bare), "--reference-date", REFERENCE_DATE])
