@@ -81,8 +81,11 @@ def cmd_retention_status(args) -> int:
 def cmd_decrypt(args) -> int:
     from privacy.retention import decrypt_run
 
-    written = decrypt_run(Path(args.run), _keyring(args), Path(args.out), _key_store(args))
-    print(f"{len(written)} file(s) decrypted into {args.out}; they hold personal data: delete them")
+    done = decrypt_run(Path(args.run), _keyring(args), Path(args.out), _key_store(args))
+    print(
+        f"{len(done.files)} file(s) decrypted into {args.out}; they hold personal data: delete "
+        f"them ({done.records:,} decryption records in the audit log)"
+    )
     return 0
 
 

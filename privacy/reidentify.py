@@ -26,10 +26,8 @@ pseudonyms and then dropped.
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
 import json
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from pipelines.audit_records import AUDIT_SCHEMA, AuditContext, audit_batch, can
 from pipelines.priority import WORKLIST_SCHEMA as PRIORITY_WORKLIST
 from pipelines.priority import worklist_table
 from pipelines.read_deliveries import open_delivery, validate_delivery
+from privacy.audit.events import new_event_id
 from privacy.files import written_whole
 from privacy.keys import Keyring, KeyringError, check_custody
 from privacy.pseudonyms import TwoLayerPseudonymiser
@@ -108,7 +107,7 @@ def _audit_records(
     context = AuditContext(
         manifest["run_id"], manifest["processing_activity_id"], manifest["register_version"]
     )
-    event = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+    event = new_event_id()
     actor = getpass.getuser()
     # One record per signal, once per worklist: a plain loop over a few thousand rows.
     attributes = pa.array(

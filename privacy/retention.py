@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import getpass
 import hashlib
 import json
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -261,21 +263,34 @@ def _decrypt(path: Path, run_dir: Path, data_key: bytes) -> bytes:
     return decrypt_bytes(path, data_key, run_dir.name, relative)
 
 
+class Decrypted(NamedTuple):
+    files: list[Path]  # the plain copies written
+    records: int  # decryption records appended to the audit log, one per person
+
+
 def decrypt_run(
     run_dir: Path, keyring: Keyring, out: Path, key_store: Path | None = None
-) -> list[Path]:
-    """Write plain copies of a run's personal data under `out` (same layout), for DuckDB."""
+) -> Decrypted:
+    """Write plain copies of a run's personal data under `out` (same layout), for DuckDB.
+
+    Logged first, one `decryption` record per person the run holds data on: if the log
+    cannot be written (no audit-signing key, say), nothing is decrypted.
+    """
     run_dir, out = Path(run_dir), Path(out)
     data_key = run_data_key(run_dir, keyring, key_store)
+    sources = [
+        (path, path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)])
+        for path in _personal_files(run_dir, ENCRYPTED_SUFFIX)
+    ]
+    records = _log_decryption(run_dir, [relative for _, relative in sources], keyring)
     written = []
-    for path in _personal_files(run_dir, ENCRYPTED_SUFFIX):
-        relative = path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)]
+    for path, relative in sources:
         target = out / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(target, private=True) as tmp:  # plain personal data
             tmp.write_bytes(decrypt_bytes(path, data_key, run_dir.name, relative))
         written.append(target)
-    return written
+    return Decrypted(written, records)
 
 
 # -- retention -------------------------------------------------------------------------------
@@ -322,17 +337,14 @@ def retention_status(runs_root: Path, period: str, key_store: Path | None = None
     return out
 
 
-def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
-    """One `deletion` audit record per person whose data the run holds, in the audit log.
+def _run_subjects(run_dir: Path):
+    """(the run's audit context, the persons it holds data on).
 
     The persons are the household members the run's own audit copy names (its `join`
-    records), so nothing needs decrypting. Logged before the key goes: if the log
-    cannot be written, nothing is destroyed.
+    records), so nothing needs decrypting to find them.
     """
     from pipelines.audit_records import AuditContext
-    from privacy.audit.events import append_events, deletion_records
-    from privacy.audit.log import LOG_DIRNAME, RUN_COPY
-    from privacy.audit.signing import Signer
+    from privacy.audit.log import RUN_COPY
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     copy = run_dir / RUN_COPY
@@ -344,11 +356,40 @@ def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
     context = AuditContext(
         manifest["run_id"], manifest["processing_activity_id"], manifest["register_version"]
     )
+    return context, pids
+
+
+def _append(run_dir: Path, records: pa.Table, batch_id: str, keyring: Keyring) -> None:
+    from privacy.audit.events import append_events
+    from privacy.audit.log import LOG_DIRNAME
+    from privacy.audit.signing import Signer
+
+    append_events(run_dir.parent / LOG_DIRNAME, records, batch_id, Signer(keyring))
+
+
+def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
+    """One `deletion` audit record per person whose data the run holds, in the audit log.
+
+    Logged before the key goes: if the log cannot be written, nothing is destroyed.
+    """
+    from privacy.audit.events import deletion_records
+
+    context, pids = _run_subjects(run_dir)
     records = deletion_records(
         context, pids, dataset="run-personal-data", reason=f"retention period {period} ended"
     )
-    batch_id = f"{manifest['run_id']}/deletion/run-personal-data"
-    append_events(run_dir.parent / LOG_DIRNAME, records, batch_id, Signer(keyring))
+    _append(run_dir, records, f"{context.run_id}/deletion/run-personal-data", keyring)
+    return len(pids)
+
+
+def _log_decryption(run_dir: Path, files: list[str], keyring: Keyring) -> int:
+    """One `decryption` audit record per person whose data the run holds (one event)."""
+    from privacy.audit.events import decryption_records, new_event_id
+
+    context, pids = _run_subjects(run_dir)
+    event = new_event_id()
+    records = decryption_records(context, pids, files, event, getpass.getuser())
+    _append(run_dir, records, f"{context.run_id}/decryption/{event}", keyring)
     return len(pids)
 
 

@@ -18,7 +18,7 @@ from flows.cli import main
 from flows.summary import run_summary_lines
 from pipelines.audit_records import AuditContext, audit_batch
 from privacy.audit.log import LOG_DIRNAME, AuditLog
-from privacy.keys import DEFAULT_DOMAIN, Keyring, save_keyring
+from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, save_keyring
 from privacy.retention import (
     KEY_STORE,
     RunDataDestroyed,
@@ -114,6 +114,28 @@ def test_decrypt_writes_plain_copies_for_duckdb(tmp_path, passphrase, capsys):
     plain = pq.read_table(tmp_path / "plain" / "signals.parquet")
     assert plain.equals(read_run_table(run, "signals.parquet", ring))
     assert (tmp_path / "plain" / "households" / "part-0.parquet").is_file()
+    assert "(4 decryption records in the audit log)" in capsys.readouterr().out
+    # Each decryption is logged first, one record per person the run holds data on.
+    assert main(argv + ["--out", str(tmp_path / "again")]) == 0
+    log = AuditLog(run.parent / LOG_DIRNAME)
+    events = [c for c in log.checkpoints() if c.batch_id.startswith(f"{run.name}/decryption/")]
+    assert len(events) == 2
+    for checkpoint in events:
+        records = log.batch_records(checkpoint.batch_id).to_pylist()
+        assert sorted(r["data_subject_pid"] for r in records) == sorted(PIDS)
+        assert {r["name"] for r in records} == {"decryption"}
+        files = json.loads(records[0]["attributes"])["files"]
+        assert files == ["households/part-0.parquet", "signals.parquet"]
+
+
+def test_a_decryption_that_cannot_be_logged_writes_nothing(tmp_path):
+    ring = _central()
+    run = _published(tmp_path / "runs", "2025-01-01-aaaa", ring)
+    unsigned = Keyring()
+    unsigned.keys = [k for k in ring.keys if k.role != "audit-signing"]
+    with pytest.raises(KeyringError, match="no active audit-signing key"):
+        decrypt_run(run, unsigned, tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()
 
 
 @pytest.mark.parametrize("size", [0, 1000, (1 << 20), (1 << 20) * 2 + 17])

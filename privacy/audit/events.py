@@ -10,12 +10,14 @@ names the event, so retrying the same event never logs it twice:
 
 `re-identification` records are made by privacy/reidentify.py; it appends them with
 `append_events` (batch id `<run_id>/reidentification/<event>`) before writing the
-worklist. Proportionality decisions will do the same with their own operation name.
+worklist. `decryption` records are appended the same way by privacy/retention.py
+(`<run_id>/decryption/<event>`) before plain copies of a run's personal data are written.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +36,7 @@ OPERATIONS = (
     "proportionality",
     "signal",
     "reidentification",
+    "decryption",
     "deletion",
 )
 
@@ -55,6 +58,34 @@ def deletion_records(
     dataset_key = pa.array([dataset] * len(subjects), pa.string())
     batch = audit_batch(
         context, "deletion", subjects, "deleted", attributes, discriminator=dataset_key, started=at
+    )
+    return pa.Table.from_batches([batch])
+
+
+def new_event_id() -> str:
+    """An id for one event on a run (a worklist, a decryption): when, and 4 random bytes."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+
+
+def decryption_records(
+    context: AuditContext, subjects: pa.Array, files: list[str], event: str, actor: str
+) -> pa.Table:
+    """One `decryption` record per data subject of a run whose personal data was written
+    out in plain (`signals decrypt`): which files, by whom, in which event.
+
+    The event is in the span key: every decryption is its own record, even of the same run.
+    """
+    subjects = subjects.cast(pa.string())
+    attributes = canonical_json(
+        {"files": sorted(files), "actor": actor, "event": event, "purpose": "plain copies"}
+    )
+    batch = audit_batch(
+        context,
+        "decryption",
+        subjects,
+        "decrypted",
+        attributes,
+        discriminator=pa.repeat(pa.scalar(event, pa.string()), len(subjects)),
     )
     return pa.Table.from_batches([batch])
 
