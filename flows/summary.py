@@ -28,6 +28,9 @@ def run_summary_lines(run_dir: Path) -> list[str]:
         lines.append(f"{scheme:<24}{n:>10,}")
     lines.append(f"{'total':<24}{c['signals']:>10,}")
     lines.append(f"estimated annual amount EUR {float(c['estimated_annual_amount_total']):,.2f}")
+    skipped = [r.get("rule_id", "?") for r in m.get("rules_skipped", [])]
+    if skipped:
+        lines.append(f"not evaluated: {', '.join(skipped)} (why: `signals runs show`)")
     lines += ["", f"audit records          {c['audit_records']:,}"]
     lines += ["", "outputs:"]
     run_dir = Path(run_dir)

@@ -34,3 +34,11 @@ def test_a_run_on_an_older_delivery_says_which(tmp_path):
     assert "older deliveries used (the newest on or before): tax 2025-01-01" in lines
     _manifest(tmp_path, "2025-02-01", {"brp": "2025-02-01", "tax": "2025-02-01"})
     assert not [li for li in run_summary_lines(tmp_path) if li.startswith("older deliveries")]
+
+
+def test_a_rule_that_was_not_evaluated_is_named(tmp_path):
+    _manifest(tmp_path, "2025-01-01", {"brp": "2025-01-01"})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["rules_skipped"] = [{"rule_id": "huurtoeslag", "reason": "figures not verified"}]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert "not evaluated: huurtoeslag (why: `signals runs show`)" in run_summary_lines(tmp_path)
