@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -126,13 +128,17 @@ def _print_next_steps(out: Path, run: Path, keyrings: dict[str, Path]) -> None:
 
     runs, passphrase = show(out / "runs"), out / "keys" / "demo-passphrase.txt"
     where = f"$(cat {show(passphrase)})" if passphrase.exists() else "<your passphrase>"
+    # `make demo` runs .venv/bin/signals, which is on no PATH until the venv is activated.
+    signals = "signals"
+    if os.path.basename(sys.argv[0]) == "signals" and not shutil.which("signals"):
+        signals = show(Path(sys.argv[0]))
     print(
         "\nnext, on these outputs (runs and audit log in "
         f"{runs}, keyrings in {show(out / 'keys')}):\n"
         f"  export SIGNALS_KEYRING_PASSPHRASE={where}\n"
-        f"  signals runs list --out {runs}\n"
-        f"  signals audit verify --log {runs}\n"
-        f"  signals audit query --log {runs} --count-by name,status\n"
-        f"  signals report --run {show(run)} --out {show(out / 'report')} "
+        f"  {signals} runs list --out {runs}\n"
+        f"  {signals} audit verify --log {runs}\n"
+        f"  {signals} audit query --log {runs} --count-by name,status\n"
+        f"  {signals} report --run {show(run)} --out {show(out / 'report')} "
         f"--key-file {show(keyrings['controller'])}"
     )

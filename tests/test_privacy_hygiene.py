@@ -152,7 +152,8 @@ def test_the_demo_ends_with_a_worklist_whose_bsns_are_in_the_brp_delivery(demo):
 def test_the_demo_ends_with_commands_that_work_on_its_outputs(demo):
     root, _ = demo
     after = (root / "console.log").read_text().split("next, on these outputs", 1)[1]
-    commands = [line.strip() for line in after.splitlines() if line.strip().startswith("signals ")]
+    lines = [line.strip() for line in after.splitlines()[1:] if line.startswith("  ")]
+    commands = [c for c in lines if not c.startswith("export ")]  # `signals` or its path first
     assert [c.split()[1] for c in commands] == ["runs", "audit", "audit", "report"]
     for command in commands:
         argv = [sys.executable, "-m", "flows.cli", *shlex.split(command)[1:]]
