@@ -258,9 +258,13 @@ def read_run_table(
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
+def _plain_name(path: Path, run_dir: Path) -> str:
+    """An encrypted file's path in the run as it was before encryption (what it is bound to)."""
+    return path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)]
+
+
 def _decrypt(path: Path, run_dir: Path, data_key: bytes) -> bytes:
-    relative = path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)]
-    return decrypt_bytes(path, data_key, run_dir.name, relative)
+    return decrypt_bytes(path, data_key, run_dir.name, _plain_name(path, run_dir))
 
 
 class Decrypted(NamedTuple):
@@ -278,17 +282,14 @@ def decrypt_run(
     """
     run_dir, out = Path(run_dir), Path(out)
     data_key = run_data_key(run_dir, keyring, key_store)
-    sources = [
-        (path, path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)])
-        for path in _personal_files(run_dir, ENCRYPTED_SUFFIX)
-    ]
-    records = _log_decryption(run_dir, [relative for _, relative in sources], keyring)
+    sources = _personal_files(run_dir, ENCRYPTED_SUFFIX)
+    records = _log_decryption(run_dir, [_plain_name(p, run_dir) for p in sources], keyring)
     written = []
-    for path, relative in sources:
-        target = out / relative
+    for path in sources:
+        target = out / _plain_name(path, run_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(target, private=True) as tmp:  # plain personal data
-            tmp.write_bytes(decrypt_bytes(path, data_key, run_dir.name, relative))
+            tmp.write_bytes(_decrypt(path, run_dir, data_key))
         written.append(target)
     return Decrypted(written, records)
 
