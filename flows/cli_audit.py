@@ -95,6 +95,8 @@ def _as_usage_errors(func):
 
         try:
             return func(args)
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): not a usage error; main() ends quietly
         except (AuditLogError, SignerError, OSError, json.JSONDecodeError) as e:
             raise UsageError(str(e)) from None
 
