@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 import os
 import sys
-import time
 from pathlib import Path
 
 from flows import environment
@@ -24,6 +23,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from flows.runs import RunLocked, RunNotFound
     from pipelines.publish import PublicationError
     from pipelines.read_deliveries import DeliveryRefused
+    from privacy.audit.log import AuditLogError
     from privacy.keys import KeyringError
     from privacy.minimise import MinimisationError
     from privacy.purpose_check import PurposeNotAllowed
@@ -32,6 +32,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from privacy.retention import RunDataUnavailable
 
     return (
+        AuditLogError,
         DeliveryRefused,
         KeyringError,
         RuleError,
@@ -114,7 +115,9 @@ def cmd_run(args) -> int:
     out = args.out or config.require("paths", "out")
     key_file = args.key_file or config.keys.central_keyring
     load_passphrase(config)
-    started = time.time()
+    out_dir = Path(out)
+    # What is published already: a run found there was not made now.
+    published = {p.parent.name for p in out_dir.glob("*/manifest.json")}
     folder = run_flow(
         deliveries=str(Path(deliveries).resolve()),
         reference_date=args.reference_date,
@@ -128,7 +131,7 @@ def cmd_run(args) -> int:
     )
     from flows.summary import print_run_summary
 
-    if (Path(folder) / "manifest.json").stat().st_mtime < started:
+    if Path(folder).name in published:
         print(f"{folder}: already published for these inputs, code and rules; nothing changed\n")
     print_run_summary(Path(folder))
     return 0
@@ -238,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     environment.configure()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not at exit
+        return code
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -246,9 +251,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader stopped early (`signals register show | head`): nowhere left to write.
+        if not _reader_gone():
+            raise  # another pipe (a subprocess, a socket): a failure to show
+        # The reader of our output stopped early (`signals register show | head`): end as a
+        # command killed by SIGPIPE would (141), with nowhere left to write.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 141
+
+
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it."""
+    import select
+
+    poll = select.poll()
+    poll.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ enforced on the first run with the real command, and the history shows each stat
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import itertools
 import json
 
@@ -34,8 +36,10 @@ def runs(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
     out = root / "runs"
-    with prefect_server():
+    said = io.StringIO()
+    with prefect_server(), contextlib.redirect_stdout(said):
         assert main(run_args(prepared, out)) == 0
+    assert "already published" not in said.getvalue()  # a fresh run is not one found
     (run_dir,) = published_runs(out)
     (out / ".staging-2025-02-01-unfinishedrun").mkdir()
     yield out, run_dir, prepared.central_keyring, run_args(prepared, out)
