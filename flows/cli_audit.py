@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shutil
 import sys
 import time
@@ -65,7 +66,7 @@ def _log_root(value: str) -> Path:
 
 
 def _pseudonym(value: str) -> str:
-    if value.strip().isdigit():  # not quoted back: it may be a BSN
+    if re.sub(r"[\s.\-]", "", value).isdigit():  # not quoted back: it may be a BSN
         raise argparse.ArgumentTypeError(
             "the audit log names data subjects by pseudonym (d1.…), never by a number like a BSN"
         )
@@ -82,7 +83,8 @@ def _date(value: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date (YYYY-MM-DD)") from None
+        shown = "that" if len(re.sub(r"\D", "", value)) == 9 else repr(value)  # a BSN has 9
+        raise argparse.ArgumentTypeError(f"{shown} is not an ISO date (YYYY-MM-DD)") from None
 
 
 def _as_usage_errors(func):
@@ -283,9 +285,14 @@ def cmd_check_proof(args) -> int:
         bundle = json.loads(Path(args.bundle).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _not_a_bundle(args.bundle, f"not JSON: {e}") from None
-    if not isinstance(bundle, dict) or not {"checkpoints", "records", "subject"} <= set(bundle):
+    if not isinstance(bundle, dict) or not all(
+        bundle.get(k) for k in ("checkpoints", "records", "subject")
+    ):
         raise _not_a_bundle(args.bundle, "it lacks checkpoints, records or subject")
-    problems = check_bundle(bundle, args.public_key or None)
+    try:
+        problems = check_bundle(bundle, args.public_key or None)
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise _not_a_bundle(args.bundle, f"malformed: {type(e).__name__} {e}") from None
     if problems:
         print(f"{args.bundle}: FAILED", file=sys.stderr)
         for problem in problems[:MAX_PROBLEMS_SHOWN]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 DEFAULTS = {
@@ -46,7 +47,13 @@ class _KnownFailures(logging.Filter):
     def __init__(self, known: tuple[type[Exception], ...]):
         super().__init__()
         self.known = known
-        self.phrases = tuple(f"exception {k.__name__}:" for k in known)
+        # Prefect's task state names the class only: take the subclasses' names too.
+        names, todo = set(), list(known)
+        while todo:
+            cls = todo.pop()
+            names.add(cls.__name__)
+            todo += cls.__subclasses__()
+        self.phrases = tuple(f"exception {name}:" for name in sorted(names))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("prefect"):
@@ -70,7 +77,6 @@ def quiet_known_failures(known: tuple[type[Exception], ...]) -> None:
     import prefect  # noqa: F401
 
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not any(
-            isinstance(f, _KnownFailures) for f in handler.filters
-        ):
+        console = getattr(handler, "stream", None) in (sys.stderr, sys.stdout)
+        if console and not any(isinstance(f, _KnownFailures) for f in handler.filters):
             handler.addFilter(_KnownFailures(known))

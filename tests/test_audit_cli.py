@@ -179,8 +179,11 @@ def test_export_copies_a_verifiable_log_or_the_selected_records(log_root, tmp_pa
 def test_an_auditor_is_told_what_went_wrong_in_one_line(log_root, tmp_path):
     log = str(log_root)
     # A number is never a subject (it may be a BSN) and is not quoted back.
-    code, _, err = signals("audit", "trail", "123456782", "--log", log)
-    assert code == 2 and "by pseudonym" in err and "123456782" not in err
+    for number in ("123456782", "1234.56.782", "123 456 782"):
+        code, _, err = signals("audit", "trail", number, "--log", log)
+        assert code == 2 and "by pseudonym" in err and number not in err, number
+    code, _, err = signals("audit", "query", "--log", log, "--since", "123456782")
+    assert code == 2 and "not an ISO date" in err and "123456782" not in err
     code, out, _ = signals("audit", "trail", "d1.nosuchsubject", "--log", log)
     assert code == 0 and "0 audit record(s)" in out and "pseudonym as the run made it" in out
     assert signals("audit", "query", "--log", log, "--limit", "-1")[0] == 2
@@ -197,6 +200,16 @@ def test_an_auditor_is_told_what_went_wrong_in_one_line(log_root, tmp_path):
     assert code == 2 and f"{text}: not a PEM public key" in err
     code, _, err = signals("audit", "check-proof", str(text))
     assert code == 2 and f"{text}: not a proof bundle" in err and "not JSON" in err
-    text.write_text("{}")
+    for doc in ({}, {"checkpoints": [], "records": [], "subject": "d1.x"}):
+        text.write_text(json.dumps(doc))
+        code, _, err = signals("audit", "check-proof", str(text))
+        assert code == 2 and "lacks checkpoints, records or subject" in err
+    # A bundle with a part cut out is not one either (not a traceback).
+    bundle = tmp_path / "proof.json"
+    subject = pids(1)[0].as_py()
+    assert signals("audit", "prove", subject, "--log", log, "--out", str(bundle))[0] == 0
+    cut = json.loads(bundle.read_text())
+    del cut["public_keys"]
+    text.write_text(json.dumps(cut))
     code, _, err = signals("audit", "check-proof", str(text))
-    assert code == 2 and "lacks checkpoints, records or subject" in err
+    assert code == 2 and f"{text}: not a proof bundle" in err

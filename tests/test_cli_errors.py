@@ -26,8 +26,14 @@ def _record(name: str, message: str, error: Exception | None = None) -> logging.
     return logging.LogRecord(name, logging.ERROR, __file__, 1, message, None, exc_info)
 
 
+class _MissingMonth(DeliveryRefused):
+    """A known failure's subclass: Prefect's state line names it, not DeliveryRefused."""
+
+
 def test_only_prefects_records_of_a_known_failure_are_dropped():
     known = _KnownFailures((DeliveryRefused,))
+    state = "Finished in state Failed('Task run encountered an exception _MissingMonth: /x')"
+    assert not known.filter(_record("prefect.task_runs", state))
     refused = DeliveryRefused("/x/brp: no delivery of source 'brp' (folder missing)")
     assert not known.filter(_record("prefect.flow_runs", "Encountered exception", refused))
     state = "Finished in state Failed('Task run encountered an exception DeliveryRefused: /x')"
