@@ -26,7 +26,6 @@ pseudonyms and then dropped.
 
 from __future__ import annotations
 
-import getpass
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from pipelines.audit_records import AUDIT_SCHEMA, AuditContext, audit_batch, can
 from pipelines.priority import WORKLIST_SCHEMA as PRIORITY_WORKLIST
 from pipelines.priority import worklist_table
 from pipelines.read_deliveries import open_delivery, validate_delivery
+from privacy.audit.events import actor as who
 from privacy.audit.events import new_event_id
 from privacy.files import written_whole
 from privacy.keys import Keyring, KeyringError, check_custody
@@ -108,7 +108,7 @@ def _audit_records(
         manifest["run_id"], manifest["processing_activity_id"], manifest["register_version"]
     )
     event = new_event_id()
-    actor = getpass.getuser()
+    actor = who()
     # One record per signal, once per worklist: a plain loop over a few thousand rows.
     attributes = pa.array(
         [
@@ -143,15 +143,12 @@ def _audit_records(
     ), event
 
 
-def _log(run_dir: Path, run_id: str, batch: pa.RecordBatch, event: str, keyring: Keyring):
-    """Append the records to the audit log as one batch; returns its checkpoint."""
-    from privacy.audit.events import append_events
-    from privacy.audit.log import LOG_DIRNAME
-    from privacy.audit.signing import Signer
+def _log(run_dir: Path, batch: pa.RecordBatch, event: str, keyring: Keyring):
+    """Append the records to the run's audit log as one batch; returns its checkpoint."""
+    from privacy.audit.events import append_to_run_log
 
     records = pa.Table.from_batches([batch], schema=AUDIT_SCHEMA)
-    batch_id = f"{run_id}/{OPERATION}/{event}"
-    return append_events(run_dir.parent / LOG_DIRNAME, records, batch_id, Signer(keyring))
+    return append_to_run_log(run_dir, records, f"{OPERATION}/{event}", keyring)
 
 
 def _write_private(table: pa.Table, path: Path, write) -> None:
@@ -199,7 +196,7 @@ def write_worklist(
     if table.num_rows:
         sha = manifest["inputs"]["brp"]["original_sha256"]
         batch, event = _audit_records(manifest, signals, sha)
-        checkpoint, records = _log(run_dir, manifest["run_id"], batch, event, keyring), len(batch)
+        checkpoint, records = _log(run_dir, batch, event, keyring), len(batch)
     parquet_path = out.with_suffix(".parquet")
     _write_private(table, parquet_path, pq.write_table)
     _write_private(table, out, pacsv.write_csv)

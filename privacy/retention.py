@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import getpass
 import hashlib
 import json
 import os
@@ -338,11 +337,12 @@ def retention_status(runs_root: Path, period: str, key_store: Path | None = None
     return out
 
 
-def _run_subjects(run_dir: Path):
+def _run_subjects(run_dir: Path, required: bool = False):
     """(the run's audit context, the persons it holds data on).
 
     The persons are the household members the run's own audit copy names (its `join`
-    records), so nothing needs decrypting to find them.
+    records), so nothing needs decrypting to find them. Without that copy there are none
+    to name: `required` refuses then.
     """
     from pipelines.audit_records import AuditContext
     from privacy.audit.log import RUN_COPY
@@ -354,18 +354,15 @@ def _run_subjects(run_dir: Path):
         audit = pq.read_table(copy, columns=["name", "data_subject_pid"])
         members = audit.filter(pc.equal(audit["name"], "join"))["data_subject_pid"]
         pids = pc.unique(members.combine_chunks())
+    elif required:
+        raise RunDataUnavailable(
+            f"{copy}: missing, so the persons whose data this run holds cannot be logged; "
+            "nothing decrypted"
+        )
     context = AuditContext(
         manifest["run_id"], manifest["processing_activity_id"], manifest["register_version"]
     )
     return context, pids
-
-
-def _append(run_dir: Path, records: pa.Table, batch_id: str, keyring: Keyring) -> None:
-    from privacy.audit.events import append_events
-    from privacy.audit.log import LOG_DIRNAME
-    from privacy.audit.signing import Signer
-
-    append_events(run_dir.parent / LOG_DIRNAME, records, batch_id, Signer(keyring))
 
 
 def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
@@ -373,24 +370,24 @@ def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
 
     Logged before the key goes: if the log cannot be written, nothing is destroyed.
     """
-    from privacy.audit.events import deletion_records
+    from privacy.audit.events import append_to_run_log, deletion_records
 
     context, pids = _run_subjects(run_dir)
     records = deletion_records(
         context, pids, dataset="run-personal-data", reason=f"retention period {period} ended"
     )
-    _append(run_dir, records, f"{context.run_id}/deletion/run-personal-data", keyring)
+    append_to_run_log(run_dir, records, "deletion/run-personal-data", keyring)
     return len(pids)
 
 
 def _log_decryption(run_dir: Path, files: list[str], keyring: Keyring) -> int:
     """One `decryption` audit record per person whose data the run holds (one event)."""
-    from privacy.audit.events import decryption_records, new_event_id
+    from privacy.audit.events import actor, append_to_run_log, decryption_records, new_event_id
 
-    context, pids = _run_subjects(run_dir)
+    context, pids = _run_subjects(run_dir, required=True)
     event = new_event_id()
-    records = decryption_records(context, pids, files, event, getpass.getuser())
-    _append(run_dir, records, f"{context.run_id}/decryption/{event}", keyring)
+    records = decryption_records(context, pids, files, event, actor())
+    append_to_run_log(run_dir, records, f"decryption/{event}", keyring)
     return len(pids)
 
 

@@ -17,7 +17,8 @@ import pytest
 from flows.cli import main
 from flows.summary import run_summary_lines
 from pipelines.audit_records import AuditContext, audit_batch
-from privacy.audit.log import LOG_DIRNAME, AuditLog
+from privacy.audit.log import LOG_DIRNAME, AuditLog, AuditLogError
+from privacy.audit.signing import Signer
 from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, save_keyring
 from privacy.retention import (
     KEY_STORE,
@@ -85,6 +86,9 @@ def _published(runs: Path, run_id: str, ring: Keyring) -> Path:
     protect_run(staging, run_id, ring, runs / KEY_STORE)
     target = runs / run_id
     os.replace(staging, target)
+    # As the flow does: the run's records are in the audit log beside it.
+    records = pq.read_table(target / "audit" / "segment-00000.parquet")
+    AuditLog(runs / LOG_DIRNAME).append(records, run_id, Signer(ring))
     return target
 
 
@@ -120,12 +124,15 @@ def test_decrypt_writes_plain_copies_for_duckdb(tmp_path, passphrase, capsys):
     log = AuditLog(run.parent / LOG_DIRNAME)
     events = [c for c in log.checkpoints() if c.batch_id.startswith(f"{run.name}/decryption/")]
     assert len(events) == 2
+    spans = set()
     for checkpoint in events:
         records = log.batch_records(checkpoint.batch_id).to_pylist()
         assert sorted(r["data_subject_pid"] for r in records) == sorted(PIDS)
         assert {r["name"] for r in records} == {"decryption"}
         files = json.loads(records[0]["attributes"])["files"]
         assert files == ["households/part-0.parquet", "signals.parquet"]
+        spans |= {r["span_id"] for r in records}
+    assert len(spans) == 2 * len(PIDS)  # each decryption its own records
 
 
 def test_a_decryption_that_cannot_be_logged_writes_nothing(tmp_path):
@@ -135,6 +142,16 @@ def test_a_decryption_that_cannot_be_logged_writes_nothing(tmp_path):
     unsigned.keys = [k for k in ring.keys if k.role != "audit-signing"]
     with pytest.raises(KeyringError, match="no active audit-signing key"):
         decrypt_run(run, unsigned, tmp_path / "plain")
+    # A copy of the run, away from its log: no stray log is started, nothing decrypted.
+    copy = tmp_path / "elsewhere" / run.name
+    shutil.copytree(run, copy)
+    with pytest.raises(AuditLogError, match="not the audit log of run"):
+        decrypt_run(copy, ring, tmp_path / "plain", key_store=run.parent / KEY_STORE)
+    assert not (copy.parent / LOG_DIRNAME).exists()
+    # Without the run's audit copy the persons cannot be named: nothing decrypted.
+    (run / "audit" / "segment-00000.parquet").unlink()
+    with pytest.raises(RunDataUnavailable, match="cannot be logged"):
+        decrypt_run(run, ring, tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
 
 
@@ -222,9 +239,13 @@ def test_after_retention_the_old_runs_personal_data_cannot_be_decrypted_but_its_
     deleted = AuditLog(runs / LOG_DIRNAME).batch_records(f"{old.name}/deletion/run-personal-data")
     assert sorted(deleted.column("data_subject_pid").to_pylist()) == PIDS
     assert set(deleted.column("name").to_pylist()) == {"deletion"}
-    # Enforcing again changes nothing and logs nothing twice.
+    # Enforcing again changes nothing and logs nothing twice (beside the two runs' own).
     assert main(argv) == 0
-    assert len(AuditLog(runs / LOG_DIRNAME).checkpoints()) == 1
+    assert [c.batch_id for c in AuditLog(runs / LOG_DIRNAME).checkpoints()] == [
+        old.name,
+        new.name,
+        f"{old.name}/deletion/run-personal-data",
+    ]
 
 
 def test_retention_needs_a_keyring_that_can_sign_the_deletion_log(tmp_path, passphrase, capsys):

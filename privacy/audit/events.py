@@ -17,13 +17,15 @@ worklist. `decryption` records are appended the same way by privacy/retention.py
 from __future__ import annotations
 
 import datetime as dt
+import getpass
+import os
 import secrets
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipelines.audit_records import AuditContext, audit_batch, canonical_json
-from privacy.audit.log import AuditLog, Checkpoint
+from privacy.audit.log import LOG_DIRNAME, AuditLog, AuditLogError, Checkpoint
 from privacy.audit.signing import Signer
 
 # Every operation a record can name: the run's own, then the later steps'.
@@ -62,6 +64,14 @@ def deletion_records(
     return pa.Table.from_batches([batch])
 
 
+def actor() -> str:
+    """Who runs this step, for the record: the login name, or the uid where there is none."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid without a passwd entry or $USER
+        return f"uid {os.getuid()}"
+
+
 def new_event_id() -> str:
     """An id for one event on a run (a worklist, a decryption): when, and 4 random bytes."""
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
@@ -93,3 +103,17 @@ def decryption_records(
 def append_events(log_root: Path, records: pa.Table, batch_id: str, signer: Signer) -> Checkpoint:
     """Append event records as one batch (once per batch id); returns the covering checkpoint."""
     return AuditLog(log_root).append(records, batch_id, signer, kind="events").checkpoint
+
+
+def append_to_run_log(run_dir: Path, records: pa.Table, event: str, keyring) -> Checkpoint:
+    """Append a later step's records on a published run to the log that holds the run (beside
+    it, as published), as batch `<run_id>/<event>`.
+
+    A run copied elsewhere has no such log: appending would start a stray one no auditor
+    reads, so it is refused before anything is done.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir.parent / LOG_DIRNAME
+    if not (root / "checkpoints").is_dir() or AuditLog(root).find(run_dir.name) is None:
+        raise AuditLogError(f"{root}: not the audit log of run {run_dir.name}; nothing done")
+    return append_events(root, records, f"{run_dir.name}/{event}", Signer(keyring))
