@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import sys
 import time
@@ -122,9 +123,9 @@ def run_demo(args) -> int:
 def _print_next_steps(out: Path, run: Path, keyrings: dict[str, Path]) -> None:
     """Commands to try on what the demo made, with its own paths (relative where shorter)."""
 
-    def show(path: Path) -> str:
+    def show(path: Path) -> str:  # quoted for the shell
         relative = os.path.relpath(path)
-        return relative if len(relative) < len(str(path)) else str(path)
+        return shlex.quote(relative if len(relative) < len(str(path)) else str(path))
 
     runs, passphrase = show(out / "runs"), out / "keys" / "demo-passphrase.txt"
     where = f"$(cat {show(passphrase)})" if passphrase.exists() else "<your passphrase>"

@@ -155,6 +155,7 @@ def test_the_demo_ends_with_commands_that_work_on_its_outputs(demo):
     lines = [line.strip() for line in after.splitlines()[1:] if line.startswith("  ")]
     commands = [c for c in lines if not c.startswith("export ")]  # `signals` or its path first
     assert [c.split()[1] for c in commands] == ["runs", "audit", "audit", "report"]
+    assert {os.path.basename(c.split()[0]) for c in commands} == {"signals"}
     for command in commands:
         argv = [sys.executable, "-m", "flows.cli", *shlex.split(command)[1:]]
         proc = subprocess.run(
