@@ -23,7 +23,8 @@ with Ed25519 by the keyring's `audit-signing` key. Ids in text are base64, never
 Append, atomicity and reruns:
 - A batch is appended once: its id (the run id for runs) is looked up in the checkpoints
   first, so a rerun or a retried task never duplicates records (`append` returns the
-  existing checkpoint). Within a batch, records with the same span id are kept once.
+  existing checkpoint). Within a batch, copies of a record (same span id, operation and
+  subject) are kept once.
 - The checkpoint is the commit point. The segment is written to a temporary file, synced
   and renamed, then the checkpoint the same way. A crash before the checkpoint's rename
   leaves an uncovered segment that no reader counts (readers list segments through the
@@ -64,7 +65,7 @@ import pyarrow.parquet as pq
 from pipelines.machine import cores
 from privacy.audit import merkle, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_hashes
-from privacy.audit.parts import PARTS_DIR, AuditParts
+from privacy.audit.parts import PARTS_DIR, AuditParts, first_of_each
 from privacy.audit.schema import AUDIT_SCHEMA
 from privacy.files import written_whole
 
@@ -241,24 +242,17 @@ def _conform(records: pa.Table) -> pa.Table:
     return records.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
 
 
-def _first_occurrences(spans: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
-    """A keep-mask with each span id's first occurrence, or None when all are distinct."""
+def _first_occurrences(records: pa.Table) -> np.ndarray | None:
+    """A keep-mask with each record's first copy (parts.first_of_each), or None when every
+    span id is distinct. `records` holds span_id, name and data_subject_pid."""
+    spans = records.column("span_id")
     if spans.null_count:
         raise AuditLogError("an audit record without a span id cannot be logged")
     ids = np.frombuffer(fixed_bytes(spans), dtype=np.uint64)
-    _, first = np.unique(ids, return_index=True)
-    if len(first) == len(ids):
+    if len(np.unique(ids)) == len(ids):
         return None
-    keep = np.zeros(len(ids), dtype=bool)
-    keep[first] = True
-    return keep
-
-
-def normalise(records: pa.Table) -> pa.Table:
-    """Records as AUDIT_SCHEMA in the given order, each span id once (its first occurrence)."""
-    table = _conform(records)
-    keep = _first_occurrences(table.column("span_id")) if table.num_rows else None
-    return table if keep is None else table.filter(pa.array(keep))
+    names = records.column("name").combine_chunks()
+    return first_of_each(ids, names, records.column("data_subject_pid").combine_chunks())
 
 
 class _Records:
@@ -273,10 +267,10 @@ class _Records:
             self.keep = None  # the parts drop their own repeats
             return
         if isinstance(source, pa.Table):
-            spans = _conform(source).column("span_id")
+            keys = _conform(source)
         else:
-            spans = pq.read_table(source, columns=["span_id"]).column("span_id")
-        self.keep = _first_occurrences(spans) if len(spans) else None
+            keys = pq.read_table(source, columns=["span_id", "name", "data_subject_pid"])
+        self.keep = _first_occurrences(keys) if keys.num_rows else None
 
     def hashed_chunks(self, first: int):
         """(chunk, its leaf hashes, its Merkle subtrees or None), leaves numbered from `first`.

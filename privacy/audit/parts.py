@@ -14,7 +14,7 @@ which bundles ran, or how often one was retried (a retry writes the same file ag
 The log append streams them in that order into the run's log segment (`AuditParts`,
 privacy/audit/log.py) instead of sorting millions of records. Span ids are derived from
 run, operation and subject (pipelines/audit_records.py), so a copy of a record is
-recognised and kept once.
+recognised and kept once (`first_of_each`).
 """
 
 from __future__ import annotations
@@ -91,15 +91,33 @@ def span_numbers(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.frombuffer(spans.buffers()[1], np.uint64)[spans.offset : spans.offset + len(spans)]
 
 
-def _first_occurrences(spans: list[np.ndarray], repeated: np.ndarray) -> np.ndarray:
-    """Keep-mask over all parts' records (in log order): False for a repeat of an id seen
+def first_of_each(ids: np.ndarray, names: pa.Array, subjects: pa.Array) -> np.ndarray:
+    """Keep-mask over records in log order: True for the first of each (span id, operation,
+    data subject).
+
+    A record repeated with all three is a copy of one record: a subject in two batches of
+    one source, or a bundle retried under another name. Records that share only their
+    span id are different records whose 8-byte ids collided (for a run of 60 M records
+    about one chance in 10,000): both are kept, as nothing may drop a record silently.
+    """
+    at = np.arange(len(ids), dtype=np.int64)
+    table = pa.table({"id": ids, "name": names, "subject": subjects, "at": at})
+    firsts = table.group_by(["id", "name", "subject"], use_threads=False).aggregate([("at", "min")])
+    keep = np.zeros(len(ids), bool)
+    keep[firsts.column("at_min").to_numpy()] = True
+    return keep
+
+
+def _first_occurrences(spans: list[np.ndarray], repeated: np.ndarray, read) -> np.ndarray:
+    """Keep-mask over all parts' records (in log order): False for a copy of a record seen
     before. `spans` are the parts' span ids in log order, `repeated` the sorted ids that
-    occur more than once.
+    occur more than once, and `read(positions)` gives the operation names and subjects of
+    the records at those (ascending) positions.
 
     One hash lookup of every record in the repeated ids (Arrow's is_in builds the table
-    once), then a stable sort of only the records that hit (at 10M persons 4.6 M of 62.7 M
-    records). np.unique with indices over all records peaked at 3.6 GB there; a sorted
-    search part by part took 16 s.
+    once); only the records that hit (at 10M persons 4.6 M of 62.7 M records) are read
+    again and compared (`first_of_each`). np.unique with indices over all records peaked
+    at 3.6 GB there; a sorted search part by part took 16 s.
     """
     total = sum(len(s) for s in spans)
     keep = np.ones(total, bool)
@@ -109,12 +127,13 @@ def _first_occurrences(spans: list[np.ndarray], repeated: np.ndarray) -> np.ndar
     hit = pc.is_in(ids, value_set=pa.array(repeated, pa.uint64()))
     where = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
     candidates = ids.take(pa.array(where)).to_numpy()
-    order = np.argsort(candidates, kind="stable")  # equal ids stay in log order
-    ordered = candidates[order]
-    later = np.zeros(len(ordered), bool)
-    later[1:] = ordered[1:] == ordered[:-1]
-    keep[where[order[later]]] = False
+    names, subjects = read(where)
+    keep[where[~first_of_each(candidates, names, subjects)]] = False
     return keep
+
+
+def _joined(columns: list[pa.ChunkedArray], type_: pa.DataType) -> pa.Array:
+    return pa.chunked_array([c for col in columns for c in col.chunks], type_).combine_chunks()
 
 
 def _value_counts(names: pa.ChunkedArray) -> dict[str, int]:
@@ -124,9 +143,10 @@ def _value_counts(names: pa.ChunkedArray) -> dict[str, int]:
 class AuditParts:
     """A run's audit parts in log order (part name, then span id), each span id once.
 
-    A span id seen before is dropped: a subject in two batches of one source, or a
-    bundle retried under another name. Only the span ids and operation names are read
-    up front (a few bytes a record); the records themselves are streamed by `tables`.
+    A copy of a record seen before (same span id, operation and subject) is dropped: a
+    subject in two batches of one source, or a bundle retried under another name. Only
+    the span ids and operation names are read up front (a few bytes a record), and the
+    subjects of records whose span id repeats; the records are streamed by `tables`.
     """
 
     SUMMARY = "_summary.npz"  # what __init__ found, for the next reader of the same parts
@@ -157,7 +177,7 @@ class AuditParts:
         self.keep = None
         self.records = sum(self.sizes)
         if len(repeated):
-            self.keep = _first_occurrences(spans, repeated)
+            self.keep = _first_occurrences(spans, repeated, self._names_and_subjects)
             self.records = int(self.keep.sum())
             counts = self._kept_counts(counts)
         del spans
@@ -166,6 +186,19 @@ class AuditParts:
             for name, n in part.items():
                 total[name] = total.get(name, 0) + n
         self.per_operation = dict(sorted(total.items()))
+
+    def _names_and_subjects(self, positions: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """Operation names and data subjects of the records at `positions` (ascending, in
+        log order), reading only the parts that hold them."""
+        starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        owners = np.searchsorted(starts, positions, side="right") - 1
+        names, subjects = [], []
+        for part in np.unique(owners):
+            rows = positions[owners == part] - starts[part]
+            table = read_part(self.paths[part], ["name", "data_subject_pid"]).take(rows)
+            names.append(table.column("name"))
+            subjects.append(table.column("data_subject_pid"))
+        return _joined(names, pa.string()), _joined(subjects, pa.string())
 
     def _load_summary(self) -> bool:
         """Take what a reader of these very parts found (finalise, then the log append).
