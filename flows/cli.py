@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from privacy.register import RegisterError
     from privacy.reidentify import ReidentificationError
     from privacy.retention import RunDataUnavailable
+    from privacy.subject_access import SubjectAccessError
 
     return (
         AuditLogError,
@@ -46,7 +48,20 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ConfigError,
         RunNotFound,
         RunLocked,
+        SubjectAccessError,
     )
+
+
+# Nine digits, maybe written with dots, spaces or dashes: what a BSN looks like.
+_BSN_LIKE = re.compile(r"\d(?:[\s.\-]?\d){8}")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that its errors never quote back a number that may be a BSN
+    (`signals audit trail 123456782` would print "unrecognized arguments: 123456782")."""
+
+    def error(self, message: str):
+        super().error(_BSN_LIKE.sub("<a number like a BSN, not shown>", message))
 
 
 class UsageError(Exception):
@@ -159,7 +174,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="signals",
         description="Proactive-entitlement signalling: pseudonymise deliveries, run the "
         "central pipeline, and inspect its outputs.",

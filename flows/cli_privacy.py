@@ -1,8 +1,11 @@
-"""`signals worklist`, `signals retention` and `signals decrypt`: the controller's commands.
+"""`signals worklist`, `signals retention`, `signals decrypt` and `signals subject-access`:
+the controller's commands.
 
 The worklist is the one place a BSN is written (privacy/reidentify.py); retention
 destroys the data keys of old runs (privacy/retention.py); decrypt writes plain
-copies of a run's personal data for analysis in DuckDB.
+copies of a run's personal data for analysis in DuckDB; subject-access finds the
+pseudonyms of a person who asks what was done with their data
+(privacy/subject_access.py).
 """
 
 from __future__ import annotations
@@ -89,6 +92,40 @@ def cmd_decrypt(args) -> int:
     return 0
 
 
+def _bsn_lines() -> list[str]:
+    """BSNs from standard input: typed without echo at a terminal, else one per line."""
+    import getpass
+    import sys
+
+    if sys.stdin.isatty():
+        return [getpass.getpass("BSN (not shown): ")]
+    return sys.stdin.read().splitlines()
+
+
+def cmd_subject_access(args) -> int:
+    from flows.cli_audit import _log_root
+    from privacy.keys import check_custody
+    from privacy.subject_access import look_up, read_bsns
+
+    ring = _keyring(args)
+    check_custody(ring, "controller", args.key_file)
+    root = _log_root(args.log)
+    done = look_up(read_bsns(_bsn_lines()), ring, root)
+    print(
+        f"{len(done.subjects)} person(s) looked up in {root}; {done.logged} subject_lookup "
+        f"record(s) logged first (event {done.event}, checkpoint {done.checkpoint.sequence})"
+    )
+    for subject in done.subjects:
+        for pid, records in subject.records.items():
+            print(f"line {subject.line}: {pid}  {records:,} audit record(s) before this lookup")
+    found = sorted({p for s in done.subjects for p, n in s.records.items() if n})
+    if found:
+        print("everything done to each of them:")
+        for pid in found:
+            print(f"  signals audit trail {pid} --log {args.log}")
+    return 0
+
+
 def _date(value: str) -> dt.date:
     from flows.cli import _date as parse
 
@@ -139,3 +176,16 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="folder for the plain copies")
     _keys_args(p)
     p.set_defaults(func=cmd_decrypt)
+
+    p = subparsers.add_parser(
+        "subject-access",
+        help="controller: the pseudonyms of a person who asks (BSN on standard input), logged",
+        description="Reads BSNs from standard input (one per line; typed without echo at a "
+        "terminal), never from the command line. Prints each person's pseudonyms under every "
+        "body and domain key, and how many audit records name each; the lookup is logged "
+        "first (one subject_lookup record per pseudonym). No BSN is printed.",
+    )
+    p.add_argument("--log", required=True, help="the run output folder, or its audit-log/")
+    p.add_argument("--key-file", required=True, help="controller keyring")
+    p.add_argument("--passphrase-file", help="default: $SIGNALS_KEYRING_PASSPHRASE")
+    p.set_defaults(func=cmd_subject_access)

@@ -146,7 +146,8 @@ class TwoLayerPseudonymiser:
     """Raw identifier -> domain pseudonym: body layer, then domain layer.
 
     Needs both keys, which only the controller holds (privacy/reidentify.py uses it
-    to find signalled households in a raw BRP delivery).
+    to find signalled households in a raw BRP delivery, privacy/subject_access.py to
+    find the pseudonyms of a person who asks).
     """
 
     def __init__(self, body_key: Key, domain_key: Key):

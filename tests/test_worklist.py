@@ -3,6 +3,7 @@ impossible for anyone else; and domain-key rotation keeps the links."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -47,24 +48,32 @@ def _controller(root: Path) -> Path:
     return keys / "controller.keyring"
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """Bodies pseudonymise, the central party runs; (root, run folder)."""
-    root = tmp_path_factory.mktemp("worklist")
+@contextlib.contextmanager
+def published_run(root: Path):
+    """Bodies pseudonymise, the central party runs: (root, run folder), with the keyrings'
+    passphrase in the environment while it is used."""
     mp = pytest.MonkeyPatch()
     mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
-    write_population(root / "raw")
-    keys = root / "keys"
-    assert main(["keys", "init", "--key-file", str(keys / "body.keyring")]) == 0
-    args = ["keys", "init", "--role", "central", "--key-file", str(keys / "central.keyring")]
-    assert main(args) == 0
-    for source in SOURCES:
-        args = ["pseudonymise", "--delivery", str(root / "raw" / source / REFERENCE_DATE)]
-        args += ["--key-file", str(keys / "body.keyring"), "--out", str(root / "pseudo")]
+    try:
+        write_population(root / "raw")
+        keys = root / "keys"
+        assert main(["keys", "init", "--key-file", str(keys / "body.keyring")]) == 0
+        args = ["keys", "init", "--role", "central", "--key-file", str(keys / "central.keyring")]
         assert main(args) == 0
-    _controller(root)
-    yield root, _run(root, root / "runs")
-    mp.undo()
+        for source in SOURCES:
+            args = ["pseudonymise", "--delivery", str(root / "raw" / source / REFERENCE_DATE)]
+            args += ["--key-file", str(keys / "body.keyring"), "--out", str(root / "pseudo")]
+            assert main(args) == 0
+        _controller(root)
+        yield root, _run(root, root / "runs")
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    with published_run(tmp_path_factory.mktemp("worklist")) as done:
+        yield done
 
 
 def _worklist(root: Path, run: Path, out: Path, key_file: Path | None = None) -> int:
@@ -220,14 +229,15 @@ def test_domain_key_rotation_keeps_links_and_old_runs_stay_reidentifiable(publis
     assert set(old_bsns) >= {HEADS[hh] for hh in SIGNALLED}
 
 
-def test_only_the_worklist_step_combines_body_and_domain_keys():
-    """By construction: no other code path can turn a domain pseudonym back into a BSN."""
+def test_only_the_controllers_steps_combine_body_and_domain_keys():
+    """By construction: no other code path can link a BSN and a domain pseudonym (both
+    steps check that the keyring is the controller's, tests/test_subject_access.py)."""
     root = Path(__file__).resolve().parent.parent
     code = [p for d in ("pipelines", "privacy", "flows") for p in (root / d).rglob("*.py")]
     both = sorted(
         str(p.relative_to(root)) for p in code if "TwoLayerPseudonymiser" in p.read_text()
     )
-    assert both == ["privacy/pseudonyms.py", "privacy/reidentify.py"]
+    assert both == ["privacy/pseudonyms.py", "privacy/reidentify.py", "privacy/subject_access.py"]
     # The central side never asks a keyring for a body key.
     central = [p for p in code if p.parts[-2] == "pipelines" or p.name in ("run.py", "central.py")]
     assert not [p for p in central if re.search(r"active\(\s*['\"]body", p.read_text())]

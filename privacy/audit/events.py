@@ -12,6 +12,8 @@ names the event, so retrying the same event never logs it twice:
 `append_events` (batch id `<run_id>/reidentification/<event>`) before writing the
 worklist. `decryption` records are appended the same way by privacy/retention.py
 (`<run_id>/decryption/<event>`) before plain copies of a run's personal data are written.
+`subject_lookup` records are made by privacy/subject_access.py (batch id
+`subject-access/<event>`, a trace of its own) before a person's pseudonyms are shown.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ OPERATIONS = (
     "reidentification",
     "decryption",
     "deletion",
+    "subject_lookup",
 )
 
 

@@ -1,0 +1,137 @@
+"""A subject access request: the controller finds a person's pseudonyms from their BSN, logged
+before anything is shown, and no BSN is printed, logged or quoted back."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from population import HOUSEHOLDS, SIGNALLED
+from test_worklist import PASSPHRASE, _worklist, published_run
+
+from flows.cli import main
+from privacy.audit.log import LOG_DIRNAME, AuditLog
+from privacy.audit.query import Filters, select
+from privacy.keys import DEFAULT_DOMAIN, load_keyring
+from privacy.subject_access import look_up, pseudonyms
+
+BSNS = sorted({bsn for members in HOUSEHOLDS.values() for bsn, *_ in members})
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A published run of the worklist tests' population, with its keyrings."""
+    with published_run(tmp_path_factory.mktemp("subject-access")) as done:
+        yield done
+
+
+def _ask(root: Path, runs: Path, monkeypatch, text: str, ring: str = "controller") -> int:
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    key_file = root / "keys" / f"{ring}.keyring"
+    return main(["subject-access", "--log", str(runs), "--key-file", str(key_file)])
+
+
+def _worklist_applicants(root: Path, run: Path, tmp_path: Path) -> dict[str, str]:
+    """BSN -> applicant pseudonym, as the worklist (re-identification from the BRP) has them."""
+    assert _worklist(root, run, tmp_path / "w.csv") == 0
+    with open(tmp_path / "w.csv", newline="") as f:
+        return {row["bsn"]: row["applicant_pid"] for row in csv.DictReader(f)}
+
+
+def test_a_persons_pseudonym_and_records_are_found_and_the_lookup_logged(
+    published, tmp_path, monkeypatch, capsys
+):
+    root, run = published
+    runs = run.parent
+    applicants = _worklist_applicants(root, run, tmp_path)
+    head = HOUSEHOLDS[sorted(SIGNALLED)[0]][0][0]
+    expected = applicants[head]  # found the other way round: BRP -> pseudonym -> signal
+    before, _ = select(runs / LOG_DIRNAME, Filters(subject=expected))
+    capsys.readouterr()
+
+    assert _ask(root, runs, monkeypatch, f"\n{head}\n") == 0
+    out = capsys.readouterr().out
+    assert f"line 2: {expected}  {before.num_rows:,} audit record(s) before this lookup" in out
+    assert f"signals audit trail {expected} --log {runs}" in out
+    assert before.num_rows > 0 and not re.search(r"\d{9}", out)
+
+    # Logged: one subject_lookup record for the person, naming who and the event, no BSN.
+    log = AuditLog(runs / LOG_DIRNAME)
+    latest = log.latest()
+    assert latest.batch_id.startswith("subject-access/") and latest.leaf_count == 1
+    (record,) = log.batch_records(latest.batch_id).to_pylist()
+    assert (record["name"], record["data_subject_pid"]) == ("subject_lookup", expected)
+    attributes = json.loads(record["attributes"])
+    assert attributes["event"] in out and attributes["actor"]
+    after, _ = select(runs / LOG_DIRNAME, Filters(subject=expected))
+    assert after.num_rows == before.num_rows + 1
+    text = b"".join(p.read_bytes() for p in (runs / LOG_DIRNAME).rglob("*") if p.is_file())
+    assert not any(bsn.encode() in text for bsn in BSNS)
+
+
+def test_several_people_at_once_each_by_their_input_line(published, monkeypatch, capsys):
+    root, run = published
+    heads = [HOUSEHOLDS[hh][0][0] for hh in list(HOUSEHOLDS)[:3]]
+    assert _ask(root, run.parent, monkeypatch, "\n".join(heads) + "\n") == 0
+    out = capsys.readouterr().out
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    for line, bsn in enumerate(heads, start=1):
+        (pid,) = pseudonyms(bsn, ring)
+        assert re.search(rf"^line {line}: {re.escape(pid)}  ", out, re.M)
+    assert AuditLog(run.parent / LOG_DIRNAME).latest().leaf_count == 3
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [("123456789\n", 1), (f"{BSNS[0]}\n1234567890\n", 2), ("\n\n", None)],
+    ids=["fails the 11-proef", "ten digits", "nothing given"],
+)
+def test_a_line_that_is_no_bsn_is_refused_by_number_and_nothing_logged(
+    published, monkeypatch, capsys, text, line
+):
+    root, run = published
+    log = AuditLog(run.parent / LOG_DIRNAME)
+    before = len(log.checkpoints())
+    assert _ask(root, run.parent, monkeypatch, text) == 2
+    err = capsys.readouterr().err
+    assert (f"line {line} of the input is not a BSN" if line else "no BSN on standard input") in err
+    assert not re.search(r"\d{9}", err)  # neither the bad value nor the good one is quoted
+    assert len(log.checkpoints()) == before
+
+
+@pytest.mark.parametrize("ring", ["central", "body"])
+def test_nobody_but_the_controller_can_look_a_person_up(published, monkeypatch, capsys, ring):
+    root, run = published
+    log = AuditLog(run.parent / LOG_DIRNAME)
+    before = len(log.checkpoints())
+    assert _ask(root, run.parent, monkeypatch, f"{BSNS[0]}\n", ring) == 2
+    assert "not a controller keyring" in capsys.readouterr().err
+    assert len(log.checkpoints()) == before
+
+
+def test_after_a_domain_key_rotation_both_pseudonyms_are_looked_up(published):
+    """Records made before the rotation carry the old key's pseudonym: both are counted."""
+    root, run = published
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    head = HOUSEHOLDS[sorted(SIGNALLED)[0]][0][0]
+    (old,) = pseudonyms(head, ring)
+    ring.rotate("domain", DEFAULT_DOMAIN)
+    both = pseudonyms(head, ring)
+    assert both[0] == old and len(both) == 2 and both[1].startswith("d2.")
+    done = look_up([(1, head)], ring, run.parent / LOG_DIRNAME)
+    (subject,) = done.subjects
+    assert subject.records[old] > 0 and subject.records[both[1]] == 0
+    assert done.logged == 2  # the lookup of each pseudonym is on record
+
+
+def test_a_command_line_error_never_quotes_a_number_like_a_bsn(capsys):
+    for written in (BSNS[0], f"{BSNS[0][:4]}.{BSNS[0][4:6]}.{BSNS[0][6:]}"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["audit", "trail", "d1.x", written, "--log", "x"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments" in err and written not in err and BSNS[0] not in err
