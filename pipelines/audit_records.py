@@ -26,7 +26,15 @@ from apache_beam.metrics import Metrics
 from privacy.audit.parts import write_part
 from privacy.audit.schema import AUDIT_SCHEMA
 
-OPERATIONS = ("ingest", "exclusion", "join", "rule_evaluation", "proportionality", "signal")
+OPERATIONS = (
+    "ingest",
+    "exclusion",
+    "join",
+    "rule_evaluation",
+    "proportionality",
+    "signal",
+    "resolution",
+)
 
 
 def trace_id(run_id: str) -> bytes:
@@ -321,6 +329,36 @@ def proportionality_records(context: AuditContext, assessed: pa.Table) -> pa.Rec
         assessed.column("attributes").combine_chunks(),
         discriminator=disc.combine_chunks(),
     )
+
+
+def resolution_records(context: AuditContext, resolved: pa.Table) -> pa.RecordBatch:
+    """One `resolution` record per signal episode the run closed, for its household.
+
+    `resolved` are lifecycle rows (pipelines/lifecycle.py LIFECYCLE_SCHEMA): the run read
+    the household's earlier signal from its history and closed the episode, for `reason`.
+    A household that left the run (`not_in_run`) has no members in it, so the subject is
+    the household pseudonym, for every resolution alike.
+    """
+    attrs = _json_fields(
+        resolved,
+        ("signal_id", "scheme", "reason", "last_run_id", "last_signalled_on"),
+        ("benefit_year",),
+    )
+    return audit_batch(
+        context,
+        "resolution",
+        resolved.column("household_pid").combine_chunks(),
+        "resolved",
+        attrs.combine_chunks(),
+        discriminator=resolved.column("signal_id").combine_chunks(),
+    )
+
+
+def resolution_audit(context: AuditContext):
+    def make(resolved: pa.Table) -> pa.RecordBatch:
+        return resolution_records(context, resolved)
+
+    return make
 
 
 class WriteAuditPartsFn(beam.DoFn):

@@ -25,6 +25,7 @@ from pipelines.audit_records import (
     WriteAuditPartsFn,
     exclusion_audit,
     join_audit,
+    resolution_audit,
 )
 from pipelines.evaluate import (
     AUDIT,
@@ -160,6 +161,11 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     audits.append(assessed[prop.AUDIT])
     _write(evaluated[EVALUATIONS], staging / "evaluation_parts", EVALUATION_SCHEMA, "evaluations")
     audits.append(evaluated[AUDIT])
+    audits.append(
+        assessed[prop.RESOLVED]
+        | "AuditResolution"
+        >> beam.Map(resolution_audit(spec.audit)).with_output_types(pa.RecordBatch)
+    )
     # Each audit collection is written in the stage that made it: one Flatten into one sink
     # held every record in the runner's buffers (tens of GB at 1M persons; privacy/audit/parts.py).
     for i, audit in enumerate(audits):

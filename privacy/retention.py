@@ -268,7 +268,7 @@ def _decrypt(path: Path, run_dir: Path, data_key: bytes) -> bytes:
 
 class Decrypted(NamedTuple):
     files: list[Path]  # the plain copies written
-    records: int  # decryption records appended to the audit log, one per person
+    records: int  # decryption records appended to the audit log, one per data subject
 
 
 def decrypt_run(
@@ -276,8 +276,9 @@ def decrypt_run(
 ) -> Decrypted:
     """Write plain copies of a run's personal data under `out` (same layout), for DuckDB.
 
-    Logged first, one `decryption` record per person the run holds data on: if the log
-    cannot be written (no audit-signing key, say), nothing is decrypted.
+    Logged first, one `decryption` record per data subject the run holds data on
+    (`_run_subjects`): if the log cannot be written (no audit-signing key, say), nothing
+    is decrypted.
     """
     run_dir, out = Path(run_dir), Path(out)
     data_key = run_data_key(run_dir, keyring, key_store)
@@ -338,11 +339,13 @@ def retention_status(runs_root: Path, period: str, key_store: Path | None = None
 
 
 def _run_subjects(run_dir: Path, required: bool = False):
-    """(the run's audit context, the persons it holds data on).
+    """(the run's audit context, the data subjects it holds data on).
 
-    The persons are the household members the run's own audit copy names (its `join`
-    records), so nothing needs decrypting to find them. Without that copy there are none
-    to name: `required` refuses then.
+    They are the ones the run's own audit copy names, so nothing needs decrypting to find
+    them: the household members of its `join` records, and the households of its
+    `resolution` records (lifecycle.parquet holds the closed episodes of households that
+    left the run too, which have no members in it). Without that copy there are none to
+    name: `required` refuses then.
     """
     from pipelines.audit_records import AuditContext
     from privacy.audit.log import RUN_COPY
@@ -352,8 +355,8 @@ def _run_subjects(run_dir: Path, required: bool = False):
     pids = pa.array([], pa.string())
     if copy.is_file():
         audit = pq.read_table(copy, columns=["name", "data_subject_pid"])
-        members = audit.filter(pc.equal(audit["name"], "join"))["data_subject_pid"]
-        pids = pc.unique(members.combine_chunks())
+        named = pc.is_in(audit["name"], value_set=pa.array(["join", "resolution"]))
+        pids = pc.unique(audit.filter(named)["data_subject_pid"].combine_chunks())
     elif required:
         raise RunDataUnavailable(
             f"{copy}: missing, so the persons whose data this run holds cannot be logged; "
@@ -366,7 +369,7 @@ def _run_subjects(run_dir: Path, required: bool = False):
 
 
 def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
-    """One `deletion` audit record per person whose data the run holds, in the audit log.
+    """One `deletion` audit record per data subject whose data the run holds, in the log.
 
     Logged before the key goes: if the log cannot be written, nothing is destroyed.
     """
@@ -381,7 +384,7 @@ def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
 
 
 def _log_decryption(run_dir: Path, files: list[str], keyring: Keyring) -> int:
-    """One `decryption` audit record per person whose data the run holds (one event)."""
+    """One `decryption` audit record per data subject whose data the run holds (one event)."""
     from privacy.audit.events import actor, append_to_run_log, decryption_records, new_event_id
 
     context, pids = _run_subjects(run_dir, required=True)
@@ -400,7 +403,7 @@ def enforce_retention(
 ) -> list[str]:
     """Destroy the data keys of runs whose retention period ended before `as_of`.
 
-    Each destruction is logged first, one `deletion` record per person, in the audit
+    Each destruction is logged first, one `deletion` record per data subject, in the audit
     log (signed with the keyring's audit-signing key). Writes `retention.json` into each
     such run folder so readers learn why the data is gone; returns the run ids whose
     keys were destroyed.

@@ -10,6 +10,8 @@ one run-level `purpose_check` record without a data subject. The item of an oper
                       list every scheme and benefit year evaluated)
     proportionality   the (scheme, benefit year) of the candidate signal, for its applicant
     signal            the signal, for its applicant
+    resolution        the episode's last signal, for its household (none in a first run:
+                      tests/test_lifecycle.py)
 
 So records(run) = 1 + sum over operations of |{(data subject, item)}|. Each term is
 computed here from the run's inputs and outputs, not from the audit: the pseudonymised

@@ -388,3 +388,47 @@ def test_a_rerun_of_the_last_run_is_the_same_run(three_runs):
         proportionality_config=str(root / "policy.yaml"),
     )
     assert again == str(runs["2025-04-01"]["folder"])
+
+
+def _log(root):
+    from privacy.audit.log import LOG_DIRNAME, AuditLog
+
+    return AuditLog(root / "runs" / LOG_DIRNAME)
+
+
+def test_every_closed_episode_is_on_record_for_its_household(three_runs):
+    """One `resolution` record per lifecycle row, the household as its subject: also for a
+    household that left the run (H11 in run 3), of which the run has no member."""
+    root, runs = three_runs
+    for day, run in runs.items():
+        records = _log(root).batch_records(run["manifest"]["run_id"])
+        logged = sorted(
+            (r["data_subject_pid"], json.loads(r["attributes"])["signal_id"], r["status"])
+            + (json.loads(r["attributes"])["reason"],)
+            for r in records.to_pylist()
+            if r["name"] == "resolution"
+        )
+        rows = run["all_resolved"]
+        assert logged == sorted(
+            (r["household_pid"], r["signal_id"], "resolved", r["reason"]) for r in rows
+        ), day
+    left = runs["2025-04-01"]["resolved"]["H11"]
+    assert left["reason"] == "not_in_run"
+
+
+def test_decrypting_a_run_logs_the_household_that_left_it_too(three_runs, tmp_path):
+    from privacy.keys import load_keyring
+    from privacy.retention import decrypt_run
+
+    root, runs = three_runs
+    run = runs["2025-04-01"]
+    ring = load_keyring(root / "central.keyring", "lifecycle passphrase")
+    done = decrypt_run(run["folder"], ring, tmp_path / "plain", root / "runs" / ".keys")
+    left = run["resolved"]["H11"]["household_pid"]
+    records = _log(root).batch_records(_log(root).latest().batch_id)
+    subjects = set(records.column("data_subject_pid").to_pylist())
+    assert left in subjects and done.records == len(subjects) == records.num_rows
+    run_records = _log(root).batch_records(run["manifest"]["run_id"])
+    joined = run_records.filter(pa.compute.equal(run_records.column("name"), "join"))
+    households = {json.loads(a)["household_pid"] for a in joined.column("attributes").to_pylist()}
+    assert left not in households  # nothing else of the run names it

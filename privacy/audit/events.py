@@ -39,6 +39,7 @@ OPERATIONS = (
     "rule_evaluation",
     "proportionality",
     "signal",
+    "resolution",
     "reidentification",
     "decryption",
     "deletion",
