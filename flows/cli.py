@@ -22,6 +22,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from entitlement_rules.errors import RuleError
     from flows.config import ConfigError
     from flows.runs import RunLocked, RunNotFound
+    from pipelines.lifecycle import HistoryUnavailable
     from pipelines.publish import PublicationError
     from pipelines.read_deliveries import DeliveryRefused
     from privacy.audit.log import AuditLogError
@@ -36,6 +37,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (
         AuditLogError,
         DeliveryRefused,
+        HistoryUnavailable,
         KeyringError,
         RuleError,
         PublicationError,

@@ -31,9 +31,9 @@ from pipelines.write_parts import PART_GLOB, TMP_GLOB
 from privacy.audit.log import LOG_DIRNAME, append_run
 from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
-from privacy.keys import central_keyring
+from privacy.keys import KeyringError, central_keyring
 from privacy.pseudonymise import check_one_body_key
-from privacy.pseudonyms import DomainPseudonymiser
+from privacy.pseudonyms import DomainPseudonymiser, translate
 from privacy.purpose_check import (
     Outcome,
     check_purpose,
@@ -144,13 +144,24 @@ def rules_skipped(year: int) -> list[dict]:
     ]
 
 
-def load_history(out: str, reference_date: dt.date, keyring) -> lifecycle.History:
-    """Earlier runs' signals and resolutions and operator feedback in the output folder.
+def load_history(out: str, reference_date: dt.date, keyring, purpose: str) -> lifecycle.History:
+    """Earlier runs' signals and resolutions and operator feedback in the output folder, their
+    household pseudonyms under the purpose's active domain key (a rotation keeps links).
 
     Not a task: it holds the keyring, which stays out of Prefect's task inputs.
     """
     read = lifecycle.run_reader(keyring, Path(out) / KEY_STORE)
-    return lifecycle.load_history(Path(out), reference_date, read)
+
+    def rekey(pids):
+        try:
+            return translate(pids, keyring, purpose)
+        except KeyringError as exc:
+            raise lifecycle.HistoryUnavailable(
+                f"{out}: earlier runs or feedback name households with a key the central "
+                f"keyring cannot re-key ({exc}); fatigue and lifecycle need them"
+            ) from None
+
+    return lifecycle.load_history(Path(out), reference_date, read, rekey)
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -294,7 +305,7 @@ def run_flow(
         found = open_inputs(deliveries, reference_date)
         check_one_body_key(found)
         policy = proportionality.load_policy(proportionality_config)
-        history = load_history(out, reference_date, keyring)
+        history = load_history(out, reference_date, keyring, purpose)
         run_id = make_run_id(
             reference_date,
             found,

@@ -22,6 +22,9 @@ What a run knows of the past ("history") comes from the same output root only:
 - operator feedback (<out>/feedback/*.parquet, see flows/feedback.py) with an outcome date
   on or before the run's reference date.
 
+After a domain-key rotation the history's household pseudonyms are of the older key: a run
+maps them to its own (`load_history(rekey=...)`, flows/run.py) before comparing.
+
 History is reduced to one state row per (household, scheme) (STATE_SCHEMA) before the
 pipeline starts: the last signal and its date (fatigue), whether the episode is open
 (lifecycle) and the newest operator outcome (open cases). The pipeline reads it as a side
@@ -143,6 +146,7 @@ class HistoryUnavailable(Exception):
 
 
 Reader = Callable[[Path, str], "pa.Table | None"]
+Rekey = Callable[[pa.Array], pa.Array]
 
 
 def run_reader(keyring=None, key_store: Path | None = None) -> Reader:
@@ -171,10 +175,6 @@ def run_reader(keyring=None, key_store: Path | None = None) -> Reader:
             raise HistoryUnavailable(f"{run_dir}: {name} cannot be read ({exc})") from None
 
     return read
-
-
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 EVENT_SCHEMA = pa.schema(
@@ -212,14 +212,13 @@ def events_of(runs: list[PriorRun], read: Reader) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def _feedback_sql(files: list[Path], reference_date: dt.date) -> str:
+def _feedback_sql(has_rows: bool, reference_date: dt.date) -> str:
     ranks = " ".join(f"WHEN '{o}' THEN {r}" for o, r in OUTCOME_RANK.items())
-    if not files:
+    if not has_rows:
         return (
             "SELECT NULL::VARCHAR AS household_pid, NULL::VARCHAR AS scheme, "
             "NULL::VARCHAR AS case_outcome, NULL::DATE AS case_on WHERE FALSE"
         )
-    listed = "[" + ", ".join(_sql_path(f) for f in files) + "]"
     return f"""
         SELECT household_pid, scheme, outcome AS case_outcome, outcome_date AS case_on
         FROM (
@@ -227,10 +226,24 @@ def _feedback_sql(files: list[Path], reference_date: dt.date) -> str:
                 PARTITION BY household_pid, scheme
                 ORDER BY outcome_date DESC, CASE outcome {ranks} END DESC
             ) AS newest
-            FROM read_parquet({listed})
+            FROM feedback
             WHERE outcome_date <= DATE '{reference_date.isoformat()}'
         )
         WHERE newest = 1"""
+
+
+def _feedback(files: list[Path]) -> pa.Table:
+    columns = ["household_pid", "scheme", "outcome", "outcome_date"]
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    return pa.concat_tables(tables) if tables else FEEDBACK_SCHEMA.empty_table().select(columns)
+
+
+def _rekeyed(table: pa.Table, rekey: Rekey | None) -> pa.Table:
+    """`table` with its household pseudonyms under the run's domain key (a rotation)."""
+    if rekey is None or not table.num_rows:
+        return table
+    i = table.schema.get_field_index("household_pid")
+    return table.set_column(i, "household_pid", rekey(table.column(i).combine_chunks()))
 
 
 STATE_SQL = """
@@ -262,19 +275,25 @@ ORDER BY s.household_pid, s.scheme
 """
 
 
-def load_history(out_root: Path, reference_date: dt.date, read: Reader | None = None) -> History:
+def load_history(
+    out_root: Path, reference_date: dt.date, read: Reader | None = None, rekey: Rekey | None = None
+) -> History:
     """The history a run with `reference_date` sees in out_root (see the module docstring).
 
     `read` opens a prior run's tables (default: run_reader() without a keyring, which
-    reads plain files and refuses encrypted ones).
+    reads plain files and refuses encrypted ones). `rekey` maps household pseudonyms made
+    with an earlier key of the domain to the run's (privacy.pseudonyms.translate): after a
+    domain-key rotation the same household keeps its history.
     """
     runs = prior_runs(out_root, reference_date)
     files = sorted(feedback_folder(out_root).glob("*.parquet"))
-    events = events_of(runs, read or run_reader())
+    events = _rekeyed(events_of(runs, read or run_reader()), rekey)
+    feedback = _rekeyed(_feedback(files), rekey)
     con = duckdb.connect()
     try:
         con.register("events", events)
-        sql = STATE_SQL.format(feedback=_feedback_sql(files, reference_date))
+        con.register("feedback", feedback)
+        sql = STATE_SQL.format(feedback=_feedback_sql(feedback.num_rows > 0, reference_date))
         state = con.sql(sql).to_arrow_table().cast(STATE_SCHEMA)
         con.register("state", state)
         fingerprint = con.execute(

@@ -221,6 +221,23 @@ def test_the_newest_feedback_on_or_before_the_reference_date_is_the_case(tmp_pat
     assert state["c"]["case_outcome"] == "contacted"
 
 
+def test_runs_and_feedback_under_an_older_key_are_rekeyed_to_the_runs(tmp_path):
+    """After a domain-key rotation `rekey` (privacy.pseudonyms.translate in a real run) maps
+    earlier pseudonyms to the current key's: signals, resolutions and feedback alike."""
+    _publish(tmp_path, "r1", "2025-01-01", signals=["a", "b"])
+    _publish(tmp_path, "r2", "2025-02-01", resolved=["b"])
+    _feedback(tmp_path, [("a", "applied", "2025-03-01")])
+
+    def rekey(pids):
+        return pa.compute.replace_substring(pids, "h.", "k.")
+
+    history = lifecycle.load_history(tmp_path, dt.date(2025, 6, 1), rekey=rekey)
+    state = {r["household_pid"]: r for r in history.state.to_pylist()}
+    assert set(state) == {"k.a", "k.b"} and not state["k.b"]["episode_open"]
+    assert state["k.a"]["case_outcome"] == "applied"
+    assert history.fingerprint != lifecycle.load_history(tmp_path, dt.date(2025, 6, 1)).fingerprint
+
+
 def test_the_fingerprint_follows_the_state_not_the_calendar(tmp_path):
     _publish(tmp_path, "r1", "2025-01-01", signals=["a"])
     first = lifecycle.load_history(tmp_path, dt.date(2025, 6, 1)).fingerprint
@@ -249,17 +266,14 @@ CHANGES["2025-04-01"] = {
 }
 
 
-@pytest.fixture(scope="module")
-def three_runs(tmp_path_factory):
-    """Run the flow three times on changing deliveries; per run its outputs by household."""
+def _runs(root: Path, days: list[str], rotate_before: str | None = None) -> dict:
+    """Run the flow on the CHANGES of each day; per run its outputs by household. With
+    `rotate_before`, the central party rotates its domain key before that day's run."""
     from flows.run import run_flow
-    from privacy.keys import DEFAULT_DOMAIN, Keyring, save_keyring
+    from privacy.keys import DEFAULT_DOMAIN, Keyring, load_keyring, save_keyring
     from privacy.pseudonymise import pseudonymise_delivery
     from privacy.pseudonyms import TwoLayerPseudonymiser
 
-    root = tmp_path_factory.mktemp("three-runs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
     body, central = Keyring(), Keyring()
     body.add("body")
     for role, domain in (("domain", DEFAULT_DOMAIN), ("run-data", None), ("audit-signing", None)):
@@ -268,13 +282,16 @@ def three_runs(tmp_path_factory):
     policy = yaml.safe_load(DEFAULT_PATH.read_text())
     policy["fatigue_months"]["value"] = 3
     (root / "policy.yaml").write_text(yaml.safe_dump(policy))
-    names = {}
-    p = TwoLayerPseudonymiser(body.active("body"), central.active("domain", DEFAULT_DOMAIN))
-    runs = {}
-    for day, changes in CHANGES.items():
+    names, runs = {}, {}
+    for day in days:
+        if day == rotate_before:
+            central = load_keyring(root / "central.keyring", "lifecycle passphrase")
+            central.rotate("domain", DEFAULT_DOMAIN)
+            save_keyring(central, root / "central.keyring", "lifecycle passphrase")
+        p = TwoLayerPseudonymiser(body.active("body"), central.active("domain", DEFAULT_DOMAIN))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(population, "REFERENCE_DATE", day)
-            for name, value in changes.items():
+            for name, value in CHANGES[day].items():
                 patch.setattr(population, name, value)
             population.write_population(root / "raw")
             names |= {p.one("household_id", hh): hh for hh in population.HOUSEHOLDS}
@@ -289,8 +306,16 @@ def three_runs(tmp_path_factory):
             proportionality_config=str(root / "policy.yaml"),
         )
         runs[day] = _outputs(folder, names, lifecycle.run_reader(central, root / "runs" / ".keys"))
-    yield root, runs
-    mp.undo()
+    return runs
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """Run the flow three times on changing deliveries; per run its outputs by household."""
+    root = tmp_path_factory.mktemp("three-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
+        yield root, _runs(root, list(CHANGES))
 
 
 def _outputs(folder, names, read) -> dict:
@@ -432,3 +457,18 @@ def test_decrypting_a_run_logs_the_household_that_left_it_too(three_runs, tmp_pa
     joined = run_records.filter(pa.compute.equal(run_records.column("name"), "join"))
     households = {json.loads(a)["household_pid"] for a in joined.column("attributes").to_pylist()}
     assert left not in households  # nothing else of the run names it
+
+
+def test_a_domain_key_rotation_between_runs_keeps_every_households_history(three_runs, tmp_path):
+    """Run 2 after a rotation (d1 -> d2) decides as it does without one: H10 and H11 are
+    repeats held back by fatigue, H1's episode is resolved, not every household new."""
+    _, runs = three_runs
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
+        rotated = _runs(tmp_path, ["2025-01-01", "2025-03-01"], rotate_before="2025-03-01")
+    after = rotated["2025-03-01"]
+    assert {r["household_pid"][:3] for r in after["all_signals"]} == {"d2."}
+    assert _summary(after) == _summary(runs["2025-03-01"])
+    assert (
+        after["resolved"]["H1"]["signal_id"] == rotated["2025-01-01"]["signals"]["H1"]["signal_id"]
+    )
