@@ -296,7 +296,8 @@ def run_flow(
     # The central keyring (domain keys, audit signing key); its passphrase comes from the
     # environment, never from a flow parameter.
     keyring = central_keyring(key_file, purpose)
-    domain = DomainPseudonymiser(keyring.active("domain", purpose))
+    # The pipeline's steps carry the keyring's path, not the key (privacy/pseudonyms.py).
+    domain = DomainPseudonymiser.from_keyring_file(key_file, keyring, purpose)
     signer = Signer(keyring)  # the audit log is signed: no run without the audit-signing key
     compiled = compile_rules(reference_date, processing_register, purpose)
     # One run at a time per output folder (flows/runs.py), taken once the run is allowed:

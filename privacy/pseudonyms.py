@@ -20,7 +20,9 @@ re-key a pseudonym from the old key to the new exactly (rotation keeps links, se
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +30,14 @@ import pyarrow.compute as pc
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from privacy.keys import Key, Keyring, KeyringError
+from privacy.keys import (
+    PASSPHRASE_ENV,
+    Key,
+    Keyring,
+    KeyringError,
+    load_keyring,
+    passphrase_from_env,
+)
 
 _HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 PSEUDONYM = re.compile(r"^[a-z][a-z0-9-]*\.[a-p]{32}$")
@@ -94,19 +103,39 @@ class DomainPseudonymiser:
 
     Vectorised: the distinct values of an array are encrypted in one call (ECB over
     independent single blocks is exactly the keyed permutation wanted here; no block
-    ever depends on another). Pickles with its key, as a Beam DoFn needs.
+    ever depends on another).
+
+    A Beam DoFn holding it is pickled into the job. Made with `from_keyring_file`, it
+    pickles without its key: wherever it is unpickled (a cluster's worker) it opens the
+    keyring file again, with the passphrase in that process's environment, so the key
+    never travels with the job (to a scheduler, a staging bucket). Made from a key alone,
+    it pickles with the key: for tests and the bench, whose keys are throwaway.
     """
 
-    def __init__(self, key: Key):
+    def __init__(self, key: Key, keyring_file: str | None = None):
         if key.role != "domain":
             raise KeyringError(f"key {key.id} is a {key.role} key; layer 2 needs a domain key")
         self.key_id, self.domain = key.id, key.domain
-        self._material = key.material
+        self.keyring_file = keyring_file
+        self._material: bytes | None = key.material
+
+    @classmethod
+    def from_keyring_file(cls, key_file, keyring: Keyring, domain: str) -> DomainPseudonymiser:
+        """The domain's active key of `keyring`, read from `key_file` (the same keyring)."""
+        return cls(keyring.active("domain", domain), keyring_file=str(Path(key_file).resolve()))
 
     def __repr__(self) -> str:
         return f"DomainPseudonymiser(key_id={self.key_id!r}, domain={self.domain!r})"
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.keyring_file:
+            state["_material"] = None  # opened again where unpickled
+        return state
+
     def _cipher(self) -> Cipher:
+        if self._material is None:
+            self._material = _key_from_file(self.keyring_file, self.key_id, self.domain)
         return Cipher(algorithms.AES(self._material), modes.ECB())
 
     def array(self, values: pa.Array) -> pa.Array:
@@ -158,6 +187,22 @@ class TwoLayerPseudonymiser:
 
     def array(self, kind: str, values: pa.Array) -> pa.Array:
         return self.domain.array(self.body.array(kind, values))
+
+
+@functools.lru_cache(maxsize=4)
+def _key_from_file(path: str, key_id: str, domain: str) -> bytes:
+    """A domain key's material from a keyring file (once per process: Argon2id ~0.1 s)."""
+    try:
+        key = load_keyring(Path(path), passphrase_from_env()).by_id(key_id)
+    except KeyringError as exc:
+        raise KeyringError(
+            f"a pipeline worker cannot open the central keyring for domain key {key_id}: {exc}. "
+            f"On a cluster every worker needs {path} at that path and {PASSPHRASE_ENV} in "
+            "its environment (docs/scaling.md)"
+        ) from None
+    if key.role != "domain" or key.domain != domain:
+        raise KeyringError(f"{path}: key {key_id} is not a domain key of {domain!r}")
+    return key.material
 
 
 def translate(values: pa.Array, keyring: Keyring, domain: str) -> pa.Array:

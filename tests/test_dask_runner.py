@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import uuid
 
 import apache_beam as beam
@@ -24,12 +25,19 @@ from pipelines.options import pipeline_options
 distributed = pytest.importorskip("distributed")
 
 
+PASSPHRASE = "the dask workers' keyring passphrase"
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
-    ) as c:
-        yield c
+    # The workers start with the keyring's passphrase in their environment, as a cluster's
+    # workers are deployed (docs/scaling.md): they open the central keyring themselves.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
+        with distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as c:
+            yield c
 
 
 def dask_options(cluster):
@@ -106,6 +114,18 @@ def pseudonymised(tmp_path_factory):
     return population(tmp_path_factory.mktemp("dask-population"))
 
 
+def _from_keyring_file(domain, path):
+    """The same domain key, saved in a keyring file that the workers open themselves."""
+    from privacy.keys import Key, Keyring, save_keyring
+    from privacy.pseudonyms import DomainPseudonymiser
+
+    key = Key(id=domain.key_id, role="domain", material=domain._material, domain=domain.domain)
+    save_keyring(Keyring([key]), path, PASSPHRASE)
+    shipped = DomainPseudonymiser.from_keyring_file(path, Keyring([key]), domain.domain)
+    assert key.material not in pickle.dumps(shipped)
+    return shipped
+
+
 def test_the_central_pipeline_gives_the_same_outputs_on_dask_as_on_the_direct_runner(
     cluster, pseudonymised
 ):
@@ -114,9 +134,11 @@ def test_the_central_pipeline_gives_the_same_outputs_on_dask_as_on_the_direct_ru
     root = pseudonymised.parent
     spec = run_spec(str(pseudonymised), str(root / "direct"), buckets=2)
     direct = run_central(spec, pipeline_options())
+    # On the cluster the job carries the keyring's path, not the key: each worker opens it.
+    domain = _from_keyring_file(spec.domain, root / "central.keyring")
     with distributed.Client(cluster) as client, distributed.get_task_stream(client) as tasks:
         on_dask = run_central(
-            dataclasses.replace(spec, staging=root / "dask"), dask_options(cluster)
+            dataclasses.replace(spec, staging=root / "dask", domain=domain), dask_options(cluster)
         )
     assert_same_outputs(direct, on_dask)
     workers = {t["worker"] for t in tasks.data}

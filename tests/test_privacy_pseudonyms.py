@@ -15,6 +15,7 @@ from privacy.pseudonyms import (
     DomainPseudonymiser,
     Pseudonymiser,
     TwoLayerPseudonymiser,
+    _key_from_file,
     translate,
 )
 
@@ -110,6 +111,29 @@ def test_the_domain_layer_pickles_for_beam_and_never_shows_its_key(ring):
     layer1 = Pseudonymiser(ring.active("body")).array("bsn", pa.array(BSNS))
     assert copy.array(layer1) == domain.array(layer1)
     assert key.material.hex() not in repr(domain) and "material" not in repr(domain)
+
+
+def test_from_a_keyring_file_the_domain_layer_pickles_without_its_key(ring, tmp_path, monkeypatch):
+    """What a cluster's worker receives names the keyring file, not the key; unpickled, it
+    opens the file with the passphrase in its own environment and pseudonymises the same."""
+    from apache_beam.internal import pickler
+
+    from privacy.keys import save_keyring
+
+    monkeypatch.setenv("SIGNALS_KEYRING_PASSPHRASE", "worker passphrase")
+    save_keyring(ring, tmp_path / "central.keyring", "worker passphrase")
+    key = ring.active("domain", "signalling")
+    domain = DomainPseudonymiser.from_keyring_file(tmp_path / "central.keyring", ring, "signalling")
+    shipped = pickle.dumps(domain)
+    assert key.material not in shipped and pickler.loads(pickler.dumps(domain))._material is None
+    layer1 = Pseudonymiser(ring.active("body")).array("bsn", pa.array(BSNS))
+    expected = DomainPseudonymiser(key).array(layer1)
+    assert pickle.loads(shipped).array(layer1) == expected
+
+    monkeypatch.delenv("SIGNALS_KEYRING_PASSPHRASE")
+    _key_from_file.cache_clear()  # a fresh worker process
+    with pytest.raises(KeyringError, match="every worker needs .*SIGNALS_KEYRING_PASSPHRASE"):
+        pickle.loads(shipped).array(layer1)
 
 
 def test_rotation_keeps_links_by_translating_old_pseudonyms_exactly(ring):
