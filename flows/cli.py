@@ -58,12 +58,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
 _BSN_LIKE = re.compile(r"\d(?:[\s.\-]?\d){8}")
 
 
+def redacted(message: str) -> str:
+    """The message without any number that may be a BSN (a user may type one anywhere)."""
+    return _BSN_LIKE.sub("<a number like a BSN, not shown>", message)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, except that its errors never quote back a number that may be a BSN
     (`signals audit trail 123456782` would print "unrecognized arguments: 123456782")."""
 
     def error(self, message: str):
-        super().error(_BSN_LIKE.sub("<a number like a BSN, not shown>", message))
+        super().error(redacted(message))
 
 
 class UsageError(Exception):
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a reader that left (`| head`) shows here, not at exit
         return code
     except _user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redacted(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

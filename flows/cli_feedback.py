@@ -67,7 +67,9 @@ def cmd_import(args) -> int:
     try:
         result = import_feedback(Path(args.file), Path(args.runs), args.key_file)
     except (FeedbackError, HistoryUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from flows.cli import redacted
+
+        print(f"error: {redacted(str(e))}", file=sys.stderr)
         return 2
     what = "imported" if result["new"] else "already imported, nothing changed"
     print(f"{result['rows']:,} feedback row(s) {what}: {result['stored']}")

@@ -93,16 +93,28 @@ def cmd_decrypt(args) -> int:
 
 
 def _bsn_lines() -> list[str]:
-    """BSNs from standard input: typed without echo at a terminal, else one per line."""
+    """BSNs from standard input: at a terminal typed without echo, one per prompt until an
+    empty line (or Ctrl-D); otherwise one per line."""
     import getpass
     import sys
 
-    if sys.stdin.isatty():
-        return [getpass.getpass("BSN (not shown): ")]
-    return sys.stdin.read().splitlines()
+    if not sys.stdin.isatty():
+        return sys.stdin.read().splitlines()
+    lines = []
+    while True:
+        try:
+            line = getpass.getpass("BSN (not shown; an empty line ends): ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        lines.append(line)
+    return lines
 
 
 def cmd_subject_access(args) -> int:
+    import shlex
+
     from flows.cli_audit import _log_root
     from privacy.keys import check_custody
     from privacy.subject_access import look_up, read_bsns
@@ -115,14 +127,18 @@ def cmd_subject_access(args) -> int:
         f"{len(done.subjects)} person(s) looked up in {root}; {done.logged} subject_lookup "
         f"record(s) logged first (event {done.event}, checkpoint {done.checkpoint.sequence})"
     )
+    found = []
     for subject in done.subjects:
-        for pid, records in subject.records.items():
-            print(f"line {subject.line}: {pid}  {records:,} audit record(s) before this lookup")
-    found = sorted({p for s in done.subjects for p, n in s.records.items() if n})
+        named = [("", subject.records), ("household ", subject.households)]
+        for what, records in named:
+            for pid, n in records.items():
+                print(f"line {subject.line}: {what}{pid}  {n:,} audit record(s) before this lookup")
+                if n and pid not in found:
+                    found.append(pid)
     if found:
-        print("everything done to each of them:")
+        print("everything done to them:")
         for pid in found:
-            print(f"  signals audit trail {pid} --log {args.log}")
+            print(f"  signals audit trail {pid} --log {shlex.quote(args.log)}")
     return 0
 
 

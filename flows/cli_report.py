@@ -70,7 +70,9 @@ def cmd_report(args) -> int:
         keyring = _keyring(args.key_file)
         report = build_report(Path(args.run), Path(args.out), options, keyring)
     except (ReportError, DisclosureError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from flows.cli import redacted
+
+        print(f"error: {redacted(str(e))}", file=sys.stderr)
         return 2
     d = report.summary["disclosure"]
     print(f"report written to {report.html}")

@@ -157,8 +157,10 @@ def load_history(out: str, reference_date: dt.date, keyring, purpose: str) -> li
             return translate(pids, keyring, purpose)
         except KeyringError as exc:
             raise lifecycle.HistoryUnavailable(
-                f"{out}: earlier runs or feedback name households with a key the central "
-                f"keyring cannot re-key ({exc}); fatigue and lifecycle need them"
+                f"households are named with a domain key the central keyring cannot re-key "
+                f"from ({exc}); fatigue and lifecycle need them: put the retired key back in "
+                "the central keyring (a retired key stays while any kept run or feedback "
+                "uses it, docs/privacy.md)"
             ) from None
 
     return lifecycle.load_history(Path(out), reference_date, read, rekey)

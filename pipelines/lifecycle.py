@@ -238,12 +238,15 @@ def _feedback(files: list[Path]) -> pa.Table:
     return pa.concat_tables(tables) if tables else FEEDBACK_SCHEMA.empty_table().select(columns)
 
 
-def _rekeyed(table: pa.Table, rekey: Rekey | None) -> pa.Table:
+def _rekeyed(table: pa.Table, rekey: Rekey | None, what: str) -> pa.Table:
     """`table` with its household pseudonyms under the run's domain key (a rotation)."""
     if rekey is None or not table.num_rows:
         return table
     i = table.schema.get_field_index("household_pid")
-    return table.set_column(i, "household_pid", rekey(table.column(i).combine_chunks()))
+    try:
+        return table.set_column(i, "household_pid", rekey(table.column(i).combine_chunks()))
+    except HistoryUnavailable as exc:
+        raise HistoryUnavailable(f"{what}: {exc}") from None
 
 
 STATE_SQL = """
@@ -287,8 +290,10 @@ def load_history(
     """
     runs = prior_runs(out_root, reference_date)
     files = sorted(feedback_folder(out_root).glob("*.parquet"))
-    events = _rekeyed(events_of(runs, read or run_reader()), rekey)
-    feedback = _rekeyed(_feedback(files), rekey)
+    events = _rekeyed(events_of(runs, read or run_reader()), rekey, "the earlier runs' signals")
+    feedback = _rekeyed(
+        _feedback(files), rekey, f"operator feedback in {feedback_folder(out_root)}"
+    )
     con = duckdb.connect()
     try:
         con.register("events", events)

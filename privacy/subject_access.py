@@ -6,10 +6,17 @@ needs a body key and layer 2 the domain keys, which no other party holds togethe
 (privacy/pseudonyms.py). Every key of both layers is tried, retired ones too, so the
 records made before a key rotation are found as well.
 
+Some records name the person's household rather than the person (the resolution of a
+signal episode, the decryption or deletion of data on a household that left a run): the
+households the person was joined into (their `join` records) are looked up too.
+
 The lookup itself processes a BSN, so it is logged before any pseudonym is shown: one
-`subject_lookup` record per pseudonym looked up, naming who asked and the event, never
-the BSN. The command reads BSNs from standard input, never from its arguments (which
-land in shell history and the process list).
+`subject_lookup` record per pseudonym that has records, and for the pseudonym of the
+active keys (so a lookup that finds nothing is on record too), naming who asked and the
+event, never the BSN. After a body-key rotation one lookup names a person's pseudonyms
+under both body keys in one event: the log then links them for that person, as the
+controller's lookup did (docs/privacy.md). The command reads BSNs from standard input,
+never from its arguments (which land in shell history and the process list).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class SubjectAccessError(Exception):
 class Subject:
     line: int  # the line of the input that gave the BSN
     records: dict[str, int]  # each pseudonym of the person -> audit records naming it before
+    households: dict[str, int]  # each household the person was joined into -> its records
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ def read_bsns(lines: list[str]) -> list[tuple[int, str]]:
     """(line number, BSN) of each non-blank line; a line that is no BSN is refused by number."""
     bsns = []
     for number, line in enumerate(lines, start=1):
-        value = line.strip()
+        value = line.strip().removeprefix("\ufeff")  # a byte-order mark from an editor
         if not value:
             continue
         if not bsn_is_valid(value):
@@ -77,28 +85,53 @@ def _keys(keyring: Keyring, domain: str, role: str) -> list:
 
 
 def pseudonyms(bsn: str, keyring: Keyring, domain: str = DEFAULT_DOMAIN) -> list[str]:
-    """The person's domain pseudonyms under every body key and every key of `domain`."""
-    return [
+    """The person's domain pseudonyms under every body key and every key of `domain`;
+    the first is that of the active keys."""
+    active = TwoLayerPseudonymiser(keyring.active("body"), keyring.active("domain", domain))
+    every = [
         TwoLayerPseudonymiser(body, key).one("bsn", bsn)
         for body in _keys(keyring, None, "body")
         for key in _keys(keyring, domain, "domain")
     ]
+    first = active.one("bsn", bsn)
+    return [first] + [p for p in every if p != first]
 
 
-def _counts(log_root: Path, subjects: list[str]) -> dict[str, int]:
+def _segments(log_root: Path) -> list[str]:
     files = [str(p) for p in AuditLog(log_root).committed_segments()]
     if not files:
         raise AuditLogError(f"{log_root}: the audit log holds no checkpoint yet")
+    return files
+
+
+def _query(log_root: Path, sql: str, pids: list[str]) -> list[tuple]:
     con = duckdb.connect()
     try:
-        found = con.sql(
-            "SELECT data_subject_pid AS pid, COUNT(*) AS n FROM read_parquet($files) "
-            "WHERE list_contains($pids, data_subject_pid) GROUP BY pid",
-            params={"files": files, "pids": subjects},
-        ).fetchall()
+        params = {"files": _segments(log_root), "pids": pids}
+        return con.sql(sql, params=params).fetchall()
     finally:
         con.close()
-    return dict(found)
+
+
+def _counts(log_root: Path, subjects: list[str]) -> dict[str, int]:
+    sql = (
+        "SELECT data_subject_pid, COUNT(*) FROM read_parquet($files) "
+        "WHERE list_contains($pids, data_subject_pid) GROUP BY data_subject_pid"
+    )
+    return dict(_query(log_root, sql, subjects))
+
+
+def _households(log_root: Path, persons: list[str]) -> dict[str, set[str]]:
+    """The households each person was joined into, from the `join` records."""
+    sql = (
+        "SELECT DISTINCT data_subject_pid, json_extract_string(attributes, '$.household_pid') "
+        "FROM read_parquet($files) WHERE name = 'join' AND list_contains($pids, data_subject_pid)"
+    )
+    joined: dict[str, set[str]] = {}
+    for person, household in _query(log_root, sql, persons):
+        if household:
+            joined.setdefault(person, set()).add(household)
+    return joined
 
 
 def _records(subjects: list[str], domain: str, event: str) -> pa.Table:
@@ -119,14 +152,23 @@ def _records(subjects: list[str], domain: str, event: str) -> pa.Table:
 def look_up(
     bsns: list[tuple[int, str]], keyring: Keyring, log_root: Path, domain: str = DEFAULT_DOMAIN
 ) -> Lookup:
-    """Each person's pseudonyms and how many audit records name each; the lookup is logged
-    (one `subject_lookup` record per pseudonym) before anything is returned."""
+    """Each person's pseudonyms and households, and how many audit records name each; the
+    lookup is logged (see the module doc) before anything is returned."""
     check_custody(keyring, "controller")
+    log_root = Path(log_root)
     found = [(line, pseudonyms(bsn, keyring, domain)) for line, bsn in bsns]
-    every = sorted({p for _, pids in found for p in pids})
-    before = _counts(Path(log_root), every)
+    persons = sorted({p for _, pids in found for p in pids})
+    joined = _households(log_root, persons)
+    households = sorted({h for hs in joined.values() for h in hs})
+    before = _counts(log_root, persons + households)
+    logged = {pids[0] for _, pids in found} | {p for p in persons + households if before.get(p)}
     event = new_event_id()
-    records = _records(every, domain, event)
-    checkpoint = append_events(Path(log_root), records, f"subject-access/{event}", Signer(keyring))
-    subjects = [Subject(line, {p: before.get(p, 0) for p in pids}) for line, pids in found]
+    records = _records(sorted(logged), domain, event)
+    checkpoint = append_events(log_root, records, f"subject-access/{event}", Signer(keyring))
+    subjects = []
+    for line, pids in found:
+        homes = sorted({h for p in pids for h in joined.get(p, ())})
+        subjects.append(
+            Subject(line, {p: before.get(p, 0) for p in pids}, {h: before.get(h, 0) for h in homes})
+        )
     return Lookup(subjects, event, checkpoint, records.num_rows)

@@ -290,3 +290,11 @@ def test_the_command_refuses_a_malformed_file_and_writes_nothing(tmp_path, runs,
     assert main(["feedback", "import", str(_file(tmp_path, text)), "--runs", str(runs)]) == 2
     assert message in capsys.readouterr().err
     assert not (runs / "feedback").exists()
+
+
+def test_a_bsn_typed_where_a_signal_id_belongs_is_not_quoted_back(tmp_path, runs, capsys):
+    text = "signal_id,outcome,outcome_date\n111222333,contacted,2025-01-15\n"
+    assert main(["feedback", "import", str(_file(tmp_path, text)), "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "row 1, signal_id: <a number like a BSN, not shown> is not a signal" in err
+    assert "111222333" not in err

@@ -472,3 +472,22 @@ def test_a_domain_key_rotation_between_runs_keeps_every_households_history(three
     assert (
         after["resolved"]["H1"]["signal_id"] == rotated["2025-01-01"]["signals"]["H1"]["signal_id"]
     )
+
+
+def test_a_history_under_a_key_the_keyring_no_longer_holds_stops_the_run_saying_why(tmp_path):
+    from flows.run import load_history
+    from privacy.keys import DEFAULT_DOMAIN, Keyring
+
+    folder = _publish(tmp_path, "r1", "2025-01-01", signals=["a"])
+    signals = pq.read_table(folder / "signals.parquet")
+    d1 = pa.array(["d1." + "a" * 32], pa.string())  # made with d1, deleted since
+    pq.write_table(signals.set_column(2, "household_pid", d1), folder / "signals.parquet")
+    ring = Keyring()
+    ring.add("domain", DEFAULT_DOMAIN)
+    ring.rotate("domain", DEFAULT_DOMAIN)
+    ring.keys = [k for k in ring.keys if k.id != "d1"]
+    with pytest.raises(lifecycle.HistoryUnavailable) as refused:
+        load_history(str(tmp_path), dt.date(2025, 6, 1), ring, DEFAULT_DOMAIN)
+    message = str(refused.value)
+    assert message.startswith("the earlier runs' signals: ")
+    assert "'d1'" in message and "put the retired key back in the central keyring" in message

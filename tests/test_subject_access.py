@@ -7,9 +7,12 @@ import csv
 import io
 import json
 import re
+import shlex
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from bsn_scan import scan_tree
 from population import HOUSEHOLDS, SIGNALLED
 from test_worklist import PASSPHRASE, _worklist, published_run
 
@@ -56,7 +59,7 @@ def test_a_persons_pseudonym_and_records_are_found_and_the_lookup_logged(
     assert _ask(root, runs, monkeypatch, f"\n{head}\n") == 0
     out = capsys.readouterr().out
     assert f"line 2: {expected}  {before.num_rows:,} audit record(s) before this lookup" in out
-    assert f"signals audit trail {expected} --log {runs}" in out
+    assert f"signals audit trail {expected} --log {shlex.quote(str(runs))}" in out
     assert before.num_rows > 0 and not re.search(r"\d{9}", out)
 
     # Logged: one subject_lookup record for the person, naming who and the event, no BSN.
@@ -69,8 +72,7 @@ def test_a_persons_pseudonym_and_records_are_found_and_the_lookup_logged(
     assert attributes["event"] in out and attributes["actor"]
     after, _ = select(runs / LOG_DIRNAME, Filters(subject=expected))
     assert after.num_rows == before.num_rows + 1
-    text = b"".join(p.read_bytes() for p in (runs / LOG_DIRNAME).rglob("*") if p.is_file())
-    assert not any(bsn.encode() in text for bsn in BSNS)
+    assert scan_tree(runs / LOG_DIRNAME, set(BSNS)) == {}  # Parquet read value by value
 
 
 def test_several_people_at_once_each_by_their_input_line(published, monkeypatch, capsys):
@@ -121,11 +123,41 @@ def test_after_a_domain_key_rotation_both_pseudonyms_are_looked_up(published):
     (old,) = pseudonyms(head, ring)
     ring.rotate("domain", DEFAULT_DOMAIN)
     both = pseudonyms(head, ring)
-    assert both[0] == old and len(both) == 2 and both[1].startswith("d2.")
+    # The active keys' pseudonym first, then the retired key's.
+    assert len(both) == 2 and both[0].startswith("d2.") and both[1] == old
     done = look_up([(1, head)], ring, run.parent / LOG_DIRNAME)
     (subject,) = done.subjects
-    assert subject.records[old] > 0 and subject.records[both[1]] == 0
-    assert done.logged == 2  # the lookup of each pseudonym is on record
+    assert subject.records == {both[0]: 0, old: subject.records[old]} and subject.records[old]
+    # Logged: the active keys' pseudonym (no records yet) and every one that has records.
+    assert done.logged == 2 + sum(1 for n in subject.households.values() if n)
+
+
+def test_records_that_name_the_persons_household_are_found_too(published, capsys, monkeypatch):
+    """A resolution, or the deletion of data on a household, names the household: the
+    lookup follows the person's join records to it."""
+    from pipelines.audit_records import AuditContext
+    from privacy.audit.events import append_events, deletion_records
+    from privacy.audit.signing import Signer
+
+    root, run = published
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    head = HOUSEHOLDS[sorted(SIGNALLED)[0]][0][0]
+    (pid,) = pseudonyms(head, ring)
+    (joined,) = select(run.parent / LOG_DIRNAME, Filters(subject=pid, operation="join"))[
+        0
+    ].to_pylist()
+    household = json.loads(joined["attributes"])["household_pid"]
+    context = AuditContext(run.name, DEFAULT_DOMAIN, "test")
+    records = deletion_records(context, pa.array([household]), "households", "a test")
+    append_events(run.parent / LOG_DIRNAME, records, f"{run.name}/deletion/test", Signer(ring))
+
+    assert _ask(root, run.parent, monkeypatch, f"{head}\n") == 0
+    out = capsys.readouterr().out
+    assert f"line 1: household {household}  1 audit record(s) before this lookup" in out
+    assert f"signals audit trail {household} --log" in out
+    latest = AuditLog(run.parent / LOG_DIRNAME).latest()
+    logged = AuditLog(run.parent / LOG_DIRNAME).batch_records(latest.batch_id)
+    assert set(logged.column("data_subject_pid").to_pylist()) == {pid, household}
 
 
 def test_a_command_line_error_never_quotes_a_number_like_a_bsn(capsys):
