@@ -21,6 +21,12 @@ def _keyring(args):
     return load_keyring(Path(args.key_file), _passphrase(args))
 
 
+def _run(args) -> Path:
+    from flows.runs import run_folder
+
+    return run_folder(args.run, args.runs)
+
+
 def _key_store(args) -> Path | None:
     return Path(args.key_store) if args.key_store else None
 
@@ -32,7 +38,7 @@ def cmd_worklist(args) -> int:
     ring = _keyring(args)
     check_custody(ring, "controller", args.key_file)
     result = write_worklist(
-        Path(args.run), Path(args.brp), ring, Path(args.out), key_store=_key_store(args)
+        _run(args), Path(args.brp), ring, Path(args.out), key_store=_key_store(args)
     )
     logged = f"checkpoint {result.audit.sequence}" if result.audit else "nothing to log"
     print(
@@ -84,7 +90,7 @@ def cmd_retention_status(args) -> int:
 def cmd_decrypt(args) -> int:
     from privacy.retention import decrypt_run
 
-    done = decrypt_run(Path(args.run), _keyring(args), Path(args.out), _key_store(args))
+    done = decrypt_run(_run(args), _keyring(args), Path(args.out), _key_store(args))
     print(
         f"{len(done.files)} file(s) decrypted into {args.out}; they hold personal data: delete "
         f"them ({done.records:,} decryption records in the audit log)"
@@ -148,6 +154,11 @@ def _date(value: str) -> dt.date:
     return parse(value)
 
 
+def _run_args(p) -> None:
+    p.add_argument("--run", required=True, help="published run: its folder, or its id (a prefix)")
+    p.add_argument("--runs", help="folder holding the runs, for a run id (default: paths.out)")
+
+
 def _keys_args(p) -> None:
     p.add_argument("--key-file", required=True, help="controller keyring")
     p.add_argument("--passphrase-file", help="default: $SIGNALS_KEYRING_PASSPHRASE")
@@ -158,7 +169,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "worklist", help="controller: re-identify a run's signalled households into a worklist"
     )
-    p.add_argument("--run", required=True, help="published run folder")
+    _run_args(p)
     p.add_argument("--brp", required=True, help="the raw BRP delivery the run used")
     p.add_argument("--out", required=True, help="worklist .csv (a .parquet is written beside it)")
     _keys_args(p)
@@ -188,7 +199,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "decrypt", help="controller: write plain copies of a run's personal data (for DuckDB)"
     )
-    p.add_argument("--run", required=True, help="published run folder")
+    _run_args(p)
     p.add_argument("--out", required=True, help="folder for the plain copies")
     _keys_args(p)
     p.set_defaults(func=cmd_decrypt)

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="aggregate report of a run for policy makers (HTML, Parquet, CSV)"
     )
-    p.add_argument("--run", required=True, help="a published run folder <out>/<run_id>")
+    p.add_argument("--run", required=True, help="published run: its folder, or its id (a prefix)")
+    p.add_argument("--runs", help="folder holding the runs, for a run id (default: paths.out)")
     p.add_argument("--out", required=True, help="the HTML file to write; tables go next to it")
     p.add_argument(
         "--feedback", help="operator feedback Parquet file or folder (default <run>/feedback/)"
@@ -47,6 +48,7 @@ def register(subparsers) -> None:
 
 def cmd_report(args) -> int:
     from flows.report import ReportError, ReportOptions, build_report
+    from flows.runs import run_folder
     from privacy.disclosure import DisclosureError, Rules
 
     if args.threshold < 2 or args.rounding < 1 or args.max_ratio <= 1:
@@ -68,7 +70,7 @@ def cmd_report(args) -> int:
     )
     try:
         keyring = _keyring(args.key_file)
-        report = build_report(Path(args.run), Path(args.out), options, keyring)
+        report = build_report(run_folder(args.run, args.runs), Path(args.out), options, keyring)
     except (ReportError, DisclosureError) as e:
         from flows.cli import redacted
 

@@ -132,6 +132,26 @@ def find_run(out: Path, run: str) -> Path:
     raise RunNotFound(f"{out}: {run!r} matches {len(matches)} runs ({names}); give more of the id")
 
 
+def run_folder(run: str, runs: str | None) -> Path:
+    """The run a command names: its folder, or its id (or a unique prefix of one) in
+    `runs`, the folder holding the runs (default: `paths.out` of the configuration)."""
+    if Path(run).is_dir():
+        return Path(run)
+    if "/" in run or run.startswith("."):  # a path, and run ids have no slashes
+        raise RunNotFound(f"{run}: not a published run (no such folder)")
+    if runs is None:
+        from flows.config import load_config
+
+        config = load_config(None)
+        if config.paths.out is None:
+            raise RunNotFound(
+                f"{run!r} is not a run folder; to name a run by its id, give the folder "
+                "holding the runs with --runs (or set paths.out in signals.toml)"
+            )
+        runs = config.paths.out
+    return find_run(Path(runs), run)
+
+
 def history_lines(entries: list[RunEntry]) -> list[str]:
     lines = [f"{'run':<26}{'reference':<12}{'state':<25}{'households':>11}{'signals':>9}  created"]
     for e in entries:

@@ -241,3 +241,29 @@ def test_only_the_controllers_steps_combine_body_and_domain_keys():
     # The central side never asks a keyring for a body key.
     central = [p for p in code if p.parts[-2] == "pipelines" or p.name in ("run.py", "central.py")]
     assert not [p for p in central if re.search(r"active\(\s*['\"]body", p.read_text())]
+
+
+def test_a_run_is_named_by_its_id_or_a_prefix_of_it_as_in_runs_list(
+    published, tmp_path, capsys, monkeypatch
+):
+    root, run = published
+    assert _worklist(root, run, tmp_path / "by-folder.csv") == 0
+    args = ["worklist", "--run", run.name[:14], "--runs", str(run.parent)]
+    args += ["--brp", str(root / "raw" / "brp" / REFERENCE_DATE)]
+    args += ["--key-file", str(root / "keys" / "controller.keyring")]
+    assert main(args + ["--out", str(tmp_path / "by-id.csv")]) == 0
+    assert _rows(tmp_path / "by-id.csv") == _rows(tmp_path / "by-folder.csv")
+    capsys.readouterr()
+
+    assert (
+        main(args[:2] + ["2099-no-such-run"] + args[3:] + ["--out", str(tmp_path / "x.csv")]) == 2
+    )
+    assert (
+        "no published run '2099-no-such-run' (see `signals runs list`)" in capsys.readouterr().err
+    )
+    # Without --runs, the folder of runs comes from the configuration; there is none here.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SIGNALS_CONFIG", raising=False)
+    assert main(args[:2] + [run.name] + args[5:] + ["--out", str(tmp_path / "y.csv")]) == 2
+    assert "give the folder holding the runs with --runs" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()
