@@ -54,13 +54,22 @@ def _user_errors() -> tuple[type[Exception], ...]:
     )
 
 
-# Nine digits, maybe written with dots, spaces or dashes: what a BSN looks like.
-_BSN_LIKE = re.compile(r"\d(?:[\s.\-]?\d){8}")
+# Nine digits standing alone, maybe written with dots, spaces or dashes: what a BSN looks
+# like (not part of a checksum, a date and time, or a longer number).
+_BSN_LIKE = re.compile(r"(?<![\w.:\-])\d(?:[ .\-]?\d){8}(?![\w:\-]|\.\d)")
+
+
+def _hidden(match: re.Match) -> str:
+    from pipelines.contract import bsn_is_valid
+
+    digits = re.sub(r"\D", "", match.group())
+    return "<a number like a BSN, not shown>" if bsn_is_valid(digits) else match.group()
 
 
 def redacted(message: str) -> str:
-    """The message without any number that may be a BSN (a user may type one anywhere)."""
-    return _BSN_LIKE.sub("<a number like a BSN, not shown>", message)
+    """The message without any number that may be a BSN (nine digits passing the 11-proef):
+    a user may type one anywhere."""
+    return _BSN_LIKE.sub(_hidden, message)
 
 
 class Parser(argparse.ArgumentParser):
@@ -147,7 +156,8 @@ def cmd_run(args) -> int:
         runner=args.runner or config.run.runner,
         runner_args=args.runner_arg,
         buckets=args.buckets or config.run.buckets,
-        key_file=str(Path(key_file).resolve()) if key_file else None,
+        # Absolute, not resolved: a symlink (a mounted secret) is the path workers share.
+        key_file=os.path.abspath(key_file) if key_file else None,
         purpose=args.purpose,
         register_dir=str(Path(args.register).resolve()) if args.register else None,
     )

@@ -157,10 +157,10 @@ def load_history(out: str, reference_date: dt.date, keyring, purpose: str) -> li
             return translate(pids, keyring, purpose)
         except KeyringError as exc:
             raise lifecycle.HistoryUnavailable(
-                f"households are named with a domain key the central keyring cannot re-key "
-                f"from ({exc}); fatigue and lifecycle need them: put the retired key back in "
-                "the central keyring (a retired key stays while any kept run or feedback "
-                "uses it, docs/privacy.md)"
+                f"households are named with a key the central keyring cannot re-key from "
+                f"({exc}); fatigue and lifecycle need them: the central keyring must hold every "
+                f"key of {purpose!r} the kept runs and feedback in {out} were made with "
+                "(a retired key stays until they are gone, docs/privacy.md)"
             ) from None
 
     return lifecycle.load_history(Path(out), reference_date, read, rekey)

@@ -21,6 +21,7 @@ re-key a pseudonym from the old key to the new exactly (rotation keeps links, se
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -117,12 +118,17 @@ class DomainPseudonymiser:
             raise KeyringError(f"key {key.id} is a {key.role} key; layer 2 needs a domain key")
         self.key_id, self.domain = key.id, key.domain
         self.keyring_file = keyring_file
+        self.fingerprint = key.fingerprint  # a one-way tag: the very key, wherever reopened
         self._material: bytes | None = key.material
 
     @classmethod
     def from_keyring_file(cls, key_file, keyring: Keyring, domain: str) -> DomainPseudonymiser:
-        """The domain's active key of `keyring`, read from `key_file` (the same keyring)."""
-        return cls(keyring.active("domain", domain), keyring_file=str(Path(key_file).resolve()))
+        """The domain's active key of `keyring`, read from `key_file` (the same keyring).
+
+        The path is made absolute but not resolved: a symlink (a mounted secret volume) is
+        the path the workers share, its target may not be.
+        """
+        return cls(keyring.active("domain", domain), keyring_file=os.path.abspath(key_file))
 
     def __repr__(self) -> str:
         return f"DomainPseudonymiser(key_id={self.key_id!r}, domain={self.domain!r})"
@@ -135,7 +141,9 @@ class DomainPseudonymiser:
 
     def _cipher(self) -> Cipher:
         if self._material is None:
-            self._material = _key_from_file(self.keyring_file, self.key_id, self.domain)
+            self._material = _key_from_file(
+                self.keyring_file, self.key_id, self.domain, self.fingerprint
+            )
         return Cipher(algorithms.AES(self._material), modes.ECB())
 
     def array(self, values: pa.Array) -> pa.Array:
@@ -190,8 +198,12 @@ class TwoLayerPseudonymiser:
 
 
 @functools.lru_cache(maxsize=4)
-def _key_from_file(path: str, key_id: str, domain: str) -> bytes:
-    """A domain key's material from a keyring file (once per process: Argon2id ~0.1 s)."""
+def _key_from_file(path: str, key_id: str, domain: str, fingerprint: str) -> bytes:
+    """A domain key's material from a keyring file (once per process: Argon2id ~0.1 s).
+
+    It must be the key the run started with (its fingerprint): a keyring made again under
+    the same path, or another copy on a worker host, can hold another key of the same id.
+    """
     try:
         key = load_keyring(Path(path), passphrase_from_env()).by_id(key_id)
     except KeyringError as exc:
@@ -202,6 +214,11 @@ def _key_from_file(path: str, key_id: str, domain: str) -> bytes:
         ) from None
     if key.role != "domain" or key.domain != domain:
         raise KeyringError(f"{path}: key {key_id} is not a domain key of {domain!r}")
+    if key.fingerprint != fingerprint:
+        raise KeyringError(
+            f"{path}: holds another key {key_id} (fingerprint {key.fingerprint}) than the run "
+            f"started with ({fingerprint}): every worker must see the run's own keyring"
+        )
     return key.material
 
 

@@ -81,3 +81,19 @@ def test_a_reader_that_stops_early_gets_no_traceback(command, tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141  # as a command killed by SIGPIPE
     assert "Traceback" not in err and "Broken pipe" not in err and "BrokenPipe" not in err, err
+
+
+def test_only_a_number_that_may_be_a_bsn_is_hidden_from_a_message():
+    from flows.cli import redacted
+
+    hidden = "<a number like a BSN, not shown>"
+    assert redacted("row 3: 111222333 is not a signal") == f"row 3: {hidden} is not a signal"
+    assert redacted("signal 1112.22.333 and 111 222 333") == f"signal {hidden} and {hidden}"
+    kept = [
+        "checksum fbbb4501726517e86c0ffee and 111222333aa",  # inside hex or a longer token
+        "at 2026-11-29 14:13:28, run 2025-01-01-rbbdeseuftuw",  # a date and a time
+        "needs 2147483648 bytes; 1,000,000 persons; OIN 00000001234567890000",
+        "111222334 fails the 11-proef, so it is no BSN",
+    ]
+    for message in kept:
+        assert redacted(message) == message

@@ -17,6 +17,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.internal import pickler
 from apache_beam.io.parquetio import WriteToParquetBatched
 from pipeline_outputs import assert_same_outputs, population, run_central
 
@@ -123,6 +124,7 @@ def _from_keyring_file(domain, path):
     save_keyring(Keyring([key]), path, PASSPHRASE)
     shipped = DomainPseudonymiser.from_keyring_file(path, Keyring([key]), domain.domain)
     assert key.material not in pickle.dumps(shipped)
+    assert pickler.loads(pickler.dumps(shipped))._material is None  # as Beam ships a DoFn
     return shipped
 
 

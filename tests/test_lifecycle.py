@@ -490,4 +490,4 @@ def test_a_history_under_a_key_the_keyring_no_longer_holds_stops_the_run_saying_
         load_history(str(tmp_path), dt.date(2025, 6, 1), ring, DEFAULT_DOMAIN)
     message = str(refused.value)
     assert message.startswith("the earlier runs' signals: ")
-    assert "'d1'" in message and "put the retired key back in the central keyring" in message
+    assert "'d1'" in message and f"the kept runs and feedback in {tmp_path} were made" in message

@@ -130,8 +130,16 @@ def test_from_a_keyring_file_the_domain_layer_pickles_without_its_key(ring, tmp_
     expected = DomainPseudonymiser(key).array(layer1)
     assert pickle.loads(shipped).array(layer1) == expected
 
-    monkeypatch.delenv("SIGNALS_KEYRING_PASSPHRASE")
+    # A keyring made again under the same path holds another d1: refused, not used.
+    other = Keyring()
+    other.add("domain", "signalling")
+    save_keyring(other, tmp_path / "central.keyring", "worker passphrase")
     _key_from_file.cache_clear()  # a fresh worker process
+    with pytest.raises(KeyringError, match="holds another key d1 .* than the run started with"):
+        pickle.loads(shipped).array(layer1)
+
+    monkeypatch.delenv("SIGNALS_KEYRING_PASSPHRASE")
+    _key_from_file.cache_clear()
     with pytest.raises(KeyringError, match="every worker needs .*SIGNALS_KEYRING_PASSPHRASE"):
         pickle.loads(shipped).array(layer1)
 
