@@ -71,6 +71,7 @@ def _without_audit() -> None:
     central.IngestAuditFn = NoIngestAuditFn
     central.exclusion_audit = _no_maker
     central.join_audit = _no_maker
+    central.resolution_audit = _no_maker  # none without history, as here: for completeness
     evaluate.evaluation_records = _no_records
     proportionality.proportionality_records = _no_records
     proportionality.signal_records = _no_records
