@@ -209,8 +209,9 @@ def register(subparsers) -> None:
         help="controller: the pseudonyms of a person who asks (BSN on standard input), logged",
         description="Reads BSNs from standard input (one per line; typed without echo at a "
         "terminal), never from the command line. Prints each person's pseudonyms under every "
-        "body and domain key, and how many audit records name each; the lookup is logged "
-        "first (one subject_lookup record per pseudonym). No BSN is printed.",
+        "body and domain key and the households they were joined into, with how many audit "
+        "records name each; the lookup is logged first (a subject_lookup record for each "
+        "that has records, and for the active keys' pseudonym). No BSN is printed.",
     )
     p.add_argument("--log", required=True, help="the run output folder, or its audit-log/")
     p.add_argument("--key-file", required=True, help="controller keyring")
