@@ -80,6 +80,18 @@ class Parser(argparse.ArgumentParser):
         super().error(redacted(message))
 
 
+def program() -> str:
+    """How to call this command again in a printed suggestion: `signals`, or the path it was
+    called by when `signals` is on no PATH (`make` runs .venv/bin/signals)."""
+    import shlex
+    import shutil
+
+    if os.path.basename(sys.argv[0]) != "signals" or shutil.which("signals"):
+        return "signals"
+    relative = os.path.relpath(sys.argv[0])
+    return shlex.quote(relative if len(relative) < len(sys.argv[0]) else sys.argv[0])
+
+
 class UsageError(Exception):
     """A command was given arguments that cannot work together."""
 

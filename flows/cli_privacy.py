@@ -142,9 +142,11 @@ def cmd_subject_access(args) -> int:
                 if n and pid not in found:
                     found.append(pid)
     if found:
+        from flows.cli import program
+
         print("everything done to them:")
         for pid in found:
-            print(f"  signals audit trail {pid} --log {shlex.quote(args.log)}")
+            print(f"  {program()} audit trail {pid} --log {shlex.quote(args.log)}")
     return 0
 
 

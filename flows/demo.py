@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -130,9 +128,9 @@ def _print_next_steps(out: Path, run: Path, keyrings: dict[str, Path]) -> None:
     runs, passphrase = show(out / "runs"), out / "keys" / "demo-passphrase.txt"
     where = f"$(cat {show(passphrase)})" if passphrase.exists() else "<your passphrase>"
     # `make demo` runs .venv/bin/signals, which is on no PATH until the venv is activated.
-    signals = "signals"
-    if os.path.basename(sys.argv[0]) == "signals" and not shutil.which("signals"):
-        signals = show(Path(sys.argv[0]))
+    from flows.cli import program
+
+    signals = program()
     print(
         "\nnext, on these outputs (runs and audit log in "
         f"{runs}, keyrings in {show(out / 'keys')}):\n"
