@@ -233,6 +233,7 @@ def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: 
         "runner": runner,
         "processing_activity_id": spec.audit.processing_activity_id,
         "register_version": spec.audit.register_version,
+        "domain_key_id": spec.domain.key_id if spec.domain else None,  # its pseudonyms' key
         "inputs": inputs,
         "counts": {
             "sources": per_source,
@@ -351,7 +352,12 @@ def run_flow(
         manifest["purpose_check"] = outcome.to_manifest()
         manifest["proportionality"] = {
             "policy": {"path": policy.path, "version": policy.version},
-            "history": {"runs": list(history.runs), "fingerprint": history.fingerprint},
+            "history": {
+                "runs": list(history.runs),
+                "fingerprint": history.fingerprint,
+                # Keys its households were named with; others than the run's were re-keyed.
+                "domain_keys": list(history.keys),
+            },
             "feedback_files": list(history.feedback_files),
             "suppressed": counts["suppressed"],
             "resolved": counts["resolved"],

@@ -213,6 +213,13 @@ def _rules_lines(m: dict) -> list[str]:
     return lines
 
 
+def _rekeyed(m: dict) -> str:
+    """Which earlier keys the run's history was re-keyed from (a domain-key rotation)."""
+    history = m.get("proportionality", {}).get("history", {})
+    older = [k for k in history.get("domain_keys", []) if k != m.get("domain_key_id")]
+    return f"   history re-keyed from {', '.join(older)}" if older else ""
+
+
 def show_lines(run_dir: Path) -> list[str]:
     """A published run's manifest as text: identity, inputs, counts, rule versions."""
     run_dir = Path(run_dir)
@@ -226,6 +233,7 @@ def show_lines(run_dir: Path) -> list[str]:
         f"  code version         {m.get('code_version', '-')}   runner {m.get('runner', '-')}",
         f"  processing activity  {m.get('processing_activity_id', '-')}"
         f"   register version {m.get('register_version', '-')}",
+        f"  pseudonyms           domain key {m.get('domain_key_id') or '-'}{_rekeyed(m)}",
         f"  folder               {run_dir}",
     ]
     retention = run_dir / "retention.json"

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # Operator outcomes per signal (flows/feedback.py), with the rank that breaks a tie between
@@ -118,6 +119,7 @@ class History:
     runs: tuple[str, ...]  # prior run ids, oldest first
     feedback_files: tuple[str, ...]
     fingerprint: str  # SHA-256 of the state content
+    keys: tuple[str, ...] = ()  # the domain key ids the history was written with, before rekey
 
 
 def feedback_folder(out_root: Path) -> Path:
@@ -238,6 +240,16 @@ def _feedback(files: list[Path]) -> pa.Table:
     return pa.concat_tables(tables) if tables else FEEDBACK_SCHEMA.empty_table().select(columns)
 
 
+def _key_ids(tables: list[pa.Table]) -> tuple[str, ...]:
+    """The key ids (`d1`, `d2`: the part before the dot) of the tables' household pseudonyms."""
+    ids = set()
+    for table in tables:
+        if table.num_rows:
+            pids = pc.unique(table.column("household_pid").combine_chunks())
+            ids |= {p.split(".", 1)[0] for p in pids.to_pylist() if p}
+    return tuple(sorted(ids))
+
+
 def _rekeyed(table: pa.Table, rekey: Rekey | None, what: str) -> pa.Table:
     """`table` with its household pseudonyms under the run's domain key (a rotation)."""
     if rekey is None or not table.num_rows:
@@ -290,10 +302,10 @@ def load_history(
     """
     runs = prior_runs(out_root, reference_date)
     files = sorted(feedback_folder(out_root).glob("*.parquet"))
-    events = _rekeyed(events_of(runs, read or run_reader()), rekey, "the earlier runs' signals")
-    feedback = _rekeyed(
-        _feedback(files), rekey, f"operator feedback in {feedback_folder(out_root)}"
-    )
+    events, feedback = events_of(runs, read or run_reader()), _feedback(files)
+    keys = _key_ids([events, feedback])
+    events = _rekeyed(events, rekey, "the earlier runs' signals")
+    feedback = _rekeyed(feedback, rekey, f"operator feedback in {feedback_folder(out_root)}")
     con = duckdb.connect()
     try:
         con.register("events", events)
@@ -314,4 +326,5 @@ def load_history(
         runs=tuple(r.run_id for r in runs),
         feedback_files=tuple(f.name for f in files),
         fingerprint=fingerprint,
+        keys=keys,
     )

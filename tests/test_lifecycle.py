@@ -472,6 +472,16 @@ def test_a_domain_key_rotation_between_runs_keeps_every_households_history(three
     assert (
         after["resolved"]["H1"]["signal_id"] == rotated["2025-01-01"]["signals"]["H1"]["signal_id"]
     )
+    # The manifest says which key the run used and which keys its history was written with.
+    manifest = after["manifest"]
+    assert manifest["domain_key_id"] == "d2"
+    assert manifest["proportionality"]["history"]["domain_keys"] == ["d1"]
+    assert runs["2025-03-01"]["manifest"]["proportionality"]["history"]["domain_keys"] == ["d1"]
+    from flows.runs import show_lines
+
+    shown = "\n".join(show_lines(after["folder"]))
+    assert "pseudonyms           domain key d2   history re-keyed from d1" in shown
+    assert "re-keyed" not in "\n".join(show_lines(runs["2025-03-01"]["folder"]))
 
 
 def test_a_history_under_a_key_the_keyring_no_longer_holds_stops_the_run_saying_why(tmp_path):
