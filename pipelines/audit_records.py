@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 from privacy.audit.parts import write_part
 from privacy.audit.schema import AUDIT_SCHEMA
 
+# The operations whose records the pipeline makes (privacy/audit/events.py lists them all).
 OPERATIONS = (
     "ingest",
     "exclusion",

@@ -36,6 +36,7 @@ from flows.cli import main
 from pipelines.contract import SOURCES
 from pipelines.exclude import PERSON_SOURCES
 from pipelines.join import JOIN_SOURCES
+from privacy.audit.events import OPERATIONS
 from privacy.audit.log import LOG_ENTRY, RUN_COPY, AuditLog
 from privacy.audit.verify import verify_log
 from privacy.keys import load_keyring
@@ -107,6 +108,7 @@ def test_the_run_logs_one_record_per_data_subject_per_operation_item(run):
     (checkpoint,) = AuditLog(log_root).checkpoints()
     assert checkpoint.batch_id == run_dir.name
     assert checkpoint.body["records_per_operation"] == expected
+    assert set(expected) <= set(OPERATIONS)  # the list auditors are given is complete
     assert checkpoint.leaf_count == sum(expected.values())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["audit_records"] == checkpoint.leaf_count

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipelines.audit_records import OPERATIONS as RUN_OPERATIONS
 from pipelines.audit_records import AuditContext, audit_batch, canonical_json
 from privacy.audit.log import LOG_DIRNAME, AuditLog, AuditLogError, Checkpoint
 from privacy.audit.signing import Signer
@@ -33,13 +34,7 @@ from privacy.audit.signing import Signer
 # Every operation a record can name: the run's own, then the later steps'.
 OPERATIONS = (
     "purpose_check",
-    "ingest",
-    "exclusion",
-    "join",
-    "rule_evaluation",
-    "proportionality",
-    "signal",
-    "resolution",
+    *RUN_OPERATIONS,
     "reidentification",
     "decryption",
     "deletion",
