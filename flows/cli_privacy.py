@@ -123,7 +123,7 @@ def cmd_subject_access(args) -> int:
 
     from flows.cli_audit import _log_root
     from privacy.keys import check_custody
-    from privacy.subject_access import look_up, read_bsns
+    from privacy.subject_access import extract, look_up, read_bsns
 
     ring = _keyring(args)
     check_custody(ring, "controller", args.key_file)
@@ -147,7 +147,26 @@ def cmd_subject_access(args) -> int:
         print("everything done to them:")
         for pid in found:
             print(f"  {program()} audit trail {pid} --log {shlex.quote(args.log)}")
+    if args.extract:
+        _print_extract(extract(done, ring, root, Path(args.extract), _key_store(args)))
     return 0
+
+
+def _print_extract(done) -> None:
+    rows = sum(n for tables in done.rows.values() for n in tables.values())
+    print(
+        f"extract: {rows:,} row(s) of {len(done.rows)} run(s) -> {done.folder} (owner-only), "
+        f"{done.logged:,} decryption record(s) logged first"
+    )
+    for run_id, tables in done.rows.items():
+        print(f"  {run_id}: " + ", ".join(f"{name} {n:,}" for name, n in tables.items()))
+    for run_id in done.destroyed:
+        print(f"  {run_id}: its personal data was destroyed at the end of its retention period")
+    if done.rows:
+        print(
+            "  household rows hold the other members' data too (a partner's income): review "
+            "the extract before giving anything out"
+        )
 
 
 def _date(value: str) -> dt.date:
@@ -216,6 +235,10 @@ def register(subparsers) -> None:
         "that has records, and for the active keys' pseudonym). No BSN is printed.",
     )
     p.add_argument("--log", required=True, help="the run output folder, or its audit-log/")
-    p.add_argument("--key-file", required=True, help="controller keyring")
-    p.add_argument("--passphrase-file", help="default: $SIGNALS_KEYRING_PASSPHRASE")
+    p.add_argument(
+        "--extract",
+        metavar="DIR",
+        help="also write the persons' rows of every kept run here (logged as decryption)",
+    )
+    _keys_args(p)
     p.set_defaults(func=cmd_subject_access)

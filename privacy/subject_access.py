@@ -10,6 +10,13 @@ Some records name the person's household rather than the person (the resolution 
 signal episode, the decryption or deletion of data on a household that left a run): the
 households the person was joined into (their `join` records) are looked up too.
 
+With an extract folder, the rows of every kept run that concern the persons are written
+there too, for the controller's answer (the data itself, art. 15(3)): each run's tables are
+decrypted in memory, and only rows of the persons' households or with them as applicant
+are kept. A household's row holds its other members' data as well (a partner's income):
+the controller reviews an extract before giving anything out (art. 15(4)). Each run's
+extract is logged first, as a `decryption` record per subject the run names.
+
 The lookup itself processes a BSN, so it is logged before any pseudonym is shown: one
 `subject_lookup` record per pseudonym that has records, and for the pseudonym of the
 active keys (so a lookup that finds nothing is on record too), naming who asked and the
@@ -21,17 +28,20 @@ never from its arguments (which land in shell history and the process list).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.audit_records import AuditContext, audit_batch, canonical_json
 from pipelines.contract import bsn_is_valid
 from privacy.audit.events import actor, append_events, new_event_id
 from privacy.audit.log import AuditLog, AuditLogError, Checkpoint
 from privacy.audit.signing import Signer
+from privacy.files import written_whole
 from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, check_custody
 from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.register import load_register
@@ -49,6 +59,14 @@ class Subject:
     line: int  # the line of the input that gave the BSN
     records: dict[str, int]  # each pseudonym of the person -> audit records naming it before
     households: dict[str, int]  # each household the person was joined into -> its records
+
+
+@dataclass(frozen=True)
+class Extract:
+    folder: Path
+    rows: dict[str, dict[str, int]]  # run id -> table -> rows written
+    destroyed: list[str]  # runs that name the persons but whose data is gone (retention)
+    logged: int  # decryption records appended
 
 
 @dataclass(frozen=True)
@@ -172,3 +190,83 @@ def look_up(
             Subject(line, {p: before.get(p, 0) for p in pids}, {h: before.get(h, 0) for h in homes})
         )
     return Lookup(subjects, event, checkpoint, records.num_rows)
+
+
+def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, list[str]]:
+    """Run id -> the given subjects its records name (runs only, not later events)."""
+    sql = (
+        "SELECT DISTINCT run_id, data_subject_pid FROM read_parquet($files) "
+        "WHERE list_contains($pids, data_subject_pid) "
+        "AND NOT starts_with(run_id, 'subject-access/')"
+    )
+    named: dict[str, list[str]] = {}
+    for run_id, pid in _query(log_root, sql, subjects):
+        named.setdefault(run_id, []).append(pid)
+    return {run: sorted(pids) for run, pids in sorted(named.items())}
+
+
+def _rows(table: pa.Table, persons: pa.Array, households: pa.Array) -> pa.Table:
+    keep = pc.is_in(table.column("household_pid"), value_set=households)
+    if "applicant_pid" in table.column_names:
+        keep = pc.or_(keep, pc.is_in(table.column("applicant_pid"), value_set=persons))
+    return table.filter(pc.fill_null(keep, False))
+
+
+def _json_rows(table: pa.Table) -> bytes:
+    rows = table.to_pylist()
+    return (json.dumps(rows, indent=1, default=str, ensure_ascii=False) + "\n").encode()
+
+
+def extract(
+    lookup: Lookup,
+    keyring: Keyring,
+    log_root: Path,
+    out: Path,
+    key_store: Path | None = None,
+) -> Extract:
+    """Write the rows of every kept run that concern the looked-up persons to `out`
+    (`<run_id>/<table>.json`, owner-only), each run logged first; see the module doc."""
+    from privacy.audit.events import append_to_run_log, decryption_records
+    from privacy.retention import PERSONAL_DATA, RETENTION_FILE, read_run_table
+
+    log_root, out = Path(log_root), Path(out)
+    persons = sorted({p for s in lookup.subjects for p in s.records})
+    households = sorted({h for s in lookup.subjects for h in s.households})
+    runs_root = log_root.parent
+    written: dict[str, dict[str, int]] = {}
+    destroyed, logged = [], 0
+    for run_id, named in _runs_naming(log_root, persons + households).items():
+        run_dir = runs_root / run_id
+        if (run_dir / RETENTION_FILE).is_file():
+            destroyed.append(run_id)
+            continue
+        if not (run_dir / "manifest.json").is_file():
+            raise SubjectAccessError(
+                f"{run_dir}: run {run_id} names the person in the audit log but is not "
+                "published there; nothing written"
+            )
+        tables = {}
+        for name in PERSONAL_DATA:
+            table = read_run_table(run_dir, name, keyring, key_store)
+            rows = _rows(table, pa.array(persons, pa.string()), pa.array(households, pa.string()))
+            tables[name.removesuffix(".parquet")] = rows
+        files = [f"{run_id}/{name}.json" for name, rows in tables.items() if rows.num_rows]
+        if not files:
+            continue
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        context = AuditContext(
+            run_id, manifest["processing_activity_id"], manifest["register_version"]
+        )
+        records = decryption_records(
+            context, pa.array(named, pa.string()), files, lookup.event, actor(), PURPOSE
+        )
+        append_to_run_log(run_dir, records, f"decryption/{lookup.event}", keyring)
+        logged += records.num_rows
+        for name, rows in tables.items():
+            if rows.num_rows:
+                target = out / run_id / f"{name}.json"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with written_whole(target, private=True) as tmp:
+                    tmp.write_bytes(_json_rows(rows))
+        written[run_id] = {name: rows.num_rows for name, rows in tables.items() if rows.num_rows}
+    return Extract(out, written, destroyed, logged)

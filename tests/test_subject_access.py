@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shlex
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +21,7 @@ from flows.cli import main
 from privacy.audit.log import LOG_DIRNAME, AuditLog
 from privacy.audit.query import Filters, select
 from privacy.keys import DEFAULT_DOMAIN, load_keyring
+from privacy.retention import read_run_table
 from privacy.subject_access import look_up, pseudonyms
 
 BSNS = sorted({bsn for members in HOUSEHOLDS.values() for bsn, *_ in members})
@@ -167,3 +169,54 @@ def test_a_command_line_error_never_quotes_a_number_like_a_bsn(capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert "unrecognized arguments" in err and written not in err and BSNS[0] not in err
+
+
+def test_an_extract_holds_the_persons_rows_only_and_is_logged_first(
+    published, tmp_path, monkeypatch, capsys
+):
+    root, run = published
+    head = HOUSEHOLDS[sorted(SIGNALLED)[0]][0][0]
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    (pid,) = pseudonyms(head, ring)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{head}\n"))
+    args = ["subject-access", "--log", str(run.parent), "--extract", str(tmp_path / "x")]
+    assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 0
+    out = capsys.readouterr().out
+    assert f"-> {tmp_path / 'x'} (owner-only), " in out and "record(s) logged first" in out
+    assert "review the extract before giving anything out" in out
+
+    folder = tmp_path / "x" / run.name
+    tables = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    (home,) = tables["households"]
+    assert home["applicant_pid"] == pid or pid in home["member_pids"]
+    for name, rows in tables.items():
+        assert rows and {r["household_pid"] for r in rows} == {home["household_pid"]}, name
+        assert all(stat.S_IMODE((folder / f"{name}.json").stat().st_mode) == 0o600 for _ in rows)
+    signals = read_run_table(run, "signals.parquet", ring).to_pylist()
+    assert sorted(r["signal_id"] for r in tables["signals"]) == sorted(
+        s["signal_id"] for s in signals if s["household_pid"] == home["household_pid"]
+    )
+    assert scan_tree(tmp_path / "x", set(BSNS)) == {}
+
+    # Logged: a decryption record for each subject the run names of the person (the
+    # person; their household too, where a record of the run names it).
+    log = AuditLog(run.parent / LOG_DIRNAME)
+    records = log.batch_records(log.latest().batch_id).to_pylist()
+    subjects = {r["data_subject_pid"] for r in records}
+    assert pid in subjects <= {pid, home["household_pid"]}
+    assert f"{len(records)} decryption record(s) logged first" in out
+    for record in records:
+        attributes = json.loads(record["attributes"])
+        assert record["name"] == "decryption" and record["run_id"] == run.name
+        assert attributes["purpose"] == "subject access request (AVG art. 15)"
+        assert sorted(attributes["files"]) == sorted(f"{run.name}/{n}.json" for n in tables)
+
+
+def test_an_extract_for_someone_no_run_names_writes_nothing(published, tmp_path, monkeypatch):
+    root, run = published
+    # A valid BSN of nobody in the population.
+    stranger = next(b for b in ("100000010", "111111110", "123456782") if b not in BSNS)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{stranger}\n"))
+    args = ["subject-access", "--log", str(run.parent), "--extract", str(tmp_path / "x")]
+    assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 0
+    assert not (tmp_path / "x").exists()

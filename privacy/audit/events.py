@@ -77,16 +77,22 @@ def new_event_id() -> str:
 
 
 def decryption_records(
-    context: AuditContext, subjects: pa.Array, files: list[str], event: str, actor: str
+    context: AuditContext,
+    subjects: pa.Array,
+    files: list[str],
+    event: str,
+    actor: str,
+    purpose: str = "plain copies",
 ) -> pa.Table:
     """One `decryption` record per data subject of a run whose personal data was written
-    out in plain (`signals decrypt`): which files, by whom, in which event.
+    out in plain: which files, by whom, in which event, for what (`signals decrypt`: plain
+    copies of the whole run; `signals subject-access --extract`: one person's rows).
 
     The event is in the span key: every decryption is its own record, even of the same run.
     """
     subjects = subjects.cast(pa.string())
     attributes = canonical_json(
-        {"files": sorted(files), "actor": actor, "event": event, "purpose": "plain copies"}
+        {"files": sorted(files), "actor": actor, "event": event, "purpose": purpose}
     )
     batch = audit_batch(
         context,
