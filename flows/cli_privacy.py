@@ -128,6 +128,11 @@ def cmd_subject_access(args) -> int:
     ring = _keyring(args)
     check_custody(ring, "controller", args.key_file)
     root = _log_root(args.log)
+    if args.extract and Path(args.extract).exists() and any(Path(args.extract).iterdir()):
+        from flows.cli import UsageError
+
+        # Two people's extracts in one folder would be one answer too many.
+        raise UsageError(f"{args.extract}: not empty; give a new folder for an extract")
     done = look_up(read_bsns(_bsn_lines()), ring, root)
     print(
         f"{len(done.subjects)} person(s) looked up in {root}; {done.logged} subject_lookup "

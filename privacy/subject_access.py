@@ -205,10 +205,27 @@ def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, list[str]]:
     return {run: sorted(pids) for run, pids in sorted(named.items())}
 
 
-def _rows(table: pa.Table, persons: pa.Array, households: pa.Array) -> pa.Table:
-    keep = pc.is_in(table.column("household_pid"), value_set=households)
+def _joined_by_run(log_root: Path, persons: list[str]) -> dict[str, set[str]]:
+    """Run id -> the households the persons were joined into in that run."""
+    sql = (
+        "SELECT DISTINCT run_id, json_extract_string(attributes, '$.household_pid') "
+        "FROM read_parquet($files) WHERE name = 'join' AND list_contains($pids, data_subject_pid)"
+    )
+    joined: dict[str, set[str]] = {}
+    for run_id, household in _query(log_root, sql, persons):
+        if household:
+            joined.setdefault(run_id, set()).add(household)
+    return joined
+
+
+def _rows(table: pa.Table, persons: list[str], households: set[str]) -> pa.Table:
+    """The rows of `households`, or with one of `persons` as applicant."""
+    keep = pc.is_in(
+        table.column("household_pid"), value_set=pa.array(sorted(households), pa.string())
+    )
     if "applicant_pid" in table.column_names:
-        keep = pc.or_(keep, pc.is_in(table.column("applicant_pid"), value_set=persons))
+        applicants = pa.array(persons, pa.string())
+        keep = pc.or_(keep, pc.is_in(table.column("applicant_pid"), value_set=applicants))
     return table.filter(pc.fill_null(keep, False))
 
 
@@ -232,6 +249,10 @@ def extract(
     log_root, out = Path(log_root), Path(out)
     persons = sorted({p for s in lookup.subjects for p in s.records})
     households = sorted({h for s in lookup.subjects for h in s.households})
+    # A household is the person's in the runs that joined them into it: in a later run it
+    # may hold only other people. A run that names one of their households otherwise (it
+    # closed its signal episode) gives its lifecycle rows only.
+    joined = _joined_by_run(log_root, persons)
     runs_root = log_root.parent
     written: dict[str, dict[str, int]] = {}
     destroyed, logged = [], 0
@@ -247,9 +268,11 @@ def extract(
             )
         tables = {}
         for name in PERSONAL_DATA:
+            homes = joined.get(run_id, set())
+            if name == "lifecycle.parquet":
+                homes = homes | (set(named) & set(households))
             table = read_run_table(run_dir, name, keyring, key_store)
-            rows = _rows(table, pa.array(persons, pa.string()), pa.array(households, pa.string()))
-            tables[name.removesuffix(".parquet")] = rows
+            tables[name.removesuffix(".parquet")] = _rows(table, persons, homes)
         files = [f"{run_id}/{name}.json" for name, rows in tables.items() if rows.num_rows]
         if not files:
             continue

@@ -220,3 +220,43 @@ def test_an_extract_for_someone_no_run_names_writes_nothing(published, tmp_path,
     args = ["subject-access", "--log", str(run.parent), "--extract", str(tmp_path / "x")]
     assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 0
     assert not (tmp_path / "x").exists()
+
+
+def test_a_household_is_the_persons_only_in_the_runs_that_joined_them_into_it(tmp_path):
+    """Someone who moved: run r1 joined them into household A, run r2 into B, while A
+    still exists in r2 with other people. r2's rows of A are not theirs."""
+    from pipelines.audit_records import AuditContext, join_audit
+    from privacy.audit.signing import Signer
+    from privacy.keys import Keyring
+    from privacy.subject_access import _joined_by_run, _rows
+
+    ring = Keyring()
+    ring.add("audit-signing")
+    log = AuditLog(tmp_path / LOG_DIRNAME)
+    for run, home in (("r1", "h.A"), ("r2", "h.B")):
+        households = pa.table({"household_pid": [home], "member_pids": [["p.me"]]})
+        batch = join_audit(AuditContext(run, DEFAULT_DOMAIN, "test"))(households.to_batches()[0])
+        log.append(pa.Table.from_batches([batch]), run, Signer(ring))
+    joined = _joined_by_run(tmp_path / LOG_DIRNAME, ["p.me"])
+    assert joined == {"r1": {"h.A"}, "r2": {"h.B"}}
+    r2 = pa.table(
+        {
+            "household_pid": ["h.A", "h.B", "h.C", None],
+            "applicant_pid": ["p.other", "p.me", "p.third", "p.me"],
+        }
+    )
+    kept = _rows(r2, ["p.me"], joined["r2"])
+    assert kept.column("household_pid").to_pylist() == ["h.B", None]
+
+
+def test_an_extract_goes_to_a_new_folder_only(published, tmp_path, monkeypatch, capsys):
+    root, run = published
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "someone-else.json").write_text("[]")
+    log = AuditLog(run.parent / LOG_DIRNAME)
+    before = len(log.checkpoints())
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{BSNS[0]}\n"))
+    args = ["subject-access", "--log", str(run.parent), "--extract", str(tmp_path / "x")]
+    assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 2
+    assert "not empty; give a new folder for an extract" in capsys.readouterr().err
+    assert len(log.checkpoints()) == before  # nothing looked up, nothing logged
