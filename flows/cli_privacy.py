@@ -159,14 +159,17 @@ def cmd_subject_access(args) -> int:
 
 def _print_extract(done) -> None:
     rows = sum(n for tables in done.rows.values() for n in tables.values())
-    print(
-        f"extract: {rows:,} row(s) of {len(done.rows)} run(s) -> {done.folder} (owner-only), "
-        f"{done.logged:,} decryption record(s) logged first"
-    )
-    for run_id, tables in done.rows.items():
-        print(f"  {run_id}: " + ", ".join(f"{name} {n:,}" for name, n in tables.items()))
+    if done.rows:
+        print(
+            f"extract: {rows:,} row(s) -> {done.folder} (owner-only), one folder per input "
+            f"line and run; {done.logged:,} decryption record(s) logged first"
+        )
+    else:
+        print("extract: no kept run holds data on them; nothing written")
+    for where, tables in done.rows.items():
+        print(f"  {where}: " + ", ".join(f"{name} {n:,}" for name, n in tables.items()))
     for run_id in done.destroyed:
-        print(f"  {run_id}: its personal data was destroyed at the end of its retention period")
+        print(f"  {run_id}: its personal data is destroyed (retention), or its folder is gone")
     if done.rows:
         print(
             "  household rows hold the other members' data too (a partner's income): review "

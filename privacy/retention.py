@@ -240,15 +240,20 @@ def protect_run(staging: Path, run_id: str, keyring: Keyring, key_store: Path) -
 
 
 def read_run_table(
-    run_dir: Path, name: str, keyring: Keyring, key_store: Path | None = None
+    run_dir: Path, name: str, keyring: Keyring, key_store: Path | None = None, where=None
 ) -> pa.Table:
-    """A personal-data output of a run (`signals.parquet` or `households`), decrypted in memory."""
+    """A personal-data output of a run (`signals.parquet` or `households`), decrypted in memory.
+
+    `where(table) -> table` keeps what it returns of each decrypted file (bounded memory when
+    only a few rows are wanted of a big run).
+    """
     run_dir = Path(run_dir)
     if name not in PERSONAL_DATA:
         raise ValueError(f"{name!r} is not a personal-data output ({', '.join(PERSONAL_DATA)})")
     data_key = run_data_key(run_dir, keyring, key_store)
+    keep = where or (lambda table: table)
     tables = [
-        pq.read_table(pa.BufferReader(_decrypt(p, run_dir, data_key)))
+        keep(pq.read_table(pa.BufferReader(_decrypt(p, run_dir, data_key))))
         for p in _personal_files(run_dir, ENCRYPTED_SUFFIX)
         if p.relative_to(run_dir).parts[0] in (name, name + ENCRYPTED_SUFFIX)
     ]

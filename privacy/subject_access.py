@@ -10,12 +10,13 @@ Some records name the person's household rather than the person (the resolution 
 signal episode, the decryption or deletion of data on a household that left a run): the
 households the person was joined into (their `join` records) are looked up too.
 
-With an extract folder, the rows of every kept run that concern the persons are written
-there too, for the controller's answer (the data itself, art. 15(3)): each run's tables are
-decrypted in memory, and only rows of the persons' households or with them as applicant
-are kept. A household's row holds its other members' data as well (a partner's income):
-the controller reviews an extract before giving anything out (art. 15(4)). Each run's
-extract is logged first, as a `decryption` record per subject the run names.
+With an extract folder, the rows of every kept run that concern each person are written
+there too, for the controller's answer (the data itself, art. 15(3)): each run's files are
+decrypted in memory, and only rows of the households the person was joined into in that
+run, or with them as applicant, are kept. A household's row holds its other members' data
+as well (a partner's income): the controller reviews an extract before giving anything
+out (art. 15(4)). Each run's extract is logged first, a `decryption` record per data
+subject whose data it holds.
 
 The lookup itself processes a BSN, so it is logged before any pseudonym is shown: one
 `subject_lookup` record per pseudonym that has records, and for the pseudonym of the
@@ -45,6 +46,7 @@ from privacy.files import written_whole
 from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, check_custody
 from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.register import load_register
+from privacy.retention import PERSONAL_DATA
 
 OPERATION = "subject_lookup"
 PURPOSE = "subject access request (AVG art. 15)"
@@ -64,8 +66,8 @@ class Subject:
 @dataclass(frozen=True)
 class Extract:
     folder: Path
-    rows: dict[str, dict[str, int]]  # run id -> table -> rows written
-    destroyed: list[str]  # runs that name the persons but whose data is gone (retention)
+    rows: dict[str, dict[str, int]]  # "line-<n>/<run id>" -> table -> rows written
+    destroyed: list[str]  # runs that name the persons but whose data (or folder) is gone
     logged: int  # decryption records appended
 
 
@@ -192,17 +194,17 @@ def look_up(
     return Lookup(subjects, event, checkpoint, records.num_rows)
 
 
-def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, list[str]]:
+def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, set[str]]:
     """Run id -> the given subjects its records name (runs only, not later events)."""
     sql = (
         "SELECT DISTINCT run_id, data_subject_pid FROM read_parquet($files) "
         "WHERE list_contains($pids, data_subject_pid) "
         "AND NOT starts_with(run_id, 'subject-access/')"
     )
-    named: dict[str, list[str]] = {}
+    named: dict[str, set[str]] = {}
     for run_id, pid in _query(log_root, sql, subjects):
-        named.setdefault(run_id, []).append(pid)
-    return {run: sorted(pids) for run, pids in sorted(named.items())}
+        named.setdefault(run_id, set()).add(pid)
+    return dict(sorted(named.items()))
 
 
 def _joined_by_run(log_root: Path, persons: list[str]) -> dict[str, set[str]]:
@@ -234,6 +236,56 @@ def _json_rows(table: pa.Table) -> bytes:
     return (json.dumps(rows, indent=1, default=str, ensure_ascii=False) + "\n").encode()
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One person's rows of one run, and every data subject those rows hold data on."""
+
+    line: int
+    run_id: str
+    tables: dict[str, pa.Table]
+    subjects: set[str]
+
+
+def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_Part]:
+    """A person's rows of every run that names them (runs: run id -> its run folder)."""
+    persons = sorted(subject.records)
+    households = set(subject.households)
+    # A household is the person's in the runs that joined them into it: in a later run it
+    # may hold only other people. A run that names one of their households otherwise (it
+    # closed its signal episode) gives its lifecycle rows only.
+    joined = _joined_by_run(log_root, persons)
+    named = _runs_naming(log_root, persons + sorted(households))
+    parts = []
+    for run_id in named:
+        if run_id not in runs:
+            continue
+        tables = {}
+        for name in PERSONAL_DATA:
+            homes = joined.get(run_id, set())
+            if name == "lifecycle.parquet":
+                homes = homes | (named[run_id] & households)
+            rows = read(runs[run_id], name, lambda t, h=homes: _rows(t, persons, h))
+            if rows.num_rows:
+                tables[name.removesuffix(".parquet")] = rows
+        if tables:
+            subjects = set(named[run_id])  # the person, and households named as subjects
+            if "households" in tables:  # a household row holds every member's data
+                members = pc.list_flatten(tables["households"].column("member_pids"))
+                subjects |= {m for m in members.to_pylist() if m}
+                subjects |= set(tables["households"].column("household_pid").to_pylist())
+            parts.append(_Part(subject.line, run_id, tables, subjects - {None}))
+    return parts
+
+
+_TABLES = (
+    "households",
+    "evaluations",
+    "signals.parquet",
+    "suppressed.parquet",
+    "lifecycle.parquet",
+)
+
+
 def extract(
     lookup: Lookup,
     keyring: Keyring,
@@ -241,55 +293,77 @@ def extract(
     out: Path,
     key_store: Path | None = None,
 ) -> Extract:
-    """Write the rows of every kept run that concern the looked-up persons to `out`
-    (`<run_id>/<table>.json`, owner-only), each run logged first; see the module doc."""
+    """Write each looked-up person's rows of every kept run to `out/line-<n>/<run_id>/
+    <table>.json` (owner-only); see the module doc.
+
+    Every run is read first (a run that cannot be read stops the extract before anything
+    is logged or written); then each run's extract is logged, one `decryption` record per
+    data subject whose data it holds (the person, and the other members of their
+    household rows); then the files are written into a new folder renamed to `out` whole.
+    """
     from privacy.audit.events import append_to_run_log, decryption_records
-    from privacy.retention import PERSONAL_DATA, RETENTION_FILE, read_run_table
+    from privacy.retention import RETENTION_FILE, read_run_table
 
     log_root, out = Path(log_root), Path(out)
-    persons = sorted({p for s in lookup.subjects for p in s.records})
-    households = sorted({h for s in lookup.subjects for h in s.households})
-    # A household is the person's in the runs that joined them into it: in a later run it
-    # may hold only other people. A run that names one of their households otherwise (it
-    # closed its signal episode) gives its lifecycle rows only.
-    joined = _joined_by_run(log_root, persons)
-    runs_root = log_root.parent
-    written: dict[str, dict[str, int]] = {}
-    destroyed, logged = [], 0
-    for run_id, named in _runs_naming(log_root, persons + households).items():
-        run_dir = runs_root / run_id
-        if (run_dir / RETENTION_FILE).is_file():
-            destroyed.append(run_id)
-            continue
-        if not (run_dir / "manifest.json").is_file():
+    every = sorted({p for s in lookup.subjects for p in [*s.records, *s.households]})
+    runs, destroyed = {}, []
+    for run_id in _runs_naming(log_root, every):
+        run_dir = log_root.parent / run_id
+        if (run_dir / RETENTION_FILE).is_file() or not run_dir.is_dir():
+            destroyed.append(run_id)  # its data destroyed, or the folder too since
+        elif not (run_dir / "manifest.json").is_file():
             raise SubjectAccessError(
-                f"{run_dir}: run {run_id} names the person in the audit log but is not "
-                "published there; nothing written"
+                f"{run_dir}: run {run_id} names the person in the audit log but is not a "
+                "published run; nothing logged or written"
             )
-        tables = {}
-        for name in PERSONAL_DATA:
-            homes = joined.get(run_id, set())
-            if name == "lifecycle.parquet":
-                homes = homes | (set(named) & set(households))
-            table = read_run_table(run_dir, name, keyring, key_store)
-            tables[name.removesuffix(".parquet")] = _rows(table, persons, homes)
-        files = [f"{run_id}/{name}.json" for name, rows in tables.items() if rows.num_rows]
-        if not files:
-            continue
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        else:
+            runs[run_id] = run_dir
+
+    def read(run_dir, name, where):
+        return read_run_table(run_dir, name, keyring, key_store, where)
+
+    parts = [p for s in lookup.subjects for p in _person_parts(s, log_root, runs, read)]
+    logged = 0
+    for run_id in sorted({p.run_id for p in parts}):
+        mine = [p for p in parts if p.run_id == run_id]
+        files = sorted({f"line-{p.line}/{run_id}/{name}.json" for p in mine for name in p.tables})
+        subjects = sorted(set().union(*(p.subjects for p in mine)))
+        manifest = json.loads((runs[run_id] / "manifest.json").read_text())
         context = AuditContext(
             run_id, manifest["processing_activity_id"], manifest["register_version"]
         )
         records = decryption_records(
-            context, pa.array(named, pa.string()), files, lookup.event, actor(), PURPOSE
+            context, pa.array(subjects, pa.string()), files, lookup.event, actor(), PURPOSE
         )
-        append_to_run_log(run_dir, records, f"decryption/{lookup.event}", keyring)
+        append_to_run_log(runs[run_id], records, f"decryption/{lookup.event}", keyring)
         logged += records.num_rows
-        for name, rows in tables.items():
-            if rows.num_rows:
-                target = out / run_id / f"{name}.json"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with written_whole(target, private=True) as tmp:
-                    tmp.write_bytes(_json_rows(rows))
-        written[run_id] = {name: rows.num_rows for name, rows in tables.items() if rows.num_rows}
+    if parts:
+        _write_parts(parts, out, lookup.event)
+    written: dict[str, dict[str, int]] = {}
+    for p in parts:
+        key = f"line-{p.line}/{p.run_id}"
+        written[key] = {name: rows.num_rows for name, rows in p.tables.items()}
     return Extract(out, written, destroyed, logged)
+
+
+def _write_parts(parts: list[_Part], out: Path, event: str) -> None:
+    """The files in a new owner-only folder beside `out`, renamed to `out` when all are in."""
+    import os
+    import shutil
+
+    building = out.with_name(f".{out.name}.{event}.partial")
+    building.mkdir(mode=0o700, parents=True)
+    try:
+        for part in parts:
+            folder = building / f"line-{part.line}" / part.run_id
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder.parent, 0o700)
+            for name, rows in part.tables.items():
+                with written_whole(folder / f"{name}.json", private=True) as tmp:
+                    tmp.write_bytes(_json_rows(rows))
+        if out.exists():
+            out.rmdir()  # empty (the command refuses a folder that is not)
+        building.rename(out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise

@@ -174,6 +174,8 @@ def test_a_command_line_error_never_quotes_a_number_like_a_bsn(capsys):
 def test_an_extract_holds_the_persons_rows_only_and_is_logged_first(
     published, tmp_path, monkeypatch, capsys
 ):
+    from privacy.retention import PERSONAL_DATA
+
     root, run = published
     head = HOUSEHOLDS[sorted(SIGNALLED)[0]][0][0]
     ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
@@ -182,43 +184,51 @@ def test_an_extract_holds_the_persons_rows_only_and_is_logged_first(
     args = ["subject-access", "--log", str(run.parent), "--extract", str(tmp_path / "x")]
     assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 0
     out = capsys.readouterr().out
-    assert f"-> {tmp_path / 'x'} (owner-only), " in out and "record(s) logged first" in out
+    assert f"-> {tmp_path / 'x'} (owner-only), one folder per input line and run; " in out
     assert "review the extract before giving anything out" in out
 
-    folder = tmp_path / "x" / run.name
+    folder = tmp_path / "x" / "line-1" / run.name
     tables = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
     (home,) = tables["households"]
     assert home["applicant_pid"] == pid or pid in home["member_pids"]
-    for name, rows in tables.items():
-        assert rows and {r["household_pid"] for r in rows} == {home["household_pid"]}, name
-        assert all(stat.S_IMODE((folder / f"{name}.json").stat().st_mode) == 0o600 for _ in rows)
-    signals = read_run_table(run, "signals.parquet", ring).to_pylist()
-    assert sorted(r["signal_id"] for r in tables["signals"]) == sorted(
-        s["signal_id"] for s in signals if s["household_pid"] == home["household_pid"]
-    )
+    # Every table's rows of that household, counted from the run itself, and nothing else.
+    expected = {}
+    for name in PERSONAL_DATA:
+        table = read_run_table(run, name, ring).to_pylist()
+        mine = [r for r in table if r["household_pid"] == home["household_pid"]]
+        if mine:
+            expected[name.removesuffix(".parquet")] = len(mine)
+    assert {name: len(rows) for name, rows in tables.items()} == expected
+    assert {"households", "evaluations", "signals"} <= set(expected)
+    for name in tables:
+        assert stat.S_IMODE((folder / f"{name}.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert scan_tree(tmp_path / "x", set(BSNS)) == {}
 
-    # Logged: a decryption record for each subject the run names of the person (the
-    # person; their household too, where a record of the run names it).
+    # Logged first: a decryption record for every data subject the extract holds data on,
+    # the person and the other members of the household row (and the household).
     log = AuditLog(run.parent / LOG_DIRNAME)
     records = log.batch_records(log.latest().batch_id).to_pylist()
     subjects = {r["data_subject_pid"] for r in records}
-    assert pid in subjects <= {pid, home["household_pid"]}
+    assert subjects == {pid, home["household_pid"], *home["member_pids"]}
     assert f"{len(records)} decryption record(s) logged first" in out
     for record in records:
         attributes = json.loads(record["attributes"])
         assert record["name"] == "decryption" and record["run_id"] == run.name
         assert attributes["purpose"] == "subject access request (AVG art. 15)"
-        assert sorted(attributes["files"]) == sorted(f"{run.name}/{n}.json" for n in tables)
+        assert attributes["files"] == sorted(f"line-1/{run.name}/{n}.json" for n in tables)
 
 
-def test_an_extract_for_someone_no_run_names_writes_nothing(published, tmp_path, monkeypatch):
+def test_an_extract_for_someone_no_run_names_writes_nothing(
+    published, tmp_path, monkeypatch, capsys
+):
     root, run = published
     # A valid BSN of nobody in the population.
     stranger = next(b for b in ("100000010", "111111110", "123456782") if b not in BSNS)
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{stranger}\n"))
     args = ["subject-access", "--log", str(run.parent), "--extract", str(tmp_path / "x")]
     assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 0
+    assert "no kept run holds data on them; nothing written" in capsys.readouterr().out
     assert not (tmp_path / "x").exists()
 
 
@@ -260,3 +270,21 @@ def test_an_extract_goes_to_a_new_folder_only(published, tmp_path, monkeypatch, 
     assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 2
     assert "not empty; give a new folder for an extract" in capsys.readouterr().err
     assert len(log.checkpoints()) == before  # nothing looked up, nothing logged
+
+
+def test_each_person_of_one_request_gets_a_folder_of_their_own(
+    published, tmp_path, monkeypatch, capsys
+):
+    root, run = published
+    heads = [HOUSEHOLDS[hh][0][0] for hh in sorted(SIGNALLED)[:2]]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(heads) + "\n"))
+    args = ["subject-access", "--log", str(run.parent), "--extract", str(tmp_path / "x")]
+    assert main(args + ["--key-file", str(root / "keys" / "controller.keyring")]) == 0
+    homes = []
+    for line in (1, 2):
+        rows = json.loads(
+            (tmp_path / "x" / f"line-{line}" / run.name / "households.json").read_text()
+        )
+        homes.append({r["household_pid"] for r in rows})
+    assert len(homes[0]) == len(homes[1]) == 1 and homes[0] != homes[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no partial folder left
