@@ -141,16 +141,19 @@ def _counts(log_root: Path, subjects: list[str]) -> dict[str, int]:
     return dict(_query(log_root, sql, subjects))
 
 
-def _households(log_root: Path, persons: list[str]) -> dict[str, set[str]]:
-    """The households each person was joined into, from the `join` records."""
+def _joined(log_root: Path, persons: list[str], by: str) -> dict[str, set[str]]:
+    """The households the persons were joined into (their `join` records), per person
+    (`by="data_subject_pid"`) or per run (`by="run_id"`)."""
+    if by not in ("data_subject_pid", "run_id"):
+        raise ValueError(f"households are grouped by person or run, not {by!r}")
     sql = (
-        "SELECT DISTINCT data_subject_pid, json_extract_string(attributes, '$.household_pid') "
+        f"SELECT DISTINCT {by}, json_extract_string(attributes, '$.household_pid') "
         "FROM read_parquet($files) WHERE name = 'join' AND list_contains($pids, data_subject_pid)"
     )
     joined: dict[str, set[str]] = {}
-    for person, household in _query(log_root, sql, persons):
+    for key, household in _query(log_root, sql, persons):
         if household:
-            joined.setdefault(person, set()).add(household)
+            joined.setdefault(key, set()).add(household)
     return joined
 
 
@@ -178,7 +181,7 @@ def look_up(
     log_root = Path(log_root)
     found = [(line, pseudonyms(bsn, keyring, domain)) for line, bsn in bsns]
     persons = sorted({p for _, pids in found for p in pids})
-    joined = _households(log_root, persons)
+    joined = _joined(log_root, persons, by="data_subject_pid")
     households = sorted({h for hs in joined.values() for h in hs})
     before = _counts(log_root, persons + households)
     logged = {pids[0] for _, pids in found} | {p for p in persons + households if before.get(p)}
@@ -205,19 +208,6 @@ def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, set[str]]:
     for run_id, pid in _query(log_root, sql, subjects):
         named.setdefault(run_id, set()).add(pid)
     return dict(sorted(named.items()))
-
-
-def _joined_by_run(log_root: Path, persons: list[str]) -> dict[str, set[str]]:
-    """Run id -> the households the persons were joined into in that run."""
-    sql = (
-        "SELECT DISTINCT run_id, json_extract_string(attributes, '$.household_pid') "
-        "FROM read_parquet($files) WHERE name = 'join' AND list_contains($pids, data_subject_pid)"
-    )
-    joined: dict[str, set[str]] = {}
-    for run_id, household in _query(log_root, sql, persons):
-        if household:
-            joined.setdefault(run_id, set()).add(household)
-    return joined
 
 
 def _rows(table: pa.Table, persons: list[str], households: set[str]) -> pa.Table:
@@ -253,7 +243,7 @@ def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_P
     # A household is the person's in the runs that joined them into it: in a later run it
     # may hold only other people. A run that names one of their households otherwise (it
     # closed its signal episode) gives its lifecycle rows only.
-    joined = _joined_by_run(log_root, persons)
+    joined = _joined(log_root, persons, by="run_id")
     named = _runs_naming(log_root, persons + sorted(households))
     parts = []
     for run_id in named:

@@ -238,7 +238,7 @@ def test_a_household_is_the_persons_only_in_the_runs_that_joined_them_into_it(tm
     from pipelines.audit_records import AuditContext, join_audit
     from privacy.audit.signing import Signer
     from privacy.keys import Keyring
-    from privacy.subject_access import _joined_by_run, _rows
+    from privacy.subject_access import _joined, _rows
 
     ring = Keyring()
     ring.add("audit-signing")
@@ -247,7 +247,7 @@ def test_a_household_is_the_persons_only_in_the_runs_that_joined_them_into_it(tm
         households = pa.table({"household_pid": [home], "member_pids": [["p.me"]]})
         batch = join_audit(AuditContext(run, DEFAULT_DOMAIN, "test"))(households.to_batches()[0])
         log.append(pa.Table.from_batches([batch]), run, Signer(ring))
-    joined = _joined_by_run(tmp_path / LOG_DIRNAME, ["p.me"])
+    joined = _joined(tmp_path / LOG_DIRNAME, ["p.me"], by="run_id")
     assert joined == {"r1": {"h.A"}, "r2": {"h.B"}}
     r2 = pa.table(
         {
