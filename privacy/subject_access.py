@@ -237,7 +237,11 @@ class _Part:
 
 
 def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_Part]:
-    """A person's rows of every run that names them (runs: run id -> its run folder)."""
+    """A person's rows of every run that names them (runs: run id -> its run folder).
+
+    Each person's rows are read on their own: a request holds one person or a few, and
+    filtering each decrypted file as it is read keeps memory to their rows.
+    """
     persons = sorted(subject.records)
     households = set(subject.households)
     # A household is the person's in the runs that joined them into it: in a later run it
@@ -265,15 +269,6 @@ def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_P
                 subjects |= set(tables["households"].column("household_pid").to_pylist())
             parts.append(_Part(subject.line, run_id, tables, subjects - {None}))
     return parts
-
-
-_TABLES = (
-    "households",
-    "evaluations",
-    "signals.parquet",
-    "suppressed.parquet",
-    "lifecycle.parquet",
-)
 
 
 def extract(
