@@ -183,11 +183,6 @@ def _date(value: str) -> dt.date:
     return parse(value)
 
 
-def _run_args(p) -> None:
-    p.add_argument("--run", required=True, help="published run: its folder, or its id (a prefix)")
-    p.add_argument("--runs", help="folder holding the runs, for a run id (default: paths.out)")
-
-
 def _keys_args(p) -> None:
     p.add_argument("--key-file", required=True, help="controller keyring")
     p.add_argument("--passphrase-file", help="default: $SIGNALS_KEYRING_PASSPHRASE")
@@ -195,10 +190,12 @@ def _keys_args(p) -> None:
 
 
 def register(subparsers) -> None:
+    from flows.runs import add_run_arguments
+
     p = subparsers.add_parser(
         "worklist", help="controller: re-identify a run's signalled households into a worklist"
     )
-    _run_args(p)
+    add_run_arguments(p)
     p.add_argument("--brp", required=True, help="the raw BRP delivery the run used")
     p.add_argument("--out", required=True, help="worklist .csv (a .parquet is written beside it)")
     _keys_args(p)
@@ -228,7 +225,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "decrypt", help="controller: write plain copies of a run's personal data (for DuckDB)"
     )
-    _run_args(p)
+    add_run_arguments(p)
     p.add_argument("--out", required=True, help="folder for the plain copies")
     _keys_args(p)
     p.set_defaults(func=cmd_decrypt)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from flows.runs import add_run_arguments
+
     p = subparsers.add_parser(
         "report", help="aggregate report of a run for policy makers (HTML, Parquet, CSV)"
     )
-    p.add_argument("--run", required=True, help="published run: its folder, or its id (a prefix)")
-    p.add_argument("--runs", help="folder holding the runs, for a run id (default: paths.out)")
+    add_run_arguments(p)
     p.add_argument("--out", required=True, help="the HTML file to write; tables go next to it")
     p.add_argument(
         "--feedback", help="operator feedback Parquet file or folder (default <run>/feedback/)"

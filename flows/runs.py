@@ -132,6 +132,14 @@ def find_run(out: Path, run: str) -> Path:
     raise RunNotFound(f"{out}: {run!r} matches {len(matches)} runs ({names}); give more of the id")
 
 
+def add_run_arguments(parser) -> None:
+    """`--run` and `--runs` of a command that works on one published run (run_folder)."""
+    parser.add_argument(
+        "--run", required=True, help="published run: its folder, or its id (a prefix)"
+    )
+    parser.add_argument("--runs", help="folder holding the runs, for a run id (default: paths.out)")
+
+
 def run_folder(run: str, runs: str | None) -> Path:
     """The run a command names: its folder, or its id (or a unique prefix of one) in
     `runs`, the folder holding the runs (default: `paths.out` of the configuration)."""
