@@ -115,6 +115,19 @@ def pseudonymised(tmp_path_factory):
     return population(tmp_path_factory.mktemp("dask-population"))
 
 
+class FailOnSeven(beam.DoFn):
+    def process(self, x):
+        if x == 7:
+            raise ValueError("element 7 is refused")
+        yield x
+
+
+def test_an_error_in_a_worker_fails_the_pipeline_on_the_client(cluster):
+    with pytest.raises(ValueError, match="element 7 is refused"):
+        with beam.Pipeline(options=dask_options(cluster)) as p:
+            _ = p | beam.Create(range(10)) | beam.ParDo(FailOnSeven())
+
+
 def _from_keyring_file(domain, path):
     """The same domain key, saved in a keyring file that the workers open themselves."""
     from privacy.keys import Key, Keyring, save_keyring
