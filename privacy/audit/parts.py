@@ -194,10 +194,12 @@ class AuditParts:
         """Operation names and data subjects of the records at `positions` (ascending, in
         log order), reading only the parts that hold them."""
         starts = np.concatenate([[0], np.cumsum(self.sizes)])
-        owners = np.searchsorted(starts, positions, side="right") - 1
+        owners = np.searchsorted(starts, positions, side="right") - 1  # ascending
+        held, first = np.unique(owners, return_index=True)
+        ends = np.append(first[1:], len(positions))
         names, subjects = [], []
-        for part in np.unique(owners):
-            rows = positions[owners == part] - starts[part]
+        for part, a, b in zip(held, first, ends, strict=True):
+            rows = positions[a:b] - starts[part]
             table = read_part(self.paths[part], ["name", "data_subject_pid"]).take(rows)
             names.append(table.column("name"))
             subjects.append(table.column("data_subject_pid"))
