@@ -181,9 +181,9 @@ class DaskRunnerResult(stock.DaskRunnerResult):
         try:
             timeout = duration / 1000 if duration is not None else None  # milliseconds
             ddist.wait(self.futures, timeout=timeout)
-            failed = next((f for f in self.futures if f.status == "error"), None)
+            failed = next((f for f in self.futures if f.status != "finished"), None)
             if failed is not None:
-                failed.result()  # raises the worker's exception, with its traceback
+                failed.result()  # raises the worker's exception (or the cancellation)
             self._state = PipelineState.DONE
         except BaseException:
             self._state = PipelineState.FAILED
