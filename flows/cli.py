@@ -80,16 +80,22 @@ class Parser(argparse.ArgumentParser):
         super().error(redacted(message))
 
 
+def shell_path(path) -> str:
+    """A path for a printed command: relative where that is shorter, quoted for the shell."""
+    import shlex
+
+    path, relative = str(path), os.path.relpath(path)
+    return shlex.quote(relative if len(relative) < len(path) else path)
+
+
 def program() -> str:
     """How to call this command again in a printed suggestion: `signals`, or the path it was
     called by when `signals` is on no PATH (`make` runs .venv/bin/signals)."""
-    import shlex
     import shutil
 
     if os.path.basename(sys.argv[0]) != "signals" or shutil.which("signals"):
         return "signals"
-    relative = os.path.relpath(sys.argv[0])
-    return shlex.quote(relative if len(relative) < len(sys.argv[0]) else sys.argv[0])
+    return shell_path(sys.argv[0])
 
 
 class UsageError(Exception):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shlex
 import time
 from pathlib import Path
 
@@ -121,15 +120,12 @@ def run_demo(args) -> int:
 def _print_next_steps(out: Path, run: Path, keyrings: dict[str, Path]) -> None:
     """Commands to try on what the demo made, with its own paths (relative where shorter)."""
 
-    def show(path: Path) -> str:  # quoted for the shell
-        relative = os.path.relpath(path)
-        return shlex.quote(relative if len(relative) < len(str(path)) else str(path))
+    from flows.cli import program
+    from flows.cli import shell_path as show
 
     runs, passphrase = show(out / "runs"), out / "keys" / "demo-passphrase.txt"
     where = f"$(cat {show(passphrase)})" if passphrase.exists() else "<your passphrase>"
     # `make demo` runs .venv/bin/signals, which is on no PATH until the venv is activated.
-    from flows.cli import program
-
     signals = program()
     print(
         "\nnext, on these outputs (runs and audit log in "
