@@ -222,15 +222,17 @@ def _key_from_file(path: str, key_id: str, domain: str, fingerprint: str) -> byt
     return key.material
 
 
-def translate(values: pa.Array, keyring: Keyring, domain: str) -> pa.Array:
-    """Re-key domain pseudonyms made with any key of `domain` to its active key.
+def translate(values: pa.Array, keyring: Keyring, domain: str, to: Key | None = None) -> pa.Array:
+    """Re-key domain pseudonyms made with any key of `domain` to its active key (or `to`).
 
     This is how links survive a rotation: a pseudonym written under the retired key
     d1 maps to exactly the pseudonym the new key d2 gives the same person. Nulls stay
     null; a pseudonym of another domain or an unknown key is an error (domains never
     link).
     """
-    active = DomainPseudonymiser(keyring.active("domain", domain))
+    if to is not None and (to.role != "domain" or to.domain != domain):
+        raise KeyringError(f"key {to.id} is not a key of domain {domain!r}")
+    active = DomainPseudonymiser(to or keyring.active("domain", domain))
     encoded = _dictionary(values)
     distinct = encoded.dictionary
     if not len(distinct):

@@ -44,7 +44,7 @@ from privacy.audit.log import AuditLog, AuditLogError, Checkpoint
 from privacy.audit.signing import Signer
 from privacy.files import written_whole
 from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, check_custody
-from privacy.pseudonyms import TwoLayerPseudonymiser
+from privacy.pseudonyms import TwoLayerPseudonymiser, translate
 from privacy.register import load_register
 from privacy.retention import PERSONAL_DATA
 
@@ -157,6 +157,24 @@ def _joined(log_root: Path, persons: list[str], by: str) -> dict[str, set[str]]:
     return joined
 
 
+def _under_every_key(households: list[str], keyring: Keyring, domain: str) -> dict[str, list[str]]:
+    """Each household pseudonym, then the same household's under every other key of `domain`.
+
+    A join record names the household as the run's domain key did; a later run, after a
+    rotation, names it under the new key (privacy.pseudonyms.translate, both ways).
+    """
+    variants = {h: [h] for h in households}
+    if not households:
+        return variants
+    values = pa.array(households, pa.string())
+    for key in _keys(keyring, domain, "domain"):
+        rekeyed = translate(values, keyring, domain, to=key).to_pylist()
+        for h, v in zip(households, rekeyed, strict=True):
+            if v not in variants[h]:
+                variants[h].append(v)
+    return variants
+
+
 def _records(subjects: list[str], domain: str, event: str) -> pa.Table:
     register = load_register()
     context = AuditContext(f"subject-access/{event}", domain, register.version)
@@ -182,7 +200,8 @@ def look_up(
     found = [(line, pseudonyms(bsn, keyring, domain)) for line, bsn in bsns]
     persons = sorted({p for _, pids in found for p in pids})
     joined = _joined(log_root, persons, by="data_subject_pid")
-    households = sorted({h for hs in joined.values() for h in hs})
+    variants = _under_every_key(sorted({h for hs in joined.values() for h in hs}), keyring, domain)
+    households = sorted({v for vs in variants.values() for v in vs})
     before = _counts(log_root, persons + households)
     logged = {pids[0] for _, pids in found} | {p for p in persons + households if before.get(p)}
     event = new_event_id()
@@ -190,7 +209,17 @@ def look_up(
     checkpoint = append_events(log_root, records, f"subject-access/{event}", Signer(keyring))
     subjects = []
     for line, pids in found:
-        homes = sorted({h for p in pids for h in joined.get(p, ())})
+        # A household the person was joined into, and its pseudonyms under the domain's
+        # other keys that records name (a later run resolved its episode after a rotation).
+        homes = sorted(
+            {
+                v
+                for p in pids
+                for h in joined.get(p, ())
+                for v in variants[h]
+                if v == h or before.get(v)
+            }
+        )
         subjects.append(
             Subject(line, {p: before.get(p, 0) for p in pids}, {h: before.get(h, 0) for h in homes})
         )

@@ -276,13 +276,14 @@ def _runs(root: Path, days: list[str], rotate_before: str | None = None) -> dict
 
     body, central = Keyring(), Keyring()
     body.add("body")
+    save_keyring(body, root / "body.keyring", "lifecycle passphrase")  # for the controller's
     for role, domain in (("domain", DEFAULT_DOMAIN), ("run-data", None), ("audit-signing", None)):
         central.add(role, domain)
     save_keyring(central, root / "central.keyring", "lifecycle passphrase")
     policy = yaml.safe_load(DEFAULT_PATH.read_text())
     policy["fatigue_months"]["value"] = 3
     (root / "policy.yaml").write_text(yaml.safe_dump(policy))
-    names, runs = {}, {}
+    names, runs, seen = {}, {}, set()
     for day in days:
         if day == rotate_before:
             central = load_keyring(root / "central.keyring", "lifecycle passphrase")
@@ -294,7 +295,8 @@ def _runs(root: Path, days: list[str], rotate_before: str | None = None) -> dict
             for name, value in CHANGES[day].items():
                 patch.setattr(population, name, value)
             population.write_population(root / "raw")
-            names |= {p.one("household_id", hh): hh for hh in population.HOUSEHOLDS}
+            seen |= set(population.HOUSEHOLDS)  # a household gone since is still resolved
+            names |= {p.one("household_id", hh): hh for hh in seen}
         for source in SOURCES:
             pseudonymise_delivery(root / "raw" / source / day, body, root / "pseudo")
         folder = run_flow(

@@ -157,6 +157,10 @@ def test_rotation_keeps_links_by_translating_old_pseudonyms_exactly(ring):
     # Already current pseudonyms pass through unchanged, mixed with old ones.
     mixed = pa.concat_arrays([old_pids.slice(0, 5), new_pids.slice(5)])
     assert translate(mixed, ring, "signalling") == new_pids
+    # And back to the retired key (a subject access request looks under every key).
+    assert translate(new_pids, ring, "signalling", to=ring.by_id("d1")) == old_pids
+    with pytest.raises(KeyringError, match="not a key of domain 'signalling'"):
+        translate(new_pids, ring, "signalling", to=ring.active("domain", "research"))
 
 
 def test_translation_never_crosses_domains(ring):

@@ -288,3 +288,42 @@ def test_each_person_of_one_request_gets_a_folder_of_their_own(
         homes.append({r["household_pid"] for r in rows})
     assert len(homes[0]) == len(homes[1]) == 1 and homes[0] != homes[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no partial folder left
+
+
+def test_after_a_domain_key_rotation_a_later_runs_resolution_of_their_household_is_found(
+    tmp_path, monkeypatch
+):
+    """H11 leaves the BRP before run 3, which comes after a domain-key rotation (d1 -> d2).
+    Run 3 resolves H11's episode under its d2 pseudonym, though its members were only ever
+    joined under d1: the lookup and the extract follow the household across the rotation."""
+    from test_lifecycle import CHANGES, _runs
+
+    from privacy.keys import Keyring
+    from privacy.subject_access import extract
+
+    monkeypatch.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
+    runs = _runs(tmp_path, list(CHANGES), rotate_before="2025-04-01")
+    rings = [
+        load_keyring(tmp_path / f"{n}.keyring", "lifecycle passphrase") for n in ("body", "central")
+    ]
+    controller = Keyring(rings[0].keys + rings[1].keys)
+    third = runs["2025-04-01"]
+    (closed,) = [r for r in third["all_resolved"] if r["reason"] == "not_in_run"]
+    assert closed["household_pid"].startswith("d2.")
+
+    member = HOUSEHOLDS["H11"][0][0]
+    log_root = third["folder"].parent / LOG_DIRNAME
+    done = look_up([(1, member)], controller, log_root)
+    (subject,) = done.subjects
+    # Joined under d1 in runs 1 and 2 (records naming the member); its episode resolved under
+    # d2 in run 3 (a record naming the household).
+    assert sorted(subject.households.items()) == [
+        (next(h for h in subject.households if h.startswith("d1.")), 0),
+        (closed["household_pid"], 1),
+    ]
+    out = tmp_path / "x"
+    extract(done, controller, log_root, out, key_store=log_root.parent / ".keys")
+    lifecycle = out / "line-1" / third["folder"].name / "lifecycle.json"
+    assert [r["household_pid"] for r in json.loads(lifecycle.read_text())] == [
+        closed["household_pid"]
+    ]
