@@ -26,6 +26,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from pipelines.publish import PublicationError
     from pipelines.read_deliveries import DeliveryRefused
     from privacy.audit.log import AuditLogError
+    from privacy.body_links import LinkError
     from privacy.keys import KeyringError
     from privacy.minimise import MinimisationError
     from privacy.purpose_check import PurposeNotAllowed
@@ -39,6 +40,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         DeliveryRefused,
         HistoryUnavailable,
         KeyringError,
+        LinkError,
         RuleError,
         PublicationError,
         UsageError,

@@ -4,7 +4,8 @@ Three kinds of keyring follow the key custody of docs/privacy.md: `body` (the bo
 key, shared by the supplying bodies through the key custodian), `central` (domain
 keys per purpose domain, the run-data key that protects outputs, an audit signing
 key) and `controller` (a body keyring and a central keyring combined: the only
-keyring that can re-identify, used by `signals worklist`).
+keyring that can re-identify, used by `signals worklist`). After a body-key rotation the
+controller links households' old and new pseudonyms (`keys link`, privacy/body_links.py).
 """
 
 from __future__ import annotations
@@ -69,8 +70,25 @@ def cmd_keys_rotate(args) -> int:
     elif args.role == "body":
         print(
             "every body must switch to the new body key for the same reference date; "
-            "pseudonyms of the new key do not link to the old ones (docs/privacy.md)"
+            "pseudonyms of the new key do not link to the old ones: before the next central "
+            "run the controller links the households (`signals keys link`, docs/privacy.md)"
         )
+    return 0
+
+
+def cmd_keys_link(args) -> int:
+    from privacy.body_links import make_links
+    from privacy.keys import load_keyring
+
+    ring = load_keyring(Path(args.key_file), _passphrase(args))
+    done = make_links(Path(args.brp), ring, Path(args.out), args.domain or _default_domain())
+    print(
+        f"{done.households:,} households linked (pseudonym_link records in the audit log, "
+        f"checkpoint {done.checkpoint.sequence}):"
+    )
+    for path in done.tables:
+        print(f"  {path}")
+    print("the next central run in that folder reads them for its history (fatigue, lifecycle)")
     return 0
 
 
@@ -99,6 +117,12 @@ def register(subparsers) -> None:
         ("init", cmd_keys_init, "create a body, central or controller keyring"),
         ("rotate", cmd_keys_rotate, "add a new key of a role and retire the old one (kept)"),
         ("show", cmd_keys_show, "list the keys of a keyring (never their material)"),
+        (
+            "link",
+            cmd_keys_link,
+            "controller, after a body-key rotation: link households' old and new pseudonyms "
+            "so the next run keeps their history",
+        ),
     ):
         k = keys.add_parser(name, help=text)
         k.add_argument("--key-file", required=True)
@@ -120,6 +144,10 @@ def register(subparsers) -> None:
                 help="controller: a body or central keyring to combine (same passphrase)",
             )
             k.add_argument("--force", action="store_true", help="replace an existing keyring")
+        if name == "link":
+            k.add_argument("--brp", required=True, help="the raw BRP delivery (new reference date)")
+            k.add_argument("--out", required=True, help="the central runs' output folder")
+            k.add_argument("--domain", help="purpose domain (default: the programme's)")
         if name == "rotate":
             k.add_argument("--role", choices=ROLES, required=True, help="role of the key to rotate")
             k.add_argument("--domain", help="purpose domain of a domain key (default: programme's)")

@@ -6,6 +6,7 @@ never a row of personal data.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import shutil
@@ -13,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import apache_beam as beam
+import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -28,6 +30,7 @@ from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.write_parts import PART_GLOB, TMP_GLOB
+from privacy import body_links
 from privacy.audit.log import LOG_DIRNAME, append_run
 from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
@@ -144,17 +147,23 @@ def rules_skipped(year: int) -> list[dict]:
     ]
 
 
-def load_history(out: str, reference_date: dt.date, keyring, purpose: str) -> lifecycle.History:
+def load_history(
+    out: str, reference_date: dt.date, keyring, purpose: str, body_key: str
+) -> lifecycle.History:
     """Earlier runs' signals and resolutions and operator feedback in the output folder, their
-    household pseudonyms under the purpose's active domain key (a rotation keeps links).
+    household pseudonyms as this run makes them: under the purpose's active domain key (a
+    domain-key rotation keeps links), and through the controller's link table where they
+    were made with another body key than this run's deliveries (`body_key`).
 
     Not a task: it holds the keyring, which stays out of Prefect's task inputs.
     """
     read = lifecycle.run_reader(keyring, Path(out) / KEY_STORE)
+    made_with = body_links.run_body_keys(Path(out))
+    linked: set[str] = set()
 
-    def rekey(pids):
+    def rekey(pids, run_ids):
         try:
-            return translate(pids, keyring, purpose)
+            pids = translate(pids, keyring, purpose)
         except KeyringError as exc:
             raise lifecycle.HistoryUnavailable(
                 f"households are named with a key the central keyring cannot re-key from "
@@ -162,8 +171,17 @@ def load_history(out: str, reference_date: dt.date, keyring, purpose: str) -> li
                 f"key of {purpose!r} the kept runs and feedback in {out} were made with "
                 "(a retired key stays until they are gone, docs/privacy.md)"
             ) from None
+        # A run no longer in `out` (its folder removed) is taken to be of this body key.
+        bodies = pa.array([made_with.get(r, body_key) for r in run_ids.to_pylist()], pa.string())
+        try:
+            pids, used = body_links.relink(pids, bodies, body_key, Path(out), keyring, purpose)
+        except body_links.LinkMissing as exc:
+            raise lifecycle.HistoryUnavailable(str(exc)) from None
+        linked.update(used)
+        return pids
 
-    return lifecycle.load_history(Path(out), reference_date, read, rekey)
+    history = lifecycle.load_history(Path(out), reference_date, read, rekey)
+    return dataclasses.replace(history, body_links=tuple(sorted(linked)))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -307,9 +325,9 @@ def run_flow(
     # a run refused by the register leaves nothing behind.
     with run_lock(Path(out)):
         found = open_inputs(deliveries, reference_date)
-        check_one_body_key(found)
+        body_key = check_one_body_key(found)
         policy = proportionality.load_policy(proportionality_config)
-        history = load_history(out, reference_date, keyring, purpose)
+        history = load_history(out, reference_date, keyring, purpose, body_key)
         run_id = make_run_id(
             reference_date,
             found,
@@ -357,6 +375,8 @@ def run_flow(
                 "fingerprint": history.fingerprint,
                 # Keys its households were named with; others than the run's were re-keyed.
                 "domain_keys": list(history.keys),
+                # Body-key link tables its households went through (privacy/body_links.py).
+                "body_links": list(history.body_links),
             },
             "feedback_files": list(history.feedback_files),
             "suppressed": counts["suppressed"],

@@ -222,10 +222,13 @@ def _rules_lines(m: dict) -> list[str]:
 
 
 def _rekeyed(m: dict) -> str:
-    """Which earlier keys the run's history was re-keyed from (a domain-key rotation)."""
+    """Which earlier keys the run's history was re-keyed from (a domain-key rotation) or
+    linked from (a body-key rotation)."""
     history = m.get("proportionality", {}).get("history", {})
     older = [k for k in history.get("domain_keys", []) if k != m.get("domain_key_id")]
-    return f"   history re-keyed from {', '.join(older)}" if older else ""
+    said = f"   history re-keyed from {', '.join(older)}" if older else ""
+    links = history.get("body_links", [])
+    return said + (f"   linked across body keys {', '.join(links)}" if links else "")
 
 
 def show_lines(run_dir: Path) -> list[str]:

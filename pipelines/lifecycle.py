@@ -23,7 +23,8 @@ What a run knows of the past ("history") comes from the same output root only:
   on or before the run's reference date.
 
 After a domain-key rotation the history's household pseudonyms are of the older key: a run
-maps them to its own (`load_history(rekey=...)`, flows/run.py) before comparing.
+maps them to its own (`load_history(rekey=...)`, flows/run.py) before comparing; after a
+body-key rotation it maps them through the controller's link table (privacy/body_links.py).
 
 History is reduced to one state row per (household, scheme) (STATE_SCHEMA) before the
 pipeline starts: the last signal and its date (fatigue), whether the episode is open
@@ -120,6 +121,7 @@ class History:
     feedback_files: tuple[str, ...]
     fingerprint: str  # SHA-256 of the state content
     keys: tuple[str, ...] = ()  # the domain key ids the history was written with, before rekey
+    body_links: tuple[str, ...] = ()  # body-key link tables used ("b1->b2"; privacy/body_links.py)
 
 
 def feedback_folder(out_root: Path) -> Path:
@@ -148,7 +150,7 @@ class HistoryUnavailable(Exception):
 
 
 Reader = Callable[[Path, str], "pa.Table | None"]
-Rekey = Callable[[pa.Array], pa.Array]
+Rekey = Callable[[pa.Array, pa.Array], pa.Array]  # (household pids, their run ids) -> pids
 
 
 def run_reader(keyring=None, key_store: Path | None = None) -> Reader:
@@ -235,7 +237,7 @@ def _feedback_sql(has_rows: bool, reference_date: dt.date) -> str:
 
 
 def _feedback(files: list[Path]) -> pa.Table:
-    columns = ["household_pid", "scheme", "outcome", "outcome_date"]
+    columns = ["household_pid", "scheme", "outcome", "outcome_date", "run_id"]
     tables = [pq.read_table(f, columns=columns) for f in files]
     return pa.concat_tables(tables) if tables else FEEDBACK_SCHEMA.empty_table().select(columns)
 
@@ -256,7 +258,8 @@ def _rekeyed(table: pa.Table, rekey: Rekey | None, what: str) -> pa.Table:
         return table
     i = table.schema.get_field_index("household_pid")
     try:
-        return table.set_column(i, "household_pid", rekey(table.column(i).combine_chunks()))
+        pids = rekey(table.column(i).combine_chunks(), table.column("run_id").combine_chunks())
+        return table.set_column(i, "household_pid", pids)
     except HistoryUnavailable as exc:
         raise HistoryUnavailable(f"{what}: {exc}") from None
 
@@ -296,9 +299,10 @@ def load_history(
     """The history a run with `reference_date` sees in out_root (see the module docstring).
 
     `read` opens a prior run's tables (default: run_reader() without a keyring, which
-    reads plain files and refuses encrypted ones). `rekey` maps household pseudonyms made
-    with an earlier key of the domain to the run's (privacy.pseudonyms.translate): after a
-    domain-key rotation the same household keeps its history.
+    reads plain files and refuses encrypted ones). `rekey(pids, run_ids)` maps household
+    pseudonyms made with earlier keys to the run's (privacy.pseudonyms.translate after a
+    domain-key rotation, privacy.body_links.relink after a body-key rotation): the same
+    household keeps its history.
     """
     runs = prior_runs(out_root, reference_date)
     files = sorted(feedback_folder(out_root).glob("*.parquet"))

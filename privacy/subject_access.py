@@ -231,7 +231,7 @@ def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, set[str]]:
     sql = (
         "SELECT DISTINCT run_id, data_subject_pid FROM read_parquet($files) "
         "WHERE list_contains($pids, data_subject_pid) "
-        "AND NOT starts_with(run_id, 'subject-access/')"
+        "AND NOT contains(run_id, '/')"  # events with a trace of their own (subject-access/...)
     )
     named: dict[str, set[str]] = {}
     for run_id, pid in _query(log_root, sql, subjects):

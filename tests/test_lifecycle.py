@@ -228,7 +228,8 @@ def test_runs_and_feedback_under_an_older_key_are_rekeyed_to_the_runs(tmp_path):
     _publish(tmp_path, "r2", "2025-02-01", resolved=["b"])
     _feedback(tmp_path, [("a", "applied", "2025-03-01")])
 
-    def rekey(pids):
+    def rekey(pids, run_ids):
+        assert len(run_ids) == len(pids)  # each with the run it came from (body keys)
         return pa.compute.replace_substring(pids, "h.", "k.")
 
     history = lifecycle.load_history(tmp_path, dt.date(2025, 6, 1), rekey=rekey)
@@ -266,10 +267,19 @@ CHANGES["2025-04-01"] = {
 }
 
 
-def _runs(root: Path, days: list[str], rotate_before: str | None = None) -> dict:
+def _runs(
+    root: Path,
+    days: list[str],
+    rotate_before: str | None = None,
+    rotate_body_before: str | None = None,
+    link: bool = True,
+) -> dict:
     """Run the flow on the CHANGES of each day; per run its outputs by household. With
-    `rotate_before`, the central party rotates its domain key before that day's run."""
+    `rotate_before`, the central party rotates its domain key before that day's run; with
+    `rotate_body_before` the key custodian rotates the body key, and (`link`) the
+    controller makes the link table from that day's raw BRP delivery."""
     from flows.run import run_flow
+    from privacy.body_links import make_links
     from privacy.keys import DEFAULT_DOMAIN, Keyring, load_keyring, save_keyring
     from privacy.pseudonymise import pseudonymise_delivery
     from privacy.pseudonyms import TwoLayerPseudonymiser
@@ -289,6 +299,9 @@ def _runs(root: Path, days: list[str], rotate_before: str | None = None) -> dict
             central = load_keyring(root / "central.keyring", "lifecycle passphrase")
             central.rotate("domain", DEFAULT_DOMAIN)
             save_keyring(central, root / "central.keyring", "lifecycle passphrase")
+        if day == rotate_body_before:
+            body.rotate("body", None)
+            save_keyring(body, root / "body.keyring", "lifecycle passphrase")
         p = TwoLayerPseudonymiser(body.active("body"), central.active("domain", DEFAULT_DOMAIN))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(population, "REFERENCE_DATE", day)
@@ -297,6 +310,9 @@ def _runs(root: Path, days: list[str], rotate_before: str | None = None) -> dict
             population.write_population(root / "raw")
             seen |= set(population.HOUSEHOLDS)  # a household gone since is still resolved
             names |= {p.one("household_id", hh): hh for hh in seen}
+        if day == rotate_body_before and link:
+            controller = Keyring(body.keys + central.keys)
+            make_links(root / "raw" / "brp" / day, controller, root / "runs", DEFAULT_DOMAIN)
         for source in SOURCES:
             pseudonymise_delivery(root / "raw" / source / day, body, root / "pseudo")
         folder = run_flow(
@@ -486,6 +502,53 @@ def test_a_domain_key_rotation_between_runs_keeps_every_households_history(three
     assert "re-keyed" not in "\n".join(show_lines(runs["2025-03-01"]["folder"]))
 
 
+def test_a_body_key_rotation_keeps_every_households_history_through_the_link_table(
+    three_runs, tmp_path
+):
+    """Run 2 after a body-key rotation (b1 -> b2) and the controller's link table decides as
+    it does without one; without the table it stops, saying how to make it."""
+    from flows.runs import show_lines
+    from pipelines.lifecycle import HistoryUnavailable
+
+    _, runs = three_runs
+    days = ["2025-01-01", "2025-03-01"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
+        linked = _runs(tmp_path / "linked", days, rotate_body_before=days[1])
+        with pytest.raises(HistoryUnavailable) as refused:
+            _runs(tmp_path / "unlinked", days, rotate_body_before=days[1], link=False)
+    # The failed flow's log lines reach Prefect's API now, while its ephemeral server runs.
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    after = linked[days[1]]
+    assert after["manifest"]["inputs"]["brp"]["pseudonym_key_id"] == "b2"
+    assert _summary(after) == _summary(runs[days[1]])
+    assert after["resolved"]["H1"]["signal_id"] == linked[days[0]]["signals"]["H1"]["signal_id"]
+    assert after["manifest"]["proportionality"]["history"]["body_links"] == ["b1->b2"]
+    shown = "\n".join(show_lines(after["folder"]))
+    assert "linked across body keys b1->b2" in shown
+    message = str(refused.value)
+    assert "made with body key b1 and this run's deliveries with b2" in message
+    assert "signals keys link --brp" in message
+    # The controller's making of the table is on record: one record per household of the
+    # day's BRP, naming its new (b2) pseudonym.
+    from privacy.audit.query import Filters, select
+    from privacy.keys import DEFAULT_DOMAIN, load_keyring
+    from privacy.pseudonyms import TwoLayerPseudonymiser
+
+    root = tmp_path / "linked"
+    rings = [
+        load_keyring(root / f"{n}.keyring", "lifecycle passphrase") for n in ("body", "central")
+    ]
+    b2 = TwoLayerPseudonymiser(rings[0].by_id("b2"), rings[1].active("domain", DEFAULT_DOMAIN))
+    households = CHANGES[days[1]].get("HOUSEHOLDS", population.HOUSEHOLDS)
+    made, _ = select(root / "runs" / "audit-log", Filters(operation="pseudonym_link"))
+    assert sorted(made.column("data_subject_pid").to_pylist()) == sorted(
+        b2.one("household_id", hh) for hh in households
+    )
+
+
 def test_a_history_under_a_key_the_keyring_no_longer_holds_stops_the_run_saying_why(tmp_path):
     from flows.run import load_history
     from privacy.keys import DEFAULT_DOMAIN, Keyring
@@ -499,7 +562,7 @@ def test_a_history_under_a_key_the_keyring_no_longer_holds_stops_the_run_saying_
     ring.rotate("domain", DEFAULT_DOMAIN)
     ring.keys = [k for k in ring.keys if k.id != "d1"]
     with pytest.raises(lifecycle.HistoryUnavailable) as refused:
-        load_history(str(tmp_path), dt.date(2025, 6, 1), ring, DEFAULT_DOMAIN)
+        load_history(str(tmp_path), dt.date(2025, 6, 1), ring, DEFAULT_DOMAIN, "b1")
     message = str(refused.value)
     assert message.startswith("the earlier runs' signals: ")
     assert "'d1'" in message and f"the kept runs and feedback in {tmp_path} were made" in message

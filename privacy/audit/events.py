@@ -14,6 +14,8 @@ worklist. `decryption` records are appended the same way by privacy/retention.py
 (`<run_id>/decryption/<event>`) before plain copies of a run's personal data are written.
 `subject_lookup` records are made by privacy/subject_access.py (batch id
 `subject-access/<event>`, a trace of its own) before a person's pseudonyms are shown.
+`pseudonym_link` records are made by privacy/body_links.py (batch `pseudonym-link/<event>`)
+before the link table of a body-key rotation is written.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ OPERATIONS = (
     "decryption",
     "deletion",
     "subject_lookup",
+    "pseudonym_link",
 )
 
 

@@ -1,0 +1,181 @@
+"""The link table that keeps households' history across a body-key rotation (controller-made).
+
+Layer 1 is one-way: after the key custodian rotates the body key (b1 -> b2), a household's
+pseudonyms made with b2 do not link to those made with b1, and nobody can re-key one into
+the other without the identifiers themselves. The next central run would then see every
+household as new: fatigue would let households be contacted again too early, and every
+open signal episode would be closed as `not_in_run`. The central run refuses that
+(`flows/run.py` load_history): it asks for this table.
+
+Only the controller can make it. It holds both body keys, the domain keys and the raw
+BRP delivery (as for the worklist). For every household of that delivery:
+
+    old_pid = d(b1(household_id))     new_pid = d(b2(household_id))
+
+under the domain's active key, written to `<out>/links/households-b1-to-b2.parquet`
+(owner-only), one table per retired body key, beside the runs and the operator feedback
+the central run reads. Households only: the history compares households, nothing else,
+so no table of persons or addresses is made (minimisation). A household of the old runs
+that is not in the delivery stays unlinked: it is not in the new run either, which is
+what its resolution (`not_in_run`) then says.
+
+Making the table is processing of every household of the BRP: one `pseudonym_link`
+record per household (subject: its new pseudonym) goes to the audit log first, batch
+`pseudonym-link/<event>`, a trace of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.audit_records import AuditContext, audit_batch, canonical_json
+from pipelines.read_deliveries import open_delivery, validate_delivery
+from privacy.audit.events import actor, append_events, new_event_id
+from privacy.audit.log import LOG_DIRNAME, Checkpoint
+from privacy.audit.signing import Signer
+from privacy.files import written_whole
+from privacy.keys import Keyring, KeyringError, check_custody
+from privacy.pseudonyms import TwoLayerPseudonymiser, translate
+from privacy.register import load_register
+
+LINKS_DIR = "links"
+LINK_SCHEMA = pa.schema(
+    [
+        pa.field("old_pid", pa.string(), nullable=False),
+        pa.field("new_pid", pa.string(), nullable=False),
+    ]
+)
+OPERATION = "pseudonym_link"
+PURPOSE = "household history across a body-key rotation"
+
+
+class LinkError(Exception):
+    """The link table cannot be made as asked; the message says why."""
+
+
+class LinkMissing(Exception):
+    """History made with another body key and no link table for it; the message says how."""
+
+
+def link_path(out_root: Path, old_key: str, new_key: str) -> Path:
+    return Path(out_root) / LINKS_DIR / f"households-{old_key}-to-{new_key}.parquet"
+
+
+@dataclass(frozen=True)
+class Links:
+    tables: list[Path]
+    households: int
+    checkpoint: Checkpoint
+
+
+def _household_ids(brp_dir: Path) -> pa.Array:
+    """The distinct household ids of the valid rows of a raw BRP delivery."""
+    delivery = open_delivery(Path(brp_dir), "brp")
+    chunks: list[pa.Array] = []
+    validate_delivery(
+        delivery,
+        on_valid=lambda b: chunks.append(b.column("household_id")),
+        on_quarantine=lambda b: None,
+    )
+    ids = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks())
+    return ids.filter(pc.is_valid(ids))
+
+
+def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> Links:
+    """Write one link table per retired body key of `keyring` to its active one; log first."""
+    check_custody(keyring, "controller")
+    new = keyring.active("body")
+    retired = [k for k in keyring.keys if k.role == "body" and k is not new]
+    if not retired:
+        raise KeyringError(
+            f"the keyring holds one body key ({new.id}): there is no rotation to link; rebuild "
+            "the controller keyring from the rotated body keyring (keys init --import)"
+        )
+    log_root = Path(out_root) / LOG_DIRNAME
+    if not (log_root / "checkpoints").is_dir():
+        raise LinkError(
+            f"{out_root}: no audit log there, so no central run to link: give the folder the "
+            "central runs write to (their `--out`)"
+        )
+    households = _household_ids(brp_dir)
+    if not len(households):
+        raise LinkError(f"{brp_dir}: the BRP delivery holds no valid household to link")
+    domain_key = keyring.active("domain", domain)
+    new_pids = TwoLayerPseudonymiser(new, domain_key).array("household_id", households)
+    tables = {
+        link_path(out_root, old.id, new.id): pa.table(
+            [TwoLayerPseudonymiser(old, domain_key).array("household_id", households), new_pids],
+            schema=LINK_SCHEMA,
+        )
+        for old in retired
+    }
+    event = new_event_id()
+    attributes = canonical_json(
+        {
+            "purpose": PURPOSE,
+            "actor": actor(),
+            "event": event,
+            "links": [f"{old.id}->{new.id}" for old in retired],
+        }
+    )
+    context = AuditContext(f"pseudonym-link/{event}", domain, load_register().version)
+    records = pa.Table.from_batches(
+        [audit_batch(context, OPERATION, new_pids, "linked", attributes)]
+    )
+    checkpoint = append_events(log_root, records, f"pseudonym-link/{event}", Signer(keyring))
+    for path, table in tables.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with written_whole(path, private=True) as tmp:
+            pq.write_table(table, tmp)
+    return Links(sorted(tables), len(households), checkpoint)
+
+
+def relink(
+    pids: pa.Array,
+    body_keys: pa.Array,
+    current: str,
+    out_root: Path,
+    keyring: Keyring,
+    domain: str,
+) -> tuple[pa.Array, list[str]]:
+    """Household pseudonyms (under the domain's active key) made with other body keys, as the
+    current body key makes them; `body_keys` names each one's. Returns them and the links
+    used (`b1->b2`). Unlinked households keep their pseudonym (no longer in the BRP)."""
+    used = []
+    for old in sorted(set(pc.unique(body_keys).to_pylist()) - {current, None}):
+        path = link_path(out_root, old, current)
+        if not path.is_file():
+            raise LinkMissing(
+                f"kept runs in {out_root} were made with body key {old} and this run's "
+                f"deliveries with {current}: their households link to this run only through "
+                f"{path}, made by the controller after a body-key rotation (`signals keys link "
+                f"--brp <this run's raw BRP delivery> --out {out_root} --key-file "
+                "<controller keyring>`, docs/privacy.md). Without it fatigue and the signal "
+                "lifecycle would take every household for new"
+            )
+        links = pq.read_table(path, schema=LINK_SCHEMA)
+        old_pids = translate(links.column("old_pid").combine_chunks(), keyring, domain)
+        new_pids = translate(links.column("new_pid").combine_chunks(), keyring, domain)
+        mask = pc.fill_null(pc.equal(body_keys, old), False)
+        found = pc.index_in(pids, value_set=old_pids)
+        linked = pc.coalesce(pc.take(new_pids, found), pids)
+        pids = pc.if_else(mask, linked, pids)
+        used.append(f"{old}->{current}")
+    return pids, used
+
+
+def run_body_keys(out_root: Path) -> dict[str, str]:
+    """Run id -> the body key of its deliveries, for every run folder in out_root."""
+    keys = {}
+    root = Path(out_root)
+    for manifest in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        body = json.loads(manifest.read_text()).get("inputs", {}).get("brp", {})
+        if body.get("pseudonym_key_id"):
+            keys[manifest.parent.name] = body["pseudonym_key_id"]
+    return keys

@@ -1,0 +1,97 @@
+"""The controller's link table after a body-key rotation (privacy/body_links.py, `signals keys
+link`); the central run's use of it is tested with real runs in test_lifecycle.py."""
+
+from __future__ import annotations
+
+import stat
+
+import population
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from bsn_scan import scan_tree
+
+from flows.cli import main
+from privacy.audit.query import Filters, select
+from privacy.body_links import LINK_SCHEMA, link_path, make_links
+from privacy.keys import DEFAULT_DOMAIN, KeyringError, load_keyring
+from privacy.pseudonyms import TwoLayerPseudonymiser
+
+BSNS = {bsn for members in population.HOUSEHOLDS.values() for bsn, *_ in members}
+
+
+@pytest.fixture
+def controller(tmp_path, passphrase):
+    """A controller keyring whose body key was rotated (b1 retired, b2 active), and a raw BRP."""
+    body, central, path = (tmp_path / f"{n}.keyring" for n in ("body", "central", "controller"))
+    assert main(["keys", "init", "--key-file", str(body)]) == 0
+    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
+    assert main(["keys", "rotate", "--role", "body", "--key-file", str(body)]) == 0
+    args = ["keys", "init", "--role", "controller", "--key-file", str(path)]
+    assert main(args + ["--import", str(body), "--import", str(central)]) == 0
+    population.write_population(tmp_path / "raw")
+    return path, tmp_path / "raw" / "brp" / population.REFERENCE_DATE
+
+
+def _runs_folder(root, ring):
+    """An output folder whose audit log holds one batch, as after a central run."""
+    from pipelines.audit_records import AuditContext, join_audit
+    from privacy.audit.events import append_events
+    from privacy.audit.signing import Signer
+
+    households = pa.table(
+        {"household_pid": ["d1." + "a" * 32], "member_pids": [["d1." + "b" * 32]]}
+    )
+    batch = join_audit(AuditContext("r1", DEFAULT_DOMAIN, "test"))(households.to_batches()[0])
+    append_events(root / "audit-log", pa.Table.from_batches([batch]), "r1", Signer(ring))
+    return root
+
+
+def test_the_link_table_maps_each_households_old_pseudonym_to_its_new_one(
+    controller, tmp_path, passphrase, capsys
+):
+    path, brp = controller
+    ring = load_keyring(path, passphrase)
+    out = _runs_folder(tmp_path / "runs", ring)
+    args = ["keys", "link", "--brp", str(brp), "--out", str(out), "--key-file", str(path)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    n = len(population.HOUSEHOLDS)
+    assert f"{n:,} households linked (pseudonym_link records in the audit log" in printed
+    table = link_path(out, "b1", "b2")
+    assert str(table) in printed
+    assert stat.S_IMODE(table.stat().st_mode) == 0o600
+
+    domain = ring.active("domain", DEFAULT_DOMAIN)
+    old, new = (TwoLayerPseudonymiser(ring.by_id(b), domain) for b in ("b1", "b2"))
+    links = pq.read_table(table)
+    assert links.schema == LINK_SCHEMA
+    assert sorted(zip(*links.to_pydict().values(), strict=True)) == sorted(
+        (old.one("household_id", hh), new.one("household_id", hh)) for hh in population.HOUSEHOLDS
+    )
+    # Logged, one record per household under its new pseudonym; no BSN anywhere.
+    records, total = select(out / "audit-log", Filters(operation="pseudonym_link"))
+    assert total == n
+    assert set(records.column("data_subject_pid").to_pylist()) == set(
+        links.column("new_pid").to_pylist()
+    )
+    assert scan_tree(out, BSNS) == {}
+
+
+def test_without_a_rotation_or_a_controller_keyring_nothing_is_linked(
+    tmp_path, passphrase, controller, capsys
+):
+    path, brp = controller
+    ring = load_keyring(path, passphrase)
+    # A folder that is not the central runs' (a typo): refused, nothing made there.
+    args = ["keys", "link", "--brp", str(brp), "--out", str(tmp_path / "runz")]
+    assert main(args + ["--key-file", str(path)]) == 2
+    assert "no audit log there, so no central run to link" in capsys.readouterr().err
+    assert not (tmp_path / "runz").exists()
+    unrotated = type(ring)([k for k in ring.keys if k.id != "b1"])
+    with pytest.raises(KeyringError, match="one body key \\(b2\\): there is no rotation to link"):
+        make_links(brp, unrotated, tmp_path / "runs", DEFAULT_DOMAIN)
+    central = type(ring)([k for k in ring.keys if k.role != "body"])
+    with pytest.raises(KeyringError, match="not a controller keyring"):
+        make_links(brp, central, tmp_path / "runs", DEFAULT_DOMAIN)
+    assert not (tmp_path / "runs").exists()  # nothing written, nothing logged
