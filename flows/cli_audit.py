@@ -66,9 +66,23 @@ def _log_root(value: str) -> Path:
 
 
 def _pseudonym(value: str) -> str:
+    from privacy.pseudonyms import BODY_PSEUDONYM_PATTERN, DOMAIN_PSEUDONYM_PATTERN
+
     if re.sub(r"[\s.\-]", "", value).isdigit():  # not quoted back: it may be a BSN
         raise argparse.ArgumentTypeError(
             "the audit log names data subjects by pseudonym (d1.…), never by a number like a BSN"
+        )
+    if re.match(BODY_PSEUDONYM_PATTERN, value.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is a body pseudonym (b<n>.…), which never reaches the log: it names data "
+            "subjects by their domain pseudonym (d<n>.…); the controller finds a person's with "
+            "`signals subject-access`"
+        )
+    if not re.match(DOMAIN_PSEUDONYM_PATTERN, value):
+        # A typo would otherwise find nothing and look like "nothing was done to them".
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a pseudonym as the log holds them: d<key number>, a dot, and 32 "
+            "letters a-p (copy it whole, without spaces)"
         )
     return value
 
@@ -112,6 +126,7 @@ NOT_JUDGED = 3  # exit code: verification could not finish
 
 
 def cmd_verify(args) -> int:
+    from privacy.audit.log import checkpoint_name
     from privacy.audit.signing import load_public_pem
     from privacy.audit.verify import VerificationIncomplete, verify_log
 
@@ -161,6 +176,19 @@ def cmd_verify(args) -> int:
         print(
             f"  latest        checkpoint {latest.sequence}: tree size {latest.tree_size:,}, "
             f"root {latest.body['root_hash']}"
+        )
+    # What this check could not rule out, said every time: an OK is only as good as its anchors.
+    if not args.public_key:
+        print(
+            "  not pinned    the keys came with the log: a log rewritten and re-signed under a "
+            "new key passes too; pin the key you keep with --public-key"
+        )
+    if not args.trusted_checkpoint and latest is not None:
+        kept = root / "checkpoints" / checkpoint_name(latest.sequence)
+        print(
+            "  not anchored  no kept checkpoint: removing the newest entries shows only where a "
+            f"run beside the log names them; keep a copy of {kept} and pass it with "
+            "--trusted-checkpoint next time"
         )
     return 0
 
@@ -299,11 +327,20 @@ def cmd_check_proof(args) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     latest = bundle["checkpoints"][-1]
-    source = "pinned key" if args.public_key else "keys in the bundle (pin yours with --public-key)"
+    source = "pinned key" if args.public_key else "keys in the bundle"
     print(
         f"{args.bundle}: OK: {len(bundle['records'])} record(s) of {bundle['subject']} are in "
         f"the log at checkpoint {latest['sequence']} (tree size {latest['tree_size']:,}, root "
         f"{latest['root_hash']}), signatures checked with the {source}"
+    )
+    if not args.public_key:
+        print(
+            "  not pinned: whoever made the bundle chose those keys, so this shows only that "
+            "the bundle is consistent; check it with --public-key and the log's published key"
+        )
+    print(
+        "  inclusion only: these records are in the log; the bundle cannot show that no other "
+        "record of the subject is (audit trail on the log itself lists them all)"
     )
     return 0
 

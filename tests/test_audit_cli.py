@@ -120,6 +120,31 @@ def test_a_proof_bundle_checks_out_for_an_outsider_and_fails_when_tampered(log_r
     assert code == 1 and "signature does not verify" in err
 
 
+def test_a_log_that_no_longer_holds_up_gives_no_proof(log_root, tmp_path):
+    """A record altered after it was signed: `prove` refuses rather than hand out a bundle
+    that fails in its reader's hands; `check-proof` without a pinned key says what it lacks."""
+    import shutil
+
+    copy = tmp_path / "audit-log"
+    shutil.copytree(log_root, copy)
+    subject = pids(SUBJECTS)[3].as_py()
+    path = copy / "segments" / "segment-00000001.parquet"
+    table = pq.read_table(path)
+    subjects = table.column("data_subject_pid").to_pylist()
+    row = subjects.index(subject)
+    statuses = table.column("status").to_pylist()
+    statuses[row] = "altered"
+    i = table.schema.get_field_index("status")
+    pq.write_table(table.set_column(i, "status", pa.array(statuses)), path)
+    code, _, err = signals("audit", "prove", subject, "--log", str(copy))
+    assert code == 2 and f"the records of {subject} do not check out against the signed log" in err
+    bundle = tmp_path / "proof.json"
+    assert signals("audit", "prove", subject, "--log", str(log_root), "--out", str(bundle))[0] == 0
+    code, out, _ = signals("audit", "check-proof", str(bundle))
+    assert code == 0 and "not pinned: whoever made the bundle chose those keys" in out
+    assert "inclusion only" in out
+
+
 def test_a_bundle_signed_by_another_key_fails_against_the_pinned_one(log_root, tmp_path):
     subject = pids(1)[0].as_py()
     code, out, _ = signals("audit", "prove", subject, "--log", str(log_root))
@@ -136,8 +161,9 @@ def test_a_bundle_signed_by_another_key_fails_against_the_pinned_one(log_root, t
 
 
 def test_proving_a_subject_the_log_does_not_know_is_a_usage_error(log_root):
-    code, _, err = signals("audit", "prove", "d1.nobody", "--log", str(log_root))
-    assert code == 2 and "no audit record about d1.nobody" in err
+    nobody = "d1." + "p" * 32
+    code, _, err = signals("audit", "prove", nobody, "--log", str(log_root))
+    assert code == 2 and f"no audit record about {nobody}" in err
 
 
 def test_export_copies_a_verifiable_log_or_the_selected_records(log_root, tmp_path):
@@ -184,8 +210,18 @@ def test_an_auditor_is_told_what_went_wrong_in_one_line(log_root, tmp_path):
         assert code == 2 and "by pseudonym" in err and number not in err, number
     code, _, err = signals("audit", "query", "--log", log, "--since", "123456782")
     assert code == 2 and "not an ISO date" in err and "123456782" not in err
-    code, out, _ = signals("audit", "trail", "d1.nosuchsubject", "--log", log)
+    code, out, _ = signals("audit", "trail", "d1." + "p" * 32, "--log", log)
     assert code == 0 and "0 audit record(s)" in out and "pseudonym as the run made it" in out
+    # A pseudonym mistyped or cut short, or a body one, would find nothing: refused, saying why.
+    subject = pids(1)[0].as_py()
+    for wrong, why in (
+        (subject[:-1], "not a pseudonym as the log holds them"),
+        (subject.upper(), "not a pseudonym as the log holds them"),
+        (" " + subject, "not a pseudonym as the log holds them"),
+        ("b1." + subject[3:], "is a body pseudonym (b<n>.…), which never reaches the log"),
+    ):
+        code, _, err = signals("audit", "trail", wrong, "--log", log)
+        assert code == 2 and why in err, wrong
     assert signals("audit", "query", "--log", log, "--limit", "-1")[0] == 2
     code, out, _ = signals(
         "audit", "query", "--log", log, "--run", "no-such-run", "--count-by", "name"

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
+from pathlib import Path
 
 import duckdb
 import pyarrow.compute as pc
@@ -159,6 +161,16 @@ def test_the_run_folder_copy_is_exactly_what_the_log_holds_and_the_log_verifies(
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main(["audit", "verify", "--log", str(log_root.parent)]) == 0
     assert ": OK" in out.getvalue()
+    # What the check could not rule out is said with the OK, until the auditor anchors it.
+    assert "not pinned    the keys came with the log" in out.getvalue()
+    kept = log_root / "checkpoints" / "00000000.json"
+    assert "not anchored  no kept checkpoint: " in out.getvalue() and str(kept) in out.getvalue()
+    out = io.StringIO()
+    pinned = ["--public-key", str(log_root / "public_key.pem"), "--trusted-checkpoint", str(kept)]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["audit", "verify", "--log", str(log_root), *pinned]) == 0
+    assert ": OK" in out.getvalue() and "not pinned" not in out.getvalue()
+    assert "not anchored" not in out.getvalue()
 
 
 def test_a_signalled_subject_has_a_trail_from_ingest_to_signal_with_its_legal_bases(run):
@@ -237,3 +249,50 @@ def test_query_by_scheme_finds_the_rule_evaluations_that_list_it(run):
         assert main(args) == 0
     found = {json.loads(line)["data_subject_pid"] for line in out.getvalue().splitlines()}
     assert found == members and members
+
+
+def _tampered_copy(run, tmp_path) -> Path:
+    _, _, log_root = run
+    copy = tmp_path / "runs"
+    shutil.copytree(log_root.parent, copy)
+    return copy
+
+
+def _verify(runs: Path) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["audit", "verify", "--log", str(runs)])
+    return code, err.getvalue()
+
+
+def test_an_emptied_log_fails_and_the_published_run_names_its_checkpoint(run, tmp_path):
+    """Removing every checkpoint and segment leaves nothing to check signatures on; the run
+    published beside the log still says where its records were."""
+    runs = _tampered_copy(run, tmp_path)
+    for path in [*(runs / "audit-log" / "checkpoints").iterdir()]:
+        path.unlink()
+    for path in [*(runs / "audit-log" / "segments").iterdir()]:
+        path.unlink()
+    code, err = _verify(runs)
+    assert code == 1
+    assert "the log holds no checkpoint, so nothing in it is signed" in err
+    run_id = run[1].name
+    assert f"run {run_id}: its records were logged in checkpoint 0" in err
+
+
+def test_a_run_whose_checkpoint_was_rewritten_or_a_replaced_public_key_fails(run, tmp_path):
+    from privacy.audit.signing import Signer, public_pem
+    from privacy.keys import Keyring
+
+    runs = _tampered_copy(run, tmp_path)
+    entry_path = runs / run[1].name / LOG_ENTRY
+    entry = json.loads(entry_path.read_text())
+    entry["root_hash"] = "A" * 43 + "="
+    entry_path.write_text(json.dumps(entry))
+    ring = Keyring()
+    ring.add("audit-signing")
+    (runs / "audit-log" / "public_key.pem").write_bytes(public_pem(Signer(ring).public))
+    code, err = _verify(runs)
+    assert code == 1
+    assert "is not the one the run was published with" in err
+    assert "public_key.pem: holds key" in err and "the published key was replaced" in err

@@ -165,7 +165,7 @@ def test_records_that_name_the_persons_household_are_found_too(published, capsys
 def test_a_command_line_error_never_quotes_a_number_like_a_bsn(capsys):
     for written in (BSNS[0], f"{BSNS[0][:4]}.{BSNS[0][4:6]}.{BSNS[0][6:]}"):
         with pytest.raises(SystemExit) as exit_:
-            main(["audit", "trail", "d1.x", written, "--log", "x"])
+            main(["audit", "trail", "d1." + "a" * 32, written, "--log", "x"])
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert "unrecognized arguments" in err and written not in err and BSNS[0] not in err

@@ -127,7 +127,7 @@ def make_bundle(log_root: Path, subject: str) -> dict:
     chain = [dict(c.body, signature=c.signature) for c in checkpoints[first:]]
     fps = {c["signing_key"]["fingerprint"] for c in chain}
     keys = {fp: (log.keys_dir / f"{fp}.pem").read_text() for fp in sorted(fps)}
-    return {
+    bundle = {
         "format": PROOF_FORMAT,
         "leaf_format": LEAF_FORMAT,
         "subject": subject,
@@ -135,6 +135,15 @@ def make_bundle(log_root: Path, subject: str) -> dict:
         "checkpoints": chain,
         "public_keys": keys,
     }
+    # Checked as its reader will check it: a log that no longer holds up (a record altered
+    # since it was signed) gives no bundle, rather than one that fails in the reader's hands.
+    problems = check_bundle(bundle)
+    if problems:
+        raise AuditLogError(
+            f"{log_root}: the records of {subject} do not check out against the signed log "
+            f"({problems[0]}); no proof made: run `signals audit verify` on it"
+        )
+    return bundle
 
 
 def _segment_tree(

@@ -14,7 +14,10 @@
 3. inclusion: for sampled records of every segment an inclusion proof is made and
    checked against the signed root as an outsider would (RFC 9162 2.1.3.2).
 4. history: checkpoints the auditor kept from earlier visits (`trusted`) must be in the
-   log unchanged; a log rewritten and re-signed since then differs from them.
+   log unchanged; a log rewritten and re-signed since then differs from them. So must
+   the checkpoint each published run beside the log names (`audit/_log_entry.json`):
+   removing the newest checkpoints shows there too, without a kept one.
+5. the published `public_key.pem` is the key that signed the latest checkpoint.
 
 A record is named by leaf index, segment and row, operation, subject pseudonym and span
 id (base64), never by anything else.
@@ -23,6 +26,7 @@ id (base64), never by anything else.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from privacy.audit import merkle, signing
 from privacy.audit.leaf import leaf_hashes
 from privacy.audit.log import (
     CHUNK_ROWS,
+    LOG_ENTRY,
     PARALLEL_RECORDS,
     SEGMENT_SCHEMA,
     AuditLog,
@@ -210,7 +215,9 @@ def _sequence_problem(segment: pq.ParquetFile, path: Path, cp: Checkpoint, repor
         row = int(wrong[0])
         leaf, there = int(expected[row]), int(found[row])
         at = np.flatnonzero(found == leaf)
-        if len(at) == 0:
+        if len(at) == 0 and len(found) == cp.leaf_count:  # as many records as signed
+            what = f"its leaf_index reads {there} where leaf {leaf} belongs (altered)"
+        elif len(at) == 0:
             what = f"leaf {leaf} is missing (deleted)"
         elif np.count_nonzero(found == there) > 1:
             what = f"leaf {there} appears more than once"
@@ -220,6 +227,16 @@ def _sequence_problem(segment: pq.ParquetFile, path: Path, cp: Checkpoint, repor
             f"{name} row {row}: {what}; the record there is {_record_name(path, row, there)}"
         )
         return False
+    if len(found) < cp.leaf_count:  # numbered without a gap, but fewer: renumbered?
+        first = _first_mismatch(path, segment, cp)
+        if first is not None:
+            report.problems.append(
+                f"{name}: holds {len(found)} records, checkpoint {cp.sequence} signed "
+                f"{cp.leaf_count}; from row {first} on the records no longer match their leaf "
+                f"hashes: records were deleted there and the rest renumbered; the record there "
+                f"is {_record_name(path, first, cp.first_leaf + first)}"
+            )
+            return False
     if len(found) != cp.leaf_count:
         first_missing = cp.first_leaf + len(found)
         report.problems.append(
@@ -234,6 +251,18 @@ def _sequence_problem(segment: pq.ParquetFile, path: Path, cp: Checkpoint, repor
         return False
     report.problems.append(f"{name}: its leaf indices changed while it was read (being altered?)")
     return False
+
+
+def _first_mismatch(path: Path, segment: pq.ParquetFile, cp: Checkpoint) -> int | None:
+    """The row of the first record whose stored leaf hash differs from its content's, or None
+    (a segment that failed its sequence check; read a row group at a time, here)."""
+    row = 0
+    for g in range(segment.num_row_groups):
+        bad, _ = check_group(str(path), g, cp.first_leaf + row, frozenset())
+        if bad is not None:
+            return row + bad
+        row += segment.metadata.row_group(g).num_rows
+    return None
 
 
 def check_group(
@@ -352,8 +381,20 @@ def _check_segment(
         )
 
 
-def _check_stray_files(log: AuditLog, checkpoints: list[Checkpoint], report) -> None:
+def _check_stray_files(
+    log: AuditLog, checkpoints: list[Checkpoint], unchecked: list[Path], report
+) -> None:
     covered = {c.body["segment"] for c in checkpoints}
+    # Verification stopped at unchecked[0], a checkpoint it could not trust: its segment
+    # and the later ones are not stray, just not checked.
+    numbers = [int(p.name[:8]) for p in unchecked if p.name[:8].isdigit()]
+    covered |= {segment_name(n) for n in numbers}
+    if len(unchecked) > 1:
+        report.problems.append(
+            f"not checked: {len(unchecked) - 1} later checkpoint(s) ({unchecked[1].name} .. "
+            f"{unchecked[-1].name}) and their segments, since checkpoint {unchecked[0].name} "
+            "before them cannot be trusted"
+        )
     if log.segments_dir.is_dir():
         for path in sorted(log.segments_dir.iterdir()):
             if path.name not in covered and not path.name.startswith("."):
@@ -382,6 +423,59 @@ def _check_trusted(checkpoints: list[Checkpoint], trusted: list[Path], keys: dic
                 f"history rewritten: checkpoint {kept.sequence} (tree size {kept.tree_size}) "
                 f"in the log differs from the one kept in {path} (root "
                 f"{current.body['root_hash']} now, {kept.body['root_hash']} then)"
+            )
+
+
+def _check_published_key(log: AuditLog, latest: Checkpoint | None, report) -> None:
+    """public_key.pem, the key the docs tell outsiders to pin, must be the latest signer's."""
+    path = log.root / "public_key.pem"
+    if latest is None or not path.is_file():
+        return
+    try:
+        fp = signing.fingerprint(signing.load_public_pem(path.read_bytes(), str(path)))
+    except signing.SignerError as e:
+        report.problems.append(f"public_key.pem: {e}")
+        return
+    signer = latest.body["signing_key"]["fingerprint"]
+    if fp != signer:
+        report.problems.append(
+            f"public_key.pem: holds key {fp}, but the latest checkpoint ({latest.sequence}) was "
+            f"signed by {signer}: the published key was replaced, or the log re-signed"
+        )
+
+
+def _check_runs(log: AuditLog, checkpoints: list[Checkpoint], report) -> None:
+    """Every published run beside the log says where its records are (audit/_log_entry.json,
+    written when it was appended): that checkpoint must be in the log, unchanged. This is
+    how removing the newest checkpoints of a log shows without a kept checkpoint."""
+    by_sequence = {c.sequence: c for c in checkpoints}
+    here = log.root.resolve()
+    for entry_path in sorted(log.root.parent.glob(f"*/{LOG_ENTRY.as_posix()}")):
+        run = entry_path.parent.parent
+        try:
+            entry = json.loads(entry_path.read_text())
+            if (run.parent / entry["audit_log"]).resolve() != here:
+                continue
+            sequence = int(str(entry["checkpoint"]).removesuffix(".json"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            report.problems.append(f"{run.name}: its {LOG_ENTRY} is unreadable ({e})")
+            continue
+        cp = by_sequence.get(sequence)
+        if cp is None:
+            report.problems.append(
+                f"run {run.name}: its records were logged in checkpoint {sequence} (tree size "
+                f"{entry.get('tree_size')}, its {LOG_ENTRY}), which the log no longer holds "
+                "checked: checkpoints were removed"
+            )
+        elif (cp.body["root_hash"], cp.tree_size, cp.first_leaf) != (
+            entry.get("root_hash"),
+            entry.get("tree_size"),
+            entry.get("first_leaf"),
+        ):
+            report.problems.append(
+                f"run {run.name}: checkpoint {sequence} in the log (root {cp.body['root_hash']}) "
+                f"is not the one the run was published with (root {entry.get('root_hash')}, its "
+                f"{LOG_ENTRY}): the log was rewritten"
             )
 
 
@@ -432,7 +526,14 @@ def verify_log(
         if progress:
             progress(done, signed)
 
+    if not files:
+        report.problems.append(
+            f"{root}: the log holds no checkpoint, so nothing in it is signed (emptied, or "
+            "never appended to)"
+        )
+    unchecked: list[Path] = []
     for i, path in enumerate(files):
+        unchecked = files[i:]
         if path.name != checkpoint_name(i):
             report.problems.append(f"{path.name}: checkpoint {checkpoint_name(i)} is missing")
             break
@@ -449,8 +550,12 @@ def verify_log(
         _check_segment(log, cp, previous, report, rng, checked)
         checkpoints.append(cp)
         previous = cp
+    else:
+        unchecked = []
     report.checkpoints = len(checkpoints)
     report.latest = previous
-    _check_stray_files(log, checkpoints, report)
+    _check_stray_files(log, checkpoints, unchecked, report)
+    _check_published_key(log, previous if not unchecked else None, report)
+    _check_runs(log, checkpoints, report)
     _check_trusted(checkpoints, list(trusted or []), keys, report)
     return report
