@@ -229,8 +229,19 @@ def _print_rows(rows: list[dict], fmt: str) -> None:
 
 
 def _filters(args, subject: str | None = None):
+    from flows.cli import UsageError
+    from privacy.audit.events import OPERATIONS
     from privacy.audit.query import Filters
 
+    # A filter that cannot match anything would print "no record matches" as if checked.
+    operation = getattr(args, "operation", None)
+    if operation is not None and operation not in OPERATIONS:
+        raise UsageError(
+            f"--operation {operation!r} is no operation the log records: {', '.join(OPERATIONS)}"
+        )
+    since, until = getattr(args, "since", None), getattr(args, "until", None)
+    if since and until and since > until:
+        raise UsageError(f"--since {since} is after --until {until}: no day is in between")
     return Filters(
         purpose=getattr(args, "purpose", None),
         legal_basis=getattr(args, "legal_basis", None),
@@ -264,6 +275,12 @@ def cmd_trail(args) -> int:
     return 0
 
 
+NO_MATCH = (
+    "no record matches (the values the log holds: --count-by run_id, name, status, scheme or "
+    "processing_activity_id)"
+)
+
+
 def cmd_query(args) -> int:
     from privacy.audit.query import count_by, select
 
@@ -274,7 +291,7 @@ def cmd_query(args) -> int:
         if args.format == "json":
             _print_rows(table.to_pylist(), "json")
         elif table.num_rows == 0:
-            print("no record matches")
+            print(NO_MATCH)
         else:
             print("  ".join(table.column_names))
             for r in table.to_pylist():
@@ -283,7 +300,7 @@ def cmd_query(args) -> int:
     rows, total = select(root, filters, limit=args.limit)
     _print_rows(rows.to_pylist(), args.format)
     if args.format != "json":
-        print(f"{total:,} record(s) match; {rows.num_rows:,} shown")
+        print(f"{total:,} record(s) match; {rows.num_rows:,} shown" if total else NO_MATCH)
     return 0
 
 
@@ -447,13 +464,13 @@ def register(subparsers) -> None:
     p.add_argument("--subject", type=_pseudonym, help="data subject pseudonym")
     p.add_argument(
         "--count-by",
-        help="comma-separated: name, status, run_id, "
-        "processing_activity_id, register_version, scheme",
+        help="comma-separated: name, status, run_id, processing_activity_id, register_version, "
+        "scheme (with --scheme, a rule_evaluation counts under its outcome for that scheme)",
     )
     p.add_argument("--limit", type=_count, default=50, help="rows to show (default 50)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p = command("prove", cmd_prove, "an inclusion proof bundle for one data subject")
-    p.add_argument("pseudonym", type=_pseudonym)
+    p.add_argument("pseudonym", type=_pseudonym, help="the data subject's pseudonym (d<n>.…)")
     p.add_argument("--out", help="write the bundle here (default: standard output)")
     p = command("export", cmd_export, "a verified copy of the log or of selected records")
     p.add_argument("--to", required=True, help="a new folder")

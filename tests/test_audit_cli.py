@@ -226,7 +226,10 @@ def test_an_auditor_is_told_what_went_wrong_in_one_line(log_root, tmp_path):
     code, out, _ = signals(
         "audit", "query", "--log", log, "--run", "no-such-run", "--count-by", "name"
     )
-    assert code == 0 and out.strip() == "no record matches"
+    assert code == 0 and out.startswith("no record matches (the values the log holds")
+    for bad in (["--operation", "Signal"], ["--since", "2025-03-02", "--until", "2025-03-01"]):
+        code, _, err = signals("audit", "query", "--log", log, *bad)
+        assert code == 2 and ("no operation the log records" in err or "no day is in" in err)
     code, out, _ = signals("audit", "query", "--log", log, "--count-by", "run_id,name")
     assert code == 0 and out.splitlines()[0] == "run_id  name  records"
     # Files that are not what the option wants are usage errors naming the file (exit 2).

@@ -249,6 +249,32 @@ def test_query_by_scheme_finds_the_rule_evaluations_that_list_it(run):
         assert main(args) == 0
     found = {json.loads(line)["data_subject_pid"] for line in out.getvalue().splitlines()}
     assert found == members and members
+    # Counted for one scheme, a rule evaluation counts under that scheme's outcome (its
+    # record's own status says whether any scheme held).
+    entitled = evaluations.filter(
+        pc.and_(
+            pc.equal(evaluations["scheme"], "kindgebonden_budget"),
+            pc.fill_null(evaluations["entitled"], False),
+        )
+    )
+    held = set(entitled["household_pid"].to_pylist())
+    expected = sum(
+        len(ms)
+        for h, ms in zip(
+            households["household_pid"].to_pylist(),
+            households["member_pids"].to_pylist(),
+            strict=True,
+        )
+        if h in held
+    )
+    out = io.StringIO()
+    args = ["audit", "query", "--log", str(log_root), "--scheme", "kindgebonden_budget"]
+    args += ["--operation", "rule_evaluation", "--count-by", "status", "--format", "json"]
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    counts = {r["status"]: r["records"] for r in map(json.loads, out.getvalue().splitlines())}
+    assert counts == {"entitled": expected, "not_entitled": len(members) - expected}
+    assert 0 < expected < len(members)
 
 
 def _tampered_copy(run, tmp_path) -> Path:

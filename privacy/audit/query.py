@@ -140,17 +140,39 @@ def export_records(log_root: Path, filters: Filters, path: Path) -> int:
             con.close()
 
 
+# A rule_evaluation record covers every scheme evaluated for its household; its status says
+# whether any held. Counted for one scheme, it is that scheme's outcome that counts.
+_EVALUATED = "json_extract_string(attributes, '$.evaluations[*].{}')"
+_SCHEME_STATUS = (
+    "CASE WHEN name <> 'rule_evaluation' THEN status WHEN len(list_filter(range(1, len("
+    + _EVALUATED.format("scheme")
+    + ") + 1), lambda i: ("
+    + _EVALUATED.format("scheme")
+    + ")[i] = $scheme AND ("
+    + _EVALUATED.format("entitled")
+    + ")[i] = 'true')) > 0 THEN 'entitled' ELSE 'not_entitled' END AS status"
+)
+
+
+def _group_expression(group: str, filters: Filters) -> str:
+    if group == "scheme":
+        return "json_extract_string(attributes, '$.scheme') AS scheme"
+    if group == "status" and filters.scheme is not None:
+        return _SCHEME_STATUS
+    return group
+
+
 def count_by(log_root: Path, filters: Filters, groups: list[str]) -> pa.Table:
-    """Record counts per combination of `groups` (columns, or `scheme` from the attributes)."""
+    """Record counts per combination of `groups` (columns, or `scheme` from the attributes).
+
+    With a scheme filter, a rule_evaluation record counts under its outcome for that
+    scheme (`entitled`, `not_entitled`), not under its household-wide status."""
     bad = [g for g in groups if g not in GROUPABLE]
     if bad:
         raise AuditLogError(f"cannot count by {', '.join(bad)}: choose from {', '.join(GROUPABLE)}")
     source, where, params = _source(log_root, filters)
-    exprs = [
-        "json_extract_string(attributes, '$.scheme') AS scheme" if g == "scheme" else g
-        for g in groups
-    ]
-    names = ", ".join(groups)
+    exprs = [_group_expression(g, filters) for g in groups]
+    names = ", ".join(str(i) for i in range(1, len(groups) + 1))  # the expressions, by place
     con = duckdb.connect()
     try:
         return con.sql(
