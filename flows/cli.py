@@ -321,4 +321,8 @@ def _reader_gone() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m flows.cli`: run the module as imported, so that its exception classes are
+    # the ones the other modules raise (this file as __main__ would be a second copy).
+    from flows.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -62,6 +62,12 @@ def _log_root(value: str) -> Path:
         return path
     if (path / LOG_DIRNAME / "checkpoints").is_dir():
         return path / LOG_DIRNAME
+    for run in (path, path.parent):  # a run folder, or its audit/ copy
+        if (run / "manifest.json").is_file() and (run.parent / LOG_DIRNAME).is_dir():
+            raise UsageError(
+                f"{path}: a run, not the audit log: the log that holds it is "
+                f"{run.parent / LOG_DIRNAME} (give that, or {run.parent})"
+            )
     raise UsageError(f"{path}: no audit log here (expected checkpoints/ or {LOG_DIRNAME}/)")
 
 

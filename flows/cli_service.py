@@ -1,8 +1,8 @@
 """`signals serve`, `signals runs` and `signals config`: running the pipeline as a service.
 
     signals serve [--config F]              the scheduled deployments (needs a Prefect server)
-    signals runs list [--out DIR]           every run in the output folder, newest first
-    signals runs show RUN [--out DIR]       one run: inputs, counts, rule versions
+    signals runs list [--runs DIR]          every run in the output folder, newest first
+    signals runs show RUN [--runs DIR]      one run (its folder, id or id prefix)
     signals config check [--config F]       validate signals.toml (and overrides), print it
 
 The output folder defaults to `paths.out` of the configuration (flows/config.py). Their
@@ -40,7 +40,15 @@ def cmd_runs_list(args) -> int:
 
     entries = list_runs(_out(args))
     if not entries:
-        print(f"no runs in {_out(args)}")
+        from flows.cli import UsageError
+        from privacy.audit.log import LOG_DIRNAME
+
+        out = _out(args)
+        if (out / "checkpoints").is_dir() or out.name == LOG_DIRNAME:
+            raise UsageError(f"{out}: the audit log, not the runs folder: the runs are beside it")
+        if (out / "manifest.json").is_file():
+            raise UsageError(f"{out}: a run, not the runs folder: `signals runs show {out}`")
+        print(f"no runs in {out}")
         return 0
     print("\n".join(history_lines(entries)))
     return 0
@@ -49,7 +57,8 @@ def cmd_runs_list(args) -> int:
 def cmd_runs_show(args) -> int:
     from flows.runs import find_run, show_lines
 
-    folder = find_run(_out(args), args.run)
+    # A run's folder is enough; an id or prefix is looked up in the runs folder.
+    folder = Path(args.run) if Path(args.run).is_dir() else find_run(_out(args), args.run)
     if args.json:
         print((folder / "manifest.json").read_text(encoding="utf-8"), end="")
     else:
@@ -88,12 +97,22 @@ def register(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="the history of runs in an output folder")
     actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
     p = actions.add_parser("list", help="every run, newest first, unfinished ones included")
-    p.add_argument("--out", help="output folder (default: paths.out of the configuration)")
+    p.add_argument(
+        "--out",
+        "--runs",
+        dest="out",
+        help="the folder holding the runs (default: paths.out of the configuration)",
+    )
     _config_arg(p)
     p.set_defaults(func=cmd_runs_list)
     p = actions.add_parser("show", help="one run: inputs, counts, rule versions")
     p.add_argument("run", metavar="RUN", help="run id, a unique prefix of one, or its folder")
-    p.add_argument("--out", help="output folder (default: paths.out of the configuration)")
+    p.add_argument(
+        "--out",
+        "--runs",
+        dest="out",
+        help="the folder holding the runs (default: paths.out of the configuration)",
+    )
     p.add_argument("--json", action="store_true", help="print the manifest as it is")
     _config_arg(p)
     p.set_defaults(func=cmd_runs_show)

@@ -252,3 +252,19 @@ def test_an_auditor_is_told_what_went_wrong_in_one_line(log_root, tmp_path):
     text.write_text(json.dumps(cut))
     code, _, err = signals("audit", "check-proof", str(text))
     assert code == 2 and f"{text}: not a proof bundle" in err
+
+
+def test_run_as_a_module_a_known_error_is_one_line_too(tmp_path):
+    """`python -m flows.cli` ran this file as a second module, whose error classes the
+    others did not raise: a missing log was a traceback with exit 1, the code of tampering."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "audit", "verify", "--log", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no audit log here" in done.stderr and "Traceback" not in done.stderr

@@ -137,6 +137,27 @@ def test_the_output_folder_comes_from_the_configuration(runs, capsys, tmp_path, 
     assert run_dir.name in capsys.readouterr().out
 
 
+def test_a_run_folder_needs_no_runs_folder_and_a_wrong_folder_is_named(
+    runs, capsys, tmp_path, monkeypatch
+):
+    out, run_dir, _, _ = runs
+    monkeypatch.chdir(tmp_path)  # no signals.toml here
+    monkeypatch.delenv("SIGNALS_CONFIG", raising=False)
+    monkeypatch.delenv("SIGNALS_PATHS_OUT", raising=False)
+    assert main(["runs", "show", str(run_dir)]) == 0
+    assert capsys.readouterr().out.startswith(f"run {run_dir.name}\n")
+    assert main(["runs", "show", run_dir.name[:14], "--runs", str(out)]) == 0  # as elsewhere
+    assert capsys.readouterr().out.startswith(f"run {run_dir.name}\n")
+    assert main(["runs", "list", "--runs", str(out / "audit-log")]) == 2
+    assert "the audit log, not the runs folder" in capsys.readouterr().err
+    assert main(["runs", "list", "--runs", str(run_dir)]) == 2
+    assert "a run, not the runs folder" in capsys.readouterr().err
+    assert main(["audit", "verify", "--log", str(run_dir / "audit")]) == 2
+    assert f"a run, not the audit log: the log that holds it is {out / 'audit-log'}" in (
+        capsys.readouterr().err
+    )
+
+
 def test_after_retention_the_run_is_listed_with_its_personal_data_destroyed(runs, capsys):
     out, run_dir, key, _ = runs
     later = (dt.date.today() + dt.timedelta(days=800)).isoformat()
