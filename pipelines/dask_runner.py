@@ -180,10 +180,15 @@ class DaskRunnerResult(stock.DaskRunnerResult):
 
         try:
             timeout = duration / 1000 if duration is not None else None  # milliseconds
-            ddist.wait(self.futures, timeout=timeout)
-            failed = next((f for f in self.futures if f.status != "finished"), None)
+            try:
+                ddist.wait(self.futures, timeout=timeout)  # raises if one was cancelled
+            except TimeoutError:
+                return self._state  # still running, as Beam's contract has it
+            # Only an error fails: a leaf whose worker died after it finished is "lost",
+            # its writes done; asking for its result would compute it (and write) again.
+            failed = next((f for f in self.futures if f.status == "error"), None)
             if failed is not None:
-                failed.result()  # raises the worker's exception (or the cancellation)
+                failed.result()  # raises the worker's exception
             self._state = PipelineState.DONE
         except BaseException:
             self._state = PipelineState.FAILED

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import time
 import uuid
+from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.internal import pickler
 from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.runners.runner import PipelineState
 from pipeline_outputs import assert_same_outputs, population, run_central
 
 from pipelines.options import pipeline_options
@@ -105,6 +108,28 @@ def test_write_to_parquet_writes_every_row_once(cluster, tmp_path):
     assert sorted(pq.read_table(tmp_path).column("x").to_pylist()) == list(range(20))
     # Only the parts: the sink's temporary folder is gone (finalise ran, once).
     assert {p.suffix for p in tmp_path.iterdir()} == {".pq"}
+
+
+class Slow(beam.DoFn):
+    def process(self, x):
+        time.sleep(0.5)
+        yield x
+
+
+def test_a_timed_wait_leaves_the_pipeline_running_and_a_later_wait_sees_it_done(cluster, tmp_path):
+    """Beam's contract: wait_until_finish(duration) returns the state when the time is up.
+    It used to raise a bare TimeoutError, mark the pipeline failed and close the client."""
+    p = beam.Pipeline(options=dask_options(cluster))
+    _ = p | beam.Create(range(4)) | beam.ParDo(Slow()) | beam.Map(_touch, str(tmp_path))
+    result = p.run()
+    assert result.wait_until_finish(duration=1) == PipelineState.RUNNING  # 1 ms
+    assert result.wait_until_finish() == PipelineState.DONE
+    assert sorted(int(f.name) for f in tmp_path.iterdir()) == [0, 1, 2, 3]
+
+
+def _touch(x, folder):
+    Path(folder, str(x)).touch()
+    return x
 
 
 # -- the central pipeline ------------------------------------------------------------------
