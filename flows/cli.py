@@ -87,7 +87,10 @@ def shell_path(path) -> str:
     import shlex
 
     path, relative = str(path), os.path.relpath(path)
-    return shlex.quote(relative if len(relative) < len(path) else path)
+    chosen = relative if len(relative) < len(path) else path
+    if "/" not in chosen or chosen.startswith("-"):  # a bare name is looked up on PATH; a
+        chosen = "./" + chosen  # leading dash reads as an option
+    return shlex.quote(chosen)
 
 
 def program() -> str:

@@ -97,3 +97,21 @@ def test_only_a_number_that_may_be_a_bsn_is_hidden_from_a_message():
     ]
     for message in kept:
         assert redacted(message) == message
+
+
+def test_a_printed_command_path_runs_as_printed(tmp_path, monkeypatch):
+    """A suggestion names `signals` by the path it was called with when it is on no PATH:
+    called as ./signals from its own folder that must stay ./signals (a bare `signals`
+    would be looked up on PATH and not found)."""
+    from flows.cli import program, shell_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    for called in ("./signals", str(tmp_path / "signals")):
+        monkeypatch.setattr(sys, "argv", [called, "demo"])
+        assert program() == "./signals", called
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "bin" / "signals")])
+    assert program() == "bin/signals"
+    assert shell_path("-odd name") == "'./-odd name'"
+    assert shell_path(tmp_path / "runs") == "./runs"
+    assert shell_path("/") == "/"
