@@ -30,7 +30,7 @@ never from its arguments (which land in shell history and the process list).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -61,6 +61,9 @@ class Subject:
     line: int  # the line of the input that gave the BSN
     records: dict[str, int]  # each pseudonym of the person -> audit records naming it before
     households: dict[str, int]  # each household the person was joined into -> its records
+    # A household's pseudonym under another domain key -> the one the person was joined
+    # into (the same household across a rotation); absent: it is that one itself.
+    joined_as: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,17 +214,20 @@ def look_up(
     for line, pids in found:
         # A household the person was joined into, and its pseudonyms under the domain's
         # other keys that records name (a later run resolved its episode after a rotation).
-        homes = sorted(
-            {
-                v
-                for p in pids
-                for h in joined.get(p, ())
-                for v in variants[h]
-                if v == h or before.get(v)
-            }
-        )
+        homes = {
+            v: h
+            for p in pids
+            for h in joined.get(p, ())
+            for v in variants[h]
+            if v == h or before.get(v)
+        }
         subjects.append(
-            Subject(line, {p: before.get(p, 0) for p in pids}, {h: before.get(h, 0) for h in homes})
+            Subject(
+                line,
+                {p: before.get(p, 0) for p in pids},
+                {h: before.get(h, 0) for h in sorted(homes)},
+                {v: h for v, h in homes.items() if v != h},
+            )
         )
     return Lookup(subjects, event, checkpoint, records.num_rows)
 
@@ -237,6 +243,15 @@ def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, set[str]]:
     for run_id, pid in _query(log_root, sql, subjects):
         named.setdefault(run_id, set()).add(pid)
     return dict(sorted(named.items()))
+
+
+def _run_order(log_root: Path, run_ids: list[str]) -> dict[str, int]:
+    """Run id -> the first leaf of its records in the log: the order the runs were logged."""
+    sql = (
+        "SELECT run_id, min(leaf_index) FROM read_parquet($files) "
+        "WHERE list_contains($pids, run_id) GROUP BY run_id"
+    )
+    return dict(_query(log_root, sql, run_ids))
 
 
 def _rows(table: pa.Table, persons: list[str], households: set[str]) -> pa.Table:
@@ -274,19 +289,30 @@ def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_P
     persons = sorted(subject.records)
     households = set(subject.households)
     # A household is the person's in the runs that joined them into it: in a later run it
-    # may hold only other people. A run that names one of their households otherwise (it
-    # closed its signal episode) gives its lifecycle rows only.
+    # may hold only other people. A later run that names one of their households otherwise
+    # (it closed its signal episode) gives its lifecycle rows only; an earlier run's
+    # concern the household before the person was in it, and are not theirs.
     joined = _joined(log_root, persons, by="run_id")
     named = _runs_naming(log_root, persons + sorted(households))
+    order = _run_order(log_root, sorted(named))
+    first_joined: dict[str, int] = {}
+    for run_id, homes in joined.items():
+        for h in homes:
+            first_joined[h] = min(first_joined.get(h, order[run_id]), order[run_id])
     parts = []
     for run_id in named:
         if run_id not in runs:
             continue
+        since = {
+            h
+            for h in named[run_id] & households
+            if order[run_id] >= first_joined.get(subject.joined_as.get(h, h), order[run_id] + 1)
+        }
         tables = {}
         for name in PERSONAL_DATA:
             homes = joined.get(run_id, set())
             if name == "lifecycle.parquet":
-                homes = homes | (named[run_id] & households)
+                homes = homes | since
             rows = read(runs[run_id], name, lambda t, h=homes: _rows(t, persons, h))
             if rows.num_rows:
                 tables[name.removesuffix(".parquet")] = rows

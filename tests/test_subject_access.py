@@ -259,6 +259,47 @@ def test_a_household_is_the_persons_only_in_the_runs_that_joined_them_into_it(tm
     assert kept.column("household_pid").to_pylist() == ["h.B", None]
 
 
+def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(tmp_path):
+    """Run r1 resolves household A's episode; r2 joins the person into A; r3 resolves A's
+    episode again. The person's extract holds r2's and r3's lifecycle rows of A, not r1's."""
+    import pyarrow.parquet as pq
+
+    from pipelines.audit_records import AuditContext, audit_batch, join_audit
+    from privacy.audit.signing import Signer
+    from privacy.keys import Keyring
+    from privacy.subject_access import Subject, _person_parts
+
+    ring = Keyring()
+    ring.add("audit-signing")
+    log = AuditLog(tmp_path / LOG_DIRNAME)
+    runs = {}
+    for run in ("r1", "r2", "r3"):
+        context = AuditContext(run, DEFAULT_DOMAIN, "test")
+        if run == "r2":
+            households = pa.table({"household_pid": ["h.A"], "member_pids": [["p.me"]]})
+            batch = join_audit(context)(households.to_batches()[0])
+        else:
+            batch = audit_batch(context, "resolution", pa.array(["h.A"]), "resolved", "{}")
+        log.append(pa.Table.from_batches([batch]), run, Signer(ring))
+        runs[run] = tmp_path / run
+        runs[run].mkdir()
+        rows = {"household_pid": ["h.A", "h.B"], "run_id": [run, run]}
+        pq.write_table(pa.table(rows), runs[run] / "lifecycle.parquet")
+
+    def read(run_dir, name, where):
+        path = run_dir / name
+        empty = pa.table({"household_pid": pa.array([], pa.string())})
+        return where(pq.read_table(path) if path.is_file() else empty)
+
+    subject = Subject(1, {"p.me": 1}, {"h.A": 2})
+    parts = _person_parts(subject, tmp_path / LOG_DIRNAME, runs, read)
+    got = {p.run_id: p.tables["lifecycle"].to_pydict() for p in parts}
+    assert got == {
+        "r2": {"household_pid": ["h.A"], "run_id": ["r2"]},
+        "r3": {"household_pid": ["h.A"], "run_id": ["r3"]},
+    }
+
+
 def test_an_extract_goes_to_a_new_folder_only(published, tmp_path, monkeypatch, capsys):
     root, run = published
     (tmp_path / "x").mkdir()
