@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -90,6 +91,8 @@ def test_repeated_records_are_counted_once_per_operation(tmp_path):
     assert parts.records == 60 and parts.keep is not None
     assert parts.per_operation == {"join": 60}
     assert len(parts.span_ids()) == 60
+    names, subjects = parts._names_and_subjects(np.array([], dtype=np.int64))  # none asked
+    assert len(names) == len(subjects) == 0
     write_parts(tmp_path / "once", batches()[:2])  # no subject twice
     assert AuditParts(tmp_path / "once" / "audit_parts").keep is None
 

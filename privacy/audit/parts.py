@@ -196,7 +196,7 @@ class AuditParts:
         starts = np.concatenate([[0], np.cumsum(self.sizes)])
         owners = np.searchsorted(starts, positions, side="right") - 1  # ascending
         held, first = np.unique(owners, return_index=True)
-        ends = np.append(first[1:], len(positions))
+        ends = np.append(first[1:], len(positions)) if len(positions) else first
         names, subjects = [], []
         for part, a, b in zip(held, first, ends, strict=True):
             rows = positions[a:b] - starts[part]
