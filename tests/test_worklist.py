@@ -230,14 +230,20 @@ def test_domain_key_rotation_keeps_links_and_old_runs_stay_reidentifiable(publis
 
 
 def test_only_the_controllers_steps_combine_body_and_domain_keys():
-    """By construction: no other code path can link a BSN and a domain pseudonym (both
-    steps check that the keyring is the controller's, tests/test_subject_access.py)."""
+    """By construction: no other code path can link a BSN and a domain pseudonym (each
+    step checks that the keyring is the controller's: tests/test_subject_access.py,
+    tests/test_body_links.py)."""
     root = Path(__file__).resolve().parent.parent
     code = [p for d in ("pipelines", "privacy", "flows") for p in (root / d).rglob("*.py")]
     both = sorted(
         str(p.relative_to(root)) for p in code if "TwoLayerPseudonymiser" in p.read_text()
     )
-    assert both == ["privacy/pseudonyms.py", "privacy/reidentify.py", "privacy/subject_access.py"]
+    assert both == [
+        "privacy/body_links.py",
+        "privacy/pseudonyms.py",
+        "privacy/reidentify.py",
+        "privacy/subject_access.py",
+    ]
     # The central side never asks a keyring for a body key.
     central = [p for p in code if p.parts[-2] == "pipelines" or p.name in ("run.py", "central.py")]
     assert not [p for p in central if re.search(r"active\(\s*['\"]body", p.read_text())]
