@@ -184,7 +184,8 @@ class TwoLayerPseudonymiser:
 
     Needs both keys, which only the controller holds (privacy/reidentify.py uses it
     to find signalled households in a raw BRP delivery, privacy/subject_access.py to
-    find the pseudonyms of a person who asks).
+    find the pseudonyms of a person who asks, privacy/body_links.py to link households
+    across a body-key rotation).
     """
 
     def __init__(self, body_key: Key, domain_key: Key):
