@@ -261,11 +261,26 @@ def _filters(args, subject: str | None = None):
     )
 
 
+def _warn_if_altered(root: Path) -> None:
+    """trail and query read records as they are; say so when the files are not as signed."""
+    from privacy.audit.verify import quick_check
+
+    problems = quick_check(root)
+    if problems:
+        print(
+            f"WARNING: {root} is not as signed ({problems[0]}"
+            + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
+            + "): what follows may be altered; `signals audit verify` names what changed",
+            file=sys.stderr,
+        )
+
+
 def cmd_trail(args) -> int:
     from privacy.audit.query import count_by, select
 
     root = _log_root(args.log)
     filters = _filters(args, subject=args.pseudonym)
+    _warn_if_altered(root)
     rows, total = select(root, filters)
     if args.format == "json":
         _print_rows(rows.to_pylist(), "json")
@@ -292,6 +307,7 @@ def cmd_query(args) -> int:
 
     root = _log_root(args.log)
     filters = _filters(args)
+    _warn_if_altered(root)
     if args.count_by:
         table = count_by(root, filters, [g.strip() for g in args.count_by.split(",")])
         if args.format == "json":

@@ -138,6 +138,12 @@ def test_a_log_that_no_longer_holds_up_gives_no_proof(log_root, tmp_path):
     pq.write_table(table.set_column(i, "status", pa.array(statuses)), path)
     code, _, err = signals("audit", "prove", subject, "--log", str(copy))
     assert code == 2 and f"the records of {subject} do not check out against the signed log" in err
+    # Reading it still works, with a warning that what is shown may be altered.
+    code, out, err = signals("audit", "trail", subject, "--log", str(copy))
+    assert code == 0 and "altered" in out
+    assert err.startswith(f"WARNING: {copy} is not as signed (segment-00000001.parquet: not")
+    code, out, err = signals("audit", "trail", subject, "--log", str(log_root))
+    assert code == 0 and err == ""
     bundle = tmp_path / "proof.json"
     assert signals("audit", "prove", subject, "--log", str(log_root), "--out", str(bundle))[0] == 0
     code, out, _ = signals("audit", "check-proof", str(bundle))

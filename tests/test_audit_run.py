@@ -322,3 +322,7 @@ def test_a_run_whose_checkpoint_was_rewritten_or_a_replaced_public_key_fails(run
     assert code == 1
     assert "is not the one the run was published with" in err
     assert "public_key.pem: holds key" in err and "the published key was replaced" in err
+    (published,) = (runs / "audit-log" / "public_keys").iterdir()
+    published.write_bytes(public_pem(Signer(ring).public))
+    code, err = _verify(runs)
+    assert f"public_keys/{published.name}: holds key" in err and "not the key its name" in err
