@@ -222,57 +222,38 @@ def test_each_signal_record_holds_its_checks_and_fields_with_source_and_legal_ba
     assert {s["field"] for s in income} == {"tax.assessed_income"}
 
 
+def _members(households, wanted: set[str]) -> list[str]:
+    """The member pseudonyms of the households in `wanted`."""
+    pairs = zip(
+        households["household_pid"].to_pylist(), households["member_pids"].to_pylist(), strict=True
+    )
+    return [m for h, ms in pairs if h in wanted for m in ms]
+
+
+def _query_json(log_root, *args) -> list[dict]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["audit", "query", "--log", str(log_root), *args, "--format", "json"]) == 0
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
 def test_query_by_scheme_finds_the_rule_evaluations_that_list_it(run):
     _, run_dir, log_root = run
     ring = load_keyring(run_dir.parent.parent / "keys" / "central.keyring", PASSPHRASE)
     evaluations = read_run_table(run_dir, "evaluations", ring)
     households = read_run_table(run_dir, "households", ring)
-    kgb = set(
-        evaluations.filter(pc.equal(evaluations["scheme"], "kindgebonden_budget"))[
-            "household_pid"
-        ].to_pylist()
-    )
-    members = {
-        m
-        for h, ms in zip(
-            households["household_pid"].to_pylist(),
-            households["member_pids"].to_pylist(),
-            strict=True,
-        )
-        if h in kgb
-        for m in ms
-    }
-    out = io.StringIO()
-    args = ["audit", "query", "--log", str(log_root), "--scheme", "kindgebonden_budget"]
-    args += ["--operation", "rule_evaluation", "--format", "json", "--limit", "100000"]
-    with contextlib.redirect_stdout(out):
-        assert main(args) == 0
-    found = {json.loads(line)["data_subject_pid"] for line in out.getvalue().splitlines()}
+    kgb = evaluations.filter(pc.equal(evaluations["scheme"], "kindgebonden_budget"))
+    members = set(_members(households, set(kgb["household_pid"].to_pylist())))
+    asked = ["--scheme", "kindgebonden_budget", "--operation", "rule_evaluation"]
+    found = {r["data_subject_pid"] for r in _query_json(log_root, *asked, "--limit", "100000")}
     assert found == members and members
     # Counted for one scheme, a rule evaluation counts under that scheme's outcome (its
     # record's own status says whether any scheme held).
-    entitled = evaluations.filter(
-        pc.and_(
-            pc.equal(evaluations["scheme"], "kindgebonden_budget"),
-            pc.fill_null(evaluations["entitled"], False),
-        )
-    )
-    held = set(entitled["household_pid"].to_pylist())
-    expected = sum(
-        len(ms)
-        for h, ms in zip(
-            households["household_pid"].to_pylist(),
-            households["member_pids"].to_pylist(),
-            strict=True,
-        )
-        if h in held
-    )
-    out = io.StringIO()
-    args = ["audit", "query", "--log", str(log_root), "--scheme", "kindgebonden_budget"]
-    args += ["--operation", "rule_evaluation", "--count-by", "status", "--format", "json"]
-    with contextlib.redirect_stdout(out):
-        assert main(args) == 0
-    counts = {r["status"]: r["records"] for r in map(json.loads, out.getvalue().splitlines())}
+    entitled = kgb.filter(pc.fill_null(kgb["entitled"], False))
+    expected = len(_members(households, set(entitled["household_pid"].to_pylist())))
+    counts = {
+        r["status"]: r["records"] for r in _query_json(log_root, *asked, "--count-by", "status")
+    }
     assert counts == {"entitled": expected, "not_entitled": len(members) - expected}
     assert 0 < expected < len(members)
 
