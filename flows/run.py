@@ -160,6 +160,7 @@ def load_history(
     read = lifecycle.run_reader(keyring, Path(out) / KEY_STORE)
     made_with = body_links.run_body_keys(Path(out))
     linked: set[str] = set()
+    unlinked: set[str] = set()
 
     def rekey(pids, run_ids):
         try:
@@ -171,17 +172,23 @@ def load_history(
                 f"key of {purpose!r} the kept runs and feedback in {out} were made with "
                 "(a retired key stays until they are gone, docs/privacy.md)"
             ) from None
-        # A run no longer in `out` (its folder removed) is taken to be of this body key.
+        # A run no longer in `out` (feedback on a run whose folder was removed) is taken
+        # to be of this body key: nothing says otherwise.
         bodies = pa.array([made_with.get(r, body_key) for r in run_ids.to_pylist()], pa.string())
         try:
-            pids, used = body_links.relink(pids, bodies, body_key, Path(out), keyring, purpose)
+            pids, used, missed = body_links.relink(
+                pids, bodies, body_key, Path(out), keyring, purpose
+            )
         except body_links.LinkMissing as exc:
             raise lifecycle.HistoryUnavailable(str(exc)) from None
         linked.update(used)
+        unlinked.update(missed)
         return pids
 
     history = lifecycle.load_history(Path(out), reference_date, read, rekey)
-    return dataclasses.replace(history, body_links=tuple(sorted(linked)))
+    return dataclasses.replace(
+        history, body_links=tuple(sorted(linked)), unlinked_households=len(unlinked)
+    )
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -377,6 +384,8 @@ def run_flow(
                 "domain_keys": list(history.keys),
                 # Body-key link tables its households went through (privacy/body_links.py).
                 "body_links": list(history.body_links),
+                # History households the link tables did not hold (not in their BRP).
+                "unlinked_households": history.unlinked_households,
             },
             "feedback_files": list(history.feedback_files),
             "suppressed": counts["suppressed"],

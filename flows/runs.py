@@ -228,7 +228,11 @@ def _rekeyed(m: dict) -> str:
     older = [k for k in history.get("domain_keys", []) if k != m.get("domain_key_id")]
     said = f"   history re-keyed from {', '.join(older)}" if older else ""
     links = history.get("body_links", [])
-    return said + (f"   linked across body keys {', '.join(links)}" if links else "")
+    if links:
+        said += f"   linked across body keys {', '.join(links)}"
+        if history.get("unlinked_households"):
+            said += f" ({history['unlinked_households']:,} households not in the link table)"
+    return said
 
 
 def show_lines(run_dir: Path) -> list[str]:

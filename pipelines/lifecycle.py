@@ -122,6 +122,7 @@ class History:
     fingerprint: str  # SHA-256 of the state content
     keys: tuple[str, ...] = ()  # the domain key ids the history was written with, before rekey
     body_links: tuple[str, ...] = ()  # body-key link tables used ("b1->b2"; privacy/body_links.py)
+    unlinked_households: int = 0  # history households (signals, feedback) no table held
 
 
 def feedback_folder(out_root: Path) -> Path:

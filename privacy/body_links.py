@@ -52,6 +52,7 @@ LINK_SCHEMA = pa.schema(
     ]
 )
 OPERATION = "pseudonym_link"
+_MADE_FROM = "made_from"  # the table's Parquet metadata: the BRP deliveries it was made from
 PURPOSE = "household history across a body-key rotation"
 
 
@@ -70,12 +71,13 @@ def link_path(out_root: Path, old_key: str, new_key: str) -> Path:
 @dataclass(frozen=True)
 class Links:
     tables: list[Path]
-    households: int
+    households: int  # in the BRP delivery (each table also keeps earlier deliveries' rows)
     checkpoint: Checkpoint
 
 
-def _household_ids(brp_dir: Path) -> pa.Array:
-    """The distinct household ids of the valid rows of a raw BRP delivery."""
+def _household_ids(brp_dir: Path) -> tuple[pa.Array, dict]:
+    """The distinct household ids of the valid rows of a raw BRP delivery, and what
+    delivery it was (reference date, checksum)."""
     delivery = open_delivery(Path(brp_dir), "brp")
     chunks: list[pa.Array] = []
     validate_delivery(
@@ -84,7 +86,24 @@ def _household_ids(brp_dir: Path) -> pa.Array:
         on_quarantine=lambda b: None,
     )
     ids = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks())
-    return ids.filter(pc.is_valid(ids))
+    made_from = {"reference_date": delivery.reference_date, "sha256": delivery.manifest["sha256"]}
+    return ids.filter(pc.is_valid(ids)), made_from
+
+
+def _merged(path: Path, table: pa.Table, keyring: Keyring, domain: str) -> tuple[pa.Table, list]:
+    """`table` with the rows of an earlier table at `path` it does not hold, all under the
+    domain's active key, and every BRP delivery the result was made from. A household of
+    an earlier BRP that this one lacks stays linked; the newer pair wins."""
+    if not path.is_file():
+        return table, []
+    before = pq.read_table(path, schema=LINK_SCHEMA)
+    sources = json.loads((pq.read_metadata(path).metadata or {}).get(_MADE_FROM.encode(), b"[]"))
+    before = pa.table(
+        [translate(before.column(n).combine_chunks(), keyring, domain) for n in LINK_SCHEMA.names],
+        schema=LINK_SCHEMA,
+    )
+    kept = before.filter(pc.invert(pc.is_in(before["old_pid"], value_set=table["old_pid"])))
+    return pa.concat_tables([table, kept]), sources
 
 
 def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> Links:
@@ -103,18 +122,21 @@ def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> 
             f"{out_root}: no audit log there, so no central run to link: give the folder the "
             "central runs write to (their `--out`)"
         )
-    households = _household_ids(brp_dir)
+    households, made_from = _household_ids(brp_dir)
     if not len(households):
         raise LinkError(f"{brp_dir}: the BRP delivery holds no valid household to link")
     domain_key = keyring.active("domain", domain)
     new_pids = TwoLayerPseudonymiser(new, domain_key).array("household_id", households)
-    tables = {
-        link_path(out_root, old.id, new.id): pa.table(
+    tables = {}
+    for old in retired:
+        path = link_path(out_root, old.id, new.id)
+        pairs = pa.table(
             [TwoLayerPseudonymiser(old, domain_key).array("household_id", households), new_pids],
             schema=LINK_SCHEMA,
         )
-        for old in retired
-    }
+        pairs, sources = _merged(path, pairs, keyring, domain)
+        metadata = {_MADE_FROM: json.dumps([*sources, made_from]), "domain_key": domain_key.id}
+        tables[path] = pairs.replace_schema_metadata(metadata)
     event = new_event_id()
     attributes = canonical_json(
         {
@@ -122,6 +144,7 @@ def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> 
             "actor": actor(),
             "event": event,
             "links": [f"{old.id}->{new.id}" for old in retired],
+            "brp": made_from,
         }
     )
     context = AuditContext(f"pseudonym-link/{event}", domain, load_register().version)
@@ -143,11 +166,12 @@ def relink(
     out_root: Path,
     keyring: Keyring,
     domain: str,
-) -> tuple[pa.Array, list[str]]:
+) -> tuple[pa.Array, list[str], set[str]]:
     """Household pseudonyms (under the domain's active key) made with other body keys, as the
-    current body key makes them; `body_keys` names each one's. Returns them and the links
-    used (`b1->b2`). Unlinked households keep their pseudonym (no longer in the BRP)."""
-    used = []
+    current body key makes them; `body_keys` names each one's. Returns them, the links
+    used (`b1->b2`) and the households the link tables did not hold: they keep their
+    pseudonym (not in the BRP the table was made from)."""
+    used, unlinked = [], set()
     for old in sorted(set(pc.unique(body_keys).to_pylist()) - {current, None}):
         path = link_path(out_root, old, current)
         if not path.is_file():
@@ -160,22 +184,30 @@ def relink(
                 "lifecycle would take every household for new"
             )
         links = pq.read_table(path, schema=LINK_SCHEMA)
-        old_pids = translate(links.column("old_pid").combine_chunks(), keyring, domain)
-        new_pids = translate(links.column("new_pid").combine_chunks(), keyring, domain)
+        try:
+            old_pids = translate(links.column("old_pid").combine_chunks(), keyring, domain)
+            new_pids = translate(links.column("new_pid").combine_chunks(), keyring, domain)
+        except KeyringError as exc:
+            raise LinkMissing(
+                f"{path}: its households are named with a domain key the central keyring "
+                f"cannot re-key from ({exc}); keep that key while the table is in use"
+            ) from None
         mask = pc.fill_null(pc.equal(body_keys, old), False)
         found = pc.index_in(pids, value_set=old_pids)
-        linked = pc.coalesce(pc.take(new_pids, found), pids)
-        pids = pc.if_else(mask, linked, pids)
+        missing = pc.and_(mask, pc.is_null(found))
+        unlinked |= set(pc.unique(pids.filter(missing)).to_pylist())
+        pids = pc.if_else(mask, pc.coalesce(pc.take(new_pids, found), pids), pids)
         used.append(f"{old}->{current}")
-    return pids, used
+    return pids, used, unlinked
 
 
 def run_body_keys(out_root: Path) -> dict[str, str]:
     """Run id -> the body key of its deliveries, for every run folder in out_root."""
     keys = {}
     root = Path(out_root)
-    for manifest in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
-        body = json.loads(manifest.read_text()).get("inputs", {}).get("brp", {})
-        if body.get("pseudonym_key_id"):
-            keys[manifest.parent.name] = body["pseudonym_key_id"]
+    for path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        manifest = json.loads(path.read_text())
+        body = manifest.get("inputs", {}).get("brp", {})
+        if body.get("pseudonym_key_id"):  # by the id the run's rows carry, not its folder name
+            keys[manifest.get("run_id") or path.parent.name] = body["pseudonym_key_id"]
     return keys

@@ -95,3 +95,58 @@ def test_without_a_rotation_or_a_controller_keyring_nothing_is_linked(
     with pytest.raises(KeyringError, match="not a controller keyring"):
         make_links(brp, central, tmp_path / "runs", DEFAULT_DOMAIN)
     assert not (tmp_path / "runs").exists()  # nothing written, nothing logged
+
+
+def test_linking_again_keeps_the_households_of_the_earlier_brp(controller, tmp_path, passphrase):
+    """A second `keys link` from a BRP that lacks some households (another date) adds to
+    the table: households linked before stay linked; both deliveries are on record."""
+    import json
+
+    path, brp = controller
+    ring = load_keyring(path, passphrase)
+    out = _runs_folder(tmp_path / "runs", ring)
+    make_links(brp, ring, out, DEFAULT_DOMAIN)
+    first = pq.read_table(link_path(out, "b1", "b2"))
+    fewer = dict(list(population.HOUSEHOLDS.items())[:3])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(population, "HOUSEHOLDS", fewer)
+        mp.setattr(population, "REFERENCE_DATE", "2025-02-01")
+        population.write_population(tmp_path / "later")
+    make_links(tmp_path / "later" / "brp" / "2025-02-01", ring, out, DEFAULT_DOMAIN)
+    again = pq.read_table(link_path(out, "b1", "b2"))
+    assert sorted(again.to_pylist(), key=str) == sorted(first.to_pylist(), key=str)
+    made_from = json.loads(again.schema.metadata[b"made_from"])
+    assert [m["reference_date"] for m in made_from] == [population.REFERENCE_DATE, "2025-02-01"]
+    _, total = select(out / "audit-log", Filters(operation="pseudonym_link"))
+    assert total == len(population.HOUSEHOLDS) + len(fewer)  # each making is on record
+
+
+def test_history_is_relinked_by_the_body_key_of_the_run_it_came_from(
+    controller, tmp_path, passphrase
+):
+    """Runs are found by the id their rows carry (a renamed folder too); a household the
+    table lacks keeps its pseudonym and is counted."""
+    import json
+
+    import pyarrow as pa
+
+    from privacy.body_links import relink, run_body_keys
+
+    path, brp = controller
+    ring = load_keyring(path, passphrase)
+    out = _runs_folder(tmp_path / "runs", ring)
+    for folder, run_id, body in (("renamed-r1", "r1", "b1"), ("r2", "r2", "b2")):
+        (out / folder).mkdir()
+        manifest = {"run_id": run_id, "inputs": {"brp": {"pseudonym_key_id": body}}}
+        (out / folder / "manifest.json").write_text(json.dumps(manifest))
+    assert run_body_keys(out) == {"r1": "b1", "r2": "b2"}
+    make_links(brp, ring, out, DEFAULT_DOMAIN)
+    domain = ring.active("domain", DEFAULT_DOMAIN)
+    old, new = (TwoLayerPseudonymiser(ring.by_id(b), domain) for b in ("b1", "b2"))
+    hh = sorted(population.HOUSEHOLDS)[0]
+    gone = old.one("household_id", "a household not in the BRP")
+    pids = pa.array([old.one("household_id", hh), gone, new.one("household_id", hh)])
+    bodies = pa.array(["b1", "b1", "b2"])
+    got, used, unlinked = relink(pids, bodies, "b2", out, ring, DEFAULT_DOMAIN)
+    assert got.to_pylist() == [new.one("household_id", hh), gone, new.one("household_id", hh)]
+    assert used == ["b1->b2"] and unlinked == {gone}

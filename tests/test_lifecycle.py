@@ -526,6 +526,7 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
     assert _summary(after) == _summary(runs[days[1]])
     assert after["resolved"]["H1"]["signal_id"] == linked[days[0]]["signals"]["H1"]["signal_id"]
     assert after["manifest"]["proportionality"]["history"]["body_links"] == ["b1->b2"]
+    assert after["manifest"]["proportionality"]["history"]["unlinked_households"] == 0
     shown = "\n".join(show_lines(after["folder"]))
     assert "linked across body keys b1->b2" in shown
     message = str(refused.value)
