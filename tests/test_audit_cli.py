@@ -144,6 +144,13 @@ def test_a_log_that_no_longer_holds_up_gives_no_proof(log_root, tmp_path):
     assert err.startswith(f"WARNING: {copy} is not as signed (segment-00000001.parquet: not")
     code, out, err = signals("audit", "trail", subject, "--log", str(log_root))
     assert code == 0 and err == ""
+    # A batch removed from the middle (its checkpoint and segment): its records are not read.
+    shutil.rmtree(copy)
+    shutil.copytree(log_root, copy)
+    (copy / "checkpoints" / "00000001.json").unlink()
+    (copy / "segments" / "segment-00000001.parquet").unlink()
+    code, out, err = signals("audit", "trail", subject, "--log", str(copy))
+    assert "WARNING" in err and "checkpoint 00000001.json is missing" in err
     bundle = tmp_path / "proof.json"
     assert signals("audit", "prove", subject, "--log", str(log_root), "--out", str(bundle))[0] == 0
     code, out, _ = signals("audit", "check-proof", str(bundle))

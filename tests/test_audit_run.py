@@ -307,3 +307,20 @@ def test_a_run_whose_checkpoint_was_rewritten_or_a_replaced_public_key_fails(run
     published.write_bytes(public_pem(Signer(ring).public))
     code, err = _verify(runs)
     assert f"public_keys/{published.name}: holds key" in err and "not the key its name" in err
+
+
+def test_a_run_copied_in_from_another_log_is_no_alarm(run, tmp_path):
+    """A run folder names the log its records are in (log_id); one of another programme's
+    log, copied beside this one, is not taken for a checkpoint this log lost."""
+    runs = _tampered_copy(run, tmp_path)
+    other = runs / "2024-12-01-fromelsewhere"
+    shutil.copytree(run[1], other)
+    entry = json.loads((other / LOG_ENTRY).read_text())
+    assert entry["log_id"] == AuditLog(runs / "audit-log").latest().body["log_id"]
+    entry.update(log_id="another log", checkpoint="00000007.json")
+    (other / LOG_ENTRY).write_text(json.dumps(entry))
+    assert _verify(runs) == (0, "")
+    del entry["log_id"]  # an entry that cannot say: taken as this log's
+    (other / LOG_ENTRY).write_text(json.dumps(entry))
+    code, err = _verify(runs)
+    assert code == 1 and "run 2024-12-01-fromelsewhere: its records were logged in" in err

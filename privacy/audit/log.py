@@ -539,6 +539,7 @@ def write_log_entry(run_folder: Path, log_root: Path, checkpoint: Checkpoint) ->
     entry = {
         "audit_log": os.path.relpath(Path(log_root).resolve(), Path(run_folder).resolve().parent),
         "checkpoint": checkpoint_name(checkpoint.sequence),
+        "log_id": checkpoint.body["log_id"],  # which log (a run folder may be copied elsewhere)
         "segment": checkpoint.body["segment"],
         "first_leaf": checkpoint.first_leaf,
         "leaf_count": checkpoint.leaf_count,

@@ -444,23 +444,31 @@ def _check_published_key(log: AuditLog, latest: Checkpoint | None, report) -> No
         )
 
 
-def _check_runs(log: AuditLog, checkpoints: list[Checkpoint], report) -> None:
+def _check_runs(
+    log: AuditLog, checkpoints: list[Checkpoint], unchecked: list[Path], report
+) -> None:
     """Every published run beside the log says where its records are (audit/_log_entry.json,
     written when it was appended): that checkpoint must be in the log, unchanged. This is
     how removing the newest checkpoints of a log shows without a kept checkpoint."""
     by_sequence = {c.sequence: c for c in checkpoints}
+    not_checked = {p.name for p in unchecked}  # said already: "not checked"
     here = log.root.resolve()
+    log_id = checkpoints[0].body["log_id"] if checkpoints else None
     for entry_path in sorted(log.root.parent.glob(f"*/{LOG_ENTRY.as_posix()}")):
         run = entry_path.parent.parent
         try:
             entry = json.loads(entry_path.read_text())
             if (run.parent / entry["audit_log"]).resolve() != here:
                 continue
+            if log_id and entry.get("log_id", log_id) != log_id:
+                continue  # a run of another log, copied beside this one
             sequence = int(str(entry["checkpoint"]).removesuffix(".json"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             report.problems.append(f"{run.name}: its {LOG_ENTRY} is unreadable ({e})")
             continue
         cp = by_sequence.get(sequence)
+        if cp is None and checkpoint_name(sequence) in not_checked:
+            continue
         if cp is None:
             report.problems.append(
                 f"run {run.name}: its records were logged in checkpoint {sequence} (tree size "
@@ -489,13 +497,23 @@ def quick_check(root: Path) -> list[str]:
         keys = trusted_keys(log, None)
     except signing.SignerError as e:
         return [str(e)]
-    problems = []
-    for path in log.checkpoint_files():
+    problems, previous = [], None
+    for i, path in enumerate(log.checkpoint_files()):
+        if path.name != checkpoint_name(i):  # a checkpoint removed: its records are not read
+            problems.append(f"checkpoint {checkpoint_name(i)} is missing")
+            break
         try:
             cp = Checkpoint.parse(path.read_text(), str(path))
         except (AuditLogError, OSError) as e:
             problems.append(str(e))
-            continue
+            break
+        chained = (
+            previous is None
+            or (cp.body["previous"] or {}).get("checkpoint_sha256") == previous.digest()
+        )
+        previous = cp
+        if not chained:
+            problems.append(f"checkpoint {cp.sequence}: does not chain to the one before it")
         problem = signature_problem(cp, keys)
         if problem:
             problems.append(problem)
@@ -589,6 +607,6 @@ def verify_log(
     report.latest = previous
     _check_stray_files(log, checkpoints, unchecked, report)
     _check_published_key(log, previous if not unchecked else None, report)
-    _check_runs(log, checkpoints, report)
+    _check_runs(log, checkpoints, unchecked, report)
     _check_trusted(checkpoints, list(trusted or []), keys, report)
     return report
