@@ -256,6 +256,9 @@ def test_query_by_scheme_finds_the_rule_evaluations_that_list_it(run):
     }
     assert counts == {"entitled": expected, "not_entitled": len(members) - expected}
     assert 0 < expected < len(members)
+    # And filtered by status, the same outcome selects.
+    rows = _query_json(log_root, *asked, "--status", "entitled", "--limit", "100000")
+    assert len(rows) == expected
 
 
 def _tampered_copy(run, tmp_path) -> Path:

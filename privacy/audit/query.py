@@ -53,11 +53,13 @@ class Filters:
     def where(self) -> tuple[str, dict]:
         """The WHERE clause and its parameters (values are bound, never pasted into SQL)."""
         terms, params = ["TRUE"], {}
+        # With a scheme, a rule evaluation's status is its outcome for that scheme.
+        status = _SCHEME_STATUS if self.scheme is not None else "status"
         for column, name in (
             ("processing_activity_id", "purpose"),
             ("run_id", "run"),
             ("name", "operation"),
-            ("status", "status"),
+            (status, "status"),
             ("data_subject_pid", "subject"),
         ):
             if getattr(self, name) is not None:
@@ -142,15 +144,11 @@ def export_records(log_root: Path, filters: Filters, path: Path) -> int:
 
 # A rule_evaluation record covers every scheme evaluated for its household; its status says
 # whether any held. Counted for one scheme, it is that scheme's outcome that counts.
-_EVALUATED = "json_extract_string(attributes, '$.evaluations[*].{}')"
 _SCHEME_STATUS = (
-    "CASE WHEN name <> 'rule_evaluation' THEN status WHEN len(list_filter(range(1, len("
-    + _EVALUATED.format("scheme")
-    + ") + 1), lambda i: ("
-    + _EVALUATED.format("scheme")
-    + ")[i] = $scheme AND ("
-    + _EVALUATED.format("entitled")
-    + ")[i] = 'true')) > 0 THEN 'entitled' ELSE 'not_entitled' END AS status"
+    "CASE WHEN name <> 'rule_evaluation' THEN status WHEN list_bool_or(list_transform(from_json("
+    'json_extract(attributes, \'$.evaluations\'), \'[{"scheme":"VARCHAR","entitled":'
+    "\"BOOLEAN\"}]'), lambda e: e.scheme = $scheme AND e.entitled)) THEN 'entitled' "
+    "ELSE 'not_entitled' END"
 )
 
 
@@ -158,7 +156,7 @@ def _group_expression(group: str, filters: Filters) -> str:
     if group == "scheme":
         return "json_extract_string(attributes, '$.scheme') AS scheme"
     if group == "status" and filters.scheme is not None:
-        return _SCHEME_STATUS
+        return f"{_SCHEME_STATUS} AS status"
     return group
 
 
