@@ -143,9 +143,11 @@ def export_records(log_root: Path, filters: Filters, path: Path) -> int:
 
 
 # A rule_evaluation record covers every scheme evaluated for its household; its status says
-# whether any held. Counted for one scheme, it is that scheme's outcome that counts.
+# whether any held. Counted for one scheme, it is that scheme's outcome that counts (a
+# record of one scheme only, without an evaluations list, has its own status).
 _SCHEME_STATUS = (
-    "CASE WHEN name <> 'rule_evaluation' THEN status WHEN list_bool_or(list_transform(from_json("
+    "CASE WHEN name <> 'rule_evaluation' OR json_extract(attributes, '$.evaluations') IS NULL "
+    "THEN status WHEN list_bool_or(list_transform(from_json("
     'json_extract(attributes, \'$.evaluations\'), \'[{"scheme":"VARCHAR","entitled":'
     "\"BOOLEAN\"}]'), lambda e: e.scheme = $scheme AND e.entitled)) THEN 'entitled' "
     "ELSE 'not_entitled' END"
