@@ -223,8 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write a synthetic population as raw deliveries")
     p.add_argument("--persons", type=_positive, default=20_000)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--reference-date", type=_date, default=dt.date(2025, 1, 1))
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="the population's random seed: the same seed gives the same persons and "
+        "households at every reference date (for a series of runs)",
+    )
+    p.add_argument(
+        "--reference-date",
+        type=_date,
+        default=dt.date(2025, 1, 1),
+        help="the deliveries' reference date (YYYY-MM-DD; default 2025-01-01)",
+    )
     p.add_argument("--out", required=True, help="folder for the raw deliveries")
     p.set_defaults(func=cmd_generate)
 

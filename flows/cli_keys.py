@@ -54,10 +54,19 @@ def _default_domain() -> str:
 
 
 def cmd_keys_rotate(args) -> int:
-    from privacy.keys import load_keyring, save_keyring
+    from privacy.keys import KeyringError, load_keyring, save_keyring
 
     path, passphrase = Path(args.key_file), _passphrase(args)
     ring = load_keyring(path, passphrase)
+    # A key is rotated where its custodian keeps it; a controller keyring is rebuilt from
+    # those (a body key rotated in it would differ from the one the bodies use).
+    owner = "body" if args.role == "body" else "central"
+    if owner not in _kinds_of(ring):
+        raise KeyringError(
+            f"{path}: rotate a {args.role} key in the {owner} keyring that keeps it "
+            f"(the key custodian's body keyring, the central party's central keyring), then "
+            "rebuild the controller keyring: keys init --role controller --force --import ..."
+        )
     domain = (args.domain or _default_domain()) if args.role == "domain" else None
     old, new = ring.rotate(args.role, domain)
     save_keyring(ring, path, passphrase)
@@ -78,9 +87,10 @@ def cmd_keys_rotate(args) -> int:
 
 def cmd_keys_link(args) -> int:
     from privacy.body_links import make_links
-    from privacy.keys import load_keyring
+    from privacy.keys import check_custody, load_keyring
 
     ring = load_keyring(Path(args.key_file), _passphrase(args))
+    check_custody(ring, "controller", args.key_file)
     done = make_links(Path(args.brp), ring, Path(args.out), args.domain or _default_domain())
     print(
         f"{done.households:,} households linked (pseudonym_link records in the audit log, "
@@ -90,6 +100,16 @@ def cmd_keys_link(args) -> int:
         print(f"  {path}")
     print("the next central run in that folder reads them for its history (fatigue, lifecycle)")
     return 0
+
+
+def _kinds_of(ring) -> set[str]:
+    """Which kinds of keyring (body, central, controller) `ring` is by custody."""
+    from privacy.keys import CUSTODY
+
+    held = ring.roles()
+    return {
+        kind for kind, (needs, banned) in CUSTODY.items() if needs <= held and not held & banned
+    }
 
 
 def cmd_keys_show(args) -> int:

@@ -160,6 +160,7 @@ def load_history(
     read = lifecycle.run_reader(keyring, Path(out) / KEY_STORE)
     made_with = body_links.run_body_keys(Path(out))
     linked: set[str] = set()
+    older: set[str] = set()
     unlinked: set[str] = set()
 
     def rekey(pids, run_ids):
@@ -176,16 +177,21 @@ def load_history(
         # to be of this body key: nothing says otherwise.
         bodies = pa.array([made_with.get(r, body_key) for r in run_ids.to_pylist()], pa.string())
         try:
-            pids, used, missed = body_links.relink(
+            pids, used, old, missed = body_links.relink(
                 pids, bodies, body_key, Path(out), keyring, purpose
             )
         except body_links.LinkMissing as exc:
             raise lifecycle.HistoryUnavailable(str(exc)) from None
         linked.update(used)
+        older.update(old)
         unlinked.update(missed)
         return pids
 
     history = lifecycle.load_history(Path(out), reference_date, read, rekey)
+    try:
+        body_links.check_coverage(older, unlinked, Path(out))
+    except body_links.LinkMissing as exc:
+        raise lifecycle.HistoryUnavailable(str(exc)) from None
     return dataclasses.replace(
         history, body_links=tuple(sorted(linked)), unlinked_households=len(unlinked)
     )

@@ -79,6 +79,11 @@ def _household_ids(brp_dir: Path) -> tuple[pa.Array, dict]:
     """The distinct household ids of the valid rows of a raw BRP delivery, and what
     delivery it was (reference date, checksum)."""
     delivery = open_delivery(Path(brp_dir), "brp")
+    if "pseudonymised" in delivery.manifest:
+        raise LinkError(
+            f"{brp_dir}: a pseudonymised delivery; the link is made from the raw BRP "
+            "delivery the municipality supplied (as for the worklist)"
+        )
     chunks: list[pa.Array] = []
     validate_delivery(
         delivery,
@@ -117,10 +122,19 @@ def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> 
             "the controller keyring from the rotated body keyring (keys init --import)"
         )
     log_root = Path(out_root) / LOG_DIRNAME
+    if (Path(out_root) / "checkpoints").is_dir():
+        raise LinkError(f"{out_root}: the audit log; give the runs folder it is in")
     if not (log_root / "checkpoints").is_dir():
         raise LinkError(
             f"{out_root}: no audit log there, so no central run to link: give the folder the "
             "central runs write to (their `--out`)"
+        )
+    made_with = set(run_body_keys(out_root).values())
+    retired = [k for k in retired if k.id in made_with]
+    if not retired:
+        raise LinkError(
+            f"{out_root}: no kept run there was made with a retired body key "
+            f"({', '.join(sorted(made_with)) or 'no run at all'}): there is no history to link"
         )
     households, made_from = _household_ids(brp_dir)
     if not len(households):
@@ -166,12 +180,13 @@ def relink(
     out_root: Path,
     keyring: Keyring,
     domain: str,
-) -> tuple[pa.Array, list[str], set[str]]:
+) -> tuple[pa.Array, list[str], set[str], set[str]]:
     """Household pseudonyms (under the domain's active key) made with other body keys, as the
     current body key makes them; `body_keys` names each one's. Returns them, the links
-    used (`b1->b2`) and the households the link tables did not hold: they keep their
-    pseudonym (not in the BRP the table was made from)."""
-    used, unlinked = [], set()
+    used (`b1->b2`), the households made with another key, and those of them the link
+    tables did not hold: they keep their pseudonym (not in the BRP the table was made
+    from)."""
+    used, unlinked, older = [], set(), set()
     for old in sorted(set(pc.unique(body_keys).to_pylist()) - {current, None}):
         path = link_path(out_root, old, current)
         if not path.is_file():
@@ -196,9 +211,31 @@ def relink(
         found = pc.index_in(pids, value_set=old_pids)
         missing = pc.and_(mask, pc.is_null(found))
         unlinked |= set(pc.unique(pids.filter(missing)).to_pylist())
+        older |= set(pc.unique(pids.filter(mask)).to_pylist())
         pids = pc.if_else(mask, pc.coalesce(pc.take(new_pids, found), pids), pids)
         used.append(f"{old}->{current}")
-    return pids, used, unlinked
+    return pids, used, older, unlinked
+
+
+# A link table that lacks more than this share of the households of the old runs was not
+# made from this population's current BRP with the bodies' key (another municipality's or
+# a test delivery, a body key rotated in the controller keyring instead of the custodian's):
+# used, it would make every household new. Monthly churn of households is a few percent.
+MOST_UNLINKED = 0.5
+
+
+def check_coverage(older: set[str], unlinked: set[str], out_root: Path) -> None:
+    """Refuse history that a link table mostly failed to link (see MOST_UNLINKED)."""
+    if older and len(unlinked) > MOST_UNLINKED * len(older):
+        raise LinkMissing(
+            f"the link tables in {Path(out_root) / LINKS_DIR} hold only "
+            f"{len(older) - len(unlinked):,} of the {len(older):,} households of the kept runs "
+            "made with the old body key: they were not made from this population's raw BRP "
+            "with the key the bodies now use (a BRP of another population, or a body key "
+            "rotated in the controller keyring instead of the custodian's body keyring). "
+            "Make them again: `signals keys link` with this run's raw BRP delivery and the "
+            "controller keyring rebuilt from the rotated body keyring"
+        )
 
 
 def run_body_keys(out_root: Path) -> dict[str, str]:

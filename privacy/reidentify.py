@@ -173,7 +173,14 @@ def write_worklist(
     signals = read_run_table(run_dir, "signals.parquet", keyring, key_store)
     households = read_run_table(run_dir, "households", keyring, key_store)
     bsns = _brp_bsns(brp_dir, manifest)
-    body = keyring.by_id(manifest["inputs"]["brp"]["pseudonym_key_id"])
+    body_id = manifest["inputs"]["brp"]["pseudonym_key_id"]
+    if body_id not in {k.id for k in keyring.keys if k.role == "body"}:
+        raise KeyringError(
+            f"run {manifest['run_id']} was made with body key {body_id}, which the controller "
+            "keyring does not hold: rebuild it from the key custodian's body keyring (keys "
+            "init --role controller --force --import body.keyring --import central.keyring)"
+        )
+    body = keyring.by_id(body_id)
     applicants = signals.column("applicant_pid").combine_chunks()
     domain = _domain_key(keyring, applicants, manifest) if len(applicants) else None
     at = (

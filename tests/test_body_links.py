@@ -3,6 +3,7 @@ link`); the central run's use of it is tested with real runs in test_lifecycle.p
 
 from __future__ import annotations
 
+import json
 import stat
 
 import population
@@ -13,7 +14,7 @@ from bsn_scan import scan_tree
 
 from flows.cli import main
 from privacy.audit.query import Filters, select
-from privacy.body_links import LINK_SCHEMA, link_path, make_links
+from privacy.body_links import LINK_SCHEMA, LinkError, check_coverage, link_path, make_links
 from privacy.keys import DEFAULT_DOMAIN, KeyringError, load_keyring
 from privacy.pseudonyms import TwoLayerPseudonymiser
 
@@ -44,6 +45,9 @@ def _runs_folder(root, ring):
     )
     batch = join_audit(AuditContext("r1", DEFAULT_DOMAIN, "test"))(households.to_batches()[0])
     append_events(root / "audit-log", pa.Table.from_batches([batch]), "r1", Signer(ring))
+    (root / "r1").mkdir()  # made with the old body key
+    manifest = {"run_id": "r1", "inputs": {"brp": {"pseudonym_key_id": "b1"}}}
+    (root / "r1" / "manifest.json").write_text(json.dumps(manifest))
     return root
 
 
@@ -95,6 +99,23 @@ def test_without_a_rotation_or_a_controller_keyring_nothing_is_linked(
     with pytest.raises(KeyringError, match="not a controller keyring"):
         make_links(brp, central, tmp_path / "runs", DEFAULT_DOMAIN)
     assert not (tmp_path / "runs").exists()  # nothing written, nothing logged
+    # Not the raw BRP; the audit log instead of its folder; a folder without old-key runs.
+    out = _runs_folder(tmp_path / "runs", ring)
+    pseudo = tmp_path / "pseudo"
+    from privacy.pseudonymise import pseudonymise_delivery
+
+    body_ring = type(ring)([k for k in ring.keys if k.role == "body"])
+    pseudonymise_delivery(brp, body_ring, pseudo)
+    for where, message, args in (
+        (pseudo / "brp" / population.REFERENCE_DATE, "a pseudonymised delivery", ()),
+        (brp, "the audit log; give the runs folder it is in", ("audit-log",)),
+    ):
+        with pytest.raises(LinkError, match=message):
+            make_links(where, ring, out.joinpath(*args), DEFAULT_DOMAIN)
+    (out / "r1" / "manifest.json").write_text(json.dumps({"run_id": "r1"}))
+    with pytest.raises(LinkError, match="no kept run there was made with a retired body key"):
+        make_links(brp, ring, out, DEFAULT_DOMAIN)
+    assert not (out / "links").exists()
 
 
 def test_linking_again_keeps_the_households_of_the_earlier_brp(controller, tmp_path, passphrase):
@@ -147,6 +168,11 @@ def test_history_is_relinked_by_the_body_key_of_the_run_it_came_from(
     gone = old.one("household_id", "a household not in the BRP")
     pids = pa.array([old.one("household_id", hh), gone, new.one("household_id", hh)])
     bodies = pa.array(["b1", "b1", "b2"])
-    got, used, unlinked = relink(pids, bodies, "b2", out, ring, DEFAULT_DOMAIN)
+    got, used, older, unlinked = relink(pids, bodies, "b2", out, ring, DEFAULT_DOMAIN)
     assert got.to_pylist() == [new.one("household_id", hh), gone, new.one("household_id", hh)]
     assert used == ["b1->b2"] and unlinked == {gone}
+    assert older == {old.one("household_id", hh), gone}
+    # Half unlinked is churn; more is a table of another population or key: refused.
+    check_coverage(older, unlinked, out)
+    with pytest.raises(Exception, match="hold only 0 of the 2 households"):
+        check_coverage(older, older, out)

@@ -273,6 +273,7 @@ def _runs(
     rotate_before: str | None = None,
     rotate_body_before: str | None = None,
     link: bool = True,
+    link_from_another_population: bool = False,
 ) -> dict:
     """Run the flow on the CHANGES of each day; per run its outputs by household. With
     `rotate_before`, the central party rotates its domain key before that day's run; with
@@ -312,7 +313,15 @@ def _runs(
             names |= {p.one("household_id", hh): hh for hh in seen}
         if day == rotate_body_before and link:
             controller = Keyring(body.keys + central.keys)
-            make_links(root / "raw" / "brp" / day, controller, root / "runs", DEFAULT_DOMAIN)
+            brp = root / "raw" / "brp" / day
+            if link_from_another_population:  # the same people under other household ids
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(population, "REFERENCE_DATE", day)
+                    others = {f"H{int(h[1:]) + 500}": m for h, m in population.HOUSEHOLDS.items()}
+                    patch.setattr(population, "HOUSEHOLDS", others)
+                    population.write_population(root / "other")
+                brp = root / "other" / "brp" / day
+            make_links(brp, controller, root / "runs", DEFAULT_DOMAIN)
         for source in SOURCES:
             pseudonymise_delivery(root / "raw" / source / day, body, root / "pseudo")
         folder = run_flow(
@@ -517,6 +526,13 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
         linked = _runs(tmp_path / "linked", days, rotate_body_before=days[1])
         with pytest.raises(HistoryUnavailable) as refused:
             _runs(tmp_path / "unlinked", days, rotate_body_before=days[1], link=False)
+        with pytest.raises(HistoryUnavailable) as mislinked:
+            _runs(
+                tmp_path / "mislinked",
+                days,
+                rotate_body_before=days[1],
+                link_from_another_population=True,
+            )
     # The failed flow's log lines reach Prefect's API now, while its ephemeral server runs.
     from prefect.logging.handlers import APILogWorker
 
@@ -532,6 +548,9 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
     message = str(refused.value)
     assert "made with body key b1 and this run's deliveries with b2" in message
     assert "signals keys link --brp" in message
+    # A table made from another population's BRP links nobody: refused, not used.
+    assert "hold only 0 of the" in str(mislinked.value)
+    assert not [p for p in (tmp_path / "mislinked" / "runs").glob("2025-03-01-*")]
     # The controller's making of the table is on record: one record per household of the
     # day's BRP, naming its new (b2) pseudonym.
     from privacy.audit.query import Filters, select

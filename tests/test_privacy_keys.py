@@ -123,6 +123,27 @@ def test_keys_init_rotate_show_never_print_key_material(tmp_path, passphrase, ca
     assert {k.id for k in rings[2].keys} == {"b1", "d1", "r1", "s1"}
 
 
+def test_a_key_is_rotated_only_in_the_keyring_of_its_custodian(tmp_path, passphrase, capsys):
+    """A body key rotated in a controller keyring would differ from the bodies' own."""
+    body, central, controller = (tmp_path / f"{n}.keyring" for n in ("b", "c", "k"))
+    assert main(["keys", "init", "--key-file", str(body)]) == 0
+    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
+    args = ["keys", "init", "--role", "controller", "--key-file", str(controller)]
+    assert main(args + ["--import", str(body), "--import", str(central)]) == 0
+    capsys.readouterr()
+    for role, path, owner in (
+        ("body", controller, "body"),
+        ("domain", controller, "central"),
+        ("domain", body, "central"),
+        ("body", central, "body"),
+    ):
+        assert main(["keys", "rotate", "--role", role, "--key-file", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"rotate a {role} key in the {owner} keyring that keeps it" in err, (role, path)
+    before = load_keyring(controller, passphrase)
+    assert [k.id for k in before.keys] == ["b1", "d1", "r1", "s1"]  # untouched
+
+
 def _keyrings(tmp_path, passphrase) -> dict:
     body, central = _ring("body"), _ring("domain", "run-data", "audit-signing")
     paths = {"body": tmp_path / "body.keyring", "central": tmp_path / "central.keyring"}

@@ -273,3 +273,25 @@ def test_a_run_is_named_by_its_id_or_a_prefix_of_it_as_in_runs_list(
     assert main(args[:2] + [run.name] + args[5:] + ["--out", str(tmp_path / "y.csv")]) == 2
     assert "give the folder holding the runs with --runs" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()
+
+
+def test_a_controller_keyring_without_the_runs_body_key_says_to_rebuild_it(
+    published, tmp_path, capsys
+):
+    """After a body-key rotation a controller keyring must be rebuilt from the custodian's
+    keyring, which keeps the retired key: old runs are re-identified with it."""
+    from privacy.keys import Keyring, save_keyring
+
+    root, run = published
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    other = Keyring()
+    other.add("body")
+    other.rotate("body", None)  # b1 retired, b2 active
+    stale = Keyring(
+        [k for k in other.keys if k.id == "b2"] + [k for k in ring.keys if k.role != "body"]
+    )
+    save_keyring(stale, tmp_path / "stale.keyring", PASSPHRASE)
+    assert _worklist(root, run, tmp_path / "w.csv", tmp_path / "stale.keyring") == 2
+    err = capsys.readouterr().err
+    assert "was made with body key b1, which the controller keyring does not hold" in err
+    assert not (tmp_path / "w.csv").exists()
