@@ -517,3 +517,32 @@ def test_a_keyring_without_an_audit_signing_key_cannot_sign():
     ring.add("run-data")
     with pytest.raises(KeyringError, match="no active audit-signing key"):
         Signer(ring)
+
+
+def test_public_key_pem_follows_the_latest_checkpoint_even_after_a_crash(tmp_path, monkeypatch):
+    """public_key.pem is written after the checkpoint it belongs to; a crash in between
+    (after an audit-signing key rotation) is mended by the next append."""
+    ring = Keyring()
+    ring.add("audit-signing")
+    root = tmp_path / "audit-log"
+    AuditLog(root).append(run_records("2025-01-01-run"), "2025-01-01-run", Signer(ring))
+    first = (root / "public_key.pem").read_bytes()
+    ring.rotate("audit-signing", None)
+
+    mend = AuditLog._publish_current_key
+
+    def crash(log, signer, head=None):
+        if signer is not None:  # the new checkpoint's key, just after its checkpoint
+            raise OSError("killed after the checkpoint")
+        return mend(log, signer, head)
+
+    monkeypatch.setattr(AuditLog, "_publish_current_key", crash)
+    with pytest.raises(OSError):
+        AuditLog(root).append(run_records("2025-02-01-run"), "2025-02-01-run", Signer(ring))
+    monkeypatch.undo()
+    assert (root / "public_key.pem").read_bytes() == first  # the crash left the old one
+    report = verify_log(root)
+    assert any("public_key.pem: holds key" in p for p in report.problems)
+    AuditLog(root).append(run_records("2025-02-01-run"), "2025-02-01-run", Signer(ring))  # rerun
+    assert (root / "public_key.pem").read_bytes() != first
+    assert verify_log(root).ok

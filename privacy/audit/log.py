@@ -379,11 +379,19 @@ class AuditLog:
         return head
 
     def _publish_key(self, signer: signing.Signer) -> None:
+        """The signer's key under its fingerprint, before a checkpoint it signs is written."""
         self.keys_dir.mkdir(parents=True, exist_ok=True)
-        pem = signing.public_pem(signer.public)
         path = self.keys_dir / f"{signer.fingerprint}.pem"
         if not path.is_file():
-            _write_atomic(path, pem)
+            _write_atomic(path, signing.public_pem(signer.public))
+
+    def _publish_current_key(self, signer: signing.Signer | None, head=None) -> None:
+        """public_key.pem: the key of the latest checkpoint, written after it. A crash in
+        between is mended by the next append, from the head's published key."""
+        if signer is not None:
+            pem = signing.public_pem(signer.public)
+        else:
+            pem = (self.keys_dir / f"{head.body['signing_key']['fingerprint']}.pem").read_bytes()
         current = self.root / "public_key.pem"
         if not current.is_file() or current.read_bytes() != pem:
             _write_atomic(current, pem)
@@ -435,6 +443,8 @@ class AuditLog:
         source = _Records(records)
         with self.locked():
             head = self._head()
+            if head is not None:
+                self._publish_current_key(None, head)
             existing = self.find(batch_id) if head else None
             if existing is not None:
                 return AppendResult(existing, appended=False)
@@ -451,6 +461,7 @@ class AuditLog:
             _write_atomic(
                 self.checkpoints_dir / checkpoint_name(sequence), checkpoint.to_json().encode()
             )
+            self._publish_current_key(signer)
             return AppendResult(checkpoint, appended=True)
 
     def _body(self, head, sequence, batch_id, kind, counts, tree, segment, signer) -> dict:
