@@ -36,12 +36,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipelines.audit_records import AuditContext, audit_batch, canonical_json
 from pipelines.contract import bsn_is_valid
 from privacy.audit.events import actor, append_events, new_event_id
 from privacy.audit.log import AuditLog, AuditLogError, Checkpoint
 from privacy.audit.signing import Signer
+from privacy.body_links import LINK_SCHEMA, LINKS_DIR
 from privacy.files import written_whole
 from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, check_custody
 from privacy.pseudonyms import TwoLayerPseudonymiser, translate
@@ -160,22 +162,46 @@ def _joined(log_root: Path, persons: list[str], by: str) -> dict[str, set[str]]:
     return joined
 
 
-def _under_every_key(households: list[str], keyring: Keyring, domain: str) -> dict[str, list[str]]:
-    """Each household pseudonym, then the same household's under every other key of `domain`.
+def _under_every_key(
+    households: list[str], keyring: Keyring, domain: str, links: Path
+) -> dict[str, list[str]]:
+    """Each household pseudonym, then the same household's under every other key: every
+    key of `domain`, and the other body key of every link table in `links`.
 
-    A join record names the household as the run's domain key did; a later run, after a
-    rotation, names it under the new key (privacy.pseudonyms.translate, both ways).
+    A join record names the household as the run's keys did; a later run, after a
+    domain-key rotation, names it under the new domain key (privacy.pseudonyms.translate,
+    both ways), after a body-key rotation under the new body key (privacy/body_links.py).
     """
     variants = {h: [h] for h in households}
     if not households:
         return variants
     values = pa.array(households, pa.string())
+    for h, v in zip(households, _linked(values, keyring, domain, links), strict=True):
+        variants[h] += [x for x in v if x not in variants[h]]
     for key in _keys(keyring, domain, "domain"):
-        rekeyed = translate(values, keyring, domain, to=key).to_pylist()
-        for h, v in zip(households, rekeyed, strict=True):
-            if v not in variants[h]:
-                variants[h].append(v)
+        for h in households:
+            every = pa.array(variants[h], pa.string())
+            rekeyed = translate(every, keyring, domain, to=key).to_pylist()
+            variants[h] += [v for v in rekeyed if v not in variants[h]]
     return variants
+
+
+def _linked(values: pa.Array, keyring: Keyring, domain: str, links: Path) -> list[list[str]]:
+    """Per household, its pseudonyms across the body-key link tables in `links` (either
+    side), under the domain's active key."""
+    active = translate(values, keyring, domain)
+    out: list[list[str]] = [[] for _ in range(len(values))]
+    for path in sorted(links.glob("households-*.parquet")) if links.is_dir() else []:
+        table = pq.read_table(path, schema=LINK_SCHEMA)
+        old, new = (
+            translate(table[n].combine_chunks(), keyring, domain) for n in LINK_SCHEMA.names
+        )
+        for here, there in ((old, new), (new, old)):
+            found = pc.take(there, pc.index_in(active, value_set=here)).to_pylist()
+            for i, v in enumerate(found):
+                if v is not None:
+                    out[i].append(v)
+    return out
 
 
 def _records(subjects: list[str], domain: str, event: str) -> pa.Table:
@@ -203,7 +229,8 @@ def look_up(
     found = [(line, pseudonyms(bsn, keyring, domain)) for line, bsn in bsns]
     persons = sorted({p for _, pids in found for p in pids})
     joined = _joined(log_root, persons, by="data_subject_pid")
-    variants = _under_every_key(sorted({h for hs in joined.values() for h in hs}), keyring, domain)
+    homes = sorted({h for hs in joined.values() for h in hs})
+    variants = _under_every_key(homes, keyring, domain, log_root.parent / LINKS_DIR)
     households = sorted({v for vs in variants.values() for v in vs})
     before = _counts(log_root, persons + households)
     logged = {pids[0] for _, pids in found} | {p for p in persons + households if before.get(p)}

@@ -259,6 +259,46 @@ def test_a_household_is_the_persons_only_in_the_runs_that_joined_them_into_it(tm
     assert kept.column("household_pid").to_pylist() == ["h.B", None]
 
 
+def test_a_household_is_followed_across_a_body_key_rotation_by_the_link_table(tmp_path):
+    """After a body-key rotation a household that stayed is named d(b2(id)) by later runs;
+    a member who left was only joined into d(b1(id)). The controller's link table connects
+    them, under whichever domain key each was written."""
+    import pyarrow.parquet as pq
+
+    from privacy.body_links import LINK_SCHEMA, link_path
+    from privacy.keys import Keyring
+    from privacy.pseudonyms import TwoLayerPseudonymiser
+    from privacy.subject_access import _under_every_key
+
+    ring = Keyring()
+    ring.add("body")
+    ring.add("domain", DEFAULT_DOMAIN)
+    ring.rotate("body", None)
+    d1 = ring.active("domain", DEFAULT_DOMAIN)
+    old, new = (TwoLayerPseudonymiser(ring.by_id(b), d1) for b in ("b1", "b2"))
+    ids = ["H1", "H2"]
+    table = pa.table(
+        [old.array("household_id", pa.array(ids)), new.array("household_id", pa.array(ids))],
+        schema=LINK_SCHEMA,
+    )
+    path = link_path(tmp_path, "b1", "b2")
+    path.parent.mkdir()
+    pq.write_table(table, path)
+    ring.rotate("domain", DEFAULT_DOMAIN)  # and the domain key since: d1 -> d2
+    d2 = ring.active("domain", DEFAULT_DOMAIN)
+    joined = old.one("household_id", "H1")
+    variants = _under_every_key([joined], ring, DEFAULT_DOMAIN, tmp_path / "links")
+    expected = {
+        TwoLayerPseudonymiser(ring.by_id(b), d).one("household_id", "H1")
+        for b in ("b1", "b2")
+        for d in (d1, d2)
+    }
+    assert variants[joined][0] == joined and set(variants[joined]) == expected
+    # Without a table, the other body key's pseudonym cannot be found.
+    alone = _under_every_key([joined], ring, DEFAULT_DOMAIN, tmp_path / "none")
+    assert len(alone[joined]) == 2
+
+
 def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(tmp_path):
     """Run r1 resolves household A's episode; r2 joins the person into A; r3 resolves A's
     episode again. The person's extract holds r2's and r3's lifecycle rows of A, not r1's."""
