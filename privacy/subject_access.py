@@ -272,13 +272,22 @@ def _runs_naming(log_root: Path, subjects: list[str]) -> dict[str, set[str]]:
     return dict(sorted(named.items()))
 
 
-def _run_order(log_root: Path, run_ids: list[str]) -> dict[str, int]:
-    """Run id -> the first leaf of its records in the log: the order the runs were logged."""
+def _run_order(log_root: Path, run_ids: list[str]) -> dict[str, tuple[str, int]]:
+    """Run id -> (its reference date, the first leaf of its records in the log): runs in
+    the order of the dates they describe (a rerun of an earlier date may be logged later),
+    then of the log."""
     sql = (
         "SELECT run_id, min(leaf_index) FROM read_parquet($files) "
         "WHERE list_contains($pids, run_id) GROUP BY run_id"
     )
-    return dict(_query(log_root, sql, run_ids))
+    order = {}
+    for run_id, first in _query(log_root, sql, run_ids):
+        manifest = log_root.parent / run_id / "manifest.json"
+        day = (
+            json.loads(manifest.read_text()).get("reference_date", "") if manifest.is_file() else ""
+        )
+        order[run_id] = (day, first)
+    return order
 
 
 def _rows(table: pa.Table, persons: list[str], households: set[str]) -> pa.Table:
@@ -322,7 +331,7 @@ def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_P
     joined = _joined(log_root, persons, by="run_id")
     named = _runs_naming(log_root, persons + sorted(households))
     order = _run_order(log_root, sorted(named))
-    first_joined: dict[str, int] = {}
+    first_joined: dict[str, tuple[str, int]] = {}
     for run_id, homes in joined.items():
         for h in homes:
             first_joined[h] = min(first_joined.get(h, order[run_id]), order[run_id])
@@ -333,7 +342,8 @@ def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_P
         since = {
             h
             for h in named[run_id] & households
-            if order[run_id] >= first_joined.get(subject.joined_as.get(h, h), order[run_id] + 1)
+            if (root := subject.joined_as.get(h, h)) in first_joined
+            and order[run_id] >= first_joined[root]
         }
         tables = {}
         for name in PERSONAL_DATA:

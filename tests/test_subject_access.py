@@ -301,7 +301,8 @@ def test_a_household_is_followed_across_a_body_key_rotation_by_the_link_table(tm
 
 def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(tmp_path):
     """Run r1 resolves household A's episode; r2 joins the person into A; r3 resolves A's
-    episode again. The person's extract holds r2's and r3's lifecycle rows of A, not r1's."""
+    episode again; r0, a rerun of a date before them all, is logged last. The person's
+    extract holds r2's and r3's lifecycle rows of A, not r1's or r0's."""
     import pyarrow.parquet as pq
 
     from pipelines.audit_records import AuditContext, audit_batch, join_audit
@@ -313,7 +314,8 @@ def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(t
     ring.add("audit-signing")
     log = AuditLog(tmp_path / LOG_DIRNAME)
     runs = {}
-    for run in ("r1", "r2", "r3"):
+    days = {"r1": "2025-01-01", "r2": "2025-02-01", "r3": "2025-03-01", "r0": "2024-12-01"}
+    for run, day in days.items():
         context = AuditContext(run, DEFAULT_DOMAIN, "test")
         if run == "r2":
             households = pa.table({"household_pid": ["h.A"], "member_pids": [["p.me"]]})
@@ -323,6 +325,7 @@ def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(t
         log.append(pa.Table.from_batches([batch]), run, Signer(ring))
         runs[run] = tmp_path / run
         runs[run].mkdir()
+        (runs[run] / "manifest.json").write_text(json.dumps({"reference_date": day}))
         rows = {"household_pid": ["h.A", "h.B"], "run_id": [run, run]}
         pq.write_table(pa.table(rows), runs[run] / "lifecycle.parquet")
 
