@@ -131,7 +131,7 @@ def _print_next_steps(out: Path, run: Path, keyrings: dict[str, Path]) -> None:
         "\nnext, on these outputs (runs and audit log in "
         f"{runs}, keyrings in {show(out / 'keys')}):\n"
         f"  export SIGNALS_KEYRING_PASSPHRASE={where}\n"
-        f"  {signals} runs list --out {runs}\n"
+        f"  {signals} runs list --runs {runs}\n"
         f"  {signals} audit verify --log {runs}\n"
         f"  {signals} audit query --log {runs} --count-by name,status\n"
         f"  {signals} report --run {show(run)} --out {show(out / 'report')} "
