@@ -91,6 +91,11 @@ def test_query_filters_by_run_scheme_operation_and_date_and_counts(log_root):
     }
 
 
+def test_query_counting_by_a_field_twice_is_a_usage_error(log_root):
+    code, _, err = signals("audit", "query", "--log", str(log_root), "--count-by", "name,name")
+    assert code == 2 and "count by each field once" in err
+
+
 def test_query_by_an_unknown_grouping_is_a_usage_error(log_root):
     code, _, err = signals("audit", "query", "--log", str(log_root), "--count-by", "attributes")
     assert code == 2 and "cannot count by attributes" in err

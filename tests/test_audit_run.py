@@ -259,6 +259,9 @@ def test_query_by_scheme_finds_the_rule_evaluations_that_list_it(run):
     # And filtered by status, the same outcome selects.
     rows = _query_json(log_root, *asked, "--status", "entitled", "--limit", "100000")
     assert len(rows) == expected
+    # Counted by scheme under a scheme filter, every record counts under that scheme.
+    by_scheme = _query_json(log_root, *asked, "--count-by", "scheme")
+    assert by_scheme == [{"scheme": "kindgebonden_budget", "records": len(members)}]
 
 
 def _tampered_copy(run, tmp_path) -> Path:

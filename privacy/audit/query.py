@@ -155,7 +155,9 @@ _SCHEME_STATUS = (
 
 
 def _group_expression(group: str, filters: Filters) -> str:
-    if group == "scheme":
+    if group == "scheme" and filters.scheme is not None:
+        return "$scheme AS scheme"  # every record it selects concerns that scheme
+    if group == "scheme":  # a rule evaluation covers several: no one scheme (shown as -)
         return "json_extract_string(attributes, '$.scheme') AS scheme"
     if group == "status" and filters.scheme is not None:
         return f"{_SCHEME_STATUS} AS status"
@@ -170,6 +172,8 @@ def count_by(log_root: Path, filters: Filters, groups: list[str]) -> pa.Table:
     bad = [g for g in groups if g not in GROUPABLE]
     if bad:
         raise AuditLogError(f"cannot count by {', '.join(bad)}: choose from {', '.join(GROUPABLE)}")
+    if len(set(groups)) < len(groups):
+        raise AuditLogError(f"count by each field once: {', '.join(groups)}")
     source, where, params = _source(log_root, filters)
     exprs = [_group_expression(g, filters) for g in groups]
     names = ", ".join(str(i) for i in range(1, len(groups) + 1))  # the expressions, by place
