@@ -546,3 +546,24 @@ def test_public_key_pem_follows_the_latest_checkpoint_even_after_a_crash(tmp_pat
     AuditLog(root).append(run_records("2025-02-01-run"), "2025-02-01-run", Signer(ring))  # rerun
     assert (root / "public_key.pem").read_bytes() != first
     assert verify_log(root).ok
+
+
+def test_a_keyring_that_never_held_the_latest_signing_key_cannot_extend_the_log(tmp_path):
+    """After an audit-signing key rotation, a keyring from before it would sign with the
+    retired key after the new one; another programme's keyring is not this log's."""
+    import copy
+
+    ring = Keyring()
+    ring.add("audit-signing")
+    stale = copy.deepcopy(ring)
+    root = tmp_path / "audit-log"
+    AuditLog(root).append(run_records("2025-01-01-run"), "2025-01-01-run", Signer(ring))
+    ring.rotate("audit-signing", None)
+    AuditLog(root).append(run_records("2025-02-01-run"), "2025-02-01-run", Signer(ring))
+    other = Keyring()
+    other.add("audit-signing")
+    for keyring in (stale, other):
+        with pytest.raises(AuditLogError, match="which this keyring does not hold"):
+            AuditLog(root).append(run_records("2025-03-01-run"), "2025-03-01-run", Signer(keyring))
+    assert len(AuditLog(root).checkpoints()) == 2 and verify_log(root).ok
+    AuditLog(root).append(run_records("2025-03-01-run"), "2025-03-01-run", Signer(ring))

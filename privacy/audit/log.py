@@ -21,6 +21,8 @@ without `signature`, serialised canonically (sorted keys, no whitespace, UTF-8),
 with Ed25519 by the keyring's `audit-signing` key. Ids in text are base64, never hex.
 
 Append, atomicity and reruns:
+- Only a keyring that holds the key of the latest checkpoint (active or retired) extends
+  the log: one from before an audit-signing key rotation, or another log's, is refused.
 - A batch is appended once: its id (the run id for runs) is looked up in the checkpoints
   first, so a rerun or a retried task never duplicates records (`append` returns the
   existing checkpoint). Within a batch, copies of a record (same span id, operation and
@@ -444,6 +446,7 @@ class AuditLog:
         with self.locked():
             head = self._head()
             if head is not None:
+                _check_signer(head, signer, self.root)
                 self._publish_current_key(None, head)
             existing = self.find(batch_id) if head else None
             if existing is not None:
@@ -499,6 +502,20 @@ class AuditLog:
                 "public_key": signing.b64(signing.raw_public(signer.public)),
             },
         }
+
+
+def _check_signer(head: Checkpoint, signer: signing.Signer, root: Path) -> None:
+    """Refuse a signer whose keyring never held the key of the log's latest checkpoint: a
+    keyring from before an audit-signing key rotation would sign with the retired key
+    after the new one, and another programme's keyring is not this log's."""
+    signed_by = head.body["signing_key"]["fingerprint"]
+    if signed_by not in signer.known:
+        raise AuditLogError(
+            f"{root}: its latest checkpoint ({head.sequence}) was signed with key {signed_by}, "
+            f"which this keyring does not hold (it signs with {signer.fingerprint}): it is "
+            "older than the log, or another log's. Use the current central keyring (a "
+            "controller keyring rebuilt from it after a rotation)"
+        )
 
 
 def _span_ids(path: Path) -> np.ndarray:

@@ -85,6 +85,13 @@ class Signer:
         self._private = Ed25519PrivateKey.from_private_bytes(key.material)
         self.public = self._private.public_key()
         self.fingerprint = fingerprint(self.public)
+        # Every audit-signing key of the keyring, retired ones too: a log whose latest
+        # checkpoint was signed by none of them is not this keyring's to extend.
+        self.known = {
+            fingerprint(Ed25519PrivateKey.from_private_bytes(k.material).public_key())
+            for k in keyring.keys
+            if k.role == ROLE and len(k.material) == 32
+        }
 
     def sign(self, body: dict) -> str:
         return b64(self._private.sign(canonical(body)))
