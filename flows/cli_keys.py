@@ -62,10 +62,10 @@ def cmd_keys_rotate(args) -> int:
     # those (a body key rotated in it would differ from the one the bodies use).
     owner = "body" if args.role == "body" else "central"
     if owner not in _kinds_of(ring):
+        keeper = "the key custodian's body keyring" if owner == "body" else "the central keyring"
         raise KeyringError(
-            f"{path}: rotate a {args.role} key in the {owner} keyring that keeps it "
-            f"(the key custodian's body keyring, the central party's central keyring), then "
-            "rebuild the controller keyring: keys init --role controller --force --import ..."
+            f"{path}: a {args.role} key is rotated in {keeper}, which keeps it; then rebuild "
+            "the controller keyring from it: keys init --role controller --force --import ..."
         )
     domain = (args.domain or _default_domain()) if args.role == "domain" else None
     old, new = ring.rotate(args.role, domain)
@@ -75,6 +75,11 @@ def cmd_keys_rotate(args) -> int:
         print(
             f"links are kept: pseudonyms made with {old.id} translate exactly to {new.id} "
             "(privacy.pseudonyms.translate); rebuild controller keyrings with --import"
+        )
+    elif args.role == "audit-signing":
+        print(
+            "the next checkpoint is signed with the new key; rebuild controller keyrings with "
+            "--import: the audit log refuses a keyring without its latest signing key"
         )
     elif args.role == "body":
         print(
@@ -91,13 +96,22 @@ def cmd_keys_link(args) -> int:
 
     ring = load_keyring(Path(args.key_file), _passphrase(args))
     check_custody(ring, "controller", args.key_file)
-    done = make_links(Path(args.brp), ring, Path(args.out), args.domain or _default_domain())
+    done = make_links(
+        Path(args.brp),
+        ring,
+        Path(args.out),
+        args.domain or _default_domain(),
+        key_store=Path(args.key_store) if args.key_store else None,
+        force=args.force,
+    )
     print(
         f"{done.households:,} households linked (pseudonym_link records in the audit log, "
         f"checkpoint {done.checkpoint.sequence}):"
     )
     for path in done.tables:
         print(f"  {path}")
+    for old, said in sorted(done.covered.items()):
+        print(f"  {old}: links {said}")
     print("the next central run in that folder reads them for its history (fatigue, lifecycle)")
     return 0
 
@@ -168,6 +182,13 @@ def register(subparsers) -> None:
             k.add_argument("--brp", required=True, help="the raw BRP delivery (new reference date)")
             k.add_argument("--out", required=True, help="the central runs' output folder")
             k.add_argument("--domain", help="purpose domain (default: the programme's)")
+            k.add_argument("--key-store", help="run data keys (default: <out>/.keys)")
+            k.add_argument(
+                "--force",
+                action="store_true",
+                help="link even if the BRP holds fewer than half of the households of the "
+                "last run made with the old key (recorded in the audit log)",
+            )
         if name == "rotate":
             k.add_argument("--role", choices=ROLES, required=True, help="role of the key to rotate")
             k.add_argument("--domain", help="purpose domain of a domain key (default: programme's)")

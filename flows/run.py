@@ -31,7 +31,7 @@ from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymise
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.write_parts import PART_GLOB, TMP_GLOB
 from privacy import body_links
-from privacy.audit.log import LOG_DIRNAME, append_run
+from privacy.audit.log import LOG_DIRNAME, AuditLog, append_run
 from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
 from privacy.keys import KeyringError, central_keyring
@@ -160,7 +160,6 @@ def load_history(
     read = lifecycle.run_reader(keyring, Path(out) / KEY_STORE)
     made_with = body_links.run_body_keys(Path(out))
     linked: set[str] = set()
-    older: set[str] = set()
     unlinked: set[str] = set()
 
     def rekey(pids, run_ids):
@@ -177,21 +176,16 @@ def load_history(
         # to be of this body key: nothing says otherwise.
         bodies = pa.array([made_with.get(r, body_key) for r in run_ids.to_pylist()], pa.string())
         try:
-            pids, used, old, missed = body_links.relink(
+            pids, used, _, missed = body_links.relink(
                 pids, bodies, body_key, Path(out), keyring, purpose
             )
         except body_links.LinkMissing as exc:
             raise lifecycle.HistoryUnavailable(str(exc)) from None
         linked.update(used)
-        older.update(old)
         unlinked.update(missed)
         return pids
 
     history = lifecycle.load_history(Path(out), reference_date, read, rekey)
-    try:
-        body_links.check_coverage(older, unlinked, Path(out))
-    except body_links.LinkMissing as exc:
-        raise lifecycle.HistoryUnavailable(str(exc)) from None
     return dataclasses.replace(
         history, body_links=tuple(sorted(linked)), unlinked_households=len(unlinked)
     )
@@ -333,6 +327,7 @@ def run_flow(
     # The pipeline's steps carry the keyring's path, not the key (privacy/pseudonyms.py).
     domain = DomainPseudonymiser.from_keyring_file(key_file, keyring, purpose)
     signer = Signer(keyring)  # the audit log is signed: no run without the audit-signing key
+    AuditLog(Path(out) / LOG_DIRNAME).check_signer(signer)  # before hours of work, not after
     compiled = compile_rules(reference_date, processing_register, purpose)
     # One run at a time per output folder (flows/runs.py), taken once the run is allowed:
     # a run refused by the register leaves nothing behind.

@@ -43,6 +43,7 @@ from privacy.files import written_whole
 from privacy.keys import Keyring, KeyringError, check_custody
 from privacy.pseudonyms import TwoLayerPseudonymiser, translate
 from privacy.register import load_register
+from privacy.retention import KEY_STORE
 
 LINKS_DIR = "links"
 LINK_SCHEMA = pa.schema(
@@ -73,6 +74,7 @@ class Links:
     tables: list[Path]
     households: int  # in the BRP delivery (each table also keeps earlier deliveries' rows)
     checkpoint: Checkpoint
+    covered: dict[str, str]  # old key -> how many of its last run's households it links
 
 
 def _household_ids(brp_dir: Path) -> tuple[pa.Array, dict]:
@@ -111,8 +113,18 @@ def _merged(path: Path, table: pa.Table, keyring: Keyring, domain: str) -> tuple
     return pa.concat_tables([table, kept]), sources
 
 
-def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> Links:
-    """Write one link table per retired body key of `keyring` to its active one; log first."""
+def make_links(
+    brp_dir: Path,
+    keyring: Keyring,
+    out_root: Path,
+    domain: str,
+    key_store: Path | None = None,
+    force: bool = False,
+) -> Links:
+    """Write one link table per retired body key of `keyring` to its active one; log first.
+
+    Each must link most households of the last run made with its old key (read with the
+    run-data keys in `key_store`, default `<out_root>/.keys`), unless `force`."""
     check_custody(keyring, "controller")
     new = keyring.active("body")
     retired = [k for k in keyring.keys if k.role == "body" and k is not new]
@@ -141,15 +153,21 @@ def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> 
         raise LinkError(f"{brp_dir}: the BRP delivery holds no valid household to link")
     domain_key = keyring.active("domain", domain)
     new_pids = TwoLayerPseudonymiser(new, domain_key).array("household_id", households)
-    tables = {}
+    tables, covered = {}, {}
     for old in retired:
         path = link_path(out_root, old.id, new.id)
         pairs = pa.table(
             [TwoLayerPseudonymiser(old, domain_key).array("household_id", households), new_pids],
             schema=LINK_SCHEMA,
         )
+        store = key_store or Path(out_root) / KEY_STORE
+        if force:
+            covered[old.id] = "not checked (--force)"
+        else:
+            covered[old.id] = _check_coverage(pairs, out_root, old.id, keyring, domain, store)
         pairs, sources = _merged(path, pairs, keyring, domain)
-        metadata = {_MADE_FROM: json.dumps([*sources, made_from]), "domain_key": domain_key.id}
+        made = [m for m in sources if m.get("sha256") != made_from["sha256"]] + [made_from]
+        metadata = {_MADE_FROM: json.dumps(made), "domain_key": domain_key.id}
         tables[path] = pairs.replace_schema_metadata(metadata)
     event = new_event_id()
     attributes = canonical_json(
@@ -159,6 +177,7 @@ def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> 
             "event": event,
             "links": [f"{old.id}->{new.id}" for old in retired],
             "brp": made_from,
+            "covered": covered,
         }
     )
     context = AuditContext(f"pseudonym-link/{event}", domain, load_register().version)
@@ -170,7 +189,7 @@ def make_links(brp_dir: Path, keyring: Keyring, out_root: Path, domain: str) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(path, private=True) as tmp:
             pq.write_table(table, tmp)
-    return Links(sorted(tables), len(households), checkpoint)
+    return Links(sorted(tables), len(households), checkpoint, covered)
 
 
 def relink(
@@ -217,25 +236,54 @@ def relink(
     return pids, used, older, unlinked
 
 
-# A link table that lacks more than this share of the households of the old runs was not
-# made from this population's current BRP with the bodies' key (another municipality's or
-# a test delivery, a body key rotated in the controller keyring instead of the custodian's):
-# used, it would make every household new. Monthly churn of households is a few percent.
-MOST_UNLINKED = 0.5
+# The BRP a link table is made from must hold most households of the last run made with
+# the old key: monthly churn of households is a few percent. One that does not is another
+# population's or another date's, or the body key is not the bodies' (rotated anywhere but
+# in the custodian's keyring): used, it would make every household new.
+LEAST_COVERED = 0.5
+FEWEST_TO_JUDGE = 10  # households; fewer say nothing about a population
 
 
-def check_coverage(older: set[str], unlinked: set[str], out_root: Path) -> None:
-    """Refuse history that a link table mostly failed to link (see MOST_UNLINKED)."""
-    if older and len(unlinked) > MOST_UNLINKED * len(older):
-        raise LinkMissing(
-            f"the link tables in {Path(out_root) / LINKS_DIR} hold only "
-            f"{len(older) - len(unlinked):,} of the {len(older):,} households of the kept runs "
-            "made with the old body key: they were not made from this population's raw BRP "
-            "with the key the bodies now use (a BRP of another population, or a body key "
-            "rotated in the controller keyring instead of the custodian's body keyring). "
-            "Make them again: `signals keys link` with this run's raw BRP delivery and the "
-            "controller keyring rebuilt from the rotated body keyring"
+def _latest_households(out_root: Path, body_id: str, keyring: Keyring, key_store) -> tuple:
+    """(run id, household pseudonyms) of the latest kept run made with `body_id` whose
+    personal data is kept, or (None, None)."""
+    from privacy.retention import RETENTION_FILE, read_run_table
+
+    runs = []
+    for path in Path(out_root).glob("*/manifest.json"):
+        manifest = json.loads(path.read_text())
+        made_with = manifest.get("inputs", {}).get("brp", {}).get("pseudonym_key_id")
+        if made_with == body_id and (path.parent / "households").is_dir():
+            if not (path.parent / RETENTION_FILE).is_file():
+                runs.append((manifest.get("reference_date", ""), path.parent))
+    if not runs:
+        return None, None
+    _, run_dir = max(runs)
+    table = read_run_table(run_dir, "households", keyring, key_store, _household_column)
+    return run_dir.name, table.column("household_pid").combine_chunks()
+
+
+def _household_column(table: pa.Table) -> pa.Table:
+    return table.select(["household_pid"])
+
+
+def _check_coverage(pairs: pa.Table, out_root, old_id, keyring, domain, key_store) -> str:
+    """How many of the last old-key run's households the table links; refuses too few."""
+    run_id, latest = _latest_households(out_root, old_id, keyring, key_store)
+    if latest is None:
+        return "no kept run's households to compare with"
+    latest = pc.unique(translate(latest.drop_null(), keyring, domain))
+    found = pc.sum(pc.is_in(latest, value_set=pairs["old_pid"])).as_py() or 0
+    said = f"{found:,} of the {len(latest):,} households of run {run_id}"
+    if len(latest) >= FEWEST_TO_JUDGE and found < LEAST_COVERED * len(latest):
+        raise LinkError(
+            f"the BRP delivery links only {said}, the last run made with body key {old_id}: "
+            "it is not this population's current BRP, or the body key is not the one the "
+            "bodies use (rotate it only in the key custodian's body keyring and rebuild the "
+            "controller keyring from it). Nothing written. If so many households really "
+            "left, link anyway with --force"
         )
+    return said
 
 
 def run_body_keys(out_root: Path) -> dict[str, str]:

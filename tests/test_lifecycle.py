@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import population
@@ -518,6 +519,10 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
     it does without one; without the table it stops, saying how to make it."""
     from flows.runs import show_lines
     from pipelines.lifecycle import HistoryUnavailable
+    from privacy.audit.query import Filters, select
+    from privacy.body_links import LinkError, link_path, make_links
+    from privacy.keys import DEFAULT_DOMAIN, Keyring, load_keyring
+    from privacy.pseudonyms import TwoLayerPseudonymiser
 
     _, runs = three_runs
     days = ["2025-01-01", "2025-03-01"]
@@ -526,7 +531,7 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
         linked = _runs(tmp_path / "linked", days, rotate_body_before=days[1])
         with pytest.raises(HistoryUnavailable) as refused:
             _runs(tmp_path / "unlinked", days, rotate_body_before=days[1], link=False)
-        with pytest.raises(HistoryUnavailable) as mislinked:
+        with pytest.raises(LinkError) as mislinked:
             _runs(
                 tmp_path / "mislinked",
                 days,
@@ -548,15 +553,21 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
     message = str(refused.value)
     assert "made with body key b1 and this run's deliveries with b2" in message
     assert "signals keys link --brp" in message
-    # A table made from another population's BRP links nobody: refused, not used.
-    assert "hold only 0 of the" in str(mislinked.value)
-    assert not [p for p in (tmp_path / "mislinked" / "runs").glob("2025-03-01-*")]
+    # A BRP of another population links none of the last old-key run's households: the
+    # controller is refused, before anything is written or logged; --force links anyway.
+    assert "the BRP delivery links only 0 of the" in str(mislinked.value)
+    root = tmp_path / "mislinked"
+    assert not link_path(root / "runs", "b1", "b2").exists()
+    rings = [
+        load_keyring(root / f"{n}.keyring", "lifecycle passphrase") for n in ("body", "central")
+    ]
+    controller = Keyring(rings[0].keys + rings[1].keys)
+    forced = make_links(
+        root / "other" / "brp" / days[1], controller, root / "runs", DEFAULT_DOMAIN, force=True
+    )
+    assert forced.covered == {"b1": "not checked (--force)"}
     # The controller's making of the table is on record: one record per household of the
-    # day's BRP, naming its new (b2) pseudonym.
-    from privacy.audit.query import Filters, select
-    from privacy.keys import DEFAULT_DOMAIN, load_keyring
-    from privacy.pseudonyms import TwoLayerPseudonymiser
-
+    # day's BRP, naming its new (b2) pseudonym, and how much of the last b1 run it links.
     root = tmp_path / "linked"
     rings = [
         load_keyring(root / f"{n}.keyring", "lifecycle passphrase") for n in ("body", "central")
@@ -567,6 +578,9 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
     assert sorted(made.column("data_subject_pid").to_pylist()) == sorted(
         b2.one("household_id", hh) for hh in households
     )
+    covered = json.loads(made.column("attributes")[0].as_py())["covered"]["b1"]
+    first = linked[days[0]]["folder"].name
+    assert re.fullmatch(rf"(\d+) of the \1 households of run {first}", covered), covered
 
 
 def test_a_history_under_a_key_the_keyring_no_longer_holds_stops_the_run_saying_why(tmp_path):
