@@ -29,6 +29,7 @@ never from its arguments (which land in shell history and the process list).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,19 +189,26 @@ def _under_every_key(
 
 def _linked(values: pa.Array, keyring: Keyring, domain: str, links: Path) -> list[list[str]]:
     """Per household, its pseudonyms across the body-key link tables in `links` (either
-    side), under the domain's active key."""
-    active = translate(values, keyring, domain)
-    out: list[list[str]] = [[] for _ in range(len(values))]
+    side, and on through further tables: b1 -> b2 -> b3), under the domain's active key."""
+    pairs = []
     for path in sorted(links.glob("households-*.parquet")) if links.is_dir() else []:
         table = pq.read_table(path, schema=LINK_SCHEMA)
         old, new = (
             translate(table[n].combine_chunks(), keyring, domain) for n in LINK_SCHEMA.names
         )
-        for here, there in ((old, new), (new, old)):
-            found = pc.take(there, pc.index_in(active, value_set=here)).to_pylist()
-            for i, v in enumerate(found):
-                if v is not None:
-                    out[i].append(v)
+        pairs += [(old, new), (new, old)]
+    out: list[list[str]] = []
+    for start in translate(values, keyring, domain).to_pylist():
+        found, frontier = [], [start]
+        while frontier:  # a few tables at most: one per body-key rotation
+            step = pa.array(frontier, pa.string())
+            frontier = []
+            for here, there in pairs:
+                for v in pc.take(there, pc.index_in(step, value_set=here)).to_pylist():
+                    if v is not None and v != start and v not in found:
+                        found.append(v)
+                        frontier.append(v)
+        out.append(found)
     return out
 
 
@@ -286,8 +294,24 @@ def _run_order(log_root: Path, run_ids: list[str]) -> dict[str, tuple[str, int]]
         day = (
             json.loads(manifest.read_text()).get("reference_date", "") if manifest.is_file() else ""
         )
-        order[run_id] = (day, first)
+        order[run_id] = (day or _day_of(run_id), first)
     return order
+
+
+def _day_of(run_id: str) -> str:
+    """The reference date a run id starts with (`2025-01-01-…`, flows/run.py), or ""."""
+    try:
+        return dt.date.fromisoformat(run_id[:10]).isoformat()
+    except ValueError:
+        return ""
+
+
+def _not_before(run: tuple[str, int], other: tuple[str, int]) -> bool:
+    """Whether `run` comes at or after `other`: by the dates they describe when both have
+    one (a published manifest), else by their place in the log."""
+    if run[0] and other[0]:
+        return run >= other
+    return run[1] >= other[1]
 
 
 def _rows(table: pa.Table, persons: list[str], households: set[str]) -> pa.Table:
@@ -331,10 +355,10 @@ def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_P
     joined = _joined(log_root, persons, by="run_id")
     named = _runs_naming(log_root, persons + sorted(households))
     order = _run_order(log_root, sorted(named))
-    first_joined: dict[str, tuple[str, int]] = {}
+    joins: dict[str, list[tuple[str, int]]] = {}  # household -> when the person was joined
     for run_id, homes in joined.items():
         for h in homes:
-            first_joined[h] = min(first_joined.get(h, order[run_id]), order[run_id])
+            joins.setdefault(h, []).append(order[run_id])
     parts = []
     for run_id in named:
         if run_id not in runs:
@@ -342,8 +366,9 @@ def _person_parts(subject: Subject, log_root: Path, runs: dict, read) -> list[_P
         since = {
             h
             for h in named[run_id] & households
-            if (root := subject.joined_as.get(h, h)) in first_joined
-            and order[run_id] >= first_joined[root]
+            if any(
+                _not_before(order[run_id], j) for j in joins.get(subject.joined_as.get(h, h), [])
+            )
         }
         tables = {}
         for name in PERSONAL_DATA:

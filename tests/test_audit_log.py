@@ -564,6 +564,10 @@ def test_a_keyring_that_never_held_the_latest_signing_key_cannot_extend_the_log(
     other.add("audit-signing")
     for keyring in (stale, other):
         with pytest.raises(AuditLogError, match="which this keyring does not hold"):
+            AuditLog(root).check_signer(Signer(keyring))  # what a run asks before its work
+        with pytest.raises(AuditLogError, match="which this keyring does not hold"):
             AuditLog(root).append(run_records("2025-03-01-run"), "2025-03-01-run", Signer(keyring))
+    AuditLog(root).check_signer(Signer(ring))
+    AuditLog(tmp_path / "no-log-yet").check_signer(Signer(other))
     assert len(AuditLog(root).checkpoints()) == 2 and verify_log(root).ok
     AuditLog(root).append(run_records("2025-03-01-run"), "2025-03-01-run", Signer(ring))

@@ -139,7 +139,8 @@ def test_a_key_is_rotated_only_in_the_keyring_of_its_custodian(tmp_path, passphr
     ):
         assert main(["keys", "rotate", "--role", role, "--key-file", str(path)]) == 2
         err = capsys.readouterr().err
-        assert f"rotate a {role} key in the {owner} keyring that keeps it" in err, (role, path)
+        keeper = "the key custodian's body keyring" if owner == "body" else "the central keyring"
+        assert f"a {role} key is rotated in {keeper}, which keeps it" in err, (role, path)
     before = load_keyring(controller, passphrase)
     assert [k.id for k in before.keys] == ["b1", "d1", "r1", "s1"]  # untouched
 

@@ -297,6 +297,16 @@ def test_a_household_is_followed_across_a_body_key_rotation_by_the_link_table(tm
     # Without a table, the other body key's pseudonym cannot be found.
     alone = _under_every_key([joined], ring, DEFAULT_DOMAIN, tmp_path / "none")
     assert len(alone[joined]) == 2
+    # A second rotation (b2 -> b3) after the b1 runs were gone: b1 still reaches b3.
+    ring.rotate("body", None)
+    b2, b3 = (TwoLayerPseudonymiser(ring.by_id(b), d2) for b in ("b2", "b3"))
+    table = pa.table(
+        [b2.array("household_id", pa.array(ids)), b3.array("household_id", pa.array(ids))],
+        schema=LINK_SCHEMA,
+    )
+    pq.write_table(table, link_path(tmp_path, "b2", "b3"))
+    variants = _under_every_key([joined], ring, DEFAULT_DOMAIN, tmp_path / "links")
+    assert b3.one("household_id", "H1") in variants[joined] and len(variants[joined]) == 6
 
 
 def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(tmp_path):
@@ -313,11 +323,11 @@ def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(t
     ring = Keyring()
     ring.add("audit-signing")
     log = AuditLog(tmp_path / LOG_DIRNAME)
+    r0, r1, r2, r3 = (f"{day}-r{i}" for i, day in enumerate(("2024-12-01", *DAYS)))
     runs = {}
-    days = {"r1": "2025-01-01", "r2": "2025-02-01", "r3": "2025-03-01", "r0": "2024-12-01"}
-    for run, day in days.items():
+    for run in (r1, r2, r3, r0):
         context = AuditContext(run, DEFAULT_DOMAIN, "test")
-        if run == "r2":
+        if run == r2:
             households = pa.table({"household_pid": ["h.A"], "member_pids": [["p.me"]]})
             batch = join_audit(context)(households.to_batches()[0])
         else:
@@ -325,7 +335,7 @@ def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(t
         log.append(pa.Table.from_batches([batch]), run, Signer(ring))
         runs[run] = tmp_path / run
         runs[run].mkdir()
-        (runs[run] / "manifest.json").write_text(json.dumps({"reference_date": day}))
+        (runs[run] / "manifest.json").write_text(json.dumps({"reference_date": run[:10]}))
         rows = {"household_pid": ["h.A", "h.B"], "run_id": [run, run]}
         pq.write_table(pa.table(rows), runs[run] / "lifecycle.parquet")
 
@@ -335,12 +345,19 @@ def test_a_households_episode_closed_before_the_person_joined_it_is_not_theirs(t
         return where(pq.read_table(path) if path.is_file() else empty)
 
     subject = Subject(1, {"p.me": 1}, {"h.A": 2})
-    parts = _person_parts(subject, tmp_path / LOG_DIRNAME, runs, read)
-    got = {p.run_id: p.tables["lifecycle"].to_pydict() for p in parts}
-    assert got == {
-        "r2": {"household_pid": ["h.A"], "run_id": ["r2"]},
-        "r3": {"household_pid": ["h.A"], "run_id": ["r3"]},
+    expected = {
+        r2: {"household_pid": ["h.A"], "run_id": [r2]},
+        r3: {"household_pid": ["h.A"], "run_id": [r3]},
     }
+    parts = _person_parts(subject, tmp_path / LOG_DIRNAME, runs, read)
+    assert {p.run_id: p.tables["lifecycle"].to_pydict() for p in parts} == expected
+    # The joining run's manifest gone: its date comes from its id, as runs are named.
+    (runs[r2] / "manifest.json").unlink()
+    parts = _person_parts(subject, tmp_path / LOG_DIRNAME, runs, read)
+    assert {p.run_id: p.tables["lifecycle"].to_pydict() for p in parts} == expected
+
+
+DAYS = ("2025-01-01", "2025-02-01", "2025-03-01")
 
 
 def test_an_extract_goes_to_a_new_folder_only(published, tmp_path, monkeypatch, capsys):

@@ -363,6 +363,12 @@ class AuditLog:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def check_signer(self, signer: signing.Signer) -> None:
+        """Refuse, before any work, a keyring that cannot extend this log (_check_signer)."""
+        head = self.latest() if self.checkpoints_dir.is_dir() else None
+        if head is not None:
+            _check_signer(head, signer, self.root)
+
     def _head(self) -> Checkpoint | None:
         """The latest checkpoint, checked enough to build on: sequence, signature, frontier."""
         files = self.checkpoint_files()
@@ -513,8 +519,10 @@ def _check_signer(head: Checkpoint, signer: signing.Signer, root: Path) -> None:
         raise AuditLogError(
             f"{root}: its latest checkpoint ({head.sequence}) was signed with key {signed_by}, "
             f"which this keyring does not hold (it signs with {signer.fingerprint}): it is "
-            "older than the log, or another log's. Use the current central keyring (a "
-            "controller keyring rebuilt from it after a rotation)"
+            "older than the log, or another log's. Use the current central keyring, or a "
+            "controller keyring rebuilt from it (keys init --role controller --force --import "
+            "...). If that key is lost, the log cannot be extended: start a new runs folder "
+            "and keep this one for its auditors"
         )
 
 
