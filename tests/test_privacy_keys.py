@@ -96,12 +96,18 @@ def _material_strings(ring: Keyring) -> list[str]:
     return out
 
 
-def test_keys_init_rotate_show_never_print_key_material(tmp_path, passphrase, capsys):
+def _three_keyrings(tmp_path):
+    """Body, central and controller keyrings made with `signals keys init`."""
     body, central, controller = (tmp_path / f"{n}.keyring" for n in ("b", "c", "k"))
     assert main(["keys", "init", "--key-file", str(body)]) == 0
     assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
     args = ["keys", "init", "--role", "controller", "--key-file", str(controller)]
     assert main(args + ["--import", str(body), "--import", str(central)]) == 0
+    return body, central, controller
+
+
+def test_keys_init_rotate_show_never_print_key_material(tmp_path, passphrase, capsys):
+    body, central, controller = _three_keyrings(tmp_path)
     assert main(["keys", "rotate", "--role", "domain", "--key-file", str(central)]) == 0
     for path in (body, central, controller):
         assert main(["keys", "show", "--key-file", str(path)]) == 0
@@ -125,11 +131,7 @@ def test_keys_init_rotate_show_never_print_key_material(tmp_path, passphrase, ca
 
 def test_a_key_is_rotated_only_in_the_keyring_of_its_custodian(tmp_path, passphrase, capsys):
     """A body key rotated in a controller keyring would differ from the bodies' own."""
-    body, central, controller = (tmp_path / f"{n}.keyring" for n in ("b", "c", "k"))
-    assert main(["keys", "init", "--key-file", str(body)]) == 0
-    assert main(["keys", "init", "--role", "central", "--key-file", str(central)]) == 0
-    args = ["keys", "init", "--role", "controller", "--key-file", str(controller)]
-    assert main(args + ["--import", str(body), "--import", str(central)]) == 0
+    body, central, controller = _three_keyrings(tmp_path)
     capsys.readouterr()
     for role, path, owner in (
         ("body", controller, "body"),
