@@ -242,6 +242,7 @@ def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: 
             "original_sha256": m["original"]["sha256"],
             "quarantine_sha256": m["quarantine"]["sha256"],
             "pseudonym_key_id": m["pseudonymised"]["key_id"],
+            "pseudonym_key_fingerprint": m["pseudonymised"].get("key_fingerprint"),
         }
         per_source[name] = {
             "rows_in": rows_in,

@@ -143,6 +143,8 @@ def make_links(
         )
     made_with = set(run_body_keys(out_root).values())
     retired = [k for k in retired if k.id in made_with]
+    for key in retired:
+        _check_fingerprint(out_root, key)
     if not retired:
         raise LinkError(
             f"{out_root}: no kept run there was made with a retired body key "
@@ -242,6 +244,19 @@ def relink(
 # in the custodian's keyring): used, it would make every household new.
 LEAST_COVERED = 0.5
 FEWEST_TO_JUDGE = 10  # households; fewer say nothing about a population
+
+
+def _check_fingerprint(out_root: Path, key) -> None:
+    """The retired key must be the one the kept runs were made with, not another of its id."""
+    for path in Path(out_root).glob("*/manifest.json"):
+        brp = json.loads(path.read_text()).get("inputs", {}).get("brp", {})
+        made = brp.get("pseudonym_key_fingerprint")
+        if brp.get("pseudonym_key_id") == key.id and made and made != key.fingerprint:
+            raise LinkError(
+                f"run {path.parent.name} was made with body key {key.id} of fingerprint {made}, "
+                f"the controller keyring holds another ({key.fingerprint}): rebuild it from the "
+                "key custodian's body keyring"
+            )
 
 
 def _latest_households(out_root: Path, body_id: str, keyring: Keyring, key_store) -> tuple:

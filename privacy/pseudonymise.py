@@ -64,12 +64,18 @@ def check_one_body_key(deliveries: dict) -> str:
     Pseudonyms of different body keys never match, so such a run would join nothing and
     say nothing about why.
     """
-    ids = {n: d.manifest["pseudonymised"]["key_id"] for n, d in deliveries.items()}
-    if len(set(ids.values())) > 1:
-        listed = ", ".join(f"{n}: {k}" for n, k in sorted(ids.items()))
+    made = {n: d.manifest["pseudonymised"] for n, d in deliveries.items()}
+    ids = {n: m["key_id"] for n, m in made.items()}
+    # Deliveries from before fingerprints were recorded have none: compared by id only.
+    prints = {n: m["key_fingerprint"] for n, m in made.items() if m.get("key_fingerprint")}
+    if len(set(ids.values())) > 1 or len(set(prints.values())) > 1:
+        listed = ", ".join(
+            f"{n}: {k}" + (f" (fingerprint {prints[n]})" if n in prints else "")
+            for n, k in sorted(ids.items())
+        )
         raise DeliveryRefused(
             f"deliveries were pseudonymised with different body keys ({listed}); "
-            "all bodies must use the same body key"
+            "all bodies must use the same body key, from the key custodian"
         )
     return next(iter(ids.values()), "")
 
@@ -112,6 +118,8 @@ def pseudonymise_delivery(
             sha256=sha256_of(data_path),
             pseudonymised={
                 "key_id": key.id,
+                # Which key, not only its id: a keyring made again reuses the id (b1).
+                "key_fingerprint": key.fingerprint,
                 "scheme": PSEUDONYM_SCHEME,
                 "columns": list(source.identifier_columns),
                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -181,6 +181,13 @@ def write_worklist(
             "init --role controller --force --import body.keyring --import central.keyring)"
         )
     body = keyring.by_id(body_id)
+    made_with = manifest["inputs"]["brp"].get("pseudonym_key_fingerprint")
+    if made_with and body.fingerprint != made_with:
+        raise KeyringError(
+            f"the controller keyring's body key {body_id} (fingerprint {body.fingerprint}) is "
+            f"not the one run {manifest['run_id']}'s deliveries were made with ({made_with}): "
+            "rebuild the controller keyring from the key custodian's body keyring"
+        )
     applicants = signals.column("applicant_pid").combine_chunks()
     domain = _domain_key(keyring, applicants, manifest) if len(applicants) else None
     at = (

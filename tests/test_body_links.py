@@ -112,6 +112,10 @@ def test_without_a_rotation_or_a_controller_keyring_nothing_is_linked(
     ):
         with pytest.raises(LinkError, match=message):
             make_links(where, ring, out.joinpath(*args), DEFAULT_DOMAIN)
+    made = {"pseudonym_key_id": "b1", "pseudonym_key_fingerprint": "not-b1s"}
+    (out / "r1" / "manifest.json").write_text(json.dumps({"run_id": "r1", "inputs": {"brp": made}}))
+    with pytest.raises(LinkError, match="of fingerprint not-b1s, the controller keyring holds"):
+        make_links(brp, ring, out, DEFAULT_DOMAIN)
     (out / "r1" / "manifest.json").write_text(json.dumps({"run_id": "r1"}))
     with pytest.raises(LinkError, match="no kept run there was made with a retired body key"):
         make_links(brp, ring, out, DEFAULT_DOMAIN)

@@ -203,3 +203,29 @@ def test_a_bad_keyring_is_a_clear_error_and_nothing_is_written(
     assert last.startswith("error: ") and expected in last and str(key_file) in last
     assert not (tmp_path / "written").exists()
     assert (key_file.read_bytes() if key_file.exists() else None) == before
+
+
+def test_deliveries_of_two_body_keys_are_refused_by_id_or_by_fingerprint(tmp_path):
+    """All bodies must pseudonymise with the custodian's one body key: two keys never join.
+    A keyring made again reuses the id (b1), so the fingerprint tells them apart."""
+    import population
+
+    from pipelines.read_deliveries import DeliveryRefused, open_pseudonymised
+    from privacy.pseudonymise import check_one_body_key
+
+    population.write_population(tmp_path / "raw")
+    one, again, rotated = _ring("body"), _ring("body"), _ring("body")
+    rotated.rotate("body", None)
+    found = {}
+    for source, ring in (("brp", one), ("tax", one), ("health_insurance", again)):
+        folder = tmp_path / "raw" / source / population.REFERENCE_DATE
+        done = pseudonymise_delivery(folder, ring, tmp_path / "pseudo")
+        found[source] = open_pseudonymised(done.directory, source)
+    assert found["brp"].manifest["pseudonymised"]["key_fingerprint"] == one.by_id("b1").fingerprint
+    assert check_one_body_key({n: found[n] for n in ("brp", "tax")}) == "b1"
+    with pytest.raises(DeliveryRefused, match="health_insurance: b1 \\(fingerprint"):
+        check_one_body_key(found)
+    folder = tmp_path / "raw" / "benefits" / population.REFERENCE_DATE
+    done = pseudonymise_delivery(folder, rotated, tmp_path / "pseudo2")
+    with pytest.raises(DeliveryRefused, match="benefits: b2"):
+        check_one_body_key({"brp": found["brp"], "benefits": open_pseudonymised(done.directory)})

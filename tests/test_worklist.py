@@ -295,3 +295,12 @@ def test_a_controller_keyring_without_the_runs_body_key_says_to_rebuild_it(
     err = capsys.readouterr().err
     assert "was made with body key b1, which the controller keyring does not hold" in err
     assert not (tmp_path / "w.csv").exists()
+    # Another key under the same id (a keyring made again): told apart by its fingerprint.
+    imposter = Keyring(
+        [k for k in other.keys if k.id == "b1"] + [k for k in ring.keys if k.role != "body"]
+    )
+    save_keyring(imposter, tmp_path / "imposter.keyring", PASSPHRASE)
+    assert _worklist(root, run, tmp_path / "w.csv", tmp_path / "imposter.keyring") == 2
+    err = capsys.readouterr().err
+    assert "body key b1 (fingerprint" in err and "is not the one run" in err
+    assert not (tmp_path / "w.csv").exists()
