@@ -148,7 +148,12 @@ def rules_skipped(year: int) -> list[dict]:
 
 
 def load_history(
-    out: str, reference_date: dt.date, keyring, purpose: str, body_key: str
+    out: str,
+    reference_date: dt.date,
+    keyring,
+    purpose: str,
+    body_key: str,
+    body_fingerprint: str | None = None,
 ) -> lifecycle.History:
     """Earlier runs' signals and resolutions and operator feedback in the output folder, their
     household pseudonyms as this run makes them: under the purpose's active domain key (a
@@ -158,6 +163,10 @@ def load_history(
     Not a task: it holds the keyring, which stays out of Prefect's task inputs.
     """
     read = lifecycle.run_reader(keyring, Path(out) / KEY_STORE)
+    try:
+        body_links.check_same_key(Path(out), body_key, body_fingerprint, reference_date.isoformat())
+    except body_links.LinkMissing as exc:
+        raise lifecycle.HistoryUnavailable(str(exc)) from None
     made_with = body_links.run_body_keys(Path(out))
     linked: set[str] = set()
     unlinked: set[str] = set()
@@ -334,9 +343,9 @@ def run_flow(
     # a run refused by the register leaves nothing behind.
     with run_lock(Path(out)):
         found = open_inputs(deliveries, reference_date)
-        body_key = check_one_body_key(found)
+        body_key, body_fingerprint = check_one_body_key(found)
         policy = proportionality.load_policy(proportionality_config)
-        history = load_history(out, reference_date, keyring, purpose, body_key)
+        history = load_history(out, reference_date, keyring, purpose, body_key, body_fingerprint)
         run_id = make_run_id(
             reference_date,
             found,

@@ -246,14 +246,25 @@ LEAST_COVERED = 0.5
 FEWEST_TO_JUDGE = 10  # households; fewer say nothing about a population
 
 
+def published_manifests(out_root: Path) -> list[tuple[Path, dict]]:
+    """(run folder, manifest) of the published runs in out_root: not the `.staging-…`
+    folder of an unfinished run, whose manifest may be cut short and data key missing."""
+    root = Path(out_root)
+    found = []
+    for path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        if not path.parent.name.startswith("."):
+            found.append((path.parent, json.loads(path.read_text())))
+    return found
+
+
 def _check_fingerprint(out_root: Path, key) -> None:
     """The retired key must be the one the kept runs were made with, not another of its id."""
-    for path in Path(out_root).glob("*/manifest.json"):
-        brp = json.loads(path.read_text()).get("inputs", {}).get("brp", {})
+    for folder, manifest in published_manifests(out_root):
+        brp = manifest.get("inputs", {}).get("brp", {})
         made = brp.get("pseudonym_key_fingerprint")
         if brp.get("pseudonym_key_id") == key.id and made and made != key.fingerprint:
             raise LinkError(
-                f"run {path.parent.name} was made with body key {key.id} of fingerprint {made}, "
+                f"run {folder.name} was made with body key {key.id} of fingerprint {made}, "
                 f"the controller keyring holds another ({key.fingerprint}): rebuild it from the "
                 "key custodian's body keyring"
             )
@@ -265,15 +276,16 @@ def _latest_households(out_root: Path, body_id: str, keyring: Keyring, key_store
     from privacy.retention import RETENTION_FILE, read_run_table
 
     runs = []
-    for path in Path(out_root).glob("*/manifest.json"):
-        manifest = json.loads(path.read_text())
+    for folder, manifest in published_manifests(out_root):
         made_with = manifest.get("inputs", {}).get("brp", {}).get("pseudonym_key_id")
-        if made_with == body_id and (path.parent / "households").is_dir():
-            if not (path.parent / RETENTION_FILE).is_file():
-                runs.append((manifest.get("reference_date", ""), path.parent))
+        if made_with == body_id and (folder / "households").is_dir():
+            if not (folder / RETENTION_FILE).is_file():
+                runs.append(
+                    (manifest.get("reference_date", ""), manifest.get("created_at", ""), folder)
+                )
     if not runs:
         return None, None
-    _, run_dir = max(runs)
+    *_, run_dir = max(runs)  # the latest date; of one date, the last made
     table = read_run_table(run_dir, "households", keyring, key_store, _household_column)
     return run_dir.name, table.column("household_pid").combine_chunks()
 
@@ -304,10 +316,29 @@ def _check_coverage(pairs: pa.Table, out_root, old_id, keyring, domain, key_stor
 def run_body_keys(out_root: Path) -> dict[str, str]:
     """Run id -> the body key of its deliveries, for every run folder in out_root."""
     keys = {}
-    root = Path(out_root)
-    for path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
-        manifest = json.loads(path.read_text())
+    for folder, manifest in published_manifests(out_root):
         body = manifest.get("inputs", {}).get("brp", {})
         if body.get("pseudonym_key_id"):  # by the id the run's rows carry, not its folder name
-            keys[manifest.get("run_id") or path.parent.name] = body["pseudonym_key_id"]
+            keys[manifest.get("run_id") or folder.name] = body["pseudonym_key_id"]
     return keys
+
+
+def check_same_key(out_root: Path, key_id: str, fingerprint: str | None, before: str) -> None:
+    """Refuse history (kept runs of a reference date before `before`, their data not
+    destroyed) made with another key of the same id as this run's deliveries: a body
+    keyring made again (not rotated) gives b1 again, and nothing would link."""
+    from privacy.retention import RETENTION_FILE
+
+    for folder, manifest in published_manifests(out_root) if fingerprint else []:
+        if manifest.get("reference_date", "") >= before or (folder / RETENTION_FILE).is_file():
+            continue
+        brp = manifest.get("inputs", {}).get("brp", {})
+        made = brp.get("pseudonym_key_fingerprint")
+        if brp.get("pseudonym_key_id") == key_id and made and made != fingerprint:
+            raise LinkMissing(
+                f"kept run {folder.name} was made with body key {key_id} of fingerprint {made}, "
+                f"this run's deliveries with another key of that id ({fingerprint}): the body "
+                "keyring was made again instead of rotated (signals keys rotate --role body), "
+                "and no household would link. Restore the key custodian's body keyring, or "
+                f"move the kept runs out of {out_root} to start without their history"
+            )

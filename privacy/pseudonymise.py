@@ -58,8 +58,9 @@ def _pseudonymise_batch(
     return batch
 
 
-def check_one_body_key(deliveries: dict) -> str:
-    """The body key id all deliveries share; refuses deliveries made with different keys.
+def check_one_body_key(deliveries: dict) -> tuple[str, str | None]:
+    """The body key all deliveries share (its id, and its fingerprint where the manifests
+    record one); refuses deliveries made with different keys.
 
     Pseudonyms of different body keys never match, so such a run would join nothing and
     say nothing about why.
@@ -77,7 +78,7 @@ def check_one_body_key(deliveries: dict) -> str:
             f"deliveries were pseudonymised with different body keys ({listed}); "
             "all bodies must use the same body key, from the key custodian"
         )
-    return next(iter(ids.values()), "")
+    return next(iter(ids.values()), ""), next(iter(prints.values()), None)
 
 
 def pseudonymise_delivery(

@@ -172,6 +172,9 @@ def test_history_is_relinked_by_the_body_key_of_the_run_it_came_from(
         (out / folder).mkdir()
         manifest = {"run_id": run_id, "inputs": {"brp": {"pseudonym_key_id": body}}}
         (out / folder / "manifest.json").write_text(json.dumps(manifest))
+    staging = out / ".staging-2025-02-01-interrupted"  # an unfinished run: not history
+    (staging / "households").mkdir(parents=True)
+    (staging / "manifest.json").write_text('{"run_id": "2025-02-01-interr')  # cut short
     assert run_body_keys(out) == {"r1": "b1", "r2": "b2"}
     make_links(brp, ring, out, DEFAULT_DOMAIN)
     domain = ring.active("domain", DEFAULT_DOMAIN)

@@ -275,6 +275,7 @@ def _runs(
     rotate_body_before: str | None = None,
     link: bool = True,
     link_from_another_population: bool = False,
+    remake_body_before: str | None = None,
 ) -> dict:
     """Run the flow on the CHANGES of each day; per run its outputs by household. With
     `rotate_before`, the central party rotates its domain key before that day's run; with
@@ -304,6 +305,9 @@ def _runs(
         if day == rotate_body_before:
             body.rotate("body", None)
             save_keyring(body, root / "body.keyring", "lifecycle passphrase")
+        if day == remake_body_before:  # a lost keyring made again: b1 again, another key
+            body = Keyring()
+            body.add("body")
         p = TwoLayerPseudonymiser(body.active("body"), central.active("domain", DEFAULT_DOMAIN))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(population, "REFERENCE_DATE", day)
@@ -581,6 +585,25 @@ def test_a_body_key_rotation_keeps_every_households_history_through_the_link_tab
     covered = json.loads(made.column("attributes")[0].as_py())["covered"]["b1"]
     first = linked[days[0]]["folder"].name
     assert re.fullmatch(rf"(\d+) of the \1 households of run {first}", covered), covered
+
+
+def test_a_body_keyring_made_again_instead_of_rotated_stops_the_run(tmp_path):
+    """A keyring made again gives b1 again with another key: no household would link, and
+    every one would be taken for new. The run is refused, saying why and what to do."""
+    from pipelines.lifecycle import HistoryUnavailable
+
+    days = ["2025-01-01", "2025-03-01"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
+        with pytest.raises(HistoryUnavailable) as refused:
+            _runs(tmp_path, days, remake_body_before=days[1])
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    message = str(refused.value)
+    assert "was made with body key b1 of fingerprint" in message
+    assert "made again instead of rotated" in message
+    assert not list((tmp_path / "runs").glob("2025-03-01-*"))
 
 
 def test_a_history_under_a_key_the_keyring_no_longer_holds_stops_the_run_saying_why(tmp_path):

@@ -222,7 +222,10 @@ def test_deliveries_of_two_body_keys_are_refused_by_id_or_by_fingerprint(tmp_pat
         done = pseudonymise_delivery(folder, ring, tmp_path / "pseudo")
         found[source] = open_pseudonymised(done.directory, source)
     assert found["brp"].manifest["pseudonymised"]["key_fingerprint"] == one.by_id("b1").fingerprint
-    assert check_one_body_key({n: found[n] for n in ("brp", "tax")}) == "b1"
+    assert check_one_body_key({n: found[n] for n in ("brp", "tax")}) == (
+        "b1",
+        one.by_id("b1").fingerprint,
+    )
     with pytest.raises(DeliveryRefused, match="health_insurance: b1 \\(fingerprint"):
         check_one_body_key(found)
     folder = tmp_path / "raw" / "benefits" / population.REFERENCE_DATE
