@@ -185,7 +185,7 @@ def load_history(
         # to be of this body key: nothing says otherwise.
         bodies = pa.array([made_with.get(r, body_key) for r in run_ids.to_pylist()], pa.string())
         try:
-            pids, used, _, missed = body_links.relink(
+            pids, used, missed = body_links.relink(
                 pids, bodies, body_key, Path(out), keyring, purpose
             )
         except body_links.LinkMissing as exc:

@@ -201,13 +201,12 @@ def relink(
     out_root: Path,
     keyring: Keyring,
     domain: str,
-) -> tuple[pa.Array, list[str], set[str], set[str]]:
+) -> tuple[pa.Array, list[str], set[str]]:
     """Household pseudonyms (under the domain's active key) made with other body keys, as the
     current body key makes them; `body_keys` names each one's. Returns them, the links
-    used (`b1->b2`), the households made with another key, and those of them the link
-    tables did not hold: they keep their pseudonym (not in the BRP the table was made
-    from)."""
-    used, unlinked, older = [], set(), set()
+    used (`b1->b2`) and the households the link tables did not hold: they keep their
+    pseudonym (not in the BRP the table was made from)."""
+    used, unlinked = [], set()
     for old in sorted(set(pc.unique(body_keys).to_pylist()) - {current, None}):
         path = link_path(out_root, old, current)
         if not path.is_file():
@@ -232,10 +231,9 @@ def relink(
         found = pc.index_in(pids, value_set=old_pids)
         missing = pc.and_(mask, pc.is_null(found))
         unlinked |= set(pc.unique(pids.filter(missing)).to_pylist())
-        older |= set(pc.unique(pids.filter(mask)).to_pylist())
         pids = pc.if_else(mask, pc.coalesce(pc.take(new_pids, found), pids), pids)
         used.append(f"{old}->{current}")
-    return pids, used, older, unlinked
+    return pids, used, unlinked
 
 
 # The BRP a link table is made from must hold most households of the last run made with
@@ -257,17 +255,39 @@ def published_manifests(out_root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
+def _brp(manifest: dict) -> dict:
+    """What a run's manifest says of its BRP delivery: its body key id and fingerprint."""
+    return manifest.get("inputs", {}).get("brp", {})
+
+
+def _made_with_another(
+    out_root: Path, key_id: str, fingerprint: str, before: str | None = None
+) -> tuple[Path, str] | None:
+    """(run folder, its key's fingerprint) of a published run made with another key of the
+    id `key_id` (runs from before fingerprints were recorded cannot say), or None. With
+    `before`: only runs of an earlier reference date whose personal data is kept."""
+    from privacy.retention import RETENTION_FILE
+
+    for folder, manifest in published_manifests(out_root):
+        if before is not None and (
+            manifest.get("reference_date", "") >= before or (folder / RETENTION_FILE).is_file()
+        ):
+            continue
+        made = _brp(manifest).get("pseudonym_key_fingerprint")
+        if _brp(manifest).get("pseudonym_key_id") == key_id and made and made != fingerprint:
+            return folder, made
+    return None
+
+
 def _check_fingerprint(out_root: Path, key) -> None:
     """The retired key must be the one the kept runs were made with, not another of its id."""
-    for folder, manifest in published_manifests(out_root):
-        brp = manifest.get("inputs", {}).get("brp", {})
-        made = brp.get("pseudonym_key_fingerprint")
-        if brp.get("pseudonym_key_id") == key.id and made and made != key.fingerprint:
-            raise LinkError(
-                f"run {folder.name} was made with body key {key.id} of fingerprint {made}, "
-                f"the controller keyring holds another ({key.fingerprint}): rebuild it from the "
-                "key custodian's body keyring"
-            )
+    found = _made_with_another(out_root, key.id, key.fingerprint)
+    if found:
+        raise LinkError(
+            f"run {found[0].name} was made with body key {key.id} of fingerprint {found[1]}, "
+            f"the controller keyring holds another ({key.fingerprint}): rebuild it from the "
+            "key custodian's body keyring"
+        )
 
 
 def _latest_households(out_root: Path, body_id: str, keyring: Keyring, key_store) -> tuple:
@@ -277,7 +297,7 @@ def _latest_households(out_root: Path, body_id: str, keyring: Keyring, key_store
 
     runs = []
     for folder, manifest in published_manifests(out_root):
-        made_with = manifest.get("inputs", {}).get("brp", {}).get("pseudonym_key_id")
+        made_with = _brp(manifest).get("pseudonym_key_id")
         if made_with == body_id and (folder / "households").is_dir():
             if not (folder / RETENTION_FILE).is_file():
                 runs.append(
@@ -317,9 +337,8 @@ def run_body_keys(out_root: Path) -> dict[str, str]:
     """Run id -> the body key of its deliveries, for every run folder in out_root."""
     keys = {}
     for folder, manifest in published_manifests(out_root):
-        body = manifest.get("inputs", {}).get("brp", {})
-        if body.get("pseudonym_key_id"):  # by the id the run's rows carry, not its folder name
-            keys[manifest.get("run_id") or folder.name] = body["pseudonym_key_id"]
+        if made_with := _brp(manifest).get("pseudonym_key_id"):
+            keys[manifest.get("run_id") or folder.name] = made_with  # by the id rows carry
     return keys
 
 
@@ -327,18 +346,12 @@ def check_same_key(out_root: Path, key_id: str, fingerprint: str | None, before:
     """Refuse history (kept runs of a reference date before `before`, their data not
     destroyed) made with another key of the same id as this run's deliveries: a body
     keyring made again (not rotated) gives b1 again, and nothing would link."""
-    from privacy.retention import RETENTION_FILE
-
-    for folder, manifest in published_manifests(out_root) if fingerprint else []:
-        if manifest.get("reference_date", "") >= before or (folder / RETENTION_FILE).is_file():
-            continue
-        brp = manifest.get("inputs", {}).get("brp", {})
-        made = brp.get("pseudonym_key_fingerprint")
-        if brp.get("pseudonym_key_id") == key_id and made and made != fingerprint:
-            raise LinkMissing(
-                f"kept run {folder.name} was made with body key {key_id} of fingerprint {made}, "
-                f"this run's deliveries with another key of that id ({fingerprint}): the body "
-                "keyring was made again instead of rotated (signals keys rotate --role body), "
-                "and no household would link. Restore the key custodian's body keyring, or "
-                f"move the kept runs out of {out_root} to start without their history"
-            )
+    found = _made_with_another(out_root, key_id, fingerprint, before) if fingerprint else None
+    if found:
+        raise LinkMissing(
+            f"kept run {found[0].name} was made with body key {key_id} of fingerprint "
+            f"{found[1]}, this run's deliveries with another key of that id ({fingerprint}): "
+            "the body keyring was made again instead of rotated (signals keys rotate --role "
+            "body), and no household would link. Restore the key custodian's body keyring, "
+            f"or move the kept runs out of {out_root} to start without their history"
+        )
