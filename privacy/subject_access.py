@@ -247,8 +247,8 @@ def look_up(
     checkpoint = append_events(log_root, records, f"subject-access/{event}", Signer(keyring))
     subjects = []
     for line, pids in found:
-        # A household the person was joined into, and its pseudonyms under the domain's
-        # other keys that records name (a later run resolved its episode after a rotation).
+        # A household the person was joined into, and its pseudonyms under other domain or
+        # body keys that records name (a later run resolved its episode after a rotation).
         homes = {
             v: h
             for p in pids
