@@ -186,7 +186,7 @@ def load_history(
         bodies = pa.array([made_with.get(r, body_key) for r in run_ids.to_pylist()], pa.string())
         try:
             pids, used, missed = body_links.relink(
-                pids, bodies, body_key, Path(out), keyring, purpose
+                pids, bodies, body_key, Path(out), keyring, purpose, body_fingerprint
             )
         except body_links.LinkMissing as exc:
             raise lifecycle.HistoryUnavailable(str(exc)) from None

@@ -54,6 +54,7 @@ LINK_SCHEMA = pa.schema(
 )
 OPERATION = "pseudonym_link"
 _MADE_FROM = "made_from"  # the table's Parquet metadata: the BRP deliveries it was made from
+_KEYS = "body_keys"  # and the two body keys (id, fingerprint) it links
 PURPOSE = "household history across a body-key rotation"
 
 
@@ -97,11 +98,20 @@ def _household_ids(brp_dir: Path) -> tuple[pa.Array, dict]:
     return ids.filter(pc.is_valid(ids)), made_from
 
 
-def _merged(path: Path, table: pa.Table, keyring: Keyring, domain: str) -> tuple[pa.Table, list]:
+def table_keys(path: Path) -> dict:
+    """The body keys a link table was made with: {"old": {id, fingerprint}, "new": {...}}
+    (empty for a table from before they were recorded)."""
+    return json.loads((pq.read_metadata(path).metadata or {}).get(_KEYS.encode(), b"{}"))
+
+
+def _merged(
+    path: Path, table: pa.Table, keyring: Keyring, domain: str, keys: dict
+) -> tuple[pa.Table, list]:
     """`table` with the rows of an earlier table at `path` it does not hold, all under the
     domain's active key, and every BRP delivery the result was made from. A household of
-    an earlier BRP that this one lacks stays linked; the newer pair wins."""
-    if not path.is_file():
+    an earlier BRP that this one lacks stays linked; the newer pair wins. A table made
+    with other keys (a controller keyring since rebuilt) is replaced, not merged."""
+    if not path.is_file() or table_keys(path) != keys:
         return table, []
     before = pq.read_table(path, schema=LINK_SCHEMA)
     sources = json.loads((pq.read_metadata(path).metadata or {}).get(_MADE_FROM.encode(), b"[]"))
@@ -167,9 +177,17 @@ def make_links(
             covered[old.id] = "not checked (--force)"
         else:
             covered[old.id] = _check_coverage(pairs, out_root, old.id, keyring, domain, store)
-        pairs, sources = _merged(path, pairs, keyring, domain)
+        keys = {
+            "old": {"id": old.id, "fingerprint": old.fingerprint},
+            "new": {"id": new.id, "fingerprint": new.fingerprint},
+        }
+        pairs, sources = _merged(path, pairs, keyring, domain, keys)
         made = [m for m in sources if m.get("sha256") != made_from["sha256"]] + [made_from]
-        metadata = {_MADE_FROM: json.dumps(made), "domain_key": domain_key.id}
+        metadata = {
+            _MADE_FROM: json.dumps(made),
+            _KEYS: json.dumps(keys),
+            "domain_key": domain_key.id,
+        }
         tables[path] = pairs.replace_schema_metadata(metadata)
     event = new_event_id()
     attributes = canonical_json(
@@ -201,6 +219,7 @@ def relink(
     out_root: Path,
     keyring: Keyring,
     domain: str,
+    fingerprint: str | None = None,
 ) -> tuple[pa.Array, list[str], set[str]]:
     """Household pseudonyms (under the domain's active key) made with other body keys, as the
     current body key makes them; `body_keys` names each one's. Returns them, the links
@@ -217,6 +236,14 @@ def relink(
                 f"--brp <this run's raw BRP delivery> --out {out_root} --key-file "
                 "<controller keyring>`, docs/privacy.md). Without it fatigue and the signal "
                 "lifecycle would take every household for new"
+            )
+        made_for = table_keys(path).get("new", {}).get("fingerprint")
+        if fingerprint and made_for and made_for != fingerprint:
+            raise LinkMissing(
+                f"{path} links to body key {current} of fingerprint {made_for}, but this run's "
+                f"deliveries were made with {current} of fingerprint {fingerprint}: the "
+                "controller keyring it was made with is not the key custodian's. Rebuild the "
+                "controller keyring from the custodian's body keyring and link again"
             )
         links = pq.read_table(path, schema=LINK_SCHEMA)
         try:
@@ -238,8 +265,9 @@ def relink(
 
 # The BRP a link table is made from must hold most households of the last run made with
 # the old key: monthly churn of households is a few percent. One that does not is another
-# population's or another date's, or the body key is not the bodies' (rotated anywhere but
-# in the custodian's keyring): used, it would make every household new.
+# population's or another date's: used, it would make every household new. (An old key
+# that is not the runs' is caught by its fingerprint here, a new key that is not the
+# bodies' by the run, against its deliveries' fingerprint.)
 LEAST_COVERED = 0.5
 FEWEST_TO_JUDGE = 10  # households; fewer say nothing about a population
 
@@ -263,15 +291,16 @@ def _brp(manifest: dict) -> dict:
 def _made_with_another(
     out_root: Path, key_id: str, fingerprint: str, before: str | None = None
 ) -> tuple[Path, str] | None:
-    """(run folder, its key's fingerprint) of a published run made with another key of the
-    id `key_id` (runs from before fingerprints were recorded cannot say), or None. With
-    `before`: only runs of an earlier reference date whose personal data is kept."""
+    """(run folder, its key's fingerprint) of a published run whose personal data is kept,
+    made with another key of the id `key_id` (runs from before fingerprints were recorded
+    cannot say), or None. With `before`: only runs of an earlier reference date. A run
+    whose data was destroyed links to nothing any more, so its key does not matter."""
     from privacy.retention import RETENTION_FILE
 
     for folder, manifest in published_manifests(out_root):
-        if before is not None and (
-            manifest.get("reference_date", "") >= before or (folder / RETENTION_FILE).is_file()
-        ):
+        if (folder / RETENTION_FILE).is_file():
+            continue
+        if before is not None and manifest.get("reference_date", "") >= before:
             continue
         made = _brp(manifest).get("pseudonym_key_fingerprint")
         if _brp(manifest).get("pseudonym_key_id") == key_id and made and made != fingerprint:

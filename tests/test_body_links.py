@@ -186,3 +186,45 @@ def test_history_is_relinked_by_the_body_key_of_the_run_it_came_from(
     got, used, unlinked = relink(pids, bodies, "b2", out, ring, DEFAULT_DOMAIN)
     assert got.to_pylist() == [new.one("household_id", hh), gone, new.one("household_id", hh)]
     assert used == ["b1->b2"] and unlinked == {gone}
+
+
+def test_a_table_made_with_another_new_body_key_than_the_bodies_is_refused_by_the_run(
+    controller, tmp_path, passphrase
+):
+    """A controller keyring rotated on its own holds the bodies' b1 but another b2: the
+    table's b1 side checks out, its b2 side links to pseudonyms no delivery carries. The
+    table records both keys' fingerprints, and the run compares them with its deliveries'.
+    Linking again with the right keyring replaces such a table rather than merging it."""
+    import copy
+
+    import pyarrow as pa
+
+    from privacy.body_links import LinkMissing, relink, table_keys
+    from privacy.retention import RETENTION_FILE
+
+    path, brp = controller
+    ring = load_keyring(path, passphrase)
+    out = _runs_folder(tmp_path / "runs", ring)
+    wrong = copy.deepcopy(ring)
+    wrong.keys = [k for k in wrong.keys if k.id != "b2"]
+    wrong.add("body")  # another b2
+    assert wrong.by_id("b2").fingerprint != ring.by_id("b2").fingerprint
+    make_links(brp, wrong, out, DEFAULT_DOMAIN)
+    table = link_path(out, "b1", "b2")
+    assert table_keys(table)["new"] == {"id": "b2", "fingerprint": wrong.by_id("b2").fingerprint}
+    pids, bodies = pa.array(["d1." + "a" * 32]), pa.array(["b1"])
+    with pytest.raises(LinkMissing, match="the controller keyring it was made with is not"):
+        relink(pids, bodies, "b2", out, ring, DEFAULT_DOMAIN, ring.by_id("b2").fingerprint)
+    make_links(brp, ring, out, DEFAULT_DOMAIN)  # the right keyring: the table is made anew
+    assert table_keys(table)["new"]["fingerprint"] == ring.by_id("b2").fingerprint
+    domain = ring.active("domain", DEFAULT_DOMAIN)
+    right = TwoLayerPseudonymiser(ring.by_id("b2"), domain)
+    assert sorted(pq.read_table(table)["new_pid"].to_pylist()) == sorted(
+        right.one("household_id", hh) for hh in population.HOUSEHOLDS
+    )
+    # A run made with another b1 whose data was destroyed links nothing: no refusal for it.
+    made = {"pseudonym_key_id": "b1", "pseudonym_key_fingerprint": "not-b1s"}
+    (out / "r0").mkdir()
+    (out / "r0" / "manifest.json").write_text(json.dumps({"run_id": "r0", "inputs": {"brp": made}}))
+    (out / "r0" / RETENTION_FILE).write_text("{}")
+    make_links(brp, ring, out, DEFAULT_DOMAIN)
