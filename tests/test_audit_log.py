@@ -34,6 +34,7 @@ from privacy.audit.log import (
 )
 from privacy.audit.parts import write_part
 from privacy.audit.signing import Signer
+from privacy.audit.signing import public_pem as signing_public_pem
 from privacy.audit.verify import verify_log
 from privacy.keys import Keyring
 
@@ -530,11 +531,12 @@ def test_public_key_pem_follows_the_latest_checkpoint_even_after_a_crash(tmp_pat
     ring.rotate("audit-signing", None)
 
     mend = AuditLog._publish_current_key
+    new_pem = signing_public_pem(Signer(ring).public)
 
-    def crash(log, signer, head=None):
-        if signer is not None:  # the new checkpoint's key, just after its checkpoint
+    def crash(log, pem):
+        if pem == new_pem:  # the new checkpoint's key, just after its checkpoint
             raise OSError("killed after the checkpoint")
-        return mend(log, signer, head)
+        return mend(log, pem)
 
     monkeypatch.setattr(AuditLog, "_publish_current_key", crash)
     with pytest.raises(OSError):

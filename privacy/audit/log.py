@@ -393,13 +393,9 @@ class AuditLog:
         if not path.is_file():
             _write_atomic(path, signing.public_pem(signer.public))
 
-    def _publish_current_key(self, signer: signing.Signer | None, head=None) -> None:
+    def _publish_current_key(self, pem: bytes) -> None:
         """public_key.pem: the key of the latest checkpoint, written after it. A crash in
         between is mended by the next append, from the head's published key."""
-        if signer is not None:
-            pem = signing.public_pem(signer.public)
-        else:
-            pem = (self.keys_dir / f"{head.body['signing_key']['fingerprint']}.pem").read_bytes()
         current = self.root / "public_key.pem"
         if not current.is_file() or current.read_bytes() != pem:
             _write_atomic(current, pem)
@@ -453,7 +449,8 @@ class AuditLog:
             head = self._head()
             if head is not None:
                 _check_signer(head, signer, self.root)
-                self._publish_current_key(None, head)
+                fp = head.body["signing_key"]["fingerprint"]
+                self._publish_current_key((self.keys_dir / f"{fp}.pem").read_bytes())
             existing = self.find(batch_id) if head else None
             if existing is not None:
                 return AppendResult(existing, appended=False)
@@ -470,7 +467,7 @@ class AuditLog:
             _write_atomic(
                 self.checkpoints_dir / checkpoint_name(sequence), checkpoint.to_json().encode()
             )
-            self._publish_current_key(signer)
+            self._publish_current_key(signing.public_pem(signer.public))
             return AppendResult(checkpoint, appended=True)
 
     def _body(self, head, sequence, batch_id, kind, counts, tree, segment, signer) -> dict:
