@@ -69,13 +69,25 @@ def cmd_retention_enforce(args) -> int:
     from privacy.retention import enforce_retention
 
     period = _period(args)
-    destroyed = enforce_retention(
-        Path(args.runs), period, args.as_of, _keyring(args), _key_store(args)
-    )
-    for run_id in destroyed:
+    done = enforce_retention(Path(args.runs), period, args.as_of, _keyring(args), _key_store(args))
+    refresh_feedback_statistics(Path(args.runs), done)
+    for run_id in done.runs:
         print(f"{run_id}: data key destroyed (retention {period}); its personal data is unreadable")
-    print(f"{len(destroyed)} run(s) past retention {period} as of {args.as_of.isoformat()}")
+    for name in done.link_tables:
+        print(f"links/{name}: removed, no run or feedback kept was made with its old body key")
+    print(
+        f"{len(done.runs)} run(s) past retention {period} as of {args.as_of.isoformat()}; "
+        f"{done.feedback_rows:,} operator feedback row(s) past it removed"
+    )
     return 0
+
+
+def refresh_feedback_statistics(runs: Path, done) -> None:
+    """Take-up and precision over the feedback left, when retention removed some."""
+    if done.feedback_rows:
+        from flows.feedback import feedback_statistics, write_statistics
+
+        write_statistics(runs, feedback_statistics(runs))
 
 
 def cmd_retention_status(args) -> int:

@@ -12,7 +12,9 @@ No other column is accepted: names, BSNs and free-text notes have no place here,
 is kept under pseudonyms only. Every row is checked (the signal exists in a published run
 of the output folder; known outcome; a real date, not in the future and not before the
 signal was first made; the scheme matches; no row repeated) and every problem is reported
-by row and field. If anything is wrong, nothing is written.
+by row and field. If anything is wrong, nothing is written. `signals retention enforce`
+removes each row once the retention period, counted from its outcome date, has ended
+(privacy/retention.py).
 
 Stored as <out>/feedback/<import id>.parquet (pipelines/lifecycle.FEEDBACK_SCHEMA: the
 rows as given plus the signal's household pseudonym, benefit year and first run), named

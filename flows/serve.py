@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -164,24 +164,35 @@ def retention_period() -> str:
 
 
 @task(**IO_RETRIES)
-def destroy_expired_keys(out: str, period: str, as_of: dt.date, key_file: str) -> list[str]:
-    """Destroy the data keys of runs whose retention period ended before `as_of`."""
+def enforce(out: str, period: str, as_of: dt.date, key_file: str) -> dict:
+    """Destroy what is past retention as of `as_of` (privacy/retention.py): run data keys,
+    operator feedback rows, unneeded link tables. Returns counts and ids, no personal data."""
+    from flows.cli_privacy import refresh_feedback_statistics
     from privacy.keys import load_keyring, passphrase_from_env
     from privacy.retention import enforce_retention
 
     # The central keyring signs the deletion records retention appends to the audit log.
     keyring = load_keyring(Path(key_file), passphrase_from_env())
-    return enforce_retention(Path(out), period, as_of, keyring)
+    done = enforce_retention(Path(out), period, as_of, keyring)
+    refresh_feedback_statistics(Path(out), done)
+    return asdict(done)
 
 
 @flow(name="signals-retention", validate_parameters=True)
-def retention_run(out: str, key_file: str) -> list[str]:
+def retention_run(out: str, key_file: str) -> dict:
     """Enforce retention on the published runs under `out` (the register sets the period)."""
     logger = get_run_logger()
     period = retention_period()
-    destroyed = destroy_expired_keys(out, period, dt.date.today(), key_file)
-    logger.info("retention %s: %d run(s) had their data key destroyed", period, len(destroyed))
-    return destroyed
+    done = enforce(out, period, dt.date.today(), key_file)
+    logger.info(
+        "retention %s: %d run(s) had their data key destroyed, %d feedback row(s) and %d "
+        "link table(s) removed",
+        period,
+        len(done["runs"]),
+        done["feedback_rows"],
+        len(done["link_tables"]),
+    )
+    return done
 
 
 def deployment_parameters(config: Config) -> dict[str, str | None]:

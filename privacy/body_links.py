@@ -27,6 +27,7 @@ record per household (subject: its new pseudonym) goes to the audit log first, b
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from privacy.audit.events import actor, append_events, new_event_id
 from privacy.audit.log import LOG_DIRNAME, Checkpoint
 from privacy.audit.signing import Signer
 from privacy.files import written_whole
-from privacy.keys import Keyring, KeyringError, check_custody
+from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, check_custody
 from privacy.pseudonyms import TwoLayerPseudonymiser, translate
 from privacy.register import load_register
 from privacy.retention import KEY_STORE
@@ -384,3 +385,39 @@ def check_same_key(out_root: Path, key_id: str, fingerprint: str | None, before:
             "body), and no household would link. Restore the key custodian's body keyring, "
             f"or move the kept runs out of {out_root} to start without their history"
         )
+
+
+_TABLE_NAME = re.compile(r"^households-(?P<old>.+)-to-(?P<new>.+)\.parquet$")
+
+
+def unneeded_tables(out_root: Path) -> list[Path]:
+    """The link tables in out_root that nothing kept needs any more: no published run whose
+    personal data is kept was made with their old body key, and no operator feedback left
+    is on such a run (the run reads both through the table; subject access follows it)."""
+    from pipelines.lifecycle import FEEDBACK_SCHEMA, feedback_folder
+    from privacy.retention import RETENTION_FILE
+
+    folder = Path(out_root) / LINKS_DIR
+    tables = sorted(folder.glob("households-*-to-*.parquet")) if folder.is_dir() else []
+    if not tables:
+        return []
+    needed = {
+        _brp(manifest).get("pseudonym_key_id")
+        for run, manifest in published_manifests(out_root)
+        if not (run / RETENTION_FILE).is_file()
+    }
+    feedback = sorted(feedback_folder(out_root).glob("*.parquet"))
+    if feedback:
+        made_with = run_body_keys(out_root)
+        run_ids = pq.read_table(feedback, schema=FEEDBACK_SCHEMA, columns=["run_id"])["run_id"]
+        needed |= {made_with.get(r) for r in pc.unique(run_ids).to_pylist()}
+    return [t for t in tables if (m := _TABLE_NAME.match(t.name)) and m["old"] not in needed]
+
+
+def link_domain(path: Path, keyring: Keyring) -> str:
+    """The purpose domain a link table's pseudonyms are of: its domain key's, else the default."""
+    key_id = (pq.read_metadata(path).metadata or {}).get(b"domain_key", b"").decode()
+    for key in keyring.keys:
+        if key.role == "domain" and key.id == key_id and key.domain:
+            return key.domain
+    return DEFAULT_DOMAIN

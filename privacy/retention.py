@@ -9,7 +9,9 @@ the run folder (`<runs>/.keys/<run_id>.key` by default). `enforce_retention` des
 keys of runs whose retention period has ended: their ciphertext stays on disk (and in
 any backup) but can no longer be read by anyone. Aggregate outputs (the manifest's
 counts, reports) and the quarantine files are not personal data about a person and
-stay in plain text, so they remain readable after retention.
+stay in plain text, so they remain readable after retention. The same pass removes what the
+runs leave beside them once it is past its time: operator feedback rows and body-key link
+tables (`enforce_retention`).
 
 Files are encrypted in 1 MiB segments, each its own AES-GCM message whose nonce counts
 the segment and whose associated data binds the run, the file's path, the segment's
@@ -28,6 +30,7 @@ import json
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -399,20 +402,41 @@ def _log_decryption(run_dir: Path, files: list[str], keyring: Keyring) -> int:
     return len(pids)
 
 
+@dataclass(frozen=True)
+class Enforced:
+    """What one retention pass destroyed."""
+
+    runs: list[str]  # ids of the runs whose data key was destroyed
+    feedback_rows: int  # operator feedback rows past the period, removed
+    link_tables: list[str]  # link tables (file names) no kept run or feedback needs any more
+
+
 def enforce_retention(
     runs_root: Path,
     period: str,
     as_of: dt.date,
     keyring: Keyring,
     key_store: Path | None = None,
-) -> list[str]:
-    """Destroy the data keys of runs whose retention period ended before `as_of`.
+) -> Enforced:
+    """Destroy what the retention period no longer allows to keep, as of `as_of`:
+
+    - the data keys of runs whose period, counted from the run, ended;
+    - operator feedback rows whose period, counted from their outcome date, ended
+      (`<runs>/feedback/`, pseudonymised: the household and its outcome);
+    - the link tables of body-key rotations (`<runs>/links/`) that no run whose data is
+      kept, and no feedback left, was made with the old key of.
 
     Each destruction is logged first, one `deletion` record per data subject, in the audit
-    log (signed with the keyring's audit-signing key). Writes `retention.json` into each
-    such run folder so readers learn why the data is gone; returns the run ids whose
-    keys were destroyed.
+    log (signed with the keyring's audit-signing key): if it cannot be logged, nothing
+    of it is destroyed. Writes `retention.json` into each destroyed run's folder so
+    readers learn why the data is gone.
     """
+    runs = _destroy_run_keys(Path(runs_root), period, as_of, keyring, key_store)
+    rows = _expire_feedback(Path(runs_root), period, as_of, keyring)
+    return Enforced(runs, rows, _expire_links(Path(runs_root), keyring))
+
+
+def _destroy_run_keys(runs_root, period, as_of, keyring, key_store) -> list[str]:
     destroyed = []
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     for run in retention_status(runs_root, period, key_store):
@@ -436,3 +460,124 @@ def enforce_retention(
         _destroy(run["key_file"])
         destroyed.append(run["run_id"])
     return destroyed
+
+
+# -- what the runs leave beside them: operator feedback and link tables ----------------------
+
+FEEDBACK_DATASET = "operator-feedback"
+LINK_DATASET = "body-key-link-table"
+_EXPIRED = ".expired"  # an old file's second name while its bytes are overwritten
+
+
+def _log_root(runs_root: Path) -> Path:
+    from privacy.audit.log import LOG_DIRNAME, AuditLogError
+
+    root = runs_root / LOG_DIRNAME
+    if not (root / "checkpoints").is_dir():
+        raise AuditLogError(
+            f"{root}: no audit log beside the runs, so the deletion cannot be logged; "
+            "nothing destroyed"
+        )
+    return root
+
+
+def _context(runs_root: Path, run_id: str):
+    """The audit context of a run: from its manifest, else the programme's in the register."""
+    from pipelines.audit_records import AuditContext
+    from privacy.keys import DEFAULT_DOMAIN
+    from privacy.register import load_register
+
+    manifest = runs_root / run_id / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        return AuditContext(run_id, m["processing_activity_id"], m["register_version"])
+    return AuditContext(run_id, DEFAULT_DOMAIN, load_register().version)
+
+
+def _replace_destroying(path: Path, table: pa.Table | None) -> None:
+    """Put `table` in place of the Parquet file at `path` (None: remove it), and overwrite
+    the old bytes: renaming alone leaves them on the disk. A leftover second name of a
+    pass that was killed is destroyed by the next (`_destroy_leftovers`)."""
+    held = path.with_name(f".{path.name}{_EXPIRED}")
+    os.link(path, held)  # the old bytes keep a name until they are overwritten
+    if table is None:
+        path.unlink()
+    else:
+        with written_whole(path, private=True) as tmp:
+            pq.write_table(table, tmp)
+    _destroy(held)
+
+
+def _destroy_leftovers(folder: Path) -> None:
+    for held in folder.glob(f".*{_EXPIRED}") if folder.is_dir() else []:
+        _destroy(held)
+
+
+def _expire_feedback(runs_root: Path, period: str, as_of: dt.date, keyring: Keyring) -> int:
+    """Remove the feedback rows whose period, counted from their outcome date, ended before
+    `as_of`; returns how many. A file keeps its name with the rows left, none at worst,
+    so importing the same file again is still recognised as done."""
+    from pipelines.lifecycle import FEEDBACK_SCHEMA, feedback_folder
+
+    folder = feedback_folder(runs_root)
+    _destroy_leftovers(folder)
+    tables, gone = {}, []
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        table = pq.read_table(path, schema=FEEDBACK_SCHEMA)
+        dates = [d for d in pc.unique(table["outcome_date"]).to_pylist() if d is not None]
+        ended = pa.array([d for d in dates if add_period(d, period) < as_of], pa.date32())
+        if len(ended):
+            expired = pc.is_in(table["outcome_date"], value_set=ended)
+            tables[path] = table.filter(pc.invert(expired))
+            gone.append(table.filter(expired))
+    if not gone:
+        return 0
+    rows = pa.concat_tables(gone)
+    _log_feedback_deletion(runs_root, rows, period, keyring)
+    for path, left in tables.items():
+        _replace_destroying(path, left)
+    return rows.num_rows
+
+
+def _log_feedback_deletion(runs_root: Path, rows: pa.Table, period: str, keyring) -> None:
+    """One `deletion` record per household a run's removed feedback rows were about, under
+    that run's trace (the feedback is on its signals), in one batch named after the rows."""
+    from privacy.audit.events import append_events, deletion_records
+    from privacy.audit.signing import Signer
+
+    keys = sorted(zip(rows["import_id"].to_pylist(), rows["row_number"].to_pylist(), strict=True))
+    digest = hashlib.sha256(repr(keys).encode()).hexdigest()[:16]
+    reason = f"retention period {period} ended, counted from the outcome date"
+    records = []
+    for run_id in sorted(pc.unique(rows["run_id"]).to_pylist()):
+        pids = pc.unique(rows.filter(pc.equal(rows["run_id"], run_id))["household_pid"])
+        context = _context(runs_root, run_id)
+        records.append(deletion_records(context, pids, FEEDBACK_DATASET, reason, part=digest))
+    batch = f"retention/{FEEDBACK_DATASET}/{digest}"
+    append_events(_log_root(runs_root), pa.concat_tables(records), batch, Signer(keyring))
+
+
+def _expire_links(runs_root: Path, keyring: Keyring) -> list[str]:
+    """Remove the link tables nothing kept needs any more (privacy/body_links.py); logs one
+    `deletion` record per household they linked (its new pseudonym, as when linked)."""
+    from pipelines.audit_records import AuditContext
+    from privacy.audit.events import append_events, deletion_records
+    from privacy.audit.log import file_sha256
+    from privacy.audit.signing import Signer
+    from privacy.body_links import LINKS_DIR, link_domain, unneeded_tables
+    from privacy.register import load_register
+
+    _destroy_leftovers(runs_root / LINKS_DIR)
+    removed = []
+    for path in unneeded_tables(runs_root):
+        pids = pc.unique(pq.read_table(path, columns=["new_pid"])["new_pid"].combine_chunks())
+        digest = file_sha256(path).hex()[:16]
+        domain = link_domain(path, keyring)
+        context = AuditContext(f"retention/{path.stem}", domain, load_register().version)
+        reason = "no run or feedback kept was made with its old body key"
+        records = deletion_records(context, pids, LINK_DATASET, reason, part=digest)
+        batch = f"retention/{path.stem}/{digest}"
+        append_events(_log_root(runs_root), records, batch, Signer(keyring))
+        _replace_destroying(path, None)
+        removed.append(path.name)
+    return removed

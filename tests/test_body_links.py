@@ -47,6 +47,7 @@ def _runs_folder(root, ring):
     append_events(root / "audit-log", pa.Table.from_batches([batch]), "r1", Signer(ring))
     (root / "r1").mkdir()  # made with the old body key
     manifest = {"run_id": "r1", "inputs": {"brp": {"pseudonym_key_id": "b1"}}}
+    manifest |= {"processing_activity_id": DEFAULT_DOMAIN, "register_version": "test"}
     (root / "r1" / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -228,3 +229,49 @@ def test_a_table_made_with_another_new_body_key_than_the_bodies_is_refused_by_th
     (out / "r0" / "manifest.json").write_text(json.dumps({"run_id": "r0", "inputs": {"brp": made}}))
     (out / "r0" / RETENTION_FILE).write_text("{}")
     make_links(brp, ring, out, DEFAULT_DOMAIN)
+
+
+def test_retention_removes_a_link_table_once_no_kept_run_or_feedback_needs_it(
+    controller, tmp_path, passphrase, capsys
+):
+    """The table is pseudonymised data of every household: kept while a run whose data is
+    kept, or feedback left, was made with the old body key; then removed, logged first."""
+    from flows.feedback import store
+    from pipelines.lifecycle import FEEDBACK_SCHEMA
+    from privacy.audit.log import AuditLog
+    from privacy.retention import KEY_STORE, protect_run
+
+    path, brp = controller
+    ring = load_keyring(path, passphrase)
+    out = _runs_folder(tmp_path / "runs", ring)
+    protect_run(out / "r1", "r1", ring, out / KEY_STORE)  # r1's data key, made a year ago
+    key = out / KEY_STORE / "r1.key"
+    key.write_text(json.dumps(json.loads(key.read_text()) | {"created": "2024-01-02T00:00:00"}))
+    make_links(brp, ring, out, DEFAULT_DOMAIN)
+    table = link_path(out, "b1", "b2")
+    new_pids = set(pq.read_table(table)["new_pid"].to_pylist())
+    row = {"signal_id": "s.aa", "scheme": "zorgtoeslag", "outcome": "contacted"}
+    row |= {"outcome_date": __import__("datetime").date(2025, 3, 1), "run_id": "r1"}
+    row |= {"household_pid": "d1." + "a" * 32, "benefit_year": 2025, "import_id": "f" * 64}
+    store(pa.Table.from_pylist([row | {"row_number": 1}], schema=FEEDBACK_SCHEMA), out)
+    argv = ["retention", "enforce", "--runs", str(out), "--period", "P1Y", "--key-file"]
+    argv += [str(path), "--as-of"]
+
+    assert main(argv + ["2025-06-01"]) == 0  # r1 destroyed, but feedback on it is left
+    assert "1 run(s) past retention" in capsys.readouterr().out
+    assert table.is_file()
+    assert main(argv + ["2026-04-01"]) == 0  # the feedback's period ended too
+    printed = capsys.readouterr().out
+    assert f"links/{table.name}: removed, no run or feedback kept was made with" in printed
+    assert not table.exists() and list((out / "links").iterdir()) == []
+    log = AuditLog(out / "audit-log")
+    (deleted,) = [c for c in log.checkpoints() if c.batch_id.startswith(f"retention/{table.stem}")]
+    records = log.batch_records(deleted.batch_id)
+    assert set(records["data_subject_pid"].to_pylist()) == new_pids
+    assert records.num_rows == len(population.HOUSEHOLDS)
+    assert {json.loads(a)["dataset"] for a in records["attributes"].to_pylist()} == {
+        "body-key-link-table"
+    }
+    checkpoints = len(log.checkpoints())
+    assert main(argv + ["2026-04-01"]) == 0
+    assert len(AuditLog(out / "audit-log").checkpoints()) == checkpoints

@@ -54,6 +54,7 @@ def _finalised_run(runs: Path, run_id: str) -> Path:
             "household_pid": PIDS[:2],
             "applicant_pid": PIDS[:2],
             "scheme": ["zorgtoeslag"] * 2,
+            "benefit_year": pa.array([2025, 2025], pa.int32()),
             "estimated_annual_amount": pa.array([Decimal("1573.42"), Decimal("99.00")]),
         }
     )
@@ -262,3 +263,72 @@ def test_retention_needs_a_keyring_that_can_sign_the_deletion_log(tmp_path, pass
     # Nothing destroyed: the deletion could not be logged.
     assert (runs / KEY_STORE / "2025-01-01-aaaa.key").is_file()
     shutil.rmtree(runs / LOG_DIRNAME, ignore_errors=True)
+
+
+def test_operator_feedback_is_kept_for_the_period_from_its_outcome_date(
+    tmp_path, passphrase, capsys
+):
+    """Feedback rows (a household and its outcome) are personal data beside the runs:
+    retention removes each once its period, counted from the outcome date, has ended,
+    logged first under the run its signal came from. The file keeps its name, so the same
+    file imported again is still known; the take-up statistics are of the rows left."""
+    from pipelines.lifecycle import FEEDBACK_SCHEMA, feedback_folder
+
+    ring = _central()
+    runs = tmp_path / "runs"
+    run = _published(runs, "2025-01-01-aaaa", ring)
+    key_file = tmp_path / "central.keyring"
+    save_keyring(ring, key_file, passphrase)
+    feedback = tmp_path / "outcomes.csv"
+    feedback.write_text(
+        "signal_id,outcome,outcome_date\ns.aa,contacted,2025-01-10\ns.bb,granted,2025-02-20\n"
+    )
+    imported = ["feedback", "import", str(feedback), "--runs", str(runs), "--key-file"]
+    assert main(imported + [str(key_file)]) == 0
+    (stored,) = feedback_folder(runs).glob("*.parquet")
+    argv = ["retention", "enforce", "--runs", str(runs), "--period", "P1Y", "--key-file"]
+    argv += [str(key_file), "--as-of"]
+    capsys.readouterr()
+
+    assert main(argv + ["2026-01-10"]) == 0  # the first row's last day: nothing goes yet
+    assert "0 operator feedback row(s) past it removed" in capsys.readouterr().out
+    assert main(argv + ["2026-02-01"]) == 0
+    assert "0 run(s) past retention P1Y as of 2026-02-01; 1 operator feedback row(s)" in (
+        capsys.readouterr().out
+    )
+    left = pq.read_table(stored, schema=FEEDBACK_SCHEMA)
+    assert left.column("signal_id").to_pylist() == ["s.bb"]
+    assert [p.name for p in feedback_folder(runs).iterdir() if p.name.startswith(".")] == []
+    log = AuditLog(runs / LOG_DIRNAME)
+    (deleted,) = [c for c in log.checkpoints() if c.batch_id.startswith("retention/")]
+    records = log.batch_records(deleted.batch_id).to_pylist()
+    assert [(r["name"], r["data_subject_pid"], r["run_id"]) for r in records] == [
+        ("deletion", PIDS[0], run.name)
+    ]
+    assert json.loads(records[0]["attributes"])["dataset"] == "operator-feedback"
+    statistics = json.loads((feedback_folder(runs) / "statistics.json").read_text())
+    assert [s["signals_with_feedback"] for s in statistics["per_scheme"]] == [1]
+
+    # The same file again is known: the removed row does not come back.
+    assert main(imported + [str(key_file)]) == 0
+    assert "already imported, nothing changed" in capsys.readouterr().out
+    assert pq.read_table(stored).num_rows == 1
+    # A second pass removes nothing more and logs nothing twice.
+    assert main(argv + ["2026-02-01"]) == 0
+    assert len(AuditLog(runs / LOG_DIRNAME).checkpoints()) == len(log.checkpoints())
+
+
+def test_the_scheduled_retention_flow_enforces_the_registers_period(tmp_path, passphrase):
+    """`signals serve`'s retention flow, run as Prefect runs it: its result names runs and
+    counts, never a household."""
+    from flows.serve import retention_run
+
+    ring = _central()
+    runs = tmp_path / "runs"
+    old = _published(runs, "2025-01-01-aaaa", ring)
+    key_file = runs / KEY_STORE / f"{old.name}.key"
+    key_file.write_text(json.dumps(json.loads(key_file.read_text()) | {"created": "2020-01-01"}))
+    save_keyring(ring, tmp_path / "central.keyring", passphrase)
+    done = retention_run(str(runs), str(tmp_path / "central.keyring"))
+    assert done == {"runs": [old.name], "feedback_rows": 0, "link_tables": []}
+    assert not key_file.exists()

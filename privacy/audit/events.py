@@ -51,15 +51,18 @@ def deletion_records(
     dataset: str,
     reason: str,
     at: dt.datetime | None = None,
+    part: str | None = None,
 ) -> pa.Table:
     """One `deletion` record per data subject whose data in `dataset` of the run was destroyed.
 
-    The span id depends on run, dataset and subject only: deleting the same data again
-    (a retried retention job) gives the same records, which the log keeps once.
+    The span id depends on run, dataset (and `part` of it, for a dataset deleted a part at
+    a time) and subject only: deleting the same data again (a retried retention job)
+    gives the same records, which the log keeps once.
     """
     subjects = subjects.cast(pa.string())
     attributes = canonical_json({"dataset": dataset, "reason": reason})
-    dataset_key = pa.array([dataset] * len(subjects), pa.string())
+    key = dataset if part is None else f"{dataset}/{part}"
+    dataset_key = pa.array([key] * len(subjects), pa.string())
     batch = audit_batch(
         context, "deletion", subjects, "deleted", attributes, discriminator=dataset_key, started=at
     )
