@@ -153,6 +153,14 @@ def cmd_pseudonymise(args) -> int:
         f"{result.source}: {result.rows:,} rows -> {result.accepted:,} pseudonymised, "
         f"{result.quarantined:,} quarantined; written to {result.directory}"
     )
+    if result.not_read:
+        extra = redacted(", ".join(result.not_read))
+        print(
+            f"warning: {result.source}: column(s) {extra} are not in the delivery contract: "
+            "not read and not passed on (recorded in the manifest as minimised.not_read); "
+            "leave them out of the extract",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ that cannot be parsed. Everything else is a row problem and goes to quarantine.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -182,6 +183,22 @@ def _check_columns(delivery: Delivery, header: list[str]) -> None:
     raise DeliveryRefused(
         f"{delivery.data_path}: missing required column(s) {', '.join(missing)}{hint}"
     )
+
+
+def undeclared_columns(delivery: Delivery) -> list[str]:
+    """Columns of the data file that the delivery contract does not have: never read (only
+    the contract's columns are), but the body should leave them out of its extract."""
+    path = delivery.data_path
+    try:
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                header = next(csv.reader(f), [])
+        else:
+            header = pq.read_schema(path).names
+    except (OSError, UnicodeDecodeError, csv.Error, pa.ArrowInvalid):
+        return []  # an unreadable file is refused when it is read, with its cause
+    declared = set(delivery.source.column_names)
+    return [name for name in header if name not in declared]
 
 
 def iter_raw_batches(delivery: Delivery) -> Iterator[pa.RecordBatch]:

@@ -26,9 +26,11 @@ from pipelines.read_deliveries import (
     DeliveryRefused,
     open_delivery,
     sha256_of,
+    undeclared_columns,
     validate_delivery,
 )
 from pipelines.validate import QUARANTINE_SCHEMA
+from privacy.files import PRIVATE_MODE
 from privacy.keys import Keyring, check_custody
 from privacy.minimise import minimisation_record, minimise_batch, pseudonymised_schema
 from privacy.pseudonyms import Pseudonymiser
@@ -43,6 +45,7 @@ class PseudonymisedDelivery:
     rows: int
     accepted: int
     quarantined: int
+    not_read: tuple[str, ...] = ()  # columns outside the contract, left out
 
 
 def _pseudonymise_batch(
@@ -95,8 +98,10 @@ def pseudonymise_delivery(
     target = Path(out_root) / source.name / delivery.reference_date
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(mode=0o700)  # pseudonymised personal data: the owner's only
     data_path, quarantine_path = staging / "data.parquet", staging / "quarantine.parquet"
+    not_read = undeclared_columns(delivery)
     try:
         with (
             pq.ParquetWriter(data_path, pseudonymised_schema(source)) as data,
@@ -125,7 +130,7 @@ def pseudonymise_delivery(
                 "columns": list(source.identifier_columns),
                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             },
-            minimised=minimisation_record(source, delivery.reference_date),
+            minimised=minimisation_record(source, delivery.reference_date) | {"not_read": not_read},
             original={
                 "file": delivery.data_path.name,
                 "sha256": delivery.manifest["sha256"],
@@ -138,6 +143,8 @@ def pseudonymise_delivery(
             },
         )
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        for written in staging.iterdir():
+            os.chmod(written, PRIVATE_MODE)
         # Publish whole or not at all: a reader never sees a half-written delivery.
         if target.exists():
             shutil.rmtree(target)
@@ -145,5 +152,5 @@ def pseudonymise_delivery(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PseudonymisedDelivery(
-        source.name, target, counts.rows, counts.accepted, counts.quarantined
+        source.name, target, counts.rows, counts.accepted, counts.quarantined, tuple(not_read)
     )

@@ -101,6 +101,34 @@ def test_pseudonymise_writes_a_checked_delivery_without_any_bsn(tmp_path, keyrin
             assert not re.search(r"111222333|123456782|12345678", text), path
 
 
+def test_columns_outside_the_contract_are_left_out_on_record_and_the_output_is_owner_only(
+    tmp_path, keyring, capsys
+):
+    """A body that sends more than the contract (here protected attributes) is told so: the
+    columns are never read nor passed on, and the manifest records them for the DPO."""
+    import stat
+
+    from flows.cli import main
+
+    header = BRP_HEADER + ["nationality", "gender"]
+    rows = [_brp_row("111222333") + ["NL", "F"], _brp_row("123456782") + ["TR", "M"]]
+    raw = write_delivery(tmp_path / "raw", "brp", header, rows)
+    keyring_file = tmp_path / "body.keyring"
+    save_keyring(keyring, keyring_file, "correct horse battery staple")
+    out = tmp_path / "pseudo"
+    argv = ["pseudonymise", "--delivery", str(raw), "--key-file", str(keyring_file)]
+    assert main(argv + ["--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "column(s) nationality, gender are not in the delivery contract" in err
+    (folder,) = (out / "brp").iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["minimised"]["not_read"] == ["nationality", "gender"]
+    assert not {"nationality", "gender"} & set(pq.read_schema(folder / "data.parquet").names)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
 def test_the_central_side_refuses_a_raw_delivery(tmp_path):
     raw = write_delivery(tmp_path, "brp", BRP_HEADER, [_brp_row("111222333")])
     with pytest.raises(DeliveryRefused, match="not pseudonymised"):
