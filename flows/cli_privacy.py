@@ -11,6 +11,7 @@ pseudonyms of a person who asks what was done with their data
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 
@@ -52,17 +53,32 @@ def cmd_worklist(args) -> int:
 def _period(args) -> str:
     """The retention period: the flag, else the processing register's for the programme."""
     from flows.cli import UsageError
-
-    if args.period:
-        return args.period
     from privacy import register
     from privacy.keys import DEFAULT_DOMAIN
+    from privacy.retention import add_period
 
+    activity = None
     if register.DEFAULT_ROOT.is_dir() and any(register.DEFAULT_ROOT.glob("*.yaml")):
         activity = register.load_register().activity(DEFAULT_DOMAIN)
-        if activity:
-            return activity.retention["period"]
-    raise UsageError("no retention period: pass --period (ISO 8601, e.g. P1Y)")
+    if activity is None:
+        if args.period:
+            return args.period
+        raise UsageError("no retention period: pass --period (ISO 8601, e.g. P1Y)")
+    recorded = activity.retention["period"]
+    if args.period:
+        try:
+            today = dt.date.today()
+            longer = add_period(today, args.period) > add_period(today, recorded)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if longer:
+            raise UsageError(
+                f"--period {args.period} is longer than the processing register's retention "
+                f"period {recorded} for {DEFAULT_DOMAIN}: the register records what may be "
+                "kept; to keep data longer, change it there first"
+            )
+        return args.period
+    return recorded
 
 
 def cmd_retention_enforce(args) -> int:
@@ -91,12 +107,44 @@ def refresh_feedback_statistics(runs: Path, done) -> None:
 
 
 def cmd_retention_status(args) -> int:
-    from privacy.retention import retention_status
+    from privacy.body_links import unneeded_tables
+    from privacy.retention import RETENTION_FILE, retention_status
 
     period = _period(args)
-    for run in retention_status(Path(args.runs), period, _key_store(args)):
+    runs = Path(args.runs)
+    for run in retention_status(runs, period, _key_store(args)):
         print(f"{run['run_id']}  created {run['created']}  kept until {run['keep_until']}")
+    for run in sorted(runs.glob(f"*/{RETENTION_FILE}")):
+        gone = json.loads(run.read_text())
+        print(
+            f"{run.parent.name}  personal data destroyed {gone['key_destroyed_at'][:10]} "
+            f"(retention {gone['period']})"
+        )
+    print(_feedback_status(runs, period))
+    for table in unneeded_tables(runs):
+        print(f"links/{table.name}  no longer needed: the next enforce removes it")
     return 0
+
+
+def _feedback_status(runs: Path, period: str) -> str:
+    """How many feedback rows there are, and when the oldest goes."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipelines.lifecycle import FEEDBACK_SCHEMA, feedback_folder
+    from privacy.retention import add_period
+
+    files = sorted(feedback_folder(runs).glob("*.parquet"))
+    if not files:
+        return "operator feedback: none"
+    dates = pq.read_table(files, schema=FEEDBACK_SCHEMA, columns=["outcome_date"])
+    if not dates.num_rows:
+        return "operator feedback: none"
+    oldest = pc.min(dates["outcome_date"]).as_py()
+    return (
+        f"operator feedback: {dates.num_rows:,} row(s), the oldest ({oldest}) kept until "
+        f"{add_period(oldest, period)}"
+    )
 
 
 def cmd_decrypt(args) -> int:
@@ -222,7 +270,10 @@ def register(subparsers) -> None:
     ):
         r = retention.add_parser(name, help=text)
         r.add_argument("--runs", required=True, help="folder holding the run folders")
-        r.add_argument("--period", help="ISO 8601 period (default: the processing register's)")
+        r.add_argument(
+            "--period",
+            help="ISO 8601 period (default: the processing register's; shorter, never longer)",
+        )
         r.add_argument("--key-store", help="run data keys (default: <runs>/.keys)")
         if name == "enforce":
             r.add_argument(

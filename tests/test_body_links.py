@@ -260,6 +260,9 @@ def test_retention_removes_a_link_table_once_no_kept_run_or_feedback_needs_it(
     assert main(argv + ["2025-06-01"]) == 0  # r1 destroyed, but feedback on it is left
     assert "1 run(s) past retention" in capsys.readouterr().out
     assert table.is_file()
+    assert main(["retention", "status", "--runs", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "r1  personal data destroyed" in printed and "links/" not in printed
     assert main(argv + ["2026-04-01"]) == 0  # the feedback's period ended too
     printed = capsys.readouterr().out
     assert f"links/{table.name}: removed, no run or feedback kept was made with" in printed

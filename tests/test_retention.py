@@ -309,6 +309,15 @@ def test_operator_feedback_is_kept_for_the_period_from_its_outcome_date(
     statistics = json.loads((feedback_folder(runs) / "statistics.json").read_text())
     assert [s["signals_with_feedback"] for s in statistics["per_scheme"]] == [1]
 
+    status = ["retention", "status", "--runs", str(runs)]
+    assert main(status) == 0
+    assert "operator feedback: 1 row(s), the oldest (2025-02-20) kept until 2026-02-20" in (
+        capsys.readouterr().out
+    )
+    # A period longer than the register's (P1Y) would keep what it says must go.
+    assert main(argv[:5] + ["P50Y"] + argv[6:] + ["2026-02-01"]) == 2
+    assert "--period P50Y is longer than the processing register's" in capsys.readouterr().err
+
     # The same file again is known: the removed row does not come back.
     assert main(imported + [str(key_file)]) == 0
     assert "already imported, nothing changed" in capsys.readouterr().out
