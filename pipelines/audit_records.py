@@ -182,9 +182,16 @@ class IngestAuditFn(beam.DoFn):
         yield audit_batch(self.context, "ingest", subjects, "accepted", attrs, discriminator=source)
 
 
-def exclusion_audit(context: AuditContext):
+def exclusion_audit(context: AuditContext, sources: tuple[str, ...] = ()):
+    """One `exclusion` record per person who objected to all processing. Their rows in the
+    person-keyed `sources` were read and dropped before the join (each row is checked
+    against the objections), so the record names those sources: a subject access answer
+    then says the data was read, not only that the person was left out."""
+
     def make(pids: pa.Array):
-        attrs = canonical_json({"reason": "objection", "scope": "all"})
+        attrs = canonical_json(
+            {"reason": "objection", "scope": "all", "read_and_dropped_from": sorted(sources)}
+        )
         return audit_batch(context, "exclusion", pc.unique(pids), "excluded", attrs)
 
     return make

@@ -126,7 +126,8 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     quarantine = quarantined | "Quarantine" >> beam.Flatten()
     _write(quarantine, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine")
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)
-    exclusions = beam.Map(exclusion_audit(spec.audit)).with_output_types(pa.RecordBatch)
+    read = tuple(n for n in PERSON_SOURCES if n in spec.deliveries)
+    exclusions = beam.Map(exclusion_audit(spec.audit, read)).with_output_types(pa.RecordBatch)
     audits.append(kept["objector_pids"] | "AuditExclusion" >> exclusions)
     for name in JOIN_SOURCES:
         subject = spec.deliveries[name].source.subject

@@ -3,7 +3,8 @@ Beam pipeline, and the published run is searched for every trace of the objector
 
 An objection with scope `all` removes the person before the join, so after the exclusion no
 stage (ingest, household table, join, rule evaluation, proportionality, signal) has anything
-about them: the exclusion record is all there is. An objection with a scheme scope suppresses
+about them: the exclusion record is all there is (it names the sources their rows were
+read from and dropped in). An objection with a scheme scope suppresses
 that scheme only: the person stays in the household table and is signalled for other schemes.
 
 Every adult below is single (or a couple), 2024 income 20,000 definitive, no assets, insured:
@@ -131,7 +132,12 @@ def test_an_objection_to_all_processing_leaves_only_the_exclusion_record(publish
     pid = p.one("bsn", bsn)
     records = [r for r in _audit(run_dir) if _mentions(list(r.values()), pid)]
     assert [(r["name"], r["status"]) for r in records] == [("exclusion", "excluded")]
-    assert json.loads(records[0]["attributes"]) == {"reason": "objection", "scope": "all"}
+    # Their rows were read (and dropped): the record says from which sources, for subject access.
+    assert json.loads(records[0]["attributes"]) == {
+        "reason": "objection",
+        "scope": "all",
+        "read_and_dropped_from": ["arrears", "benefits", "brp", "health_insurance", "tax"],
+    }
 
 
 @pytest.mark.parametrize("bsn", SCOPE_ALL, ids=["objecting head", "objecting partner"])
