@@ -2,7 +2,8 @@
 
 A batch of raw string columns goes in; a typed batch of valid rows and a batch of
 quarantine records (one per bad row, naming the field and every cause) come out.
-Causes never quote an identifier's value: a BSN must not reach a quarantine file.
+Causes never quote a value: a BSN, or an amount of a row the body can trace, must not
+reach a quarantine file.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ def _problem(mask: pa.Array, text: str) -> pa.Array:
 
 
 def _with_value(mask: pa.Array, col: pa.Array, name: str, what: str) -> pa.Array:
-    """Problem text that quotes the offending (non-identifier) value."""
-    quoted = pc.binary_join_element_wise(f"{name}: '", col, f"' {what}", "")
-    return pc.if_else(pc.fill_null(mask, False), quoted, pa.scalar(None, pa.string()))
+    """Problem text for a bad value, without the value: quarantine records travel with the
+    delivery to the central party and stay in the run in plain, so they name the row and
+    field (enough for the body to find it in its own extract), never what the row holds."""
+    return _problem(pc.fill_null(mask, False), f"{name}: {what}")
 
 
 def _eleven_proef(col: pa.Array) -> pa.Array:

@@ -117,14 +117,14 @@ def test_bad_rows_are_quarantined_with_row_field_and_cause_and_nothing_is_lost(t
     assert sorted(by_row) == [2, 3, 4, 5, 6, 7]
     assert by_row[2]["field"] == "bsn" and "8 digits" in by_row[2]["cause"]
     assert "11-proef" in by_row[3]["cause"]
-    assert (
-        by_row[4]["field"] == "objected_on" and "'2024-02-30' is not a date" in by_row[4]["cause"]
-    )
-    assert "'everything' is not one of" in by_row[5]["cause"]
+    assert by_row[4]["field"] == "objected_on"
+    assert by_row[4]["cause"] == "objected_on: is not a date (YYYY-MM-DD)"
+    assert by_row[5]["cause"].startswith("scope: is not one of: all, zorgtoeslag, ")
     assert "duplicate (bsn, scope) of row 1" == by_row[6]["cause"]
     assert "empty but required" in by_row[7]["cause"]
-    # A quarantine cause never quotes an identifier.
-    assert not any("1112223" in r["cause"] for r in by_row.values())
+    # A quarantine cause never quotes a value: neither an identifier nor anything else.
+    causes = " ".join(r["cause"] for r in by_row.values())
+    assert not any(v in causes for v in ("1112223", "2024-02-30", "everything"))
 
 
 def test_money_and_counts_are_typed_and_negative_amounts_quarantined(tmp_path):
@@ -139,7 +139,7 @@ def test_money_and_counts_are_typed_and_negative_amounts_quarantined(tmp_path):
     assert str(valid[0].column("amount_overdue")[0].as_py()) == "120.50"
     assert valid[0].schema.field("months_overdue").type == pa.int64()
     causes = q.column("cause").to_pylist()
-    assert "amount_overdue: '-5.00' is negative" in causes[0]
+    assert causes[0] == "amount_overdue: is negative"
     assert "is not a valid decimal" in causes[1]
 
 
