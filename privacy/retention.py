@@ -8,8 +8,10 @@ under a fresh 256-bit data key made for that run alone. The data key is stored w
 the run folder (`<runs>/.keys/<run_id>.key` by default). `enforce_retention` destroys the wrapped
 keys of runs whose retention period has ended: their ciphertext stays on disk (and in
 any backup) but can no longer be read by anyone. Aggregate outputs (the manifest's
-counts, reports) and the quarantine files are not personal data about a person and
-stay in plain text, so they remain readable after retention. The same pass removes what the
+counts, reports) are not personal data about a person and stay in plain text, so they
+remain readable after retention. The quarantine files are plain too (a row number, a
+field and a cause that never quotes a value) but name rows the supplying body can trace
+to a person: retention removes them with the key. The same pass removes what the
 runs leave beside them once it is past its time: operator feedback rows and body-key link
 tables (`enforce_retention`).
 
@@ -52,6 +54,7 @@ PERSONAL_DATA = (
     "lifecycle.parquet",
     "suppressed.parquet",
 )
+QUARANTINE = "quarantine"  # plain (row, field, cause; never a value), removed at retention
 ENCRYPTED_SUFFIX = ".enc"
 KEY_STORE = ".keys"
 ENCRYPTION_FILE = "encryption.json"
@@ -451,12 +454,15 @@ def _destroy_run_keys(runs_root, period, as_of, keyring, key_store) -> list[str]
                         "key_destroyed_at": now,
                         "period": period,
                         "kept_until": run["keep_until"],
-                        "destroyed": list(PERSONAL_DATA),
+                        "destroyed": list(PERSONAL_DATA) + [QUARANTINE],
                     },
                     indent=2,
                 )
                 + "\n"
             )
+            # Plain, but each record is a row of a delivery the body can trace to a person.
+            for path in sorted((run_dir / QUARANTINE).glob("*.parquet")):
+                _destroy(path)
         _destroy(run["key_file"])
         destroyed.append(run["run_id"])
     return destroyed

@@ -60,6 +60,9 @@ def _finalised_run(runs: Path, run_id: str) -> Path:
     )
     pq.write_table(signals, staging / "signals.parquet")
     pq.write_table(pa.table({"household_pid": PIDS}), staging / "households" / "part-0.parquet")
+    (staging / "quarantine").mkdir()
+    quarantined = {"source": ["brp"], "row_number": [3], "field": ["bsn"], "cause": ["bsn: x"]}
+    pq.write_table(pa.table(quarantined), staging / "quarantine" / "brp.parquet")
     context = AuditContext(run_id, DEFAULT_DOMAIN, "v1")
     join = audit_batch(context, "join", pa.array(PIDS), "joined", "{}")
     pq.write_table(pa.Table.from_batches([join]), staging / "audit" / "segment-00000.parquet")
@@ -234,6 +237,9 @@ def test_after_retention_the_old_runs_personal_data_cannot_be_decrypted_but_its_
     lines = "\n".join(run_summary_lines(old))
     assert "zorgtoeslag" in lines and "households evaluated   4" in lines
     assert json.loads((old / "retention.json").read_text())["period"] == "P1Y"
+    # The quarantine (rows the body can trace to persons) goes with the key; the new run's stays.
+    assert not (old / "quarantine" / "brp.parquet").exists()
+    assert (new / "quarantine" / "brp.parquet").is_file()
     # The run within its retention period is untouched.
     assert read_run_table(new, "signals.parquet", ring).num_rows == 2
     # Every person whose data went is logged, once, in the audit log.
