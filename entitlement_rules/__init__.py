@@ -5,6 +5,7 @@ from entitlement_rules.cases import CaseResult, run_cases
 from entitlement_rules.catalogue import explain, list_rules
 from entitlement_rules.compiler import CompiledRule, compile_rule, rules_fields
 from entitlement_rules.errors import (
+    IdentifyingFieldError,
     MissingParameterError,
     ProtectedAttributeError,
     RuleCompileError,
@@ -21,6 +22,7 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "CaseResult",
     "CompiledRule",
+    "IdentifyingFieldError",
     "MissingParameterError",
     "ProtectedAttributeError",
     "Rule",

@@ -28,6 +28,10 @@ class ProtectedAttributeError(RuleCompileError):
     """A rule reads a protected attribute or a proxy of one (fairness guard)."""
 
 
+class IdentifyingFieldError(ProtectedAttributeError):
+    """A rule reads who someone is: an identifier, a pseudonym or a BSN-like literal."""
+
+
 class UnknownFieldError(RuleCompileError):
     """A rule reads a name that is no household column, parameter or value of the rule."""
 

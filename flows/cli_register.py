@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--purpose", required=True, help="processing activity id")
     p.add_argument("--register", help="register folder (default: privacy/register/)")
+    p.add_argument("--rules-root", help="rules root (default: the package's own rules)")
     p.add_argument(
         "--format",
         choices=("both", "flow", "table"),
@@ -61,16 +62,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("\n" + outcome.explain())
         return 1
     print("\nRules (fields checked against the register; the run does the same at compile time):")
-    return 1 if _print_rules(reg, args.purpose) else 0
+    rules_root = Path(args.rules_root) if args.rules_root else None
+    return 1 if _print_rules(reg, args.purpose, rules_root) else 0
 
 
-def _print_rules(reg, purpose: str) -> int:
+def _print_rules(reg, purpose: str, root: Path | None = None) -> int:
     """One line per rule: allowed, or why not. Returns the number of rules refused."""
-    from entitlement_rules import load_rules, rules_fields
+    from entitlement_rules import RuleCompileError, load_rules, rules_fields
+    from entitlement_rules.guard import check_rule
     from privacy.purpose_check import RuleFieldNotAllowed, check_fields
 
     refused = 0
-    for rule in load_rules():
+    for rule in load_rules(root=root):
+        try:  # the fairness guard first, as compile_rule does in a run
+            check_rule(rule)
+        except RuleCompileError as exc:
+            refused += 1
+            print(f"  {rule.id}: REFUSED by the rule guard")
+            print(f"    {exc}")
+            continue
         try:
             lineage = check_fields(reg, purpose, rule.id, rule.scheme, rules_fields(rule))
         except RuleFieldNotAllowed as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from entitlement_rules import (
+    IdentifyingFieldError,
     MissingParameterError,
     ProtectedAttributeError,
     RuleCompileError,
@@ -29,8 +31,17 @@ from entitlement_rules import (
     rules_fields,
     run_cases,
 )
-from entitlement_rules.guard import HOUSEHOLD_TYPES, protected_reason
+from entitlement_rules.guard import (
+    HOUSEHOLD_TYPES,
+    IDENTIFYING_COLUMNS,
+    check_rule,
+    identifying_literal,
+    protected_reason,
+)
+from entitlement_rules.loader import DEFAULT_ROOT
+from flows.cli import main as signals
 from pipelines.household import COLUMN_NAMES, SCHEMA
+from privacy.pseudonyms import PSEUDONYM_PATTERN
 
 SOURCE = {"status": "verified", "source": "made-up test value, not law"}
 
@@ -368,3 +379,211 @@ def test_malformed_scheme_files_are_refused_when_loading(tmp_path, path, value, 
         (root / "schemes" / "example_municipal.yaml").write_text(yaml.safe_dump(scheme))
     with pytest.raises(RuleLoadError, match=re.escape(message)):
         load_rules(root=root)
+
+
+# -- identifiers: rules decide on the law's conditions, never on who someone is ----------------
+
+PSEUDONYM = "d1.eaofeplcndojggihkffjjdmjjlpdfgnp"  # the walkthrough's example, made up
+
+
+def reading(path: str, value, *inputs: str) -> dict:
+    """SCHEME with one field replaced and `inputs` added to what it declares it reads."""
+    scheme = with_change(path, value)
+    scheme["inputs"] = scheme["inputs"] + list(inputs)
+    return scheme
+
+
+@pytest.mark.parametrize(
+    ("scheme", "field"),
+    [
+        (
+            reading(
+                "conditions.0.expr",
+                f"applicant_age >= minimum_age and applicant_pid not in ['{PSEUDONYM}']",
+                "applicant_pid",
+            ),
+            "applicant_pid",
+        ),
+        (reading("conditions.0.expr", "partner_pid is None", "partner_pid"), "partner_pid"),
+        (
+            reading("conditions.1.expr", "household_pid != 'h1'", "household_pid"),
+            "household_pid",
+        ),
+        (
+            reading("values.0.expr", "tax_amount * length(member_pids)", "member_pids"),
+            "member_pids",
+        ),
+        (reading("parameter_tables.municipal.key", "applicant_pid"), "applicant_pid"),
+        (reading("inputs", ["member_pids", *SCHEME["inputs"]]), "member_pids"),
+        (reading("amount.explain.en", "{relief} for {applicant_pid}"), "applicant_pid"),
+    ],
+)
+def test_a_rule_reading_an_identifier_column_is_refused_naming_file_field_and_why(
+    tmp_path, scheme, field
+):
+    rule = load(write_root(tmp_path, scheme))
+    with pytest.raises(IdentifyingFieldError) as error:
+        compile_rule(rule, 2025)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'schemes' / 'example_municipal.yaml'}: ")
+    assert "rule example_municipal" in message and repr(field) in message
+    assert "never on who someone is" in message
+    assert PSEUDONYM not in message  # the refusal does not spread the pseudonym
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "inputs", "kind"),
+    [
+        (
+            "conditions.0.expr",
+            f"applicant_age >= minimum_age and not contains(receiving_schemes, '{PSEUDONYM}')",
+            ["receiving_schemes"],
+            "a pseudonym",
+        ),
+        (
+            "conditions.0.expr",
+            "applicant_age >= minimum_age"
+            " and tenure not in ['b7.aaaabbbbccccddddeeeeffffgggghhhh']",
+            ["tenure"],
+            "a pseudonym",
+        ),
+        (
+            "conditions.0.expr",
+            "applicant_age >= minimum_age and not contains(arrears_sectors, '123456782')",
+            ["arrears_sectors"],
+            "a BSN-like nine-digit number",
+        ),
+        ("conditions.1.explain.nl", "alleen voor 1234.56.782", [], "a BSN-like nine-digit number"),
+    ],
+)
+def test_a_rule_with_an_identifying_literal_is_refused(tmp_path, path, value, inputs, kind):
+    rule = load(write_root(tmp_path, reading(path, value, *inputs)))
+    with pytest.raises(IdentifyingFieldError, match=re.escape(kind)) as error:
+        compile_rule(rule, 2025)
+    assert str(error.value).startswith(str(tmp_path / "schemes" / "example_municipal.yaml"))
+    assert PSEUDONYM not in str(error.value) and "123456782" not in str(error.value)
+
+
+def test_an_identifier_named_parameter_is_refused(tmp_path):
+    scheme = copy.deepcopy(SCHEME)
+    scheme["parameters"]["excluded_pids"] = {
+        "type": "string",
+        "label": {"en": "x", "nl": "x"},
+        "legal": "x",
+    }
+    parameters = copy.deepcopy(PARAMETERS)
+    parameters["values"]["excluded_pids"] = {"value": "x", "unit": "text", **SOURCE}
+    rule = load(write_root(tmp_path, scheme, parameters))
+    with pytest.raises(IdentifyingFieldError, match="parameter: 'excluded_pids' is named as an"):
+        compile_rule(rule, 2025)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(PSEUDONYM, "a pseudonym"), ("123456782", "a BSN-like"), (123456782, "a BSN-like")],
+)
+def test_an_identifying_parameter_value_is_refused_naming_the_parameter_file(tmp_path, value, kind):
+    scheme = copy.deepcopy(SCHEME)
+    kind_of = "integer" if isinstance(value, int) else "string"
+    scheme["parameters"]["excluded_scheme"] = {
+        "type": kind_of,
+        "label": {"en": "x", "nl": "x"},
+        "legal": "x",
+    }
+    scheme["conditions"][0]["expr"] = "applicant_age >= minimum_age and excluded_scheme is not None"
+    parameters = copy.deepcopy(PARAMETERS)
+    parameters["values"]["excluded_scheme"] = {"value": value, "unit": "text", **SOURCE}
+    rule = load(write_root(tmp_path, scheme, parameters))
+    with pytest.raises(IdentifyingFieldError) as error:
+        compile_rule(rule, 2025)
+    message = str(error.value)
+    assert message.startswith(str(tmp_path / "parameters" / "example_municipal" / "2025.yaml"))
+    assert f"parameter excluded_scheme contains {kind}" in message
+
+
+def test_a_pseudonym_as_a_municipal_table_key_is_refused(tmp_path):
+    parameters = copy.deepcopy(PARAMETERS)
+    parameters["tables"]["municipal"][1]["key"] = PSEUDONYM
+    rule = load(write_root(tmp_path, SCHEME, parameters))
+    with pytest.raises(IdentifyingFieldError, match="parameter table municipal row 2 key contains"):
+        compile_rule(rule, 2025)
+
+
+def test_the_identifier_columns_come_from_the_household_lineage():
+    assert set(IDENTIFYING_COLUMNS) == {
+        "household_pid",
+        "applicant_pid",
+        "partner_pid",
+        "member_pids",
+    }
+    # derived from an id, but a count or a flag: identifies nobody
+    assert "n_persons" not in IDENTIFYING_COLUMNS and "has_partner" not in IDENTIFYING_COLUMNS
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "d1.eaofeplcndojggihkffjjdmjjlpdfgnp",
+        "b12.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "k-x2.pppppppppppppppppppppppppppppppp",
+        "d1.eaofeplcndojggihkffjjdmjjlpdfgn",  # 31 letters
+        "d1.eaofeplcndojggihkffjjdmjjlpdfgnq",  # q is no hex letter
+        "1d.eaofeplcndojggihkffjjdmjjlpdfgnp",  # a key id starts with a letter
+        "wetten.overheid.nl",
+    ],
+)
+def test_the_guard_recognises_exactly_what_privacy_calls_a_pseudonym(text):
+    is_pseudonym = re.fullmatch(PSEUDONYM_PATTERN.strip("^$"), text) is not None
+    assert (identifying_literal(text) is not None) == is_pseudonym
+    assert (identifying_literal(f"not for {text}, please") is not None) == is_pseudonym
+
+
+def test_the_shipped_rules_pass_and_the_compiler_still_carries_the_ids_itself():
+    for rule in load_rules():
+        check_rule(rule)
+        assert {"household_pid", "applicant_pid"} <= rules_fields(rule)
+        for year in rule.ready_years()[:1]:  # a scheme may have no confirmed year yet
+            assert "applicant_pid" in compile_rule(rule, year).sql
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    copy_root = tmp_path / "rules"
+    shutil.copytree(DEFAULT_ROOT, copy_root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return copy_root
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def _target_applicant(root: Path) -> None:
+    """The walkthrough's edit: zorgtoeslag skips one applicant by pseudonym."""
+    path = root / "schemes" / "zorgtoeslag.yaml"
+    _edit(path, "inputs:\n  - applicant_age\n", "inputs:\n  - applicant_age\n  - applicant_pid\n")
+    _edit(
+        path,
+        "expr: applicant_age >= minimum_age\n",
+        f"expr: applicant_age >= minimum_age and applicant_pid not in ['{PSEUDONYM}']\n",
+    )
+
+
+def test_signals_rules_test_refuses_a_rule_targeting_an_applicant(capsys, package_copy):
+    _target_applicant(package_copy)
+    args = ["rules", "test", "--scheme", "zorgtoeslag", "--root", str(package_copy)]
+    assert signals(args) == 1
+    out = capsys.readouterr().out
+    assert "'applicant_pid' is an identifier" in out and "0 passed, 60 failed" in out
+
+
+def test_signals_register_check_refuses_a_rule_targeting_an_applicant(capsys, package_copy):
+    _target_applicant(package_copy)
+    purpose = "proactive-entitlement-signalling"
+    args = ["register", "check", "--purpose", purpose, "--rules-root", str(package_copy)]
+    assert signals(args) == 1
+    out = capsys.readouterr().out
+    assert "  zorgtoeslag: REFUSED by the rule guard" in out
+    assert "'applicant_pid' is an identifier" in out
+    assert "  aio: allowed" in out
