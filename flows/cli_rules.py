@@ -5,7 +5,8 @@
     signals rules test [--scheme S]             the truth tables (cases/<scheme>.yaml)
 
 Registered in flows/cli.py COMMAND_MODULES. `test` exits 1 when a case fails, so it can gate a
-change to a rule file the same way pytest does.
+change to a rule file the same way pytest does. A rule that does not compile (the guard refuses
+it, a parameter is missing) fails its cases with one message; it is printed once, not per case.
 """
 
 from __future__ import annotations
@@ -59,12 +60,30 @@ def cmd_test(args) -> int:
 
     results = run_cases(args.scheme, _root(args))
     failed = [r for r in results if not r.passed]
+    refusals = _refusals(failed)
     for r in results:
-        if args.verbose or not r.passed:
-            mark = "PASS" if r.passed else "FAIL"
-            print(f"{mark} {r.scheme} {r.year}: {r.name}")
+        same = refusals.get((r.scheme, r.problems), [r])
+        if (r.passed and args.verbose) or (not r.passed and same[0] is r):
+            print(_heading(r, same))
             for problem in r.problems:
                 print(f"     {problem}")
     schemes = sorted({r.scheme for r in results})
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({', '.join(schemes)})")
     return 1 if failed else 0
+
+
+def _refusals(failed: list) -> dict[tuple, list]:
+    """Failed cases grouped by the compile refusal they share (a guard refusal fails every
+    case of the rule with one message: it is shown once, with the number of cases)."""
+    groups: dict[tuple, list] = {}
+    for r in failed:
+        if "compile_error" in r.actual:
+            groups.setdefault((r.scheme, r.problems), []).append(r)
+    return groups
+
+
+def _heading(r, same: list) -> str:
+    if len(same) == 1:
+        return f"{'PASS' if r.passed else 'FAIL'} {r.scheme} {r.year}: {r.name}"
+    years = ", ".join(str(y) for y in sorted({s.year for s in same}))
+    return f"FAIL {r.scheme} {years}: {len(same)} cases, the rule did not compile"

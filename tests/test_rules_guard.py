@@ -587,3 +587,19 @@ def test_signals_register_check_refuses_a_rule_targeting_an_applicant(capsys, pa
     assert "  zorgtoeslag: REFUSED by the rule guard" in out
     assert "'applicant_pid' is an identifier" in out
     assert "  aio: allowed" in out
+
+
+def test_signals_rules_test_reports_a_guard_refusal_once_per_rule(capsys, package_copy):
+    path = package_copy / "schemes" / "zorgtoeslag.yaml"
+    _edit(path, "inputs:\n  - applicant_age\n", "inputs:\n  - applicant_age\n  - district_code\n")
+    _edit(
+        path,
+        "expr: applicant_age >= minimum_age\n",
+        "expr: applicant_age >= minimum_age and district_code != 'WK034401'\n",
+    )
+    args = ["rules", "test", "--scheme", "zorgtoeslag", "--root", str(package_copy)]
+    assert signals(args) == 1
+    out = capsys.readouterr().out
+    assert out.count("references protected field 'district_code'") == 1
+    assert "FAIL zorgtoeslag 2024, 2025, 2026: 60 cases, the rule did not compile" in out
+    assert "0 passed, 60 failed (zorgtoeslag)" in out
