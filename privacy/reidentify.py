@@ -47,8 +47,14 @@ from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.register import load_register
 from privacy.retention import read_run_table
 
-# The worklist of pipelines/priority.py, with the applicant's BSN in front.
-WORKLIST_SCHEMA = pa.schema([pa.field("bsn", pa.string()), *PRIORITY_WORKLIST])
+# The worklist of pipelines/priority.py with the applicant's BSN in front, and without its
+# pseudonyms: the people who work the list need the BSN and the signal ids (feedback), and a
+# list holding both BSN and pseudonym would be a key from one to the other.
+PSEUDONYM_COLUMNS = ("household_pid", "applicant_pid")
+WORKLIST_SCHEMA = pa.schema(
+    [pa.field("bsn", pa.string())]
+    + [f for f in PRIORITY_WORKLIST if f.name not in PSEUDONYM_COLUMNS]
+)
 OPERATION = "reidentification"
 
 
@@ -205,7 +211,7 @@ def write_worklist(
     # Each household row's applicant is a signal's applicant, found above.
     first_signal = pc.index_in(grouped.column("applicant_pid"), value_set=applicants)
     bsn = bsns.take(at.take(first_signal)) if len(applicants) else pa.array([], pa.string())
-    table = grouped.add_column(0, "bsn", bsn).cast(WORKLIST_SCHEMA)
+    table = grouped.add_column(0, "bsn", bsn).drop_columns(PSEUDONYM_COLUMNS).cast(WORKLIST_SCHEMA)
     checkpoint, records = None, 0  # no signal, nobody re-identified: nothing to log
     if table.num_rows:
         sha = manifest["inputs"]["brp"]["original_sha256"]

@@ -19,6 +19,7 @@ import pytest
 from bsn_scan import scan_tree
 from population import HOUSEHOLDS, REFERENCE_DATE, SIGNALLED, write_population
 
+from entitlement_rules.guard import PSEUDONYM_IN_TEXT
 from flows.cli import main
 from pipelines.contract import SOURCES
 from privacy.audit.log import LOG_DIRNAME, AuditLog
@@ -109,6 +110,8 @@ def test_the_worklist_names_exactly_the_signalled_households_by_bsn(published, t
     assert table.schema == WORKLIST_SCHEMA and table.num_rows == len(rows)
     for name in ("worklist.csv", "worklist.parquet"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
+        # BSNs and no pseudonyms: the list is no key from one to the other.
+        assert not PSEUDONYM_IN_TEXT.search((tmp_path / name).read_bytes().decode("latin-1"))
 
 
 def test_every_bsn_matches_the_brp_delivery_for_every_signal(published, tmp_path):
