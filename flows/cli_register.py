@@ -63,7 +63,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print("\nRules (fields checked against the register; the run does the same at compile time):")
     rules_root = Path(args.rules_root) if args.rules_root else None
-    return 1 if _print_rules(reg, args.purpose, rules_root) else 0
+    refused = _print_rules(reg, args.purpose, rules_root)
+    if refused:
+        print(
+            f"\nREFUSED: the register allows the run's sources and fields, but {refused} "
+            "rule(s) above may not run: a run would stop when it compiles them."
+        )
+    return 1 if refused else 0
 
 
 def _print_rules(reg, purpose: str, root: Path | None = None) -> int:

@@ -384,7 +384,8 @@ class _Flow:
                 self.refusals.append(
                     f"source {name} is not registered for purpose {self.activity.id!r}. "
                     f"Action: add `{name}` with its legal basis and a decision per field to "
-                    f"{self.activity.path.name}, or run without {name}."
+                    f"{self.activity.path.name} (the run reads every source of the delivery "
+                    "contract: it cannot run without one)."
                 )
                 continue
             citations = "; ".join(b.citation() for b in entry.legal_basis)

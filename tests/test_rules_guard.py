@@ -587,6 +587,10 @@ def test_signals_register_check_refuses_a_rule_targeting_an_applicant(capsys, pa
     assert "  zorgtoeslag: REFUSED by the rule guard" in out
     assert "'applicant_pid' is an identifier" in out
     assert "  aio: allowed" in out
+    # The last word says what the exit code says, not the register's "may proceed" alone.
+    assert out.rstrip().endswith(
+        "1 rule(s) above may not run: a run would stop when it compiles them."
+    )
 
 
 def test_signals_rules_test_reports_a_guard_refusal_once_per_rule(capsys, package_copy):
