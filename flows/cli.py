@@ -164,6 +164,10 @@ def cmd_pseudonymise(args) -> int:
     return 0
 
 
+def _register_dir(path) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
 def cmd_run(args) -> int:
     from flows.config import load_config, load_passphrase
     from flows.run import run_flow
@@ -190,7 +194,7 @@ def cmd_run(args) -> int:
         # Absolute, not resolved: a symlink (a mounted secret) is the path workers share.
         key_file=os.path.abspath(key_file) if key_file else None,
         purpose=args.purpose,
-        register_dir=str(Path(args.register).resolve()) if args.register else None,
+        register_dir=_register_dir(args.register or config.paths.register),
     )
     from flows.summary import print_run_summary
 
@@ -293,7 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="proactive-entitlement-signalling",
         help="processing activity of the register (default proactive-entitlement-signalling)",
     )
-    p.add_argument("--register", help="processing register folder (default privacy/register/)")
+    p.add_argument(
+        "--register",
+        help="processing register folder (default: paths.register, else privacy/register/)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="generate, pseudonymise and run end to end, then summarise")

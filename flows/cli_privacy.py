@@ -53,13 +53,17 @@ def cmd_worklist(args) -> int:
 def _period(args) -> str:
     """The retention period: the flag, else the processing register's for the programme."""
     from flows.cli import UsageError
+    from flows.config import load_config
     from privacy import register
     from privacy.keys import DEFAULT_DOMAIN
     from privacy.retention import add_period
 
     activity = None
-    if register.DEFAULT_ROOT.is_dir() and any(register.DEFAULT_ROOT.glob("*.yaml")):
-        activity = register.load_register().activity(DEFAULT_DOMAIN)
+    root = args.register or load_config(args.config).paths.register or register.DEFAULT_ROOT
+    if Path(root).is_dir() and any(Path(root).glob("*.yaml")):
+        activity = register.load_register(root).activity(DEFAULT_DOMAIN)
+    elif args.register:
+        raise UsageError(f"{root}: no processing register there (no *.yaml files)")
     if activity is None:
         if args.period:
             return args.period
@@ -275,6 +279,10 @@ def register(subparsers) -> None:
             help="ISO 8601 period (default: the processing register's; shorter, never longer)",
         )
         r.add_argument("--key-store", help="run data keys (default: <runs>/.keys)")
+        r.add_argument(
+            "--register", help="processing register folder (default: paths.register, else shipped)"
+        )
+        r.add_argument("--config", help="signals.toml (default: found as for every command)")
         if name == "enforce":
             r.add_argument(
                 "--key-file", required=True, help="keyring with the audit-signing key (logs it)"

@@ -26,7 +26,10 @@ def register(subparsers) -> None:
         "check", help="may a run for this purpose read its sources and fields? (exit 1: no)"
     )
     p.add_argument("--purpose", required=True, help="processing activity id")
-    p.add_argument("--register", help="register folder (default: privacy/register/)")
+    p.add_argument(
+        "--register", help="register folder (default: paths.register, else privacy/register/)"
+    )
+    p.add_argument("--config", help="signals.toml (default: found as for every command)")
     p.add_argument("--rules-root", help="rules root (default: the package's own rules)")
     p.add_argument(
         "--format",
@@ -38,14 +41,19 @@ def register(subparsers) -> None:
 
     p = group.add_parser("show", help="the register's version, activities and legal bases")
     p.add_argument("--purpose", help="show only this processing activity")
-    p.add_argument("--register", help="register folder (default: privacy/register/)")
+    p.add_argument(
+        "--register", help="register folder (default: paths.register, else privacy/register/)"
+    )
+    p.add_argument("--config", help="signals.toml (default: found as for every command)")
     p.set_defaults(func=cmd_show)
 
 
 def _load(args):
+    from flows.config import load_config
     from privacy.register import load_register
 
-    return load_register(Path(args.register) if args.register else None)
+    root = args.register or load_config(args.config).paths.register
+    return load_register(Path(root) if root else None)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Sections (every key optional; the defaults are below and in `signals.example.toml`):
 
-    [paths]       deliveries, out             where deliveries arrive, where runs are published
+    [paths]       deliveries, out, register   where deliveries arrive, where runs are published,
+                                              the processing register (default: the shipped one)
     [keys]        central_keyring, passphrase_file
     [schedule]    cron, timezone, retention_cron   when `signals serve` starts runs
     [run]         runner, buckets             Beam runner and join buckets
@@ -87,13 +88,15 @@ def _optional_path(key: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where pseudonymised deliveries arrive and where runs are published."""
+    """Where pseudonymised deliveries arrive, where runs are published, and the processing
+    register the runs and retention follow (None: the one shipped in privacy/register/)."""
 
     deliveries: Path | None = None
     out: Path | None = None
+    register: Path | None = None
 
     def __post_init__(self):
-        for name in ("deliveries", "out"):
+        for name in ("deliveries", "out", "register"):
             _optional_path(name, getattr(self, name))
 
 

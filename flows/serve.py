@@ -149,15 +149,16 @@ def scheduled_run(
         runner=settings.run.runner,
         buckets=settings.run.buckets,
         key_file=key_file,
+        register_dir=str(settings.paths.register) if settings.paths.register else None,
     )
 
 
-def retention_period() -> str:
+def retention_period(register_dir: Path | None = None) -> str:
     """The retention period of the programme, from the processing register."""
     from privacy import register
     from privacy.keys import DEFAULT_DOMAIN
 
-    activity = register.load_register().activity(DEFAULT_DOMAIN)
+    activity = register.load_register(register_dir).activity(DEFAULT_DOMAIN)
     if activity is None:
         raise ConfigError(f"the processing register has no activity {DEFAULT_DOMAIN!r}")
     return activity.retention["period"]
@@ -179,10 +180,10 @@ def enforce(out: str, period: str, as_of: dt.date, key_file: str) -> dict:
 
 
 @flow(name="signals-retention", validate_parameters=True)
-def retention_run(out: str, key_file: str) -> dict:
+def retention_run(out: str, key_file: str, config: str | None = None) -> dict:
     """Enforce retention on the published runs under `out` (the register sets the period)."""
     logger = get_run_logger()
-    period = retention_period()
+    period = retention_period(load_config(config).paths.register)
     done = enforce(out, period, dt.date.today(), key_file)
     logger.info(
         "retention %s: %d run(s) had their data key destroyed, %d feedback row(s) and %d "
@@ -226,7 +227,7 @@ def deployments(config: Config) -> list:
         schedule=Cron(
             schedule.retention_cron, timezone=schedule.timezone, slug=f"{RETENTION}-cron"
         ),
-        parameters={"out": params["out"], "key_file": params["key_file"]},
+        parameters={k: params[k] for k in ("out", "key_file", "config")},
         description="Destroy the data keys of runs past their retention period",
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

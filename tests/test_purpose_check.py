@@ -512,3 +512,37 @@ def test_a_register_change_gives_the_next_run_a_new_version(world, conditional_r
     assert manifest["purpose_check"]["register_version"] == new
     assert {r["register_version"] for r in _audit(second)} == {new}
     assert json.loads((first / "manifest.json").read_text())["register_version"] == old
+
+
+def test_the_configured_register_is_the_one_runs_checks_and_retention_follow(
+    world, watch_opens, tmp_path, capsys
+):
+    """`paths.register` in signals.toml points every command at the municipality's own
+    register: here one without health_insurance, and with a retention period of two years."""
+    from prefect.logging.handlers import APILogWorker
+
+    def change(data):
+        data["sources"].pop("health_insurance")
+        data["retention"]["period"] = "P2Y"
+
+    register = copy_register(tmp_path / "register", change)
+    config = tmp_path / "signals.toml"
+    config.write_text(f'[paths]\nregister = "{register}"\n')
+    at = ["--config", str(config)]
+    assert main(["register", "check", "--purpose", PES, "--format", "flow"] + at) == 1
+    assert "source health_insurance is not registered" in capsys.readouterr().out
+    argv = ["run", "--deliveries", str(world / "pseudo"), "--reference-date", REFERENCE_DATE]
+    argv += ["--out", str(tmp_path / "runs"), "--key-file", str(world / "keys" / "central.keyring")]
+    with watch_opens() as opened:
+        assert main(argv + at) == 2
+    APILogWorker.drain_all()  # the refused flow's logs, before the test's server goes
+    assert "source health_insurance" in capsys.readouterr().err
+    assert [p for p in opened if p.startswith(str(world / "pseudo"))] == []
+    # Retention takes the configured register's period: 18 months is shorter than its P2Y.
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    assert (
+        main(["retention", "status", "--runs", str(tmp_path / "runs"), "--period", "P18M"] + at)
+        == 0
+    )
+    assert main(["retention", "status", "--runs", str(tmp_path / "runs"), "--period", "P18M"]) == 2
+    assert "longer than the processing register's retention period P1Y" in capsys.readouterr().err
