@@ -15,10 +15,14 @@ Nothing at the level of a person or a household leaves this module: no pseudonym
 signal id, only counts of at least `threshold` households and rounded amounts.
 
 Status of a household per scheme (one row per household x scheme, benefit year of the run):
-signalled; receiving (entitled and already receiving); entitled, not signalled (objection,
-deregistration); not entitled (by the rules' estimate). "Entitled" is the first three.
-Coverage parity compares, per age band, household type and district, the signals per
-entitled household with the national rate; a ratio outside [1/r, r] is flagged.
+signalled; receiving (entitled and already receiving); withheld (entitled, not signalled:
+objection, proportionality); deregistered (entitled, but the law forbids signalling: the
+applicant died or emigrated); not entitled (by the rules' estimate). "Entitled" is the first
+four. Coverage parity compares, per age band, household type and district, the signals per
+household that could have been signalled with the national rate; deregistered households are
+not in that base (holding them back is the law, not a reach failure). A ratio outside
+[1/r, r] is flagged; a group whose base is not published or is under the threshold is not
+assessed.
 """
 
 from __future__ import annotations
@@ -51,15 +55,17 @@ from privacy.disclosure import (
     Protected,
     Rules,
     carried_from,
+    check_policy,
     protect,
 )
 from privacy.files import written_whole
 
-STATUSES = ("signalled", "receiving", "withheld", "not_entitled")
+STATUSES = ("signalled", "receiving", "withheld", "deregistered", "not_entitled")
 STATUS_LABELS = {
     "signalled": "signalled",
     "receiving": "already receiving",
-    "withheld": "entitled, not signalled",
+    "withheld": "entitled, not signalled (objection, proportionality)",
+    "deregistered": "entitled, held back by law (applicant deceased or emigrated)",
     "not_entitled": "not entitled (estimate)",
     "entitled": "entitled (estimate)",
 }
@@ -82,7 +88,7 @@ REPORT_FORMAT = "signals-report/1"
 STATUS = Dimension(
     "status",
     STATUSES,
-    groups=tuple((s, "entitled") for s in STATUSES[:3]),
+    groups=tuple((s, "entitled") for s in STATUSES[:4]),
     group_name="status_group",
 )
 AGE = Dimension("age_band", AGE_BANDS)
@@ -96,11 +102,12 @@ OUTCOME = Dimension(
     group_name="feedback",
 )
 
-SIG, ENT, REC, WH = (
+SIG, ENT, REC, WH, DEREG = (
     (LEAF, "signalled"),
     (GROUP, "entitled"),
     (LEAF, "receiving"),
     (LEAF, "withheld"),
+    (LEAF, "deregistered"),
 )
 TOT = (ALL, TOTAL)
 DIM_LABELS = {
@@ -191,6 +198,7 @@ SELECT
         AS scheme,
     CASE WHEN s.signal_id IS NOT NULL THEN 'signalled'
          WHEN ev.entitled AND ev.already_receiving THEN 'receiving'
+         WHEN ev.entitled AND coalesce(h.applicant_deregistered, false) THEN 'deregistered'
          WHEN ev.entitled THEN 'withheld'
          ELSE 'not_entitled' END AS status,
     coalesce(h.municipality_code, 'unknown') AS municipality,
@@ -396,10 +404,26 @@ def _state_of(run: PastRun) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _published_amounts(run: PastRun) -> dict[str, Decimal] | None:
+    """The signalled amount per scheme as the run's own report published it (None: no
+    report). A scheme it hid is absent: the trend hides that cell too (forced)."""
+    path = run.directory / "report" / "report-tables" / "by_scheme.parquet"
+    if not path.is_file():
+        return None
+    rows = pq.read_table(path, columns=["scheme", "status", "amount_eur"]).to_pylist()
+    return {
+        r["scheme"]: Decimal(r["amount_eur"])
+        for r in rows
+        if r["status"] == "signalled" and r["amount_eur"] is not None
+    }
+
+
 def trend_tables(
     con, run_id: str, schemes: list[str], past: list[PastRun]
 ) -> tuple[list[CountTable], set]:
-    """Signals per scheme per run: past runs from their manifests, this run from its data.
+    """Signals per scheme per run: past runs as their own reports published them, this run
+    from its data. A past run without a published report is left out (it published nothing
+    to show; its suppression pattern is unknown).
 
     Returns the tables and the cells each past run's own report hid (hidden here too).
     """
@@ -407,11 +431,15 @@ def trend_tables(
     for run in past:
         c = run.manifest.get("counts", {})
         per_scheme = {k: int(v) for k, v in c.get("signals_per_scheme", {}).items()}
-        if not per_scheme:
+        published = _published_amounts(run)
+        if not per_scheme or published is None:
             continue
         dim = Dimension("scheme", tuple(sorted(per_scheme)))
         total = ((ALL, TOTAL),)
         extra = {total: Decimal(str(c.get("estimated_annual_amount_total", "0")))}
+        # Every scheme cell carries the amount the run's report published; one it hid is
+        # hidden here as well (its state), so no cell is shown without its amount.
+        extra |= {((LEAF, k),): published[k] for k in per_scheme if k in published}
         tables.append(
             CountTable(
                 f"trend@{run.run_id}",
@@ -427,6 +455,8 @@ def trend_tables(
         forced |= {
             (s["universe"], s["cell"]) for s in state["suppressed"] if s["universe"] == run.run_id
         }
+        t = tables[-1]
+        forced |= {t.cell_id(((LEAF, k),)) for k in per_scheme if k not in published}
     counts, _ = _counts(con, ["scheme"], "status = 'signalled'")
     dim = Dimension("scheme", tuple(schemes))
     tables.append(
@@ -463,20 +493,27 @@ def coverage_parity(
     schemes: list[str],
     options: ReportOptions,
 ) -> list[dict]:
-    """Signals per entitled household per group, relative to the national rate.
+    """Signals per household that could be signalled, per group, relative to the national rate.
 
-    The basis is the group's unclaimed entitlement (entitled, not yet receiving: the
-    households a signal is for) or, with basis "entitled", all entitled households. A
-    group is flagged when its ratio lies outside [1/r, r] and a two-sided binomial test
-    says the gap is unlikely to be chance (p < significance). The flag uses exact counts,
-    so a gap is flagged even when the group's signal count is hidden; the ratio itself is
-    shown only when every count it is made of is published. A group whose household count is
-    hidden is not assessed. A flag on a group with hidden counts tells that its rate is low:
-    an inequality on hidden cells, not their value (see the method section).
+    The base is the group's unclaimed entitlement (signalled + withheld: entitled, not yet
+    receiving, not held back by law) or, with basis "entitled", also those already
+    receiving. Deregistered households are never in the base: the law forbids signalling
+    them, so they are no reach failure. A group is assessed only when its household count
+    is published and the published figures show a base of at least the threshold (the base
+    itself, directly or as the entitled group minus its other parts, or its published parts
+    alone): a rate on fewer households than the threshold is never assessed, and whether a
+    group is assessed never depends on a hidden number (state "unassessed", reason in
+    "note").
+    An assessed group is flagged when its ratio lies outside [1/r, r] and a two-sided
+    binomial test says the gap is unlikely to be chance (p < significance). The test uses
+    the exact counts, so a gap is flagged even when they are hidden; the ratio itself is
+    shown only when the signals and the base are published. Such a flag tells that the rate is
+    low: an inequality on a hidden cell, not its value (see the method section).
     """
     from scipy.stats import binomtest
 
-    parts = _basis_parts(options.parity_basis)
+    parts, others = _basis_parts(options.parity_basis)
+    threshold = options.rules.threshold
     out = []
     for scheme in schemes:
 
@@ -484,8 +521,12 @@ def coverage_parity(
             return source(table, ((LEAF, _scheme), coord, status))
 
         def basis(coord, source):
-            values = [value(coord, st, source) for st in parts]
-            return None if None in values else sum(values)
+            direct = [value(coord, st, source) for st in parts]
+            if None not in direct:
+                return sum(direct)
+            entitled = value(coord, ENT, source)
+            rest = [value(coord, st, source) for st in others]
+            return None if entitled is None or None in rest else entitled - sum(rest)
 
         exact_of = lambda t, k: exact[(t, k)]  # noqa: E731
         s_all, b_all = value(TOT, SIG, exact_of), basis(TOT, exact_of)
@@ -506,10 +547,20 @@ def coverage_parity(
                 "ratio": None,
                 "p_value": None,
                 "state": "unassessed",
+                "note": None,
             }
-            # Assessed when the group's household count is published: whether a group is
-            # assessed must not depend on a hidden number. Small groups rarely pass the test.
-            if national and b and row["households"] is not None:
+            floor = _published_floor(
+                row["basis"], [value(coord, st, protected.count) for st in parts]
+            )
+            if row["households"] is None:
+                row["note"] = "not assessed: household count suppressed"
+            elif floor < threshold:
+                row["note"] = (
+                    f"not assessed: base under {threshold} households"
+                    if row["basis"] is not None
+                    else f"not assessed: published figures do not show a base of {threshold}+"
+                )
+            elif national:
                 ratio = (s / b) / national
                 p_value = binomtest(s, b, min(national, 1.0)).pvalue
                 row["state"] = _parity_state(ratio, p_value, options)
@@ -517,6 +568,12 @@ def coverage_parity(
                     row["ratio"], row["p_value"] = round(ratio, 2), round(p_value, 4)
             out.append(row)
     return out
+
+
+def _published_floor(basis: int | None, parts: list[int | None]) -> int:
+    """The least the base can be, from published figures alone: the base itself when it is
+    published, else the sum of its published parts (a hidden part may be 0)."""
+    return basis if basis is not None else sum(v for v in parts if v is not None)
 
 
 def _parity_state(ratio: float, p_value: float, options: ReportOptions) -> str:
@@ -529,26 +586,50 @@ def _parity_state(ratio: float, p_value: float, options: ReportOptions) -> str:
     return "high" if ratio > options.max_disparity_ratio else "ok"
 
 
-def _basis_parts(basis: str) -> tuple:
+def _basis_parts(basis: str) -> tuple[tuple, tuple]:
+    """The statuses in the base, and the other statuses of the entitled group."""
     if basis == "unclaimed":
-        return (SIG, WH)
+        return (SIG, WH), (REC, DEREG)
     if basis == "entitled":
-        return (ENT,)
+        return (SIG, REC, WH), (DEREG,)
     raise ReportError(f"parity basis {basis!r}: use 'unclaimed' or 'entitled'")
 
 
 # -- building ----------------------------------------------------------------------------------
 
 
+def report_path(out: Path) -> Path:
+    """The HTML file a report is written to: `out` itself when it ends in .html, else
+    <out>/report.html (a folder, as a run's own report/ folder). Refused up front when a
+    folder or a file is in the way, so that nothing is half written."""
+    out = Path(out).resolve()
+    if out.suffix.lower() != ".html":
+        if out.exists() and not out.is_dir():
+            raise ReportError(f"{out}: is a file; give a folder, or a path ending in .html")
+        out = out / "report.html"
+    if out.is_dir():
+        raise ReportError(f"{out}: is a folder; give a path ending in .html for the page")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ReportError(f"{parent}: is a file, so {out} cannot be written")
+            break
+    return out
+
+
+WEIGHTS = {"status=signalled": 10.0}  # the headline figures: hide others first
+
+
 def build_report(
     run_dir: Path,
-    out_html: Path,
+    out: Path,
     options: ReportOptions | None = None,
     keyring=None,
 ) -> Report:
-    """Build the report of one published run into `out_html` and its tables folder."""
+    """Build the report of one published run into `out` (see report_path) and its tables."""
     options = options or ReportOptions()
-    run_dir, out_html = Path(run_dir).resolve(), Path(out_html).resolve()
+    check_policy(options.rules)
+    run_dir, out_html = Path(run_dir).resolve(), report_path(out)
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise ReportError(f"{run_dir}: not a published run (no manifest.json)")
@@ -582,23 +663,27 @@ def build_report(
         units = con.sql("SELECT * FROM units").to_arrow_table() if options.dp else None
     finally:
         con.close()
-    dp_ledger = None
-    if options.dp is not None:
-        from privacy.dp import apply_dp
-
-        tables, dp_ledger = apply_dp(units, tables, run_id, options.dp)
-        forced = set()  # noisy tables are not linked: past patterns do not map onto them
     previous_state = _state_of(past[-1]) if past else None
     carried = {
         (run_id, m) for u, m in carried_from(previous_state) if past and u == past[-1].run_id
     }
+    dp_ledger = None
+    if options.dp is not None:
+        from privacy.dp import apply_dp
+
+        # DP comes on top of the disclosure control, never instead of it: every cell the
+        # exact report hides is hidden in the noisy one too, so little noise (a large
+        # epsilon) cannot make hidden cells computable from the published ones.
+        exact = protect(tables, options.rules, forced, carried, weights=WEIGHTS)
+        tables, dp_ledger = apply_dp(units, tables, run_id, options.dp)
+        forced, carried = _unlinked_ids(tables, set(exact.suppressed)), set()
     protected = protect(
         tables,
         options.rules,
         forced=forced,
         carried=carried,
         link=dp_ledger is None,
-        weights={"status=signalled": 10.0},  # the headline figures: hide others first
+        weights=WEIGHTS,
     )
     exact = {(t, c.key): c.count for t, cs in protected.cells.items() for c in cs}
     fairness = []
@@ -636,6 +721,16 @@ def build_report(
     return Report(out_html, tables_dir, protected, fairness, summary)
 
 
+def _unlinked_ids(tables: list[CountTable], hidden: set) -> set:
+    """The ids protect(link=False) gives the cells whose linked id is in `hidden`."""
+    return {
+        (t.universe, f"{t.name}:{t.meaning(k)}")
+        for t in tables
+        for k in t.keys()
+        if t.cell_id(k) in hidden
+    }
+
+
 # -- writing the tables ------------------------------------------------------------------------
 
 
@@ -667,7 +762,8 @@ def write_tables(protected: Protected, fairness: list[dict], folder: Path, summa
         "rules": summary["rules"],
         "tables": {n: t.describe() for n, t in protected.tables.items()},
         "note": "households: count, empty when suppressed; amount_eur: estimated EUR per "
-        "year, rounded; 'Total' marks a total over that column",
+        "year, rounded, empty when suppressed (0 with households > 0: under the rounding "
+        "unit, not zero); 'Total' marks a total over that column",
     }
     (folder / "tables.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     state = protected.state() | {"run_id": summary["run_id"]}
@@ -698,6 +794,14 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _amount(p: Protected, table: str, key: tuple):
+    """A published amount for the page: rounded, or Under(unit) when it rounds to 0 but is
+    not 0 (a handful of signals of a few hundred euros must not read as EUR 0)."""
+    if p.amount_under_unit(table, key):
+        return charts.Under(p.rules.amount_rounding)
+    return p.amount(table, key)
+
+
 def _key(scheme: str, *coords) -> tuple:
     return ((LEAF, scheme),) + tuple(coords)
 
@@ -706,7 +810,7 @@ def _scheme_section(p: Protected, scheme: str) -> str:
     t = "by_scheme"
     figures = [
         ("signals", p.count(t, _key(scheme, SIG)), ""),
-        ("estimated unclaimed per year", p.amount(t, _key(scheme, SIG)), "EUR "),
+        ("estimated unclaimed per year", _amount(p, t, _key(scheme, SIG)), "EUR "),
         ("entitled households (estimate)", p.count(t, _key(scheme, ENT)), ""),
         ("already receiving", p.count(t, _key(scheme, REC)), ""),
         ("households evaluated", p.count(t, _key(scheme, TOT)), ""),
@@ -721,7 +825,7 @@ def _scheme_section(p: Protected, scheme: str) -> str:
 def _classifier_section(p: Protected, table: str, dim: Dimension, scheme: str, title: str):
     coords = [(LEAF, c) for c in dim.categories]
     signals = [(c[1], p.count(table, _key(scheme, c, SIG))) for c in coords]
-    amounts = [(c[1], p.amount(table, _key(scheme, c, SIG))) for c in coords]
+    amounts = [(c[1], _amount(p, table, _key(scheme, c, SIG))) for c in coords]
     rows = []
     for c in coords + [TOT]:
         label = c[1]
@@ -732,7 +836,7 @@ def _classifier_section(p: Protected, table: str, dim: Dimension, scheme: str, t
                 _cell(p.count(table, _key(scheme, c, ENT))),
                 _cell(p.count(table, _key(scheme, c, REC))),
                 _cell(p.count(table, _key(scheme, c, SIG))),
-                _cell(p.amount(table, _key(scheme, c, SIG)), "EUR "),
+                _cell(_amount(p, table, _key(scheme, c, SIG)), "EUR "),
             ]
         )
     return (
@@ -773,7 +877,7 @@ def _district_section(p: Protected, dim: Dimension, scheme: str) -> str:
                     _cell(p.count(t, _key(scheme, c, ENT))),
                     _cell(n),
                     _cell(rate),
-                    _cell(p.amount(t, _key(scheme, c, SIG)), "EUR "),
+                    _cell(_amount(p, t, _key(scheme, c, SIG)), "EUR "),
                 ]
             )
     nat = p.count(t, _key(scheme, TOT, SIG))
@@ -784,7 +888,7 @@ def _district_section(p: Protected, dim: Dimension, scheme: str) -> str:
             _cell(p.count(t, _key(scheme, TOT, ENT))),
             _cell(nat),
             "<td></td>",
-            _cell(p.amount(t, _key(scheme, TOT, SIG)), "EUR "),
+            _cell(_amount(p, t, _key(scheme, TOT, SIG)), "EUR "),
         ]
     )
     return (
@@ -812,7 +916,7 @@ def _trend_section(p: Protected, schemes: list[str]) -> str:
         cats = t.dims[0].categories
         for s in schemes:
             series[s].append(p.count(t.name, ((LEAF, s),)) if s in cats else 0)
-        totals.append((t.universe, p.count(t.name, (TOT,)), p.amount(t.name, (TOT,))))
+        totals.append((t.universe, p.count(t.name, (TOT,)), _amount(p, t.name, (TOT,))))
     rows = [[f"<td>{escape(r)}</td>", _cell(n), _cell(a, "EUR ")] for r, n, a in totals]
     note = (
         (
@@ -882,15 +986,20 @@ def _fairness_section(fairness: list[dict], schemes: list[str], options: ReportO
         if options.parity_basis == "unclaimed"
         else "entitled household"
     )
+    threshold = options.rules.threshold
     out = [
         "<h2>Fairness: coverage parity</h2>",
         f"<p>Signals per {basis} in each group, divided by the same rate for the country. "
         f"1.0 means the group is reached as well as the country as a whole. A group is "
         f"flagged when its ratio is below {low:.2f} and a binomial test says the gap is "
         f"unlikely to be chance (p &lt; {options.significance}); above {high:.2f} is marked "
-        "but not flagged (nobody is left out by it). Groups whose household count is "
-        "suppressed are not assessed. A flagged group whose counts are suppressed shows the "
-        "flag without the ratio: the flag says its rate is low, not what it is.</p>",
+        "but not flagged (nobody is left out by it). Households whose applicant is "
+        "deregistered (deceased, emigrated) are not in the base: the law forbids signalling "
+        "them, so they are no reach failure. A group is not assessed when its base cannot be "
+        "read from the published figures or is under "
+        f"{threshold} households: a rate on so few says nothing. A flagged group whose "
+        "signal count is suppressed shows the flag without the ratio: the flag says its rate "
+        "is low, not what it is.</p>",
     ]
     flagged = [f for f in fairness if f["state"] == "flag"]
     if flagged:
@@ -918,7 +1027,7 @@ def _fairness_section(fairness: list[dict], schemes: list[str], options: ReportO
     for s in schemes:
         for dim in ("age_band", "household_type", "district"):
             items = [
-                (f["group"], f["ratio"], f["state"])
+                (f["group"], f["ratio"], f["state"], f["note"])
                 for f in fairness
                 if f["scheme"] == s and f["dimension"] == dim and f["level"] == LEAF
             ]
@@ -940,20 +1049,25 @@ def _method_section(summary: dict, p: Protected) -> str:
         "tables of this report (an attacker's linear programme over every published number "
         f"leaves each suppressed cell an interval at least {r['min_interval']} wide). Cells "
         "suppressed in the previous report stay suppressed in this one"
-        + ("" if r["carry_forward"] else " (switched off for this report)")
-        + ", and a past run's figures in the trend keep that run's own suppression. "
+        ", and a past run's figures in the trend are shown as that run's own report "
+        "published them, with its suppression (a past run without a report is left out). "
         f"Amounts are estimates in EUR per year, rounded to the nearest {r['amount_rounding']:,}"
-        f" each on its own, so totals can differ from the sum of their parts. "
+        f" each on its own, so totals can differ from the sum of their parts; an amount "
+        f"that rounds to 0 but is not 0 is shown as &lt; EUR {r['amount_rounding']:,}. "
+        "These settings are the policy floor: a report may protect more, never less. "
         f"This report publishes {d['cells']:,} distinct cells, {d['suppressed']:,} of them "
         "suppressed. Estimated entitlement is the rules' estimate, including households "
-        "already receiving; it is not a decision on anyone's claim.</p>"
+        "already receiving and households whose applicant is deregistered (deceased, "
+        "emigrated), whom the law forbids signalling; it is not a decision on anyone's "
+        "claim. The coverage parity base leaves deregistered households out: holding them "
+        "back is the law, not a failure to reach them.</p>"
     )
     if dp:
         text += (
-            "<p>Differential privacy is on for this report: its counts and amounts are noisy "
-            "estimates, the tables are not linked, and suppression is applied to the noisy "
-            "figures for readability only (the noise, not the suppression, protects "
-            "households).</p>"
+            "<p>Differential privacy is on for this report, on top of the disclosure control: "
+            "its counts and amounts are noisy estimates, every cell the exact report would "
+            "suppress is suppressed here too, and so is every noisy cell under the "
+            "threshold.</p>"
         )
         rows = [
             [
@@ -992,7 +1106,7 @@ def render_html(p: Protected, fairness, summary, schemes, past, unmatched, optio
     body.append(
         charts.bar_chart(
             "Estimated unclaimed EUR per year per scheme",
-            [(s, p.amount("by_scheme", _key(s, SIG))) for s in schemes],
+            [(s, _amount(p, "by_scheme", _key(s, SIG))) for s in schemes],
             "EUR ",
         )
     )
@@ -1036,13 +1150,15 @@ def artifact_tables(report: Report) -> dict[str, list[dict]]:
     district = p.tables["by_district"].dims[1]
 
     def show(v):
+        if isinstance(v, charts.Under):
+            return charts.fmt(v, "EUR ")
         return "suppressed" if v is None else v
 
     scheme_rows = [
         {
             "scheme": s,
             "signals": show(p.count("by_scheme", _key(s, SIG))),
-            "estimated_unclaimed_eur": show(p.amount("by_scheme", _key(s, SIG))),
+            "estimated_unclaimed_eur": show(_amount(p, "by_scheme", _key(s, SIG))),
             "entitled": show(p.count("by_scheme", _key(s, ENT))),
             "already_receiving": show(p.count("by_scheme", _key(s, REC))),
             "households": show(p.count("by_scheme", _key(s, TOT))),
@@ -1056,7 +1172,7 @@ def artifact_tables(report: Report) -> dict[str, list[dict]]:
             "district": d,
             "households": show(p.count("by_district", _key(s, (LEAF, d), TOT))),
             "signals": show(p.count("by_district", _key(s, (LEAF, d), SIG))),
-            "estimated_unclaimed_eur": show(p.amount("by_district", _key(s, (LEAF, d), SIG))),
+            "estimated_unclaimed_eur": show(_amount(p, "by_district", _key(s, (LEAF, d), SIG))),
         }
         for s in schemes
         for d in district.categories

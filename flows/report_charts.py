@@ -19,9 +19,20 @@ HATCH = (
 )
 
 
+class Under(float):
+    """An amount that rounds to 0 but is not 0: shown as "< EUR <unit>", drawn as no bar."""
+
+    def __new__(cls, unit: int):
+        obj = super().__new__(cls, 0.0)
+        obj.unit = unit
+        return obj
+
+
 def fmt(value: float | int | None, unit: str = "") -> str:
     if value is None:
         return "suppressed"
+    if isinstance(value, Under):
+        return f"< {unit}{value.unit:,}" if unit == "EUR " else f"< {value.unit:,}{unit}"
     text = f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:,.2f}"
     return f"{unit}{text}" if unit == "EUR " else f"{text}{unit}"
 
@@ -148,12 +159,12 @@ def _polyline(points: list[str], colour: str) -> str:
 
 
 def parity_chart(
-    title: str, items: list[tuple[str, float | None, str]], low: float, high: float
+    title: str, items: list[tuple[str, float | None, str, str | None]], low: float, high: float
 ) -> str:
     """Coverage ratio per group as dots on a log-free 0..2 scale, the accepted band shaded.
 
-    items: (label, ratio or None when its figures are hidden, state) with state one of
-    "ok", "flag" (a gap), "high" (above the band), "unassessed".
+    items: (label, ratio or None when its figures are hidden, state, note) with state one of
+    "ok", "flag" (a gap), "high" (above the band), "unassessed" (note says why).
     """
     if not items:
         return '<p class="empty">No groups.</p>'
@@ -174,13 +185,12 @@ def parity_chart(
         _text(x(low), top - 12, f"{low:.2f}", "middle", "muted"),
         _text(x(high), top - 12, f"{high:.2f}", "middle", "muted"),
     ]
-    for i, (label, ratio, state) in enumerate(items):
+    for i, (label, ratio, state, note_text) in enumerate(items):
         y = top + i * row + 8
         parts.append(_text(label_width - 8, y + 4, label, "end"))
         if state == "unassessed":
-            parts.append(
-                _text(label_width + 4, y + 4, "not assessed (count suppressed)", cls="muted")
-            )
+            why = note_text or "not assessed"
+            parts.append(_text(label_width + 4, y + 4, why, cls="muted"))
             continue
         colour = {"flag": "#b23b3b", "high": PALETTE[1]}.get(state, PALETTE[2])
         note = {"flag": " FLAGGED", "high": " above"}.get(state, "")

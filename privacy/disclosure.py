@@ -83,6 +83,42 @@ class Rules:
         }
 
 
+# The policy floor is the default: a report may protect more (a higher threshold, a wider
+# interval, coarser rounding), never less. Whoever runs a report must not be able to switch
+# the protection off; the floors are the numbers this module was built and tested for.
+POLICY = Rules()
+
+
+class PolicyError(DisclosureError):
+    """Report settings that would protect less than the policy floor."""
+
+
+def check_policy(rules: Rules) -> None:
+    """Raise PolicyError naming the first setting below its floor, and why it is a floor."""
+    floor = POLICY
+    if rules.threshold < floor.threshold:
+        raise PolicyError(
+            f"threshold {rules.threshold} is below the policy floor {floor.threshold}: cells "
+            f"of fewer than {floor.threshold} households are never published"
+        )
+    if rules.interval < rules.threshold:
+        raise PolicyError(
+            f"min interval {rules.interval} is below the threshold {rules.threshold} (the "
+            "policy floor): a suppressed cell must stay at least that uncertain, or it can "
+            "be narrowed down from the published cells"
+        )
+    if rules.amount_rounding < floor.amount_rounding:
+        raise PolicyError(
+            f"amount rounding {rules.amount_rounding} is below the policy floor EUR "
+            f"{floor.amount_rounding:,}: finer amounts can give a small cell's count away"
+        )
+    if not rules.carry_forward and floor.carry_forward:
+        raise PolicyError(
+            "carry-forward is part of the policy floor: a cell suppressed last period stays "
+            "suppressed, or comparing the two reports reveals it"
+        )
+
+
 @dataclass(frozen=True)
 class Dimension:
     """A classification of a table: leaf categories, optionally one group level, a total."""
@@ -293,6 +329,13 @@ class Protected:
         if cell.id in self.suppressed or cell.amount is None:
             return None
         return round_amount(cell.amount, self.rules.amount_rounding)
+
+    def amount_under_unit(self, table: str, key: Key) -> bool:
+        """A published amount that rounds to 0 but is not 0: to be shown as "under the
+        rounding unit", never as a misleading zero."""
+        cell = self._lookup(table, key)
+        published = self.amount(table, key)
+        return published == 0 and cell.amount is not None and cell.amount > 0
 
     def _lookup(self, table: str, key: Key) -> Cell:
         index = self.__dict__.setdefault("_index", {})

@@ -16,11 +16,15 @@ period's tables by a differentially private estimate, and returns the budget led
   zero, totals computed as sums of noisy leaves, suppression of noisy cells under the
   threshold. The same cell in two tables gets two different noisy values, so the report
   does not link tables; a trend's past runs are shown as their own reports published them.
+* DP is added on top of the disclosure control, never instead of it: flows/report.py also
+  hides every cell the exact report would hide (primary, secondary, carried), so a large
+  epsilon (little noise) leaves the report as protected as one without DP, not less.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,9 +32,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from privacy.disclosure import CountTable
+from privacy.disclosure import CountTable, DisclosureError
 
 LEDGER_FORMAT = "signals-dp-ledger/1"
+
+
+class DPSettingsError(DisclosureError, ValueError):
+    """A DP budget that is no budget: epsilon not positive, delta outside [0, 1)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,10 @@ class DPSettings:
     max_amount: float = 5000.0  # EUR per household and scheme: larger estimates are clamped
 
     def __post_init__(self):
-        if self.epsilon <= 0:
-            raise ValueError("DP epsilon must be positive")
-        if not 0 <= self.delta < 1:
-            raise ValueError("DP delta must be in [0, 1)")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise DPSettingsError(f"DP epsilon must be a positive number, not {self.epsilon}")
+        if not (math.isfinite(self.delta) and 0 <= self.delta < 1):
+            raise DPSettingsError(f"DP delta must be at least 0 and below 1, not {self.delta}")
 
 
 def apply_dp(

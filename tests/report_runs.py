@@ -37,6 +37,7 @@ class Cohort:
     amount: Decimal = Decimal("1000.00")
     scheme: str = SCHEME
     also: tuple[tuple[str, str], ...] = ()  # (scheme, status) of the same households
+    deregistered: bool = False  # the applicant died or emigrated: never signalled by law
 
 
 def pid(kind: str, i: int) -> str:
@@ -102,7 +103,7 @@ def _rows(cohorts: list[Cohort], run_id: str, year: int):
                 "income_known": c.income is not None,
                 "combined_income": None if c.income is None else Decimal(f"{c.income:.2f}"),
                 "arrears_count": c.arrears,
-                "applicant_deregistered": False,
+                "applicant_deregistered": c.deregistered,
                 "member_pids": [pid("p", i)],
             }
             for scheme, status in ((c.scheme, c.status), *c.also):

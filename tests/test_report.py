@@ -16,7 +16,7 @@ from report_runs import Cohort, pid, write_run
 
 from flows.cli import main
 from flows.report import ReportError, ReportOptions, build_report
-from privacy.disclosure import LEAF, Rules
+from privacy.disclosure import LEAF, PolicyError, Rules
 
 BANDS = {"under 30": 25, "30-44": 40, "45-64": 55, "65-74": 70}
 DISTRICTS = ("WK000101", "WK000102", "WK000201")
@@ -193,10 +193,8 @@ def test_suppression_carries_to_the_next_period_and_the_trend_keeps_the_past(tmp
     third = write_run(runs, _district_x(12), "2025-03-01-cccc", "2025-03-01")
     r3 = build_report(third, third / "report" / "report.html")
     assert r3.protected.count("by_district", key) == 12  # carried for one period only
-    off = build_report(
-        second, tmp_path / "off.html", ReportOptions(rules=Rules(carry_forward=False))
-    )
-    assert off.protected.count("by_district", key) == 12
+    with pytest.raises(PolicyError, match="carry-forward is part of the policy floor"):
+        build_report(second, tmp_path / "off.html", ReportOptions(rules=Rules(carry_forward=False)))
 
 
 def test_a_past_runs_hidden_figures_stay_hidden_in_the_trend(tmp_path):
