@@ -41,10 +41,15 @@ def _ask(root: Path, runs: Path, monkeypatch, text: str, ring: str = "controller
 
 
 def _worklist_applicants(root: Path, run: Path, tmp_path: Path) -> dict[str, str]:
-    """BSN -> applicant pseudonym, as the worklist (re-identification from the BRP) has them."""
+    """BSN -> applicant pseudonym, as the worklist (re-identification from the BRP) gives them:
+    its signal ids, whose applicant the run's signals name."""
     assert _worklist(root, run, tmp_path / "w.csv") == 0
+    ring = load_keyring(root / "keys" / "controller.keyring", PASSPHRASE)
+    signals = read_run_table(run, "signals.parquet", ring).to_pylist()
+    applicant = {s["signal_id"]: s["applicant_pid"] for s in signals}
     with open(tmp_path / "w.csv", newline="") as f:
-        return {row["bsn"]: row["applicant_pid"] for row in csv.DictReader(f)}
+        rows = csv.DictReader(f)
+        return {row["bsn"]: applicant[row["signal_ids"].split("; ")[0]] for row in rows}
 
 
 def test_a_persons_pseudonym_and_records_are_found_and_the_lookup_logged(
