@@ -195,6 +195,8 @@ def cmd_run(args) -> int:
         key_file=os.path.abspath(key_file) if key_file else None,
         purpose=args.purpose,
         register_dir=_register_dir(args.register or config.paths.register),
+        max_delivery_age_days=config.thresholds.max_delivery_age_days,
+        max_quarantine_share=config.thresholds.max_quarantine_share,
     )
     from flows.summary import print_run_summary
 

@@ -7,7 +7,8 @@ Sections (every key optional; the defaults are below and in `signals.example.tom
     [keys]        central_keyring, passphrase_file
     [schedule]    cron, timezone, retention_cron   when `signals serve` starts runs
     [run]         runner, buckets             Beam runner and join buckets
-    [thresholds]  max_quarantine_share        refuse a delivery that quarantined too much
+    [thresholds]  max_quarantine_share,       refuse a delivery that quarantined too much,
+                  max_delivery_age_days       or that is older than the run's reference date
 
 An environment variable SIGNALS_<SECTION>_<KEY> overrides a key of the file, for
 example SIGNALS_SCHEDULE_CRON or SIGNALS_PATHS_OUT, so one file can serve test and
@@ -148,9 +149,19 @@ class Thresholds:
     # The share of a delivery's rows quarantined at the body above which the scheduled run
     # refuses it: a body whose extract is mostly bad has a problem to fix first. 1 = never.
     max_quarantine_share: float = 1.0
+    # How many days before the run's reference date a source's newest delivery may be dated
+    # (a body that delivers less often than the runs). Objections never: a late objection
+    # must not be missed, so they must always be of the reference date itself.
+    max_delivery_age_days: int = 0
 
     def __post_init__(self):
         _share("max_quarantine_share", self.max_quarantine_share)
+        if type(self.max_delivery_age_days) is not int or self.max_delivery_age_days < 0:
+            raise _Invalid(
+                "max_delivery_age_days",
+                "a whole number of days, 0 or more",
+                self.max_delivery_age_days,
+            )
 
 
 @dataclass(frozen=True)

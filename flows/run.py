@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,9 +26,15 @@ from flows.runs import run_lock
 from pipelines import central, lifecycle, proportionality
 from pipelines.audit_records import AuditContext
 from pipelines.contract import SOURCES
+from pipelines.exclude import OBJECTIONS
 from pipelines.join import DEFAULT_BUCKETS
 from pipelines.publish import finalise, publish, write_manifest
-from pipelines.read_deliveries import Delivery, find_delivery, open_pseudonymised
+from pipelines.read_deliveries import (
+    Delivery,
+    DeliveryRefused,
+    find_delivery,
+    open_pseudonymised,
+)
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.write_parts import PART_GLOB, TMP_GLOB
 from privacy import body_links
@@ -90,12 +97,60 @@ def make_run_id(
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def open_inputs(deliveries_root: str, reference_date: dt.date) -> dict[str, Delivery]:
-    """Find and check the newest pseudonymised delivery of every source."""
-    return {
-        name: open_pseudonymised(find_delivery(Path(deliveries_root), name, reference_date), name)
-        for name in SOURCES
-    }
+def open_inputs(
+    deliveries_root: str,
+    reference_date: dt.date,
+    max_age_days: int = 0,
+    max_quarantine_share: float = 1.0,
+) -> dict[str, Delivery]:
+    """Find and check the newest pseudonymised delivery of every source: not older than
+    `max_age_days` before the reference date (objections: never older), and not more than
+    `max_quarantine_share` of its rows quarantined at the body (configuration thresholds)."""
+    found = {}
+    for name in SOURCES:
+        folder = find_delivery(Path(deliveries_root), name, reference_date)
+        check_delivery_age(folder, name, reference_date, max_age_days)
+        check_quarantine_share(folder, name, max_quarantine_share)
+        found[name] = open_pseudonymised(folder, name)
+    return found
+
+
+def check_delivery_age(folder: Path, source: str, reference_date: dt.date, max_days: int):
+    """Refuse a delivery dated more than `max_days` before the run (objections: any day)."""
+    age = (reference_date - dt.date.fromisoformat(folder.name)).days
+    limit = 0 if source == OBJECTIONS else max_days
+    if age <= limit:
+        return
+    why = (
+        "objections must be of the reference date itself: an objection made since must "
+        "never be missed"
+        if source == OBJECTIONS
+        else f"more than thresholds.max_delivery_age_days ({max_days})"
+    )
+    raise DeliveryRefused(
+        f"{folder}: the newest {source} delivery is dated {folder.name}, {age} day(s) before "
+        f"the reference date {reference_date.isoformat()}; {why}. Wait for {source}'s "
+        f"delivery of {reference_date.isoformat()}, or run for an earlier reference date"
+    )
+
+
+def check_quarantine_share(folder: Path, source: str, limit: float) -> None:
+    """Refuse a delivery whose body quarantined more than `limit` of its rows."""
+    if limit >= 1:
+        return
+    path = folder / "manifest.json"
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+        original = int(m["original"]["row_count"])
+        quarantined = int(m["quarantine"]["row_count"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return  # not a pseudonymised manifest: open_pseudonymised refuses it with the cause
+    if original and quarantined / original > limit:
+        raise DeliveryRefused(
+            f"{path}: {quarantined:,} of {original:,} rows ({quarantined / original:.1%}) were "
+            f"quarantined at the body, more than thresholds.max_quarantine_share "
+            f"({limit:.1%}); ask {source} for a corrected delivery"
+        )
 
 
 @task(cache_policy=NO_CACHE)
@@ -322,6 +377,8 @@ def run_flow(
     purpose: str = PROCESSING_ACTIVITY,
     register_dir: str | None = None,
     proportionality_config: str | None = None,
+    max_delivery_age_days: int = 0,
+    max_quarantine_share: float = 1.0,
 ) -> str:
     """One central run: check inputs, run the pipeline, finalise, publish (returns the folder).
 
@@ -342,7 +399,7 @@ def run_flow(
     # One run at a time per output folder (flows/runs.py), taken once the run is allowed:
     # a run refused by the register leaves nothing behind.
     with run_lock(Path(out)):
-        found = open_inputs(deliveries, reference_date)
+        found = open_inputs(deliveries, reference_date, max_delivery_age_days, max_quarantine_share)
         body_key, body_fingerprint = check_one_body_key(found)
         policy = proportionality.load_policy(proportionality_config)
         history = load_history(out, reference_date, keyring, purpose, body_key, body_fingerprint)

@@ -23,7 +23,6 @@ inputs), so a schedule that fires before new deliveries arrive changes nothing.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +69,8 @@ def _dated_folders(source_dir: Path) -> dict[dt.date, Path]:
 
 def pick_up(root: Path, max_quarantine_share: float = 1.0) -> PickedUp:
     """The newest reference date with a complete delivery from every source."""
+    from flows.run import check_quarantine_share
+
     root = Path(root)
     if not root.is_dir():
         raise NoCompleteDelivery(f"{root}: deliveries folder does not exist")
@@ -84,7 +85,7 @@ def pick_up(root: Path, max_quarantine_share: float = 1.0) -> PickedUp:
     day = max(common)
     folders = {name: dated[name][day] for name in SOURCES}
     for name, folder in folders.items():
-        _check_quarantine_share(folder, name, max_quarantine_share)
+        check_quarantine_share(folder, name, max_quarantine_share)
     waiting = {}
     for name, days in dated.items():
         newer = sorted(d for d in days if d > day)
@@ -102,25 +103,6 @@ def _missing(complete: dict[str, set[dt.date]]) -> str:
         newest = max(days).isoformat() if days else "none"
         parts.append(f"{name} newest complete {newest}")
     return "; ".join(parts)
-
-
-def _check_quarantine_share(folder: Path, source: str, limit: float) -> None:
-    """Refuse a delivery whose body quarantined more than `limit` of its rows."""
-    if limit >= 1:
-        return
-    path = folder / "manifest.json"
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-        original = int(m["original"]["row_count"])
-        quarantined = int(m["quarantine"]["row_count"])
-    except (ValueError, KeyError, TypeError):
-        return  # not a pseudonymised manifest: open_pseudonymised refuses it with the cause
-    if original and quarantined / original > limit:
-        raise DeliveryRefused(
-            f"{path}: {quarantined:,} of {original:,} rows ({quarantined / original:.1%}) were "
-            f"quarantined at the body, more than thresholds.max_quarantine_share "
-            f"({limit:.1%}); ask {source} for a corrected delivery"
-        )
 
 
 @task(**IO_RETRIES)
@@ -150,6 +132,8 @@ def scheduled_run(
         buckets=settings.run.buckets,
         key_file=key_file,
         register_dir=str(settings.paths.register) if settings.paths.register else None,
+        max_delivery_age_days=settings.thresholds.max_delivery_age_days,
+        max_quarantine_share=settings.thresholds.max_quarantine_share,
     )
 
 
