@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import shutil
@@ -59,11 +60,28 @@ PROCESSING_ACTIVITY = "proactive-entitlement-signalling"
 # material, into Prefect's database, and a run must never be skipped because one looked alike.
 
 
+# The packages whose code decides what a run writes.
+CODE_PACKAGES = ("pipelines", "privacy", "entitlement_rules", "flows")
+
+
+@functools.cache
 def code_version() -> str:
+    """The package version and a digest of its Python sources: a fix that leaves the version
+    number alone still makes a new run of the same inputs, not "already published"."""
     try:
-        return version("entitlement-signals")
+        number = version("entitlement-signals")
     except PackageNotFoundError:
-        return "0+unknown"
+        number = "0+unknown"
+    return f"{number}+src.{source_digest(Path(__file__).resolve().parent.parent)[:12]}"
+
+
+def source_digest(root: Path) -> str:
+    """SHA-256 over the names and contents of the CODE_PACKAGES' Python files under root."""
+    h = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(f"{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes())
+    return h.hexdigest()
 
 
 def _letters(hexdigest: str) -> str:

@@ -204,3 +204,22 @@ def test_a_manual_run_reads_what_its_flags_leave_out_from_signals_toml(runs, tmp
     code = main(["run", "--config", str(bare), "--reference-date", REFERENCE_DATE])
     assert code == 2
     assert "paths.deliveries is not set" in capsys.readouterr().err
+
+
+def test_a_code_change_without_a_new_version_number_is_another_code_version(tmp_path):
+    """The run id takes the code version: a fix must make a new run of the same inputs, not
+    "already published", even when the package version number stays the same."""
+    import shutil
+    from pathlib import Path
+
+    from flows.run import CODE_PACKAGES, code_version, source_digest
+
+    root = Path(__file__).resolve().parent.parent
+    assert code_version().endswith(f"+src.{source_digest(root)[:12]}")
+    for package in CODE_PACKAGES:
+        shutil.copytree(root / package, tmp_path / package, ignore=shutil.ignore_patterns("*.pyc"))
+    before = source_digest(tmp_path)
+    assert source_digest(tmp_path) == before  # the same sources, the same digest
+    fixed = tmp_path / "pipelines" / "join.py"
+    fixed.write_text(fixed.read_text() + "\n# a fix\n")
+    assert source_digest(tmp_path) != before
