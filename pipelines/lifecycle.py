@@ -16,9 +16,11 @@ What a run knows of the past ("history") comes from the same output root only:
 
 - published runs (folders with a manifest.json) with an EARLIER reference date. A second
   run for the same reference date (say, after a corrected delivery) replaces the first; it
-  does not follow it, so it does not see it. Their signals may be encrypted at rest
-  (privacy/retention.py): reading them needs the central keyring. A run whose personal
-  data was destroyed at the end of its retention period is no history any more;
+  does not follow it, so it does not see it. A later run sees both, the replacing one last:
+  the first one's signals may have been worked from its worklist already. Their signals
+  may be encrypted at rest (privacy/retention.py): reading them needs the central
+  keyring. A run whose personal data was destroyed at the end of its retention period is
+  no history any more;
 - operator feedback (<out>/feedback/*.parquet, see flows/feedback.py) with an outcome date
   on or before the run's reference date.
 
