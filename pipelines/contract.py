@@ -58,6 +58,7 @@ class Column:
     nullable: bool = False
     values: tuple[str, ...] = ()
     non_negative: bool = False
+    min_value: int | None = None  # an INT column's smallest sensible value
 
     @property
     def is_identifier(self) -> bool:
@@ -115,7 +116,9 @@ SOURCES: dict[str, Source] = {
             "Belastingdienst (assessed income and assets)",
             (
                 Column("bsn", BSN),
-                Column("year", INT),
+                # No income assessment predates 1900: the bound catches a sign error or a
+                # typo (-5, 202), not old data.
+                Column("year", INT, min_value=1900),
                 Column("assessed_income", DECIMAL),
                 Column("assets", DECIMAL, non_negative=True),
                 Column(

@@ -133,6 +133,9 @@ def _column_problems(column: Column, col: pa.Array) -> tuple[pa.Array, pa.Array]
         if column.non_negative:
             negative = pc.less(typed, pa.scalar(0, TYPED[column.kind]))
             problems.append(_with_value(negative, col, name, "is negative"))
+        if column.min_value is not None:
+            low = pc.less(typed, pa.scalar(column.min_value, TYPED[column.kind]))
+            problems.append(_with_value(low, col, name, f"is before {column.min_value}"))
     elif column.kind not in (STRING, HOUSEHOLD_ID):
         raise ValueError(f"unknown column kind {column.kind!r}")
     if not problems:  # a nullable free-text column cannot be wrong

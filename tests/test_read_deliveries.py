@@ -174,3 +174,17 @@ def test_the_central_reader_refuses_a_delivery_under_another_source_name(tmp_pat
     with pytest.raises(ValueError, match="delivery of 'objections' given as 'tax'"):
         ReadDeliveries({"tax": delivery}, domain)
     ReadDeliveries({"objections": delivery}, domain)  # its own name: accepted
+
+
+def test_an_impossible_income_year_is_quarantined(tmp_path):
+    """A sign error or a typo in tax.year (-5, 202) is a bad row, not an income year."""
+    header = list(SOURCES["tax"].column_names)
+    rows = [
+        ["111222333", "2023", "20000.00", "0.00", "definitive"],
+        ["123456782", "-5", "20000.00", "0.00", "definitive"],
+        ["111222333", "202", "20000.00", "0.00", "definitive"],
+    ]
+    counts, valid, q = _collect(open_delivery(write_delivery(tmp_path, "tax", header, rows)))
+    assert (counts.accepted, counts.quarantined) == (1, 2)
+    assert q.column("cause").to_pylist() == ["year: is before 1900"] * 2
+    assert valid[0].column("year").to_pylist() == [2023]
