@@ -11,6 +11,7 @@ adds the attempts, their logs and timings (docs/operations.md).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -18,6 +19,8 @@ import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+from flows.summary import proportionality_lines
 
 STAGING_PREFIX = ".staging-"
 LOCK_NAME = ".run.lock"
@@ -74,6 +77,9 @@ class RunEntry:
     signals: int | None
     households: int | None
     folder: Path
+    # An unfinished run's folder is older than a published run of its reference date: it
+    # was interrupted and will not be finished (that run's id), so it can be removed.
+    superseded_by: str | None = None
 
 
 def _manifest(folder: Path) -> dict | None:
@@ -108,12 +114,44 @@ def _entry(folder: Path) -> RunEntry | None:
     )
 
 
+def _when(created_at: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(created_at)
+    except ValueError:
+        return None
+
+
+def _superseded(entry: RunEntry, entries: list[RunEntry]) -> RunEntry:
+    """`entry`, with the published run of its date made after its folder was last written.
+
+    A staging folder written after every publication of its date may be a run going on now
+    (another id: its inputs changed); one written before a later publication was interrupted
+    and replaced. The same inputs would have reused the folder, so it is never finished.
+    """
+    if entry.state != "unfinished":
+        return entry
+    written = dt.datetime.fromtimestamp(entry.folder.stat().st_mtime, dt.UTC)
+    later = [
+        e
+        for e in entries
+        if e.state != "unfinished"
+        and e.reference_date == entry.reference_date
+        and (made := _when(e.created_at)) is not None
+        and made > written
+    ]
+    if not later:
+        return entry
+    newest = max(later, key=lambda e: e.created_at)
+    return dataclasses.replace(entry, superseded_by=newest.run_id)
+
+
 def list_runs(out: Path) -> list[RunEntry]:
     """Every run under `out`, newest reference date first, unfinished ones included."""
     out = Path(out)
     if not out.is_dir():
         raise RunNotFound(f"{out}: output folder does not exist")
     entries = [e for d in out.iterdir() if d.is_dir() and (e := _entry(d))]
+    entries = [_superseded(e, entries) for e in entries]
     return sorted(entries, key=lambda e: (e.reference_date, e.created_at, e.run_id), reverse=True)
 
 
@@ -162,14 +200,21 @@ def run_folder(run: str, runs: str | None) -> Path:
 
 def history_lines(entries: list[RunEntry]) -> list[str]:
     lines = [f"{'run':<26}{'reference':<12}{'state':<25}{'households':>11}{'signals':>9}  created"]
+    notes = []
     for e in entries:
         households = f"{e.households:,}" if e.households is not None else "-"
         signals = f"{e.signals:,}" if e.signals is not None else "-"
+        state = f"{e.state} (superseded)" if e.superseded_by else e.state
         lines.append(
-            f"{e.run_id:<26}{e.reference_date:<12}{e.state:<25}{households:>11}{signals:>9}"
+            f"{e.run_id:<26}{e.reference_date:<12}{state:<25}{households:>11}{signals:>9}"
             f"  {e.created_at or '-'}"
         )
-    return lines
+        if e.superseded_by:
+            notes.append(
+                f"{e.run_id}: interrupted; a later run of {e.reference_date} is published "
+                f"({e.superseded_by}): the folder {e.folder} can be removed"
+            )
+    return lines + ([""] + notes if notes else [])
 
 
 def _inputs_lines(m: dict) -> list[str]:
@@ -200,6 +245,31 @@ def _counts_lines(m: dict) -> list[str]:
     return lines
 
 
+def _outside_parentheses(text: str) -> str:
+    """`text` without its parenthesised parts, nested ones included."""
+    kept, depth = [], 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and ch != ")":
+            kept.append(ch)
+    return " ".join("".join(kept).split())
+
+
+def short_reason(reason: str, width: int = 70) -> str:
+    """A skip reason in one line: its first problem without the details in parentheses
+    (which figure is missing, where from: a paragraph), and how many more there are."""
+    problems, depth, start = [], 0, 0
+    for i, ch in enumerate(reason):  # the problems are joined by "; " (flows/run.py)
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and reason.startswith("; ", i):
+            problems.append(reason[start:i])
+            start = i + 2
+    problems.append(reason[start:])
+    first = _outside_parentheses(problems[0]) or "no reason recorded"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return textwrap.shorten(first, width - len(more), placeholder=" ...") + more
+
+
 def _rules_lines(m: dict) -> list[str]:
     lines = [f"{'rule':<24}{'rule version':<16}{'parameters':<16}year"]
     for r in m.get("rules", []):
@@ -207,17 +277,14 @@ def _rules_lines(m: dict) -> list[str]:
             f"{r.get('rule_id', '?'):<24}{str(r.get('rule_version', '-')):<16}"
             f"{str(r.get('parameter_version', '-')):<16}{r.get('benefit_year', '-')}"
         )
-    for r in m.get("rules_skipped", []):
-        # A reason can run to a paragraph (which figures are missing, and where from).
-        reason = textwrap.wrap(
-            f"skipped: {r.get('reason', '')}",
-            76,
-            subsequent_indent="  ",
-            break_on_hyphens=False,  # keep words and paths whole
-            break_long_words=False,
-        )
-        lines.append(f"{r.get('rule_id', '?'):<24}{reason[0] if reason else 'skipped'}")
-        lines += [" " * 24 + part for part in reason[1:]]
+    skipped = m.get("rules_skipped", [])
+    for r in skipped:
+        # A reason can run to pages (which figures are missing, and where from): one line
+        # here, the whole text in the manifest.
+        lines.append(f"{r.get('rule_id', '?'):<24}skipped: {short_reason(r.get('reason', ''))}")
+    if skipped:
+        run = m.get("run_id", "RUN")
+        lines.append(f"full reasons: signals runs show {run} --json (rules_skipped)")
     return lines
 
 
@@ -261,7 +328,9 @@ def show_lines(run_dir: Path) -> list[str]:
     for title, part in (
         ("inputs", _inputs_lines(m)),
         ("counts", _counts_lines(m)),
+        ("why these signals (docs/proportionality.md)", proportionality_lines(m)),
         ("rules", _rules_lines(m)),
     ):
-        lines += ["", f"{title}:"] + ["  " + line for line in part]
+        if part:  # an older manifest has no proportionality block
+            lines += ["", f"{title}:"] + ["  " + line for line in part]
     return lines

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import itertools
 import json
+import os
 
 import pytest
 from population import REFERENCE_DATE
@@ -24,7 +24,7 @@ from service_support import (
 )
 
 from flows.cli import main
-from flows.runs import run_lock
+from flows.runs import run_lock, short_reason
 
 pytestmark = pytest.mark.slow
 
@@ -81,18 +81,51 @@ def test_show_prints_inputs_counts_and_rule_versions(runs, capsys):
     for rule in manifest["rules"]:
         assert f"{rule['rule_id']:<24}{rule['rule_version']:<16}" in text
     assert "signals total" in text and "audit records" in text
-    # A skipped rule's reason (a paragraph: which figures are missing) is wrapped, whole.
+    # A skipped rule's reason (pages: which figures are missing, where from) is one line;
+    # the whole text is in the manifest, which --json prints.
     lines = text.splitlines()
     assert manifest["rules_skipped"]  # huurtoeslag: its figures are not all verified
     for skipped in manifest["rules_skipped"]:
-        (at,) = [i for i, li in enumerate(lines) if li.split()[:1] == [skipped["rule_id"]]]
-        column = lines[at].index("skipped: ")  # continuation lines are indented to it
-        pad = " " * column
-        following = itertools.takewhile(lambda li, pad=pad: li.startswith(pad), lines[at + 1 :])
-        block = [lines[at], *following]
-        shown = " ".join([block[0][column:], *block[1:]])
-        assert shown.split() == f"skipped: {skipped['reason']}".split()
-        assert len(block) > 1 and max(len(li) for li in block) <= 110
+        (line,) = [li for li in lines if li.split()[:1] == [skipped["rule_id"]]]
+        assert len(skipped["reason"]) > 1000 and len(line) <= 100
+        assert "skipped: parameter " in line and "(and " in line and "MISSING" not in line
+        at = lines.index(line)
+        assert lines[at + 1].strip().startswith("full reasons: signals runs show ")
+    assert f"signals runs show {run_dir.name} --json (rules_skipped)" in text
+
+
+def test_a_short_reason_keeps_the_first_problem_without_its_details():
+    reason = "parameter a is unknown (MISSING: see (x) and (y)); parameter b is missing"
+    assert short_reason(reason) == "parameter a is unknown (and 1 more)"
+    assert short_reason("no parameter file parameters/x/2025.yaml") == (
+        "no parameter file parameters/x/2025.yaml"
+    )
+    assert len(short_reason("word " * 100)) <= 70
+
+
+def test_an_interrupted_run_replaced_by_a_later_publication_can_be_removed(runs, capsys):
+    out, run_dir, _, _ = runs
+    day = json.loads((run_dir / "manifest.json").read_text())["reference_date"]
+    interrupted = out / f".staging-{day}-interrupted"
+    running = out / f".staging-{day}-runningnow"  # written after the publication
+    interrupted.mkdir()
+    running.mkdir()
+    try:
+        os.utime(interrupted, (0, 0))  # last written long before the publication
+        assert main(["runs", "list", "--out", str(out)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+    finally:
+        interrupted.rmdir()
+        running.rmdir()
+    (old,) = [li for li in lines if li.startswith(f"{day}-interrupted ")]
+    (now,) = [li for li in lines if li.startswith(f"{day}-runningnow ")]
+    assert old.split()[2:4] == ["unfinished", "(superseded)"]
+    assert now.split()[2:4] == ["unfinished", "-"]
+    assert (
+        f"{day}-interrupted: interrupted; a later run of {day} is published ({run_dir.name}): "
+        f"the folder {interrupted} can be removed"
+    ) in lines
+    assert not [li for li in lines if li.startswith(f"{day}-runningnow:")]
 
 
 def test_show_json_prints_the_manifest_as_published(runs, capsys):
