@@ -1,22 +1,37 @@
 """`signals feedback`: the operator's outcomes per signal, and what they say per scheme.
 
-    signals feedback import FILE --runs DIR [--key-file F]
+    signals feedback import FILE [--runs DIR] [--key-file F] [--config F]
         validate FILE (CSV or Parquet: signal_id, outcome, outcome_date[, scheme]) against
-        the runs published in DIR, store it under DIR/feedback/ and print take-up and
-        precision per scheme; on any problem, list them by row and field, write nothing
+        the runs published in DIR, store it under DIR/feedback/ and print coverage, take-up
+        and precision per scheme; on any problem, list them by row and field, write nothing
         and exit 2
-    signals feedback stats --runs DIR
-        take-up and precision per scheme over all feedback stored in DIR
+    signals feedback stats [--runs DIR] [--key-file F] [--config F]
+        coverage, take-up and precision per scheme over all feedback stored in DIR
 
-Definitions and the file format: flows/feedback.py. The central keyring (--key-file,
-passphrase from $SIGNALS_KEYRING_PASSPHRASE) opens the runs' signals when they are
-encrypted.
+DIR defaults to `paths.out` and the keyring to `keys.central_keyring` of signals.toml
+(flows/config.py), as for `signals run`. Definitions and the file format: flows/feedback.py.
+The central keyring (passphrase from $SIGNALS_KEYRING_PASSPHRASE or keys.passphrase_file)
+opens the runs' signals when they are encrypted: import needs it to check the signal ids;
+stats only to count the signals for coverage.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+KEYRING_HINT = "pass the central keyring (--key-file, or keys.central_keyring in signals.toml)"
+
+
+def _common(p) -> None:
+    p.add_argument("--runs", help="the folder holding the run folders (default: paths.out)")
+    p.add_argument(
+        "--key-file",
+        help="central keyring, for runs whose signals are encrypted (keys.central_keyring)",
+    )
+    p.add_argument(
+        "--config", help="configuration file (default: $SIGNALS_CONFIG, else ./signals.toml)"
+    )
 
 
 def register(subparsers) -> None:
@@ -27,58 +42,126 @@ def register(subparsers) -> None:
 
     p = group.add_parser("import", help="validate and store a feedback file (CSV or Parquet)")
     p.add_argument("file", help="feedback file: signal_id, outcome, outcome_date[, scheme]")
-    p.add_argument("--runs", required=True, help="the output folder holding the run folders")
-    p.add_argument("--key-file", help="central keyring, for runs whose signals are encrypted")
+    _common(p)
     p.set_defaults(func=cmd_import)
 
-    p = group.add_parser("stats", help="take-up and precision per scheme over all feedback")
-    p.add_argument("--runs", required=True, help="the output folder holding the run folders")
+    p = group.add_parser("stats", help="coverage, take-up and precision per scheme")
+    _common(p)
     p.set_defaults(func=cmd_stats)
+
+
+def _settings(args) -> tuple[Path, str | None]:
+    """The runs folder and the central keyring: the flags, else signals.toml."""
+    from flows.config import load_config, load_passphrase
+
+    config = load_config(args.config)
+    runs = Path(args.runs) if args.runs else Path(config.require("paths", "out"))
+    key_file = args.key_file or config.keys.central_keyring
+    if key_file:
+        load_passphrase(config)
+    return runs, str(key_file) if key_file else None
+
+
+def signals_per_scheme(runs: Path, key_file: str | None) -> dict[str, int] | None:
+    """Distinct signals per scheme in the kept runs; None when they are encrypted and no
+    keyring was given (coverage then cannot be told)."""
+    from flows.feedback import _reader, known_signals
+    from pipelines.lifecycle import HistoryUnavailable
+
+    try:
+        known = known_signals(runs, _reader(runs, key_file))
+    except HistoryUnavailable:
+        if key_file is None:
+            return None
+        raise
+    counts: dict[str, int] = {}
+    for scheme in known.column("scheme").to_pylist():
+        counts[scheme] = counts.get(scheme, 0) + 1
+    return counts
 
 
 def _rate(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def print_statistics(statistics) -> None:
-    header = ("scheme", "signals", "contacted", "applied", "granted", "not ent.", "take-up")
-    print(f"{header[0]:<22}" + "".join(f"{h:>11}" for h in header[1:]) + f"{'precision':>11}")
+def _row(cells, widths) -> str:
+    return f"{cells[0]:<22}" + "".join(f"{c:>{w}}" for c, w in zip(cells[1:], widths, strict=True))
+
+
+def coverage_lines(statistics, signals: dict[str, int] | None) -> list[str]:
+    """Per scheme: signals in the runs, how many have feedback, and the share."""
+    with_feedback = {r["scheme"]: r["signals_with_feedback"] for r in statistics.to_pylist()}
+    widths = (9, 15, 10)
+    lines = [_row(("scheme", "signals", "with feedback", "coverage"), widths)]
+    for scheme in sorted(set(with_feedback) | set(signals or {})):
+        n, done = (signals or {}).get(scheme), with_feedback.get(scheme, 0)
+        cover = _rate(done / n) if n else "-"
+        lines.append(_row((scheme, "-" if n is None else f"{n:,}", f"{done:,}", cover), widths))
+    if signals is None:
+        lines.append(f"signals and coverage: the runs' signals are encrypted; {KEYRING_HINT}")
+    return lines
+
+
+OUTCOMES = ("contacted", "applied", "granted", "not_entitled", "declined", "unreachable")
+
+
+def outcome_lines(statistics) -> list[str]:
+    """Per scheme: the signals with feedback by outcome, take-up and precision."""
+    names = [o.replace("_", " ") for o in OUTCOMES] + ["take-up", "precision"]
+    widths = [len(name) + 2 for name in names]
+    lines = [_row(("scheme", *names), widths)]
     for r in statistics.to_pylist():
-        counts = (
-            r["signals_with_feedback"],
-            r["contacted"],
-            r["applied"],
-            r["granted"],
-            r["not_entitled"],
+        counts = [f"{r[o]:,}" for o in OUTCOMES]
+        lines.append(
+            _row((r["scheme"], *counts, _rate(r["take_up"]), _rate(r["precision"])), widths)
         )
-        rates = (_rate(r["take_up"]), _rate(r["precision"]))
-        print(
-            f"{r['scheme']:<22}"
-            + "".join(f"{v:>11,}" for v in counts)
-            + "".join(f"{v:>11}" for v in rates)
-        )
+    return lines
+
+
+def print_statistics(statistics, signals: dict[str, int] | None) -> None:
+    print("\n".join(coverage_lines(statistics, signals)))
+    print("\noutcomes of the signals with feedback:")
+    print("\n".join(outcome_lines(statistics)))
+    print("coverage = with feedback / signals in the kept runs")
     print("take-up = granted / contacted; precision = granted / (granted + not entitled)")
+
+
+def _history_error(e, runs: Path, key_file: str | None) -> int:
+    from flows.cli import redacted
+
+    if key_file is None:  # the runs' signals are encrypted: the one thing to do is say so
+        message = (
+            f"{runs}: the runs' signals are encrypted; to check the signal ids, {KEYRING_HINT}"
+        )
+    else:
+        message = str(e)
+    print(f"error: {redacted(message)}", file=sys.stderr)
+    return 2
 
 
 def cmd_import(args) -> int:
     from flows.feedback import FeedbackError, import_feedback
     from pipelines.lifecycle import HistoryUnavailable
 
+    runs, key_file = _settings(args)
     try:
-        result = import_feedback(Path(args.file), Path(args.runs), args.key_file)
-    except (FeedbackError, HistoryUnavailable) as e:
+        result = import_feedback(Path(args.file), runs, key_file)
+    except HistoryUnavailable as e:
+        return _history_error(e, runs, key_file)
+    except FeedbackError as e:
         from flows.cli import redacted
 
         print(f"error: {redacted(str(e))}", file=sys.stderr)
         return 2
     what = "imported" if result["new"] else "already imported, nothing changed"
     print(f"{result['rows']:,} feedback row(s) {what}: {result['stored']}")
-    print_statistics(result["statistics"])
+    print_statistics(result["statistics"], signals_per_scheme(runs, key_file))
     return 0
 
 
 def cmd_stats(args) -> int:
     from flows.feedback import feedback_statistics
 
-    print_statistics(feedback_statistics(Path(args.runs)))
+    runs, key_file = _settings(args)
+    print_statistics(feedback_statistics(runs), signals_per_scheme(runs, key_file))
     return 0

@@ -298,3 +298,72 @@ def test_a_bsn_typed_where_a_signal_id_belongs_is_not_quoted_back(tmp_path, runs
     err = capsys.readouterr().err
     assert "row 1, signal_id: <a number like a BSN, not shown> is not a signal" in err
     assert "111222333" not in err
+
+
+def _rows(text: str, header: str) -> dict[str, list[str]]:
+    """The table under `header` (its first column name) in printed text, by scheme."""
+    lines = text.splitlines()
+    at = [i for i, li in enumerate(lines) if li.startswith(header)][0]
+    rows = {}
+    for line in lines[at + 1 :]:
+        if not line or line.split()[0] not in ("huurtoeslag", "zorgtoeslag"):
+            break
+        rows[line.split()[0]] = line.split()[1:]
+    return rows
+
+
+def test_stats_name_their_columns_and_show_coverage_and_declined(tmp_path, runs, capsys):
+    _import(_file(tmp_path, GOOD), runs)
+    assert main(["feedback", "stats", "--runs", str(runs)]) == 0
+    text = capsys.readouterr().out
+    coverage_header = "scheme                  signals  with feedback  coverage"
+    assert coverage_header in text.splitlines()
+    assert _rows(text, coverage_header) == {
+        "huurtoeslag": ["3", "2", "66.7%"],  # h3 has no feedback
+        "zorgtoeslag": ["6", "6", "100.0%"],
+    }
+    outcomes = (
+        "scheme  contacted applied granted not entitled declined unreachable take-up precision"
+    )
+    (header,) = [li for li in text.splitlines() if li.split() == outcomes.split()]
+    assert _rows(text, header) == {
+        "huurtoeslag": ["1", "1", "1", "0", "0", "1", "100.0%", "100.0%"],
+        "zorgtoeslag": ["5", "3", "2", "1", "1", "1", "40.0%", "66.7%"],
+    }
+
+
+def _without_config(monkeypatch, folder):
+    monkeypatch.chdir(folder)
+    for name in ("SIGNALS_CONFIG", "SIGNALS_PATHS_OUT", "SIGNALS_KEYS_CENTRAL_KEYRING"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_runs_folder_comes_from_the_configuration(tmp_path, runs, capsys, monkeypatch):
+    _without_config(monkeypatch, tmp_path)
+    path = _file(tmp_path, GOOD)
+    assert main(["feedback", "import", str(path)]) == 2
+    assert "paths.out is not set" in capsys.readouterr().err
+    assert main(["feedback", "stats"]) == 2
+    assert "paths.out is not set" in capsys.readouterr().err
+    (tmp_path / "signals.toml").write_text(f'[paths]\nout = "{runs}"\n')
+    assert main(["feedback", "import", str(path)]) == 0
+    assert "17 feedback row(s) imported" in capsys.readouterr().out
+    assert main(["feedback", "stats"]) == 0
+    assert _rows(capsys.readouterr().out, "scheme  ")["zorgtoeslag"] == ["6", "6", "100.0%"]
+
+
+def test_encrypted_runs_ask_for_the_central_keyring(tmp_path, runs, capsys, monkeypatch):
+    _without_config(monkeypatch, tmp_path)
+    _import(_file(tmp_path, GOOD, "earlier.csv"), runs)  # before the signals were sealed
+    signals = next(runs.glob("*/signals.parquet"))
+    signals.rename(signals.with_name("signals.parquet.enc"))
+    later = "signal_id,outcome,outcome_date\ns.z5,applied,2025-02-01\n"
+    assert main(["feedback", "import", str(_file(tmp_path, later)), "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "pass the central keyring (--key-file" in err
+    assert "fatigue and lifecycle" not in err
+    # Stats need no keyring; only the number of signals (coverage) does, and says so.
+    assert main(["feedback", "stats", "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert _rows(out, "scheme  ")["zorgtoeslag"] == ["-", "6", "-"]
+    assert "the runs' signals are encrypted; pass the central keyring (--key-file" in out
