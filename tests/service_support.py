@@ -59,6 +59,24 @@ def prepare_deliveries(
     return Prepared(root, root / "pseudo", central)
 
 
+def deliver_again(prepared: Prepared, reference_date: str, passphrase: str = PASSPHRASE) -> None:
+    """The same raw population delivered by every body for another reference date, and
+    pseudonymised with the same body keyring (a next month in which nothing changed)."""
+    import json
+    import shutil
+
+    body = prepared.root / "keys" / "body.keyring"
+    with _passphrase_env(passphrase):
+        for source in SOURCES:
+            raw = prepared.root / "raw" / source
+            shutil.copytree(raw / REFERENCE_DATE, raw / reference_date)
+            manifest = raw / reference_date / "manifest.json"
+            data = json.loads(manifest.read_text()) | {"reference_date": reference_date}
+            manifest.write_text(json.dumps(data))
+            args = ["pseudonymise", "--delivery", str(raw / reference_date), "--key-file"]
+            assert main(args + [str(body), "--out", str(prepared.deliveries)]) == 0
+
+
 @contextlib.contextmanager
 def prefect_server():
     """A Prefect server of the caller's own (Prefect's test harness); yields its API URL.

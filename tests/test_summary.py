@@ -57,9 +57,17 @@ def test_a_rule_that_was_not_evaluated_is_named(tmp_path):
 @pytest.fixture(scope="module")
 def two_months(tmp_path_factory):
     """The hand-made population run for 2025-01-01, the operator's feedback on one signal,
-    and a run a month later on the same deliveries: every earlier signal is held back (by
-    fatigue; the one with feedback by its open case as well), so the second month has none."""
-    from service_support import PASSPHRASE, decrypted, prepare_deliveries, published_runs, run_args
+    and a run a month later on the same population delivered again: every earlier signal is
+    held back (by fatigue; the one with feedback by its open case as well), so the second
+    month has none."""
+    from service_support import (
+        PASSPHRASE,
+        decrypted,
+        deliver_again,
+        prepare_deliveries,
+        published_runs,
+        run_args,
+    )
 
     root = tmp_path_factory.mktemp("two-months")
     prepared = prepare_deliveries(root)
@@ -75,6 +83,7 @@ def two_months(tmp_path_factory):
         key = ["--key-file", str(prepared.central_keyring)]
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["feedback", "import", str(feedback), "--runs", str(out), *key]) == 0
+        deliver_again(prepared, "2025-02-01")
         args = run_args(prepared, out)
         args[args.index("--reference-date") + 1] = "2025-02-01"
         printed = io.StringIO()
