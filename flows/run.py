@@ -11,7 +11,10 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import shutil
+import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -383,6 +386,23 @@ def summarise_outputs(staging: Path) -> dict:
     return {"signals_per_scheme": per_scheme, "amount_total": f"{total:.2f}"}
 
 
+class Progress:
+    """One line per stage of a run, for an operator watching a long run: to Prefect's log,
+    and on stderr when it is a terminal (or SIGNALS_PROGRESS=1; 0 silences it). Stages,
+    counts and seconds only: never a pseudonym or a value."""
+
+    def __init__(self, logger):
+        self.logger, self.start = logger, time.monotonic()
+        wanted = os.environ.get("SIGNALS_PROGRESS", "auto")
+        self.shown = wanted == "1" or (wanted == "auto" and sys.stderr.isatty())
+
+    def __call__(self, message: str) -> None:
+        self.logger.info(message)
+        if self.shown:
+            seconds = time.monotonic() - self.start
+            print(f"[{seconds:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 @flow(name="signals-run", validate_parameters=True)
 def run_flow(
     deliveries: str,
@@ -403,6 +423,7 @@ def run_flow(
     One run at a time per output folder (flows/runs.py run_lock): a second is refused.
     """
     logger = get_run_logger()
+    progress = Progress(logger)
     # Purpose binding comes first: a run the processing register does not cover opens nothing.
     processing_register = load_purpose_register(register_dir)
     outcome = purpose_check(processing_register, purpose)
@@ -418,9 +439,15 @@ def run_flow(
     # a run refused by the register leaves nothing behind.
     with run_lock(Path(out)):
         found = open_inputs(deliveries, reference_date, max_delivery_age_days, max_quarantine_share)
+        rows = sum(d.row_count for d in found.values())
+        progress(f"inputs: {len(found)} deliveries checked, {rows:,} rows accepted by the bodies")
         body_key, body_fingerprint = check_one_body_key(found)
         policy = proportionality.load_policy(proportionality_config)
         history = load_history(out, reference_date, keyring, purpose, body_key, body_fingerprint)
+        progress(
+            f"history: {len(history.runs)} earlier run(s), "
+            f"{len(history.feedback_files)} feedback file(s)"
+        )
         run_id = make_run_id(
             reference_date,
             found,
@@ -455,10 +482,19 @@ def run_flow(
             necessity=proportionality.assess_necessity(compiled, processing_register, purpose),
             history=history.state,
         )
+        progress(
+            f"pipeline: running {run_id} on {runner} ({central.join_buckets(spec)} join "
+            "buckets); this is the long part"
+        )
         run_pipeline(spec, runner, runner_args or [])
         record_purpose_check(staging, spec.audit, outcome)
+        progress("pipeline: done; finalising the outputs")
         counts = finalise_run(staging, found)
         counts.update(summarise_outputs(staging))
+        progress(
+            f"finalised: {counts['households']:,} households, {counts['signals']:,} signals, "
+            f"{counts['audit_records']:,} audit records"
+        )
         manifest = build_manifest(spec, compiled, counts, runner)
         manifest["purpose_check"] = outcome.to_manifest()
         manifest["proportionality"] = {
@@ -483,10 +519,11 @@ def run_flow(
         # Logged before publication: a rerun after a failed publication finds the run in the log
         # and reconciles its copy instead of logging it twice (privacy/audit/log.py).
         faults.point("mid_audit")
+        progress("audit log: appending and signing the run's records")
         append_run(staging, run_id, out_dir / LOG_DIRNAME, signer)
         faults.point("after_audit")
         published = publish_run(staging, target)
         faults.point("during_publish")
-        logger.info("run %s published: %s signals", run_id, counts["signals"])
+        progress(f"published {run_id}: {counts['signals']:,} signals; writing the report")
         report_run(published, keyring)  # aggregates only: suppressed, rounded, no pseudonyms
         return published
