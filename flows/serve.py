@@ -52,7 +52,7 @@ class PickedUp:
 
     reference_date: dt.date
     folders: dict[str, Path]
-    waiting: dict[str, str]  # source -> what is missing for a newer date
+    waiting: dict[str, str]  # a newer, incomplete date -> the sources it waits for
 
 
 def _dated_folders(source_dir: Path) -> dict[dt.date, Path]:
@@ -86,14 +86,14 @@ def pick_up(root: Path, max_quarantine_share: float = 1.0) -> PickedUp:
     folders = {name: dated[name][day] for name in SOURCES}
     for name, folder in folders.items():
         check_quarantine_share(folder, name, max_quarantine_share)
+    # A newer date some sources delivered is incomplete (else it would be the one run):
+    # name the bodies it waits for, not the ones that delivered.
     waiting = {}
-    for name, days in dated.items():
-        newer = sorted(d for d in days if d > day)
-        if newer:
-            waiting[name] = ", ".join(
-                f"{d.isoformat()} ({'complete' if d in complete[name] else 'no manifest yet'})"
-                for d in newer
-            )
+    for newer in sorted({d for days in dated.values() for d in days if d > day}):
+        missing = [n for n in SOURCES if newer not in complete[n]]
+        waiting[newer.isoformat()] = "waiting for " + ", ".join(
+            f"{n} (arriving: no manifest yet)" if newer in dated[n] else n for n in missing
+        )
     return PickedUp(day, folders, waiting)
 
 
@@ -122,8 +122,8 @@ def scheduled_run(
     settings = load_config(config)  # as every `signals` command: the file, else the defaults
     picked = pick_up_deliveries(deliveries, settings.thresholds.max_quarantine_share)
     logger.info("picked up deliveries of %s", picked.reference_date.isoformat())
-    for name, what in picked.waiting.items():
-        logger.warning("%s has a newer delivery not yet run: %s", name, what)
+    for day, what in picked.waiting.items():
+        logger.warning("%s is not complete, so not run yet: %s", day, what)
     return run_flow(
         deliveries=deliveries,
         reference_date=picked.reference_date,

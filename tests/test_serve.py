@@ -80,9 +80,10 @@ def test_the_newest_date_complete_for_every_source_is_picked_up(tmp_path):
     picked = pick_up(tmp_path)
     assert picked.reference_date == DAY
     assert picked.folders == {s: tmp_path / s / DAY.isoformat() for s in SOURCES}
+    # The newer date waits for every body but brp; tax's delivery is still arriving.
     assert picked.waiting == {
-        "brp": "2025-03-01 (complete)",
-        "tax": "2025-03-01 (no manifest yet)",
+        "2025-03-01": "waiting for tax (arriving: no manifest yet), benefits, housing, "
+        "arrears, health_insurance, objections"
     }
 
 
