@@ -50,6 +50,7 @@ from privacy.pseudonymise import check_one_body_key
 from privacy.pseudonyms import DomainPseudonymiser, translate
 from privacy.purpose_check import (
     Outcome,
+    PurposeNotAllowed,
     check_purpose,
     check_rule_fields,
     enforce,
@@ -184,6 +185,28 @@ def load_purpose_register(register_dir: str | None) -> Register:
 def purpose_check(register: Register, purpose: str) -> Outcome:
     """Before any data file is opened: may a run for this purpose read every source and field?"""
     return enforce(check_purpose(register, purpose, SOURCES))
+
+
+def record_refusal(out: str, register: Register, purpose: str, key_file: str | None) -> str | None:
+    """Put a refused run's purpose_check record (status refused, the refusals) in the audit log
+    of the output folder, so the DPO sees the attempt, not only its stderr. Only where that
+    log exists (a refused first run leaves nothing behind) and the keyring can sign it.
+    Returns the batch id, or None."""
+    from privacy.audit.events import append_events, new_event_id
+    from privacy.purpose_check import purpose_check_record
+
+    root = Path(out) / LOG_DIRNAME
+    if not (root / "checkpoints").is_dir():
+        return None
+    try:
+        signer = Signer(central_keyring(key_file, purpose))
+    except (KeyringError, OSError):
+        return None  # the refusal stands on its own; the keyring's problem is another
+    batch = f"refused/{new_event_id()}"
+    outcome = check_purpose(register, purpose, SOURCES)
+    record = purpose_check_record(AuditContext(batch, purpose, register.version), outcome)
+    append_events(root, pa.Table.from_batches([record]), batch, signer)
+    return batch
 
 
 @task(cache_policy=NO_CACHE)
@@ -426,7 +449,12 @@ def run_flow(
     progress = Progress(logger)
     # Purpose binding comes first: a run the processing register does not cover opens nothing.
     processing_register = load_purpose_register(register_dir)
-    outcome = purpose_check(processing_register, purpose)
+    try:
+        outcome = purpose_check(processing_register, purpose)
+    except PurposeNotAllowed:
+        if batch := record_refusal(out, processing_register, purpose, key_file):
+            logger.warning("refused; recorded in the audit log as %s", batch)
+        raise
     # The central keyring (domain keys, audit signing key); its passphrase comes from the
     # environment, never from a flow parameter.
     keyring = central_keyring(key_file, purpose)

@@ -228,7 +228,7 @@ class Outcome:
             "activity_version": self.activity_version,
             "conditions": [{"id": c.id, "applies_to": list(c.scopes)} for c in self.conditions],
             "legal_basis": {s: [b.citation() for b in bs] for s, bs in self.bases.items()},
-        }
+        } | ({"refusals": list(self.refusals)} if self.refusals else {})
 
     def table(self) -> str:
         """One line per (source, field): used or not, the decision and its conditions."""

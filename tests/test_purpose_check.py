@@ -546,3 +546,35 @@ def test_the_configured_register_is_the_one_runs_checks_and_retention_follow(
     )
     assert main(["retention", "status", "--runs", str(tmp_path / "runs"), "--period", "P18M"]) == 2
     assert "longer than the processing register's retention period P1Y" in capsys.readouterr().err
+
+
+def test_a_refused_run_is_recorded_in_the_audit_log_of_its_output_folder(
+    world, conditional_run, watch_opens, tmp_path
+):
+    """The DPO sees the attempt in the log, not only on the operator's screen: one
+    purpose_check record, status refused, with the refusals; still no data file opened."""
+    from prefect.logging.handlers import APILogWorker
+
+    from privacy.audit.log import AuditLog
+
+    run_dir, _, _ = conditional_run
+    log = AuditLog(run_dir.parent / "audit-log")
+    before = [c.batch_id for c in log.checkpoints()]
+    register = copy_register(tmp_path / "register", _without("sources", "health_insurance"))
+    with watch_opens() as opened, pytest.raises(PurposeNotAllowed):
+        run(world, register, out=run_dir.parent.name)
+    APILogWorker.drain_all()  # the refused flow's logs, while its server runs
+    assert [p for p in opened if p.startswith(str(world / "pseudo"))] == []
+    added = [c.batch_id for c in log.checkpoints()][len(before) :]
+    assert len(added) == 1 and added[0].startswith("refused/")
+    (record,) = log.batch_records(added[0]).to_pylist()
+    assert (record["name"], record["status"], record["data_subject_pid"]) == (
+        "purpose_check",
+        "refused",
+        None,
+    )
+    assert record["register_version"] == load_register(register).version
+    refusals = json.loads(record["attributes"])["refusals"]
+    assert any("source health_insurance is not registered" in r for r in refusals)
+    assert sorted(p.name for p in run_dir.parent.iterdir() if p.name.startswith(".staging")) == []
+    assert main(["audit", "verify", "--log", str(run_dir.parent)]) == 0  # the log still holds
