@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 
@@ -86,15 +87,32 @@ def _period(args) -> str:
 
 
 def cmd_retention_enforce(args) -> int:
+    from flows.config import load_config
     from privacy.retention import enforce_retention
 
     period = _period(args)
-    done = enforce_retention(Path(args.runs), period, args.as_of, _keyring(args), _key_store(args))
+    deliveries = args.deliveries or load_config(args.config).paths.deliveries
+    done = enforce_retention(
+        Path(args.runs),
+        period,
+        args.as_of,
+        _keyring(args),
+        _key_store(args),
+        Path(deliveries) if deliveries else None,
+    )
     refresh_feedback_statistics(Path(args.runs), done)
     for run_id in done.runs:
         print(f"{run_id}: data key destroyed (retention {period}); its personal data is unreadable")
     for name in done.link_tables:
         print(f"links/{name}: removed, no run or feedback kept was made with its old body key")
+    for day in done.deliveries:
+        print(f"deliveries of {day}: removed from {deliveries} (retention {period})")
+    if not deliveries:
+        print(
+            "the pseudonymised deliveries were not checked: give --deliveries "
+            "(or paths.deliveries)",
+            file=sys.stderr,
+        )
     print(
         f"{len(done.runs)} run(s) past retention {period} as of {args.as_of.isoformat()}; "
         f"{done.feedback_rows:,} operator feedback row(s) past it removed"
@@ -284,6 +302,10 @@ def register(subparsers) -> None:
         )
         r.add_argument("--config", help="signals.toml (default: found as for every command)")
         if name == "enforce":
+            r.add_argument(
+                "--deliveries",
+                help="the pseudonymised deliveries the runs read (default: paths.deliveries)",
+            )
             r.add_argument(
                 "--key-file", required=True, help="keyring with the audit-signing key (logs it)"
             )

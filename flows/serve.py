@@ -149,7 +149,9 @@ def retention_period(register_dir: Path | None = None) -> str:
 
 
 @task(**IO_RETRIES)
-def enforce(out: str, period: str, as_of: dt.date, key_file: str) -> dict:
+def enforce(
+    out: str, period: str, as_of: dt.date, key_file: str, deliveries: str | None = None
+) -> dict:
     """Destroy what is past retention as of `as_of` (privacy/retention.py): run data keys,
     operator feedback rows, unneeded link tables. Returns counts and ids, no personal data."""
     from flows.cli_privacy import refresh_feedback_statistics
@@ -158,7 +160,9 @@ def enforce(out: str, period: str, as_of: dt.date, key_file: str) -> dict:
 
     # The central keyring signs the deletion records retention appends to the audit log.
     keyring = load_keyring(Path(key_file), passphrase_from_env())
-    done = enforce_retention(Path(out), period, as_of, keyring)
+    done = enforce_retention(
+        Path(out), period, as_of, keyring, deliveries_root=Path(deliveries) if deliveries else None
+    )
     refresh_feedback_statistics(Path(out), done)
     return asdict(done)
 
@@ -167,15 +171,18 @@ def enforce(out: str, period: str, as_of: dt.date, key_file: str) -> dict:
 def retention_run(out: str, key_file: str, config: str | None = None) -> dict:
     """Enforce retention on the published runs under `out` (the register sets the period)."""
     logger = get_run_logger()
-    period = retention_period(load_config(config).paths.register)
-    done = enforce(out, period, dt.date.today(), key_file)
+    settings = load_config(config)
+    period = retention_period(settings.paths.register)
+    deliveries = str(settings.paths.deliveries) if settings.paths.deliveries else None
+    done = enforce(out, period, dt.date.today(), key_file, deliveries)
     logger.info(
-        "retention %s: %d run(s) had their data key destroyed, %d feedback row(s) and %d "
-        "link table(s) removed",
+        "retention %s: %d run(s) had their data key destroyed, %d feedback row(s), %d "
+        "link table(s) and the deliveries of %d reference date(s) removed",
         period,
         len(done["runs"]),
         done["feedback_rows"],
         len(done["link_tables"]),
+        len(done["deliveries"]),
     )
     return done
 

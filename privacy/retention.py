@@ -32,6 +32,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -412,6 +413,7 @@ class Enforced:
     runs: list[str]  # ids of the runs whose data key was destroyed
     feedback_rows: int  # operator feedback rows past the period, removed
     link_tables: list[str]  # link tables (file names) no kept run or feedback needs any more
+    deliveries: list[str] = ()  # reference dates whose pseudonymised deliveries were removed
 
 
 def enforce_retention(
@@ -420,10 +422,14 @@ def enforce_retention(
     as_of: dt.date,
     keyring: Keyring,
     key_store: Path | None = None,
+    deliveries_root: Path | None = None,
 ) -> Enforced:
     """Destroy what the retention period no longer allows to keep, as of `as_of`:
 
     - the data keys of runs whose period, counted from the run, ended;
+    - with `deliveries_root`: the pseudonymised deliveries the runs read, whose period,
+      counted from their reference date, ended (plain Parquet: income, assets,
+      objections; keeping them would keep what the runs' keys no longer open);
     - operator feedback rows whose period, counted from their outcome date, ended
       (`<runs>/feedback/`, pseudonymised: the household and its outcome);
     - the link tables of body-key rotations (`<runs>/links/`) that no run whose data is
@@ -436,7 +442,11 @@ def enforce_retention(
     """
     runs = _destroy_run_keys(Path(runs_root), period, as_of, keyring, key_store)
     rows = _expire_feedback(Path(runs_root), period, as_of, keyring)
-    return Enforced(runs, rows, _expire_links(Path(runs_root), keyring))
+    links = _expire_links(Path(runs_root), keyring)
+    days = []
+    if deliveries_root is not None:
+        days = _expire_deliveries(Path(deliveries_root), Path(runs_root), period, as_of, keyring)
+    return Enforced(runs, rows, links, days)
 
 
 def _destroy_run_keys(runs_root, period, as_of, keyring, key_store) -> list[str]:
@@ -586,4 +596,59 @@ def _expire_links(runs_root: Path, keyring: Keyring) -> list[str]:
         append_events(_log_root(runs_root), records, batch, Signer(keyring))
         _replace_destroying(path, None)
         removed.append(path.name)
+    return removed
+
+
+DELIVERIES_DATASET = "pseudonymised-deliveries"
+
+
+def _expired_deliveries(root: Path, period: str, as_of: dt.date) -> dict[dt.date, list[Path]]:
+    """Delivery folders (<root>/<source>/<date>/) per reference date whose period ended."""
+    found: dict[dt.date, list[Path]] = {}
+    for folder in sorted(root.glob("*/*")) if root.is_dir() else []:
+        try:
+            day = dt.date.fromisoformat(folder.name)
+        except ValueError:
+            continue  # `.2025-01-01.partial-1`: a delivery being written
+        if folder.is_dir() and add_period(day, period) < as_of:
+            found.setdefault(day, []).append(folder)
+    return found
+
+
+def _expire_deliveries(
+    root: Path, runs_root: Path, period: str, as_of: dt.date, keyring: Keyring
+) -> list[str]:
+    """Remove the expired deliveries of each reference date, after logging one `deletion`
+    record per person they hold (their domain pseudonym, as the runs named them)."""
+    from pipelines.audit_records import AuditContext
+    from pipelines.contract import SOURCES
+    from privacy.audit.events import append_events, deletion_records
+    from privacy.audit.signing import Signer
+    from privacy.keys import DEFAULT_DOMAIN
+    from privacy.pseudonyms import DomainPseudonymiser
+    from privacy.register import load_register
+
+    domain = DomainPseudonymiser(keyring.active("domain", DEFAULT_DOMAIN))
+    removed = []
+    for day, folders in sorted(_expired_deliveries(root, period, as_of).items()):
+        persons = []
+        for folder in folders:
+            source = SOURCES.get(folder.parent.name)
+            data = folder / "data.parquet"
+            if source is not None and source.subject == "bsn" and data.is_file():
+                persons.append(pq.read_table(data, columns=["bsn"])["bsn"].combine_chunks())
+        pids = pc.unique(pa.concat_arrays(persons)) if persons else pa.array([], pa.string())
+        version = load_register().version
+        context = AuditContext(f"retention/deliveries/{day}", DEFAULT_DOMAIN, version)
+        reason = f"retention period {period} ended, counted from the reference date"
+        records = deletion_records(
+            context, domain.array(pids.drop_null()), DELIVERIES_DATASET, reason, part=str(day)
+        )
+        batch = f"retention/deliveries/{day.isoformat()}"
+        append_events(_log_root(runs_root), records, batch, Signer(keyring))
+        for folder in folders:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                _destroy(path)
+            shutil.rmtree(folder)
+        removed.append(day.isoformat())
     return removed

@@ -347,3 +347,42 @@ def test_the_scheduled_retention_flow_enforces_the_registers_period(tmp_path, pa
     done = retention_run(str(runs), str(tmp_path / "central.keyring"))
     assert done == {"runs": [old.name], "feedback_rows": 0, "link_tables": []}
     assert not key_file.exists()
+
+
+def test_the_pseudonymised_deliveries_the_runs_read_expire_too(tmp_path, passphrase, capsys):
+    """Kept past the runs, the deliveries (income, assets, objections, in plain Parquet)
+    would keep what the runs' destroyed keys no longer open. Removed per reference date,
+    after one deletion record per person they hold; a later date stays."""
+    import pyarrow.compute as pc
+    from population import REFERENCE_DATE
+    from service_support import prepare_deliveries
+
+    from pipelines.contract import SOURCES
+
+    ring = _central()
+    runs = tmp_path / "runs"
+    _published(runs, "2025-01-01-aaaa", ring)
+    save_keyring(ring, tmp_path / "central.keyring", passphrase)
+    deliveries = prepare_deliveries(tmp_path / "bodies").deliveries
+    persons = pc.unique(
+        pa.chunked_array(
+            pq.read_table(deliveries / s / REFERENCE_DATE / "data.parquet", columns=["bsn"])["bsn"]
+            for s in SOURCES
+            if SOURCES[s].subject == "bsn"
+        )
+    )
+    for source in SOURCES:  # a later month, still within its period
+        shutil.copytree(deliveries / source / REFERENCE_DATE, deliveries / source / "2026-01-01")
+    argv = ["retention", "enforce", "--runs", str(runs), "--period", "P1Y", "--as-of"]
+    argv += ["2026-03-01", "--key-file", str(tmp_path / "central.keyring")]
+    assert main(argv + ["--deliveries", str(deliveries)]) == 0
+    assert f"deliveries of {REFERENCE_DATE}: removed from {deliveries}" in capsys.readouterr().out
+    assert sorted(p.name for p in deliveries.glob("*/*")) == ["2026-01-01"] * len(SOURCES)
+    log = AuditLog(runs / LOG_DIRNAME)
+    deleted = log.batch_records(f"retention/deliveries/{REFERENCE_DATE}")
+    assert deleted.num_rows == len(persons)
+    assert set(deleted["name"].to_pylist()) == {"deletion"}
+    assert all(p.startswith("d1.") for p in deleted["data_subject_pid"].to_pylist())
+    # Without the deliveries folder the pass says it did not look.
+    assert main(argv) == 0
+    assert "the pseudonymised deliveries were not checked" in capsys.readouterr().err
