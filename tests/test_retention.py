@@ -345,7 +345,7 @@ def test_the_scheduled_retention_flow_enforces_the_registers_period(tmp_path, pa
     key_file.write_text(json.dumps(json.loads(key_file.read_text()) | {"created": "2020-01-01"}))
     save_keyring(ring, tmp_path / "central.keyring", passphrase)
     done = retention_run(str(runs), str(tmp_path / "central.keyring"))
-    assert done == {"runs": [old.name], "feedback_rows": 0, "link_tables": []}
+    assert done == {"runs": [old.name], "feedback_rows": 0, "link_tables": [], "deliveries": []}
     assert not key_file.exists()
 
 
