@@ -51,6 +51,13 @@ def cmd_worklist(args) -> int:
     return 0
 
 
+def _runs(args) -> Path:
+    """The runs folder: --runs, else paths.out of signals.toml."""
+    from flows.config import load_config
+
+    return Path(args.runs or load_config(args.config).require("paths", "out"))
+
+
 def _period(args) -> str:
     """The retention period: the flag, else the processing register's for the programme."""
     from flows.cli import UsageError
@@ -92,15 +99,16 @@ def cmd_retention_enforce(args) -> int:
 
     period = _period(args)
     deliveries = args.deliveries or load_config(args.config).paths.deliveries
+    runs = _runs(args)
     done = enforce_retention(
-        Path(args.runs),
+        runs,
         period,
         args.as_of,
         _keyring(args),
         _key_store(args),
         Path(deliveries) if deliveries else None,
     )
-    refresh_feedback_statistics(Path(args.runs), done)
+    refresh_feedback_statistics(runs, done)
     for run_id in done.runs:
         print(f"{run_id}: data key destroyed (retention {period}); its personal data is unreadable")
     for name in done.link_tables:
@@ -133,7 +141,7 @@ def cmd_retention_status(args) -> int:
     from privacy.retention import RETENTION_FILE, retention_status
 
     period = _period(args)
-    runs = Path(args.runs)
+    runs = _runs(args)
     for run in retention_status(runs, period, _key_store(args)):
         print(f"{run['run_id']}  created {run['created']}  kept until {run['keep_until']}")
     for run in sorted(runs.glob(f"*/{RETENTION_FILE}")):
@@ -291,7 +299,7 @@ def register(subparsers) -> None:
         ("status", cmd_retention_status, "list runs with their retention dates"),
     ):
         r = retention.add_parser(name, help=text)
-        r.add_argument("--runs", required=True, help="folder holding the run folders")
+        r.add_argument("--runs", help="folder holding the run folders (default: paths.out)")
         r.add_argument(
             "--period",
             help="ISO 8601 period (default: the processing register's; shorter, never longer)",

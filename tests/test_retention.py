@@ -386,3 +386,16 @@ def test_the_pseudonymised_deliveries_the_runs_read_expire_too(tmp_path, passphr
     # Without the deliveries folder the pass says it did not look.
     assert main(argv) == 0
     assert "the pseudonymised deliveries were not checked" in capsys.readouterr().err
+
+
+def test_retention_takes_the_runs_folder_from_the_configuration(tmp_path, capsys, monkeypatch):
+    ring = _central()
+    runs = tmp_path / "runs"
+    run = _published(runs, "2025-01-01-aaaa", ring)
+    (tmp_path / "signals.toml").write_text(f'[paths]\nout = "{runs}"\n')
+    assert main(["retention", "status", "--config", str(tmp_path / "signals.toml")]) == 0
+    assert f"{run.name}  created" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "runs")  # no signals.toml here, and no --runs
+    monkeypatch.delenv("SIGNALS_CONFIG", raising=False)
+    assert main(["retention", "status"]) == 2
+    assert "paths.out is not set" in capsys.readouterr().err
