@@ -12,6 +12,7 @@ Both read only the register and the rule files, never a delivery.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import textwrap
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--config", help="signals.toml (default: found as for every command)")
     p.add_argument("--rules-root", help="rules root (default: the package's own rules)")
+    p.add_argument(
+        "--on",
+        type=dt.date.fromisoformat,
+        default=dt.date.today(),
+        help="the reference date every legal basis must hold on (default: today)",
+    )
     p.add_argument(
         "--format",
         choices=("both", "flow", "table"),
@@ -60,7 +67,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from privacy.purpose_check import check_purpose
 
     reg = _load(args)
-    outcome = check_purpose(reg, args.purpose)
+    outcome = check_purpose(reg, args.purpose, on=args.on)
     if args.format in ("both", "flow"):
         print(outcome.flow_text())
     if args.format in ("both", "table") and outcome.fields:

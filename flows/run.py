@@ -182,12 +182,15 @@ def load_purpose_register(register_dir: str | None) -> Register:
 
 
 @task(cache_policy=NO_CACHE)
-def purpose_check(register: Register, purpose: str) -> Outcome:
-    """Before any data file is opened: may a run for this purpose read every source and field?"""
-    return enforce(check_purpose(register, purpose, SOURCES))
+def purpose_check(register: Register, purpose: str, on: dt.date | None = None) -> Outcome:
+    """Before any data file is opened: may a run for this purpose, on this reference date,
+    read every source and field?"""
+    return enforce(check_purpose(register, purpose, SOURCES, on))
 
 
-def record_refusal(out: str, register: Register, purpose: str, key_file: str | None) -> str | None:
+def record_refusal(
+    out: str, register: Register, purpose: str, key_file: str | None, on: dt.date | None = None
+) -> str | None:
     """Put a refused run's purpose_check record (status refused, the refusals) in the audit log
     of the output folder, so the DPO sees the attempt, not only its stderr. Only where that
     log exists (a refused first run leaves nothing behind) and the keyring can sign it.
@@ -203,7 +206,7 @@ def record_refusal(out: str, register: Register, purpose: str, key_file: str | N
     except (KeyringError, OSError):
         return None  # the refusal stands on its own; the keyring's problem is another
     batch = f"refused/{new_event_id()}"
-    outcome = check_purpose(register, purpose, SOURCES)
+    outcome = check_purpose(register, purpose, SOURCES, on)
     record = purpose_check_record(AuditContext(batch, purpose, register.version), outcome)
     append_events(root, pa.Table.from_batches([record]), batch, signer)
     return batch
@@ -450,9 +453,9 @@ def run_flow(
     # Purpose binding comes first: a run the processing register does not cover opens nothing.
     processing_register = load_purpose_register(register_dir)
     try:
-        outcome = purpose_check(processing_register, purpose)
+        outcome = purpose_check(processing_register, purpose, reference_date)
     except PurposeNotAllowed:
-        if batch := record_refusal(out, processing_register, purpose, key_file):
+        if batch := record_refusal(out, processing_register, purpose, key_file, reference_date):
             logger.warning("refused; recorded in the audit log as %s", batch)
         raise
     # The central keyring (domain keys, audit signing key); its passphrase comes from the

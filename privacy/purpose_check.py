@@ -258,9 +258,15 @@ class Outcome:
 
 
 def check_purpose(
-    register: Register, purpose: str, sources: Iterable[str] = tuple(SOURCES)
+    register: Register,
+    purpose: str,
+    sources: Iterable[str] = tuple(SOURCES),
+    on: dt.date | None = None,
 ) -> Outcome:
-    """Decide whether a run for `purpose` may read `sources`; reads the register only."""
+    """Decide whether a run for `purpose` may read `sources`; reads the register only.
+
+    With `on` (the run's reference date), every legal basis it rests on must hold that day
+    (`valid_from`, `valid_until` in the register)."""
     sources = tuple(sources)
     base = {
         "purpose": purpose,
@@ -286,7 +292,7 @@ def check_purpose(
             refusals=(refusal,),
             **base,
         )
-    flow = _Flow(activity, sources)
+    flow = _Flow(activity, sources, on)
     flow.run()
     decision = REFUSED if flow.refusals else CONDITIONAL_RUN if flow.scopes else ALLOWED
     flow.steps.append(Step("Outcome:", _verdict(decision)))
@@ -318,8 +324,8 @@ def _verdict(decision: str) -> str:
 class _Flow:
     """Walks the questions of the check, collecting steps, decisions, conditions, refusals."""
 
-    def __init__(self, activity: Activity, sources: tuple[str, ...]):
-        self.activity, self.sources = activity, sources
+    def __init__(self, activity: Activity, sources: tuple[str, ...], on: dt.date | None = None):
+        self.activity, self.sources, self.on = activity, sources, on
         self.steps: list[Step] = []
         self.fields: list[FieldDecision] = []
         self.refusals: list[str] = []
@@ -334,6 +340,7 @@ class _Flow:
         )
         self.check_activity_conditions()
         self.check_sources()
+        self.check_validity()
         self.check_fields()
         schemes = ", ".join(a.schemes) or "none"
         self.steps.append(
@@ -396,6 +403,38 @@ class _Flow:
             Step(
                 "Is every source the run reads registered with a legal basis?",
                 "yes." if ok else "NO.",
+                tuple(details),
+            )
+        )
+
+    def check_validity(self) -> None:
+        """Every basis the run rests on must hold on its reference date (laws change)."""
+        if self.on is None:
+            return
+        bases = [("the activity", b) for b in self.activity.general_basis]
+        for name in self.sources:
+            entry = self.activity.sources.get(name)
+            bases += [(f"source {name}", b) for b in (entry.legal_basis if entry else ())]
+        details = []
+        for what, basis in bases:
+            if basis.valid_from is None and basis.valid_until is None:
+                continue
+            holds = basis.holds_on(self.on)
+            verdict = "holds" if holds else "DOES NOT HOLD"
+            details.append(f"{what}: {basis.citation()}: {basis.validity()}: {verdict}")
+            if not holds:
+                self.refusals.append(
+                    f"{what}: legal basis {basis.citation()} holds {basis.validity()}, not on "
+                    f"the reference date {self.on.isoformat()}. Action: record the provision "
+                    f"that holds then in {self.activity.path.name}, or run for a date it covers."
+                )
+        answer = "yes." if all("DOES NOT HOLD" not in d for d in details) else "NO."
+        if not details:
+            answer = "yes: no basis has an end or start date."
+        self.steps.append(
+            Step(
+                f"Does every legal basis hold on the reference date {self.on.isoformat()}?",
+                answer,
                 tuple(details),
             )
         )

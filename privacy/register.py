@@ -15,6 +15,7 @@ decision whether a run may go ahead is made in privacy/purpose_check.py.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -123,6 +124,20 @@ class LegalBasis:
     bwb_id: str = ""
     celex: str = ""
     publication: str = ""
+    # The period the provision holds (a law repealed or not yet in force): a run for a
+    # reference date outside it is refused. None: open-ended.
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None
+
+    def holds_on(self, day: dt.date) -> bool:
+        return (self.valid_from is None or self.valid_from <= day) and (
+            self.valid_until is None or day <= self.valid_until
+        )
+
+    def validity(self) -> str:
+        since = f"from {self.valid_from}" if self.valid_from else ""
+        until = f"until {self.valid_until}" if self.valid_until else ""
+        return " ".join(x for x in (since, until) if x) or "open-ended"
 
     def citation(self) -> str:
         ids = ", ".join(i for i in (self.bwb_id, self.celex, self.publication) if i)
@@ -141,6 +156,9 @@ class LegalBasis:
             "checked": self.checked,
         }
         out.update({k: v for k, v in self._ids().items() if v})
+        for key in ("valid_from", "valid_until"):
+            if getattr(self, key):
+                out[key] = getattr(self, key).isoformat()
         return out
 
     def _ids(self) -> dict[str, str]:
@@ -264,6 +282,18 @@ class _Map:
         if not isinstance(value, bool):
             raise self.fail(key, "true or false", value)
         return value
+
+    def date(self, key: str) -> dt.date | None:
+        """An optional ISO date (YAML reads an unquoted one as a date already)."""
+        value = self.get(key, None)
+        if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise self.fail(key, "a date (YYYY-MM-DD)", value)
 
     def strings(self, key: str, default: Any = ...) -> tuple[str, ...]:
         value = self.get(key, default)
@@ -392,6 +422,8 @@ BASIS_KEYS = {
     "bwb_id",
     "celex",
     "publication",
+    "valid_from",
+    "valid_until",
 }
 
 
@@ -408,7 +440,11 @@ def _basis(m: _Map) -> LegalBasis:
         bwb_id=m.string("bwb_id", ""),
         celex=m.string("celex", ""),
         publication=m.string("publication", ""),
+        valid_from=m.date("valid_from"),
+        valid_until=m.date("valid_until"),
     )
+    if basis.valid_from and basis.valid_until and basis.valid_until < basis.valid_from:
+        raise m.fail("valid_until", f"on or after valid_from ({basis.valid_from})")
     if basis.bwb_id and not BWB_ID.match(basis.bwb_id):
         raise m.fail("bwb_id", "a BWB id such as BWBR0031331")
     if basis.celex and not CELEX.match(basis.celex):

@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from privacy.purpose_check import (
     enforce,
     purpose_check_record,
 )
-from privacy.register import DEFAULT_ROOT, load_register
+from privacy.register import DEFAULT_ROOT, RegisterError, load_register
 
 PES = "proactive-entitlement-signalling"
 DRO = "debt-relief-outreach"
@@ -578,3 +579,52 @@ def test_a_refused_run_is_recorded_in_the_audit_log_of_its_output_folder(
     assert any("source health_insurance is not registered" in r for r in refusals)
     assert sorted(p.name for p in run_dir.parent.iterdir() if p.name.startswith(".staging")) == []
     assert main(["audit", "verify", "--log", str(run_dir.parent)]) == 0  # the log still holds
+
+
+def _tax_basis_valid(**dates):
+    def change(data):
+        for basis in data["sources"]["tax"]["legal_basis"]:
+            basis.update(dates)
+
+    return change
+
+
+def test_a_legal_basis_that_does_not_hold_on_the_reference_date_refuses_the_run(
+    world, watch_opens, tmp_path
+):
+    """Laws change: a provision repealed before the reference date (or not yet in force)
+    covers no run of that date. Refused before anything is read."""
+    register = copy_register(tmp_path / "register", _tax_basis_valid(valid_until="2024-06-30"))
+    reg = load_register(register)
+    on = dt.date.fromisoformat(REFERENCE_DATE)
+    outcome = check_purpose(reg, PES, on=on)
+    assert outcome.decision == "refused"
+    assert outcome.refusals  # one per basis of the tax source
+    for refusal in outcome.refusals:
+        assert refusal.startswith("source tax: legal basis ")
+        assert "holds until 2024-06-30, not on the reference date 2025-01-01" in refusal
+    # The day before it ended, the same register holds; a basis from the future does not.
+    assert check_purpose(reg, PES, on=dt.date(2024, 6, 30)).decision != "refused"
+    later = load_register(copy_register(tmp_path / "r2", _tax_basis_valid(valid_from="2026-01-01")))
+    assert "holds from 2026-01-01" in check_purpose(later, PES, on=on).refusals[0]
+    with watch_opens() as opened, pytest.raises(PurposeNotAllowed, match="holds until 2024-06-30"):
+        run(world, register, out="refused-expired-basis")
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()  # the refused flow's logs, while its server runs
+    assert [p for p in opened if p.startswith(str(world / "pseudo"))] == []
+
+
+@pytest.mark.parametrize(
+    ("dates", "message"),
+    [
+        ({"valid_until": "30-06-2024"}, "valid_until must be a date (YYYY-MM-DD)"),
+        (
+            {"valid_from": "2025-01-01", "valid_until": "2024-01-01"},
+            "valid_until must be on or after valid_from (2025-01-01)",
+        ),
+    ],
+)
+def test_a_basis_with_a_malformed_validity_is_refused_by_the_loader(tmp_path, dates, message):
+    with pytest.raises(RegisterError, match=re.escape(message)):
+        load_register(copy_register(tmp_path / "r", _tax_basis_valid(**dates)))
