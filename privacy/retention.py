@@ -519,14 +519,20 @@ def _replace_destroying(path: Path, table: pa.Table | None) -> None:
     if table is None:
         path.unlink()
     else:
-        with written_whole(path, private=True) as tmp:
+        with written_whole(path, private=True, durable=True) as tmp:
             pq.write_table(table, tmp)
     _destroy(held)
 
 
 def _destroy_leftovers(folder: Path) -> None:
+    """The second names a killed pass left. One whose file still has its live name too (the
+    pass was killed before replacing it) is only unlinked: overwriting it would overwrite
+    the live file, and the pass replaces it again. One alone is destroyed."""
     for held in folder.glob(f".*{_EXPIRED}") if folder.is_dir() else []:
-        _destroy(held)
+        if held.stat().st_nlink > 1:
+            held.unlink()
+        else:
+            _destroy(held)
 
 
 def _expire_feedback(runs_root: Path, period: str, as_of: dt.date, keyring: Keyring) -> int:

@@ -399,3 +399,23 @@ def test_retention_takes_the_runs_folder_from_the_configuration(tmp_path, capsys
     monkeypatch.delenv("SIGNALS_CONFIG", raising=False)
     assert main(["retention", "status"]) == 2
     assert "paths.out is not set" in capsys.readouterr().err
+
+
+def test_a_pass_killed_before_it_replaced_a_file_leaves_it_whole_for_the_next(tmp_path):
+    """A killed pass leaves the old file's second name beside the live one, both one file:
+    the next pass must not overwrite it (the live file with it), only drop that name."""
+    import os
+
+    from privacy.retention import _EXPIRED, _destroy_leftovers
+
+    live = tmp_path / "households-b1-to-b2.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3]}), live)
+    os.link(live, tmp_path / f".{live.name}{_EXPIRED}")  # killed right after this
+    _destroy_leftovers(tmp_path)
+    assert pq.read_table(live)["x"].to_pylist() == [1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]
+    # A leftover alone (the live name was replaced) is overwritten before it goes.
+    alone = tmp_path / f".old{_EXPIRED}"
+    alone.write_bytes(b"old personal data")
+    _destroy_leftovers(tmp_path)
+    assert not alone.exists()
