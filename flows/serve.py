@@ -23,6 +23,7 @@ inputs), so a schedule that fires before new deliveries arrive changes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,6 +125,19 @@ def scheduled_run(
     logger.info("picked up deliveries of %s", picked.reference_date.isoformat())
     for day, what in picked.waiting.items():
         logger.warning("%s is not complete, so not run yet: %s", day, what)
+    # A schedule that fires before the next deliveries are complete runs nothing: a date is
+    # run once by the schedule. Another run of it (new code, rules, register or feedback
+    # give another run id) would not see the first's signals and could signal the same
+    # households again: that is an operator's decision, by hand (`signals run`).
+    done = published_for(Path(out), picked.reference_date)
+    if done is not None:
+        logger.info(
+            "deliveries of %s were run already (%s): nothing to do until newer ones are "
+            "complete; to run that date again, run it by hand",
+            picked.reference_date.isoformat(),
+            done.name,
+        )
+        return str(done)
     return run_flow(
         deliveries=deliveries,
         reference_date=picked.reference_date,
@@ -135,6 +149,18 @@ def scheduled_run(
         max_delivery_age_days=settings.thresholds.max_delivery_age_days,
         max_quarantine_share=settings.thresholds.max_quarantine_share,
     )
+
+
+def published_for(out: Path, reference_date: dt.date) -> Path | None:
+    """The last published run of `reference_date` in out, or None."""
+    found = []
+    for manifest in out.glob("*/manifest.json") if out.is_dir() else []:
+        if manifest.parent.name.startswith("."):
+            continue
+        m = json.loads(manifest.read_text())
+        if m.get("reference_date") == reference_date.isoformat():
+            found.append((m.get("created_at", ""), manifest.parent))
+    return max(found)[1] if found else None
 
 
 def retention_period(register_dir: Path | None = None) -> str:

@@ -22,7 +22,7 @@ import time
 
 import httpx
 import pytest
-from population import SIGNALLED
+from population import REFERENCE_DATE, SIGNALLED
 from service_support import (
     PASSPHRASE,
     SIGNALS,
@@ -228,6 +228,34 @@ def test_a_refused_delivery_fails_the_run_at_once_with_its_cause(server, tmp_pat
     (child,) = _child_runs(state.state_details.flow_run_id)
     assert _task_runs(child)["open_inputs"] == 1
     assert not (tmp_path / "runs").exists() or published_runs(tmp_path / "runs") == []
+
+
+def test_the_schedule_runs_a_date_once_even_when_its_run_id_would_change(
+    server, tmp_path, monkeypatch
+):
+    """A register change (as an upgrade, a rule change or a feedback import) gives the same
+    deliveries another run id. The schedule must not run that date again: the second run
+    would not see the first's signals and could signal the same households again."""
+    from test_purpose_check import copy_register
+
+    _, prepared = server
+    monkeypatch.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
+    out = tmp_path / "runs"
+    args = {"deliveries": str(prepared.deliveries), "out": str(out)}
+    args["key_file"] = str(prepared.central_keyring)
+    first = scheduled_run(**args)
+
+    def changed(data):
+        data["retention"]["basis"] += " Reviewed."
+
+    register = copy_register(tmp_path / "register", changed)
+    (tmp_path / "signals.toml").write_text(f'[paths]\nregister = "{register}"\n')
+    again = scheduled_run(**args, config=str(tmp_path / "signals.toml"))
+    assert again == first and len(published_runs(out)) == 1
+    # By hand, the operator can still run it again.
+    argv = ["run", "--deliveries", args["deliveries"], "--reference-date", REFERENCE_DATE]
+    argv += ["--out", str(out), "--key-file", args["key_file"], "--register", str(register)]
+    assert main(argv) == 0 and len(published_runs(out)) == 2
 
 
 def _child_runs(parent_id) -> list:
