@@ -609,15 +609,20 @@ DELIVERIES_DATASET = "pseudonymised-deliveries"
 
 
 def _expired_deliveries(root: Path, period: str, as_of: dt.date) -> dict[dt.date, list[Path]]:
-    """Delivery folders (<root>/<source>/<date>/) per reference date whose period ended."""
+    """Delivery folders (<root>/<source>/<date>/) per reference date whose period ended, but
+    never a source's newest: it is what the next run reads (a body that delivers less
+    often than the runs, thresholds.max_delivery_age_days)."""
     found: dict[dt.date, list[Path]] = {}
-    for folder in sorted(root.glob("*/*")) if root.is_dir() else []:
-        try:
-            day = dt.date.fromisoformat(folder.name)
-        except ValueError:
-            continue  # `.2025-01-01.partial-1`: a delivery being written
-        if folder.is_dir() and add_period(day, period) < as_of:
-            found.setdefault(day, []).append(folder)
+    for source in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        dated = []
+        for folder in source.iterdir():
+            try:
+                dated.append((dt.date.fromisoformat(folder.name), folder))
+            except ValueError:
+                continue  # `.2025-01-01.partial-1`: a delivery being written
+        for day, folder in sorted(dated)[:-1]:
+            if folder.is_dir() and add_period(day, period) < as_of:
+                found.setdefault(day, []).append(folder)
     return found
 
 
@@ -634,9 +639,9 @@ def _expire_deliveries(
     from privacy.pseudonyms import DomainPseudonymiser
     from privacy.register import load_register
 
-    domain = DomainPseudonymiser(keyring.active("domain", DEFAULT_DOMAIN))
     removed = []
     for day, folders in sorted(_expired_deliveries(root, period, as_of).items()):
+        domain = DomainPseudonymiser(keyring.active("domain", DEFAULT_DOMAIN))
         persons = []
         for folder in folders:
             source = SOURCES.get(folder.parent.name)
@@ -650,7 +655,11 @@ def _expire_deliveries(
         records = deletion_records(
             context, domain.array(pids.drop_null()), DELIVERIES_DATASET, reason, part=str(day)
         )
-        batch = f"retention/deliveries/{day.isoformat()}"
+        # Named after what goes, not only the date: deliveries of that date found later (a
+        # restored backup) are another deletion and are logged again.
+        made = sorted(f"{f.parent.name}:{_manifest_sha(f)}" for f in folders)
+        digest = hashlib.sha256("\n".join(made).encode()).hexdigest()[:16]
+        batch = f"retention/deliveries/{day.isoformat()}/{digest}"
         append_events(_log_root(runs_root), records, batch, Signer(keyring))
         for folder in folders:
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -658,3 +667,10 @@ def _expire_deliveries(
             shutil.rmtree(folder)
         removed.append(day.isoformat())
     return removed
+
+
+def _manifest_sha(folder: Path) -> str:
+    try:
+        return json.loads((folder / "manifest.json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return "no manifest"

@@ -352,7 +352,8 @@ def test_the_scheduled_retention_flow_enforces_the_registers_period(tmp_path, pa
 def test_the_pseudonymised_deliveries_the_runs_read_expire_too(tmp_path, passphrase, capsys):
     """Kept past the runs, the deliveries (income, assets, objections, in plain Parquet)
     would keep what the runs' destroyed keys no longer open. Removed per reference date,
-    after one deletion record per person they hold; a later date stays."""
+    after one deletion record per person they hold; a later date stays, and so does a
+    source's newest delivery whatever its age (the next run reads it)."""
     import pyarrow.compute as pc
     from population import REFERENCE_DATE
     from service_support import prepare_deliveries
@@ -364,22 +365,30 @@ def test_the_pseudonymised_deliveries_the_runs_read_expire_too(tmp_path, passphr
     _published(runs, "2025-01-01-aaaa", ring)
     save_keyring(ring, tmp_path / "central.keyring", passphrase)
     deliveries = prepare_deliveries(tmp_path / "bodies").deliveries
+    for source in SOURCES:
+        if source != "tax":  # a later month, within its period; tax delivers less often
+            shutil.copytree(
+                deliveries / source / REFERENCE_DATE, deliveries / source / "2026-01-01"
+            )
+    gone = [s for s in SOURCES if s != "tax" and SOURCES[s].subject == "bsn"]
     persons = pc.unique(
         pa.chunked_array(
             pq.read_table(deliveries / s / REFERENCE_DATE / "data.parquet", columns=["bsn"])["bsn"]
-            for s in SOURCES
-            if SOURCES[s].subject == "bsn"
+            for s in gone
         )
     )
-    for source in SOURCES:  # a later month, still within its period
-        shutil.copytree(deliveries / source / REFERENCE_DATE, deliveries / source / "2026-01-01")
     argv = ["retention", "enforce", "--runs", str(runs), "--period", "P1Y", "--as-of"]
     argv += ["2026-03-01", "--key-file", str(tmp_path / "central.keyring")]
     assert main(argv + ["--deliveries", str(deliveries)]) == 0
     assert f"deliveries of {REFERENCE_DATE}: removed from {deliveries}" in capsys.readouterr().out
-    assert sorted(p.name for p in deliveries.glob("*/*")) == ["2026-01-01"] * len(SOURCES)
+    kept = sorted(str(p.relative_to(deliveries)) for p in deliveries.glob("*/*"))
+    assert kept == sorted(
+        f"{s}/2026-01-01" if s != "tax" else f"tax/{REFERENCE_DATE}" for s in SOURCES
+    )
     log = AuditLog(runs / LOG_DIRNAME)
-    deleted = log.batch_records(f"retention/deliveries/{REFERENCE_DATE}")
+    (batch,) = [c.batch_id for c in log.checkpoints() if "deliveries" in c.batch_id]
+    assert batch.startswith(f"retention/deliveries/{REFERENCE_DATE}/")
+    deleted = log.batch_records(batch)
     assert deleted.num_rows == len(persons)
     assert set(deleted["name"].to_pylist()) == {"deletion"}
     assert all(p.startswith("d1.") for p in deleted["data_subject_pid"].to_pylist())
