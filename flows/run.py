@@ -42,10 +42,10 @@ from pipelines.read_deliveries import (
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.write_parts import PART_GLOB, TMP_GLOB
 from privacy import body_links
-from privacy.audit.log import LOG_DIRNAME, AuditLog, append_run
+from privacy.audit.log import LOG_DIRNAME, AuditLog, AuditLogError, append_run
 from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
-from privacy.keys import KeyringError, central_keyring
+from privacy.keys import KeyringError, central_keyring, load_keyring, passphrase_from_env
 from privacy.pseudonymise import check_one_body_key
 from privacy.pseudonyms import DomainPseudonymiser, translate
 from privacy.purpose_check import (
@@ -201,14 +201,17 @@ def record_refusal(
     root = Path(out) / LOG_DIRNAME
     if not (root / "checkpoints").is_dir():
         return None
-    try:
-        signer = Signer(central_keyring(key_file, purpose))
-    except (KeyringError, OSError):
+    try:  # an unregistered purpose has no domain key: any of the keyring's will do here
+        signer = Signer(load_keyring(Path(key_file), passphrase_from_env()))
+    except (KeyringError, OSError, TypeError):
         return None  # the refusal stands on its own; the keyring's problem is another
     batch = f"refused/{new_event_id()}"
     outcome = check_purpose(register, purpose, SOURCES, on)
     record = purpose_check_record(AuditContext(batch, purpose, register.version), outcome)
-    append_events(root, pa.Table.from_batches([record]), batch, signer)
+    try:
+        append_events(root, pa.Table.from_batches([record]), batch, signer)
+    except AuditLogError:
+        return None  # the log's own problem (another signing key) must not hide the refusal
     return batch
 
 

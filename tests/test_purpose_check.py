@@ -578,6 +578,14 @@ def test_a_refused_run_is_recorded_in_the_audit_log_of_its_output_folder(
     refusals = json.loads(record["attributes"])["refusals"]
     assert any("source health_insurance is not registered" in r for r in refusals)
     assert sorted(p.name for p in run_dir.parent.iterdir() if p.name.startswith(".staging")) == []
+    # A purpose the register does not have (and no key is made for) is recorded too.
+    with pytest.raises(PurposeNotAllowed):
+        run(world, register, purpose="marketing", out=run_dir.parent.name)
+    APILogWorker.drain_all()
+    last = log.checkpoints()[-1].batch_id
+    assert last.startswith("refused/") and last != added[0]
+    (record,) = log.batch_records(last).to_pylist()
+    assert record["processing_activity_id"] == "marketing" and record["status"] == "refused"
     assert main(["audit", "verify", "--log", str(run_dir.parent)]) == 0  # the log still holds
 
 
