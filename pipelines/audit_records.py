@@ -183,14 +183,15 @@ class IngestAuditFn(beam.DoFn):
 
 
 def exclusion_audit(context: AuditContext, sources: tuple[str, ...] = ()):
-    """One `exclusion` record per person who objected to all processing. Their rows in the
-    person-keyed `sources` were read and dropped before the join (each row is checked
-    against the objections), so the record names those sources: a subject access answer
-    then says the data was read, not only that the person was left out."""
+    """One `exclusion` record per person who objected to all processing. Every row of the
+    person-keyed `sources` is read and checked against the objections, and the person's
+    rows, wherever they had one, dropped before the join: the record names those sources,
+    so a subject access answer says their data was read, not only that they were left out.
+    (Which of them held a row of the person is not known without keeping more about them.)"""
 
     def make(pids: pa.Array):
         attrs = canonical_json(
-            {"reason": "objection", "scope": "all", "read_and_dropped_from": sorted(sources)}
+            {"reason": "objection", "scope": "all", "sources_checked": sorted(sources)}
         )
         return audit_batch(context, "exclusion", pc.unique(pids), "excluded", attrs)
 

@@ -132,11 +132,11 @@ def test_an_objection_to_all_processing_leaves_only_the_exclusion_record(publish
     pid = p.one("bsn", bsn)
     records = [r for r in _audit(run_dir) if _mentions(list(r.values()), pid)]
     assert [(r["name"], r["status"]) for r in records] == [("exclusion", "excluded")]
-    # Their rows were read (and dropped): the record says from which sources, for subject access.
+    # Their rows, where they had any, were read and dropped: the record names the sources.
     assert json.loads(records[0]["attributes"]) == {
         "reason": "objection",
         "scope": "all",
-        "read_and_dropped_from": ["arrears", "benefits", "brp", "health_insurance", "tax"],
+        "sources_checked": ["arrears", "benefits", "brp", "health_insurance", "tax"],
     }
 
 
