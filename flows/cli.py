@@ -169,6 +169,7 @@ def _register_dir(path) -> str | None:
 
 
 def cmd_run(args) -> int:
+    from flows import ephemeral_server, interrupt
     from flows.config import load_config, load_passphrase
     from flows.run import run_flow
 
@@ -184,20 +185,30 @@ def cmd_run(args) -> int:
     out_dir = Path(out)
     # What is published already: a run found there was not made now.
     published = {p.parent.name for p in out_dir.glob("*/manifest.json")}
-    folder = run_flow(
-        deliveries=str(Path(deliveries).resolve()),
-        reference_date=args.reference_date,
-        out=str(Path(out).resolve()),
-        runner=args.runner or config.run.runner,
-        runner_args=args.runner_arg,
-        buckets=args.buckets or config.run.buckets,
-        # Absolute, not resolved: a symlink (a mounted secret) is the path workers share.
-        key_file=os.path.abspath(key_file) if key_file else None,
-        purpose=args.purpose,
-        register_dir=_register_dir(args.register or config.paths.register),
-        max_delivery_age_days=config.thresholds.max_delivery_age_days,
-        max_quarantine_share=config.thresholds.max_quarantine_share,
-    )
+    # Ctrl-C and SIGTERM stop the run cleanly, its temporary Prefect server with it.
+    with interrupt.stoppable():
+        try:
+            ephemeral_server.guard()
+            folder = run_flow(
+                deliveries=str(Path(deliveries).resolve()),
+                reference_date=args.reference_date,
+                out=str(Path(out).resolve()),
+                runner=args.runner or config.run.runner,
+                runner_args=args.runner_arg,
+                buckets=args.buckets or config.run.buckets,
+                # Absolute, not resolved: a symlink (a mounted secret) is the path workers share.
+                key_file=os.path.abspath(key_file) if key_file else None,
+                purpose=args.purpose,
+                register_dir=_register_dir(args.register or config.paths.register),
+                max_delivery_age_days=config.thresholds.max_delivery_age_days,
+                max_quarantine_share=config.thresholds.max_quarantine_share,
+            )
+        except BaseException:
+            # Whatever the stop became on its way up (DuckDB, Beam and Prefect rewrap it):
+            # after a SIGINT or SIGTERM, the run ended because it was asked to.
+            if (signum := interrupt.received()) is None:
+                raise
+            raise interrupt.said(signum, _left_behind(out_dir, published)) from None
     from flows.summary import print_run_summary
 
     if Path(folder).name in published:
@@ -206,10 +217,24 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _left_behind(out_dir: Path, published: set[str]) -> str:
+    """What an interrupted run left: publication is atomic, so all of a run or none."""
+    new = sorted({p.parent.name for p in out_dir.glob("*/manifest.json")} - published)
+    if not new:
+        return "nothing published (run it again to start over)"
+    run = out_dir / new[0]
+    if (run / "report" / "report.html").is_file():
+        return f"{run} was published in full"
+    # Stopped after the rename, before the report: a rerun writes it (docs/operations.md).
+    return f"{run} is published, its report not written (run it again to write it)"
+
+
 def cmd_demo(args) -> int:
+    from flows import ephemeral_server
     from flows.demo import run_demo
 
     environment.quiet_known_failures(_user_errors())
+    ephemeral_server.guard()  # Prefect's server: out of Ctrl-C's reach, gone with the demo
     return run_demo(args)
 
 
@@ -330,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as e:
         print(f"error: {redacted(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from flows.interrupt import Interrupted
+
+        print(e if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except BrokenPipeError:
         if not _reader_gone():
             raise  # another pipe (a subprocess, a socket): a failure to show

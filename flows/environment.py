@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from flows import interrupt
+
 DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -42,7 +44,8 @@ def configure(home: Path | None = None) -> None:
 
 
 class _KnownFailures(logging.Filter):
-    """Drops Prefect's console records of a failure the command reports itself."""
+    """Drops Prefect's console records of a failure the command reports itself, and every
+    console record once the command was asked to stop (it reports that itself)."""
 
     def __init__(self, known: tuple[type[Exception], ...]):
         super().__init__()
@@ -56,6 +59,10 @@ class _KnownFailures(logging.Filter):
         self.phrases = tuple(f"exception {name}:" for name in sorted(names))
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if interrupt.received() is not None:
+            # Asked to stop (Ctrl-C, SIGTERM): what fails from then on is the stop, which the
+            # command reports in one line with what it left behind (flows/interrupt.py).
+            return False
         if not record.name.startswith("prefect"):
             return True
         if record.exc_info and isinstance(record.exc_info[1], self.known):
