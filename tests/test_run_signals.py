@@ -1,0 +1,200 @@
+"""`signals run` stopped by a signal: promptly, in one line, and its Prefect server with it.
+
+Each run is the real command in a subprocess of its own session, on the hand-made
+population, with no PREFECT_API_URL: it starts Prefect's temporary server as operators'
+runs do (flows/ephemeral_server.py). The tests wait until the pipeline runs (its staging
+folder exists), then signal it as a terminal (Ctrl-C: SIGINT to the whole process
+group), `kill` (SIGTERM) or a crash (SIGKILL, flows/faults.py) would, and look for the
+server by its process id afterwards. The bound on stopping is loose for busy CI machines:
+before the fix, Ctrl-C took ~70 s and SIGTERM or SIGKILL left the server running for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from service_support import (
+    SIGNALS,
+    prepare_deliveries,
+    published_runs,
+    run_args,
+    signals,
+    subprocess_env,
+)
+
+from flows.faults import FAULT_ENV
+
+pytestmark = pytest.mark.slow
+
+STOP_SECONDS = 30  # to stop after the signal; measured: 2-4 s
+START_SECONDS = 300  # to reach the pipeline: a fresh Prefect database is migrated first
+GONE_SECONDS = 10  # for the server to end after its parent; measured: under 1 s
+NOTHING_PUBLISHED = "nothing published (run it again to start over)"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return prepare_deliveries(tmp_path_factory.mktemp("signals"))
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its parent has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class Run:
+    """`signals run` in a session of its own, its output captured to files (a server that
+    outlived the run would hold pipes open)."""
+
+    def __init__(self, prepared, out: Path, env: dict[str, str]):
+        self.out = out
+        self.log = out.parent / f"{out.name}.stderr"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [*SIGNALS, *run_args(prepared, out)],
+                cwd=prepared.root,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        self.server: int | None = None
+
+    def wait_for_server(self) -> None:
+        """Until the run has started its Prefect server; notes the server's process id."""
+        found = _wait(lambda: self._servers() or self.proc.poll() is not None, START_SECONDS)
+        assert found and self.proc.poll() is None, self.stderr()[-3000:]
+        (self.server,) = self._servers()
+
+    def wait_for_pipeline(self) -> None:
+        """Until the run's staging folder exists (its pipeline is about to run or runs)."""
+        self.wait_for_server()
+        staged = _wait(
+            lambda: any(self.out.glob(".staging-*")) or self.proc.poll() is not None,
+            START_SECONDS,
+        )
+        assert staged and self.proc.poll() is None, self.stderr()[-3000:]
+
+    def _servers(self) -> list[int]:
+        return [p for p in _children(self.proc.pid) if "prefect.server" in _cmdline(p)]
+
+    def stopped_within(self, seconds: float) -> float:
+        start = time.monotonic()
+        self.proc.wait(timeout=seconds)
+        return time.monotonic() - start
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def clean_up(self) -> None:
+        """Kill what the test started and left (only this run's session and server)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        if self.server and _alive(self.server) and "prefect.server" in _cmdline(self.server):
+            os.kill(self.server, signal.SIGKILL)
+
+
+@pytest.fixture
+def start(prepared):
+    runs = []
+
+    def start_run(out: Path, **extra_env: str) -> Run:
+        env = subprocess_env(**extra_env)
+        env.pop("PREFECT_API_URL", None)  # Prefect's temporary server, as operators run
+        runs.append(Run(prepared, out, env))
+        return runs[-1]
+
+    yield start_run
+    for run in runs:
+        run.clean_up()
+
+
+def _stop(start, out: Path, send) -> tuple[Run, float]:
+    run = start(out)
+    run.wait_for_pipeline()
+    send(run.proc.pid)
+    return run, run.stopped_within(STOP_SECONDS)
+
+
+def _server_gone(run: Run) -> bool:
+    return _wait(lambda: not _alive(run.server), GONE_SECONDS)
+
+
+def test_ctrl_c_stops_the_run_at_once_in_one_line_and_the_next_run_publishes(
+    start, prepared, tmp_path
+):
+    out = tmp_path / "runs"
+    # A terminal sends Ctrl-C to every process of its foreground group.
+    run, seconds = _stop(start, out, lambda pid: os.killpg(pid, signal.SIGINT))
+
+    assert run.proc.returncode == 130, run.stderr()[-3000:]
+    assert run.stderr().strip() == f"interrupted: {NOTHING_PUBLISHED}"
+    assert seconds < STOP_SECONDS
+    assert _server_gone(run), f"Prefect server {run.server} outlived the interrupted run"
+    assert published_runs(out) == []
+
+    again = signals(run_args(prepared, out), subprocess_env(), prepared.root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(published_runs(out)) == 1
+
+
+def test_sigterm_stops_the_run_as_ctrl_c_does_and_its_server_with_it(start, tmp_path):
+    out = tmp_path / "runs"
+    run, seconds = _stop(start, out, lambda pid: os.kill(pid, signal.SIGTERM))
+
+    assert run.proc.returncode == 128 + signal.SIGTERM, run.stderr()[-3000:]
+    assert run.stderr().strip() == f"interrupted by SIGTERM: {NOTHING_PUBLISHED}"
+    assert seconds < STOP_SECONDS
+    assert _server_gone(run), f"Prefect server {run.server} outlived the terminated run"
+    assert published_runs(out) == []
+
+
+def test_the_server_of_a_run_killed_with_sigkill_ends_with_it(start, tmp_path):
+    """No handler runs on SIGKILL: the server itself notices its parent is gone."""
+    out = tmp_path / "runs"
+    run = start(out, **{FAULT_ENV: "mid_join"})  # the run SIGKILLs itself inside the join
+    run.wait_for_server()
+    run.stopped_within(START_SECONDS)
+
+    assert run.proc.returncode == -signal.SIGKILL, run.stderr()[-3000:]
+    assert _server_gone(run), f"Prefect server {run.server} outlived the killed run"
+    assert published_runs(out) == []
