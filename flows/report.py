@@ -23,6 +23,15 @@ household that could have been signalled with the national rate; deregistered ho
 not in that base (holding them back is the law, not a reach failure). A ratio outside
 [1/r, r] is flagged; a group whose base is not published or is under the threshold is not
 assessed.
+
+Withheld households are broken down by why (table withheld_reasons, from the run's
+suppressed.parquet): by law (an objection to this scheme) or by proportionality (fatigue,
+open case, minimum amount, confidence, necessity); a household with several reasons counts
+once, under the first of WITHHELD_REASONS. The page also states what a reader needs around
+the figures, from the run manifest: the rules and parameter versions used, the schemes not
+evaluated and why (one line), rows quarantined per source and persons excluded for objecting
+to all processing (both protected as counts: table inputs). Every published table carries
+the run id and reference date, so a file on its own says where it came from.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -80,6 +90,34 @@ INCOME_BANDS = (
     "unknown",
 )
 DEBT = ("early debt signal", "no debt signal")
+# Readable names for the page; a scheme not listed is shown with its id's underscores as
+# spaces. The tables keep the id (column scheme) next to the name (scheme_name).
+SCHEME_NAMES = {
+    "zorgtoeslag": "zorgtoeslag",
+    "huurtoeslag": "huurtoeslag",
+    "kinderopvangtoeslag": "kinderopvangtoeslag",
+    "kindgebonden_budget": "kindgebonden budget",
+    "aio": "AIO (aanvullende inkomensvoorziening ouderen)",
+    "kwijtschelding": "kwijtschelding gemeentelijke belastingen",
+}
+# Why an entitled household not already receiving was not signalled, in order of precedence
+# (pipelines/proportionality.py REASONS): (reason, class, what it means). The law first.
+# already_receiving and deregistered are statuses of their own; not_recorded is a withheld
+# household without a suppressed.parquet row (a run made before that output).
+BY_LAW, BY_PROPORTIONALITY = "by law", "by proportionality"
+WITHHELD_REASONS = (
+    ("objection", BY_LAW, "objected to signals for this scheme"),
+    (
+        "fatigue",
+        BY_PROPORTIONALITY,
+        "fatigue: signalled for this scheme by an earlier run {window}",
+    ),
+    ("open_case", BY_PROPORTIONALITY, "open case: an operator is already working on it"),
+    ("minimum_amount", BY_PROPORTIONALITY, "estimated amount below the scheme's minimum"),
+    ("confidence", BY_PROPORTIONALITY, "estimate below the minimum confidence"),
+    ("necessity", BY_PROPORTIONALITY, "the data it needs is not allowed for this purpose"),
+    ("not_recorded", "reason not recorded", "reason not recorded in this run"),
+)
 # Operator feedback, most advanced first: a signal's outcome is its most advanced one.
 OUTCOMES = ("granted", "not_entitled", "declined", "applied", "contacted", "unreachable")
 NO_FEEDBACK = "no feedback"
@@ -95,6 +133,12 @@ AGE = Dimension("age_band", AGE_BANDS)
 HOUSEHOLD = Dimension("household_type", HOUSEHOLD_TYPES)
 INCOME = Dimension("income_band", INCOME_BANDS)
 DEBT_DIM = Dimension("debt", DEBT)
+REASON = Dimension(
+    "reason",
+    tuple(r for r, _, _ in WITHHELD_REASONS),
+    groups=tuple((r, c) for r, c, _ in WITHHELD_REASONS if c == BY_PROPORTIONALITY),
+    group_name="reason_class",
+)
 OUTCOME = Dimension(
     "outcome",
     OUTCOMES + (NO_FEEDBACK,),
@@ -225,13 +269,52 @@ SELECT
          ELSE 'no debt signal' END AS debt,
     s.signal_id,
     s.estimated_annual_amount AS amount,
+    r.rank AS held_rank,
     ev.household_pid  -- the unit of privacy for the optional DP; never leaves this module
 FROM ev
 JOIN households AS h USING (household_pid)
 LEFT JOIN signals AS s
   ON s.household_pid = ev.household_pid AND s.scheme = ev.scheme
  AND s.benefit_year = ev.benefit_year
+LEFT JOIN held AS r
+  ON r.household_pid = ev.household_pid AND r.scheme = ev.scheme
+ AND r.benefit_year = ev.benefit_year
 """
+
+
+def _held_sql() -> str:
+    """View held: per held-back candidate the rank of its first reason in WITHHELD_REASONS."""
+    ranks = " ".join(
+        f"WHEN list_contains(reasons, '{r}') THEN {i}"
+        for i, (r, _, _) in enumerate(WITHHELD_REASONS[:-1])
+    )
+    return (
+        "CREATE VIEW held AS SELECT household_pid, scheme, benefit_year, "
+        f"min(CASE {ranks} ELSE {len(WITHHELD_REASONS) - 1} END) AS rank "
+        "FROM suppressed GROUP BY household_pid, scheme, benefit_year"
+    )
+
+
+def _reason_sql() -> str:
+    """Each withheld unit's reason (the others have none)."""
+    names = " ".join(f"WHEN {i} THEN '{r}'" for i, (r, _, _) in enumerate(WITHHELD_REASONS))
+    return (
+        "ALTER TABLE units ADD COLUMN reason VARCHAR; "
+        f"UPDATE units SET reason = CASE coalesce(held_rank, {len(WITHHELD_REASONS) - 1}) "
+        f"{names} END WHERE status = 'withheld'"
+    )
+
+
+def _register_suppressed(con, run_dir: Path, keyring) -> None:
+    """View suppressed: the run's held-back candidates with their reasons; empty for a run
+    made before that output (its withheld households then show "reason not recorded")."""
+    if any(run_dir.glob("suppressed.parquet*")):
+        _register_input(con, run_dir, "suppressed.parquet", keyring)
+        return
+    con.sql(
+        "CREATE VIEW suppressed AS SELECT NULL::VARCHAR AS household_pid, NULL::VARCHAR AS "
+        "scheme, NULL::INTEGER AS benefit_year, NULL::VARCHAR[] AS reasons WHERE false"
+    )
 
 
 def _feedback_files(run_dir: Path, option: Path | None) -> list[Path]:
@@ -347,6 +430,19 @@ def current_tables(con, run_id: str, schemes: list[str], feedback: bool) -> list
         tables.append(
             CountTable(name, title, dims, counts, amounts, universe=run_id, same_across=SAME)
         )
+    # Withheld households per reason: its total over reasons is the withheld cell of every
+    # scheme table (same meaning), so the audit sees the reasons add up to it.
+    counts, _ = _counts(con, ["scheme", "reason"], "status = 'withheld'")
+    tables.append(
+        CountTable(
+            "withheld_reasons",
+            "Entitled households not signalled (and not already receiving), per reason",
+            (scheme, REASON),
+            counts,
+            fixed=(("status", "withheld"),),
+            universe=run_id,
+        )
+    )
     if feedback:
         counts, _ = _counts(con, ["scheme", "outcome"], "status = 'signalled'")
         tables.append(
@@ -360,6 +456,126 @@ def current_tables(con, run_id: str, schemes: list[str], feedback: bool) -> list
             )
         )
     return tables
+
+
+QUARANTINED, EXCLUDED = "rows quarantined", "persons excluded for objecting"
+ALL_SOURCES = "all sources"
+
+
+def input_tables(manifest: dict, run_id: str) -> list[CountTable]:
+    """Delivery rows quarantined per source and persons excluded for objecting to all
+    processing (the manifest's exclusion audit records: one per person), as count tables:
+    the same disclosure rules as every other count. Left out when the manifest lacks them.
+    No totals: the parts alone cannot give a hidden one away."""
+    counts, out = manifest.get("counts", {}), []
+    sources = counts.get("sources")
+    if sources:
+        out.append(
+            CountTable(
+                "inputs@quarantined",
+                "Delivery rows quarantined per source (failed validation)",
+                (Dimension("source", tuple(sources), has_total=False),),
+                {(k,): int(v.get("quarantined", 0)) for k, v in sources.items()},
+                fixed=(("measure", QUARANTINED),),
+                universe=run_id,
+            )
+        )
+    per_operation = counts.get("audit_records_per_operation")
+    if per_operation is not None:
+        out.append(
+            CountTable(
+                "inputs@excluded",
+                "Persons excluded for objecting to all processing",
+                (Dimension("source", (ALL_SOURCES,), has_total=False),),
+                {(ALL_SOURCES,): int(per_operation.get("exclusion", 0))},
+                fixed=(("measure", EXCLUDED),),
+                universe=run_id,
+            )
+        )
+    return out
+
+
+def scheme_name(scheme: str) -> str:
+    """The readable name of a scheme id ("aio" -> "AIO (aanvullende ...)"); a benefit year
+    appended to the id (a run over two years) is kept."""
+    base, _, year = scheme.partition(" ")
+    name = SCHEME_NAMES.get(base, base.replace("_", " "))
+    return f"{name} {year}" if year else name
+
+
+def _problems(reason: str) -> list[str]:
+    """A skip reason's problems: joined by "; " outside parentheses (flows/run.py)."""
+    problems, depth, start = [], 0, 0
+    for i, ch in enumerate(reason):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and reason.startswith("; ", i):
+            problems.append(reason[start:i])
+            start = i + 2
+    return problems + [reason[start:]]
+
+
+def skip_line(reason: str, year) -> str:
+    """Why a scheme was not evaluated, in one line (the manifest holds the whole text)."""
+    problems = _problems(reason)
+    unknown = [
+        m.group(1)
+        for p in problems
+        if (m := re.match(r"parameter (\S+) is (?:unknown|missing)", p))
+    ]
+    if unknown and len(unknown) == len(problems):
+        n = len(unknown)
+        return (
+            f"{n} parameter{'s' if n > 1 else ''} for {year} unknown (no official value "
+            f"found: {', '.join(unknown)})"
+        )
+    from flows.runs import short_reason
+
+    return short_reason(reason, 100)
+
+
+def rules_rows(manifest: dict) -> list[dict]:
+    """The schemes of the run: rule and parameter version of each evaluated one, and why
+    each other one was not evaluated."""
+    rows = [
+        {
+            "scheme": r.get("rule_id"),
+            "scheme_name": scheme_name(str(r.get("rule_id"))),
+            "evaluated": True,
+            "benefit_year": r.get("benefit_year"),
+            "rule_version": r.get("rule_version"),
+            "parameter_version": r.get("parameter_version"),
+            "not_evaluated_because": None,
+        }
+        for r in manifest.get("rules", [])
+    ]
+    return rows + [
+        {
+            "scheme": r.get("rule_id"),
+            "scheme_name": scheme_name(str(r.get("rule_id"))),
+            "evaluated": False,
+            "benefit_year": r.get("benefit_year"),
+            "rule_version": None,
+            "parameter_version": None,
+            "not_evaluated_because": skip_line(r.get("reason", ""), r.get("benefit_year")),
+        }
+        for r in manifest.get("rules_skipped", [])
+    ]
+
+
+def fatigue_months(manifest: dict) -> int | None:
+    """The fatigue window of the run's proportionality policy, when the policy file it names
+    is still the version the run used (else unknown: the page then names no number)."""
+    from pipelines.proportionality import PolicyError, load_policy
+
+    policy = manifest.get("proportionality", {}).get("policy", {})
+    path = policy.get("path")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        loaded = load_policy(path)
+    except PolicyError:
+        return None
+    return loaded.fatigue_months if loaded.version == policy.get("version") else None
 
 
 @dataclass
@@ -639,7 +855,11 @@ def build_report(
     try:
         for name in ("signals.parquet", "households", "evaluations"):
             _register_input(con, run_dir, name, keyring)
+        _register_suppressed(con, run_dir, keyring)
+        con.sql(_held_sql())
         con.sql(UNITS_SQL)
+        for statement in _reason_sql().split("; "):
+            con.execute(statement)
         feedback_files = _feedback_files(run_dir, options.feedback)
         unmatched = None
         if feedback_files:
@@ -663,6 +883,8 @@ def build_report(
         units = con.sql("SELECT * FROM units").to_arrow_table() if options.dp else None
     finally:
         con.close()
+    # Counts of rows and persons, not of households: never noised, protected all the same.
+    inputs = input_tables(manifest, run_id)
     previous_state = _state_of(past[-1]) if past else None
     carried = {
         (run_id, m) for u, m in carried_from(previous_state) if past and u == past[-1].run_id
@@ -674,11 +896,11 @@ def build_report(
         # DP comes on top of the disclosure control, never instead of it: every cell the
         # exact report hides is hidden in the noisy one too, so little noise (a large
         # epsilon) cannot make hidden cells computable from the published ones.
-        exact = protect(tables, options.rules, forced, carried, weights=WEIGHTS)
+        exact = protect(tables + inputs, options.rules, forced, carried, weights=WEIGHTS)
         tables, dp_ledger = apply_dp(units, tables, run_id, options.dp)
-        forced, carried = _unlinked_ids(tables, set(exact.suppressed)), set()
+        forced, carried = _unlinked_ids(tables + inputs, set(exact.suppressed)), set()
     protected = protect(
-        tables,
+        tables + inputs,
         options.rules,
         forced=forced,
         carried=carried,
@@ -706,6 +928,10 @@ def build_report(
         "feedback": "present" if feedback_files else "absent",
         "flags": sum(1 for f in fairness if f["state"] == "flag"),
         "dp": dp_ledger,
+        "schemes": rules_rows(manifest),
+        "fatigue_months": fatigue_months(manifest),
+        "reference_dates": {r.run_id: r.reference_date for r in past}
+        | {run_id: manifest["reference_date"]},
     }
     # Tables first, the page last, each put in place whole (a crash leaves the old one or
     # none): the flow takes an existing report.html as a finished report.
@@ -734,26 +960,62 @@ def _unlinked_ids(tables: list[CountTable], hidden: set) -> set:
 # -- writing the tables ------------------------------------------------------------------------
 
 
-def published_tables(protected: Protected) -> dict[str, list[dict]]:
-    """Every published table as rows; trend tables of all runs merged into one."""
+def published_tables(protected: Protected, summary: dict) -> dict[str, list[dict]]:
+    """Every published table as rows, each row with the run id and reference date it is of
+    (a file on its own says where it came from); trend tables of all runs merged into one
+    (with the run that published it, report_run_id), the inputs tables into one."""
     out: dict[str, list[dict]] = {}
+    run_id, dates = summary["run_id"], summary["reference_dates"]
+    here = {"run_id": run_id, "reference_date": dates[run_id]}
     for name, table in protected.tables.items():
         rows = protected.rows(name)
+        if "scheme" in [d.name for d in table.dims]:
+            rows = [_with_name(r) for r in rows]
         if name.startswith("trend@"):
             for r in rows:
                 r.setdefault("amount_eur", None)
-            out.setdefault("trend", []).extend({"run_id": table.universe, **r} for r in rows)
+            u = table.universe
+            of = {"run_id": u, "reference_date": dates.get(u), "report_run_id": run_id}
+            out.setdefault("trend", []).extend(of | r for r in rows)
+        elif name.startswith("inputs@"):
+            measure = dict(table.fixed)["measure"]
+            out.setdefault("inputs", []).extend(
+                here
+                | {"measure": measure, "source": r["source"], "count": r["households"]}
+                | {"suppressed": r["suppressed"]}
+                for r in rows
+            )
         else:
-            out[name] = rows
+            out[name] = [here | r for r in rows]
+    return out
+
+
+def _with_name(row: dict) -> dict:
+    """The row with scheme_name after scheme (Total stays Total)."""
+    out = {}
+    for k, v in row.items():
+        out[k] = v
+        if k == "scheme":
+            out["scheme_name"] = v if v == TOTAL else scheme_name(v)
     return out
 
 
 def write_tables(protected: Protected, fairness: list[dict], folder: Path, summary: dict):
     folder.mkdir(parents=True, exist_ok=True)
-    tables = published_tables(protected)
-    tables["coverage_parity"] = [{k: v for k, v in f.items() if k != "level"} for f in fairness]
+    tables = published_tables(protected, summary)
+    run_id = summary["run_id"]
+    here = {"run_id": run_id, "reference_date": summary["reference_dates"][run_id]}
+    tables["coverage_parity"] = [
+        here | _with_name({k: v for k, v in f.items() if k != "level"}) for f in fairness
+    ]
+    tables["rules"] = [here | r for r in summary["schemes"]]
+    origin = {
+        b"run_id": here["run_id"].encode(),
+        b"reference_date": here["reference_date"].encode(),
+    }
     for name, rows in tables.items():
-        table = pa.Table.from_pylist(rows)
+        table = pa.Table.from_pylist(rows) if rows else _empty(here)
+        table = table.replace_schema_metadata(origin)
         pq.write_table(table, folder / f"{name}.parquet")
         pacsv.write_csv(table, folder / f"{name}.csv")
     meta = {
@@ -770,6 +1032,11 @@ def write_tables(protected: Protected, fairness: list[dict], folder: Path, summa
     (folder / "suppression.json").write_text(json.dumps(state, indent=2) + "\n")
     if summary.get("dp"):
         (folder / "dp_ledger.json").write_text(json.dumps(summary["dp"], indent=2) + "\n")
+
+
+def _empty(here: dict) -> pa.Table:
+    """A table without rows that still says which run it is of."""
+    return pa.table({k: pa.array([], pa.string()) for k in here})
 
 
 def _version() -> str:
@@ -806,20 +1073,144 @@ def _key(scheme: str, *coords) -> tuple:
     return ((LEAF, scheme),) + tuple(coords)
 
 
-def _scheme_section(p: Protected, scheme: str) -> str:
+def _scheme_section(p: Protected, scheme: str, window: str) -> str:
     t = "by_scheme"
     figures = [
         ("signals", p.count(t, _key(scheme, SIG)), ""),
         ("estimated unclaimed per year", _amount(p, t, _key(scheme, SIG)), "EUR "),
         ("entitled households (estimate)", p.count(t, _key(scheme, ENT)), ""),
         ("already receiving", p.count(t, _key(scheme, REC)), ""),
+        ("held back (see below)", p.count("withheld_reasons", _key(scheme, TOT)), ""),
+        ("held back by law: deregistered", p.count(t, _key(scheme, DEREG)), ""),
         ("households evaluated", p.count(t, _key(scheme, TOT)), ""),
     ]
     boxes = "".join(
         f'<div class="figure"><b>{escape(charts.fmt(v, u))}</b><span>{escape(label)}</span></div>'
         for label, v, u in figures
     )
-    return f'<h3>{escape(scheme)}</h3><div class="figures">{boxes}</div>'
+    return (
+        f'<h3>{escape(scheme_name(scheme))}</h3><div class="figures">{boxes}</div>'
+        + _held_back_table(p, scheme, window)
+    )
+
+
+def _held_back_table(p: Protected, scheme: str, window: str) -> str:
+    """Entitled households not signalled and not receiving, per reason class and reason."""
+    t = "withheld_reasons"
+    rows = [
+        [
+            f"<td>{BY_LAW}</td>",
+            "<td>applicant deregistered (deceased, emigrated)</td>",
+            _cell(p.count("by_scheme", _key(scheme, DEREG))),
+        ]
+    ]
+    for reason, cls, label in WITHHELD_REASONS:
+        n = p.count(t, _key(scheme, (LEAF, reason)))
+        if reason == "not_recorded" and n == 0:
+            continue  # a published 0: nothing to explain
+        text = label.format(window=window)
+        rows.append([f"<td>{escape(cls)}</td>", f"<td>{escape(text)}</td>", _cell(n)])
+        if reason == "necessity":
+            n = p.count(t, _key(scheme, (GROUP, BY_PROPORTIONALITY)))
+            rows.append([f"<td>{BY_PROPORTIONALITY}</td>", "<td>all of these</td>", _cell(n)])
+    rows.append(
+        [
+            "<td>held back</td>",
+            "<td>entitled, not signalled, not receiving, not deregistered</td>",
+            _cell(p.count(t, _key(scheme, TOT))),
+        ]
+    )
+    return "<p>Held back, per reason (households):</p>" + _table(
+        ["held back", "reason", "households"], rows
+    )
+
+
+def _window(months: int | None) -> str:
+    if months is None:
+        return "within the fatigue window of the run's proportionality policy"
+    return f"less than {months} months before this run's reference date"
+
+
+def _held_back_note(window: str) -> str:
+    return (
+        '<p class="note">Entitled households (the rules\' estimate) are signalled, already '
+        "receiving, or held back. Held back <b>by law</b>: the applicant is deregistered "
+        "(deceased, emigrated) or objected to signals for the scheme. Held back <b>by "
+        "proportionality</b>: fatigue, an open case, an amount under the scheme's minimum, "
+        "an uncertain estimate, or data the purpose does not allow. Fatigue: a household "
+        f"signalled for a scheme is not signalled again for it {window}, whether or not it "
+        "has applied since. So in the months after a run most entitled households that are "
+        "not receiving have been signalled already, and a low number of signals is not "
+        "non-take-up solved: those households are counted under fatigue. A household held "
+        "back for several reasons is counted once, under the first in the table.</p>"
+    )
+
+
+def _count_or_why(p: Protected, table: str, key: tuple) -> str:
+    """A standalone count's cell: the number, or why it is hidden."""
+    n = p.count(table, key)
+    if n is not None:
+        return _cell(n)
+    why = p.suppressed.get(p.tables[table].cell_id(key))
+    said = {
+        "primary": f"suppressed (under {p.rules.threshold})",
+        "carried": "suppressed (as in the previous report)",
+    }.get(why, "suppressed")
+    return f'<td class="sup">{escape(said)}</td>'
+
+
+def _context_section(p: Protected, summary: dict) -> str:
+    """What the figures rest on: rules and versions, schemes not evaluated, data not used."""
+    schemes = summary["schemes"]
+    used = [r for r in schemes if r["evaluated"]]
+    out = ["<h2>What this report covers</h2>"]
+    if used:
+        rows = [
+            [
+                f"<td>{escape(r['scheme_name'])}</td>",
+                f"<td>{escape(str(r['benefit_year']))}</td>",
+                f"<td>{escape(str(r['rule_version']))}</td>",
+                f"<td>{escape(str(r['parameter_version']))}</td>",
+            ]
+            for r in used
+        ]
+        out.append("<p>Schemes evaluated, with the version of their rules and parameters:</p>")
+        out.append(_table(["scheme", "benefit year", "rule version", "parameter version"], rows))
+    else:
+        out.append("<p>The run's manifest does not record its rule versions.</p>")
+    skipped = [r for r in schemes if not r["evaluated"]]
+    if skipped:
+        lines = "; ".join(
+            f"{escape(r['scheme_name'])}: {escape(r['not_evaluated_because'])}" for r in skipped
+        )
+        out.append(
+            f"<p><b>Not evaluated:</b> {lines}. These schemes have no figures in this report "
+            "(the run's manifest holds the full reason).</p>"
+        )
+    quarantine = p.tables.get("inputs@quarantined")
+    excluded = p.tables.get("inputs@excluded")
+    out.append(
+        "<h3>Data not used</h3><p>Delivery rows that failed validation are quarantined and "
+        "are in no figure of this report; persons who objected to all processing are left "
+        "out before anything is joined. Counts of rows and persons, with the same "
+        "suppression as every other count.</p>"
+    )
+    if quarantine:
+        rows = [
+            [f"<td>{escape(s)}</td>", _count_or_why(p, quarantine.name, ((LEAF, s),))]
+            for s in quarantine.dims[0].categories
+        ]
+        out.append(_table(["source", "rows quarantined"], rows))
+    else:
+        out.append("<p>Rows quarantined: not recorded in the run's manifest.</p>")
+    if excluded:
+        cell = _count_or_why(p, excluded.name, ((LEAF, ALL_SOURCES),))
+        out.append(
+            _table(["", "persons"], [["<td>excluded for objecting to all processing</td>", cell]])
+        )
+    else:
+        out.append("<p>Persons excluded for objecting: not recorded in the run's manifest.</p>")
+    return "".join(out)
 
 
 def _classifier_section(p: Protected, table: str, dim: Dimension, scheme: str, title: str):
@@ -840,7 +1231,7 @@ def _classifier_section(p: Protected, table: str, dim: Dimension, scheme: str, t
             ]
         )
     return (
-        f"<h3>{escape(title)} ({escape(scheme)})</h3>"
+        f"<h3>{escape(title)} ({escape(scheme_name(scheme))})</h3>"
         + charts.bar_chart(f"Signals per {DIM_LABELS[dim.name]}", signals)
         + charts.bar_chart(
             f"Estimated unclaimed EUR per year per {DIM_LABELS[dim.name]}", amounts, "EUR "
@@ -892,7 +1283,7 @@ def _district_section(p: Protected, dim: Dimension, scheme: str) -> str:
         ]
     )
     return (
-        f"<h3>Signals per district ({escape(scheme)})</h3>"
+        f"<h3>Signals per district ({escape(scheme_name(scheme))})</h3>"
         + charts.bar_chart("Signals per district", bars, label_width=180)
         + _table(
             [
@@ -910,12 +1301,14 @@ def _district_section(p: Protected, dim: Dimension, scheme: str) -> str:
 
 def _trend_section(p: Protected, schemes: list[str]) -> str:
     runs = [t for n, t in p.tables.items() if n.startswith("trend@")]
-    labels, series, totals = [], {s: [] for s in schemes}, []
+    labels, series, totals = [], {scheme_name(s): [] for s in schemes}, []
     for t in runs:
         labels.append(t.universe[:10])
         cats = t.dims[0].categories
         for s in schemes:
-            series[s].append(p.count(t.name, ((LEAF, s),)) if s in cats else 0)
+            # A scheme that run did not evaluate is no zero either: a gap.
+            value = p.count(t.name, ((LEAF, s),)) if s in cats else charts.ABSENT
+            series[scheme_name(s)].append(value)
         totals.append((t.universe, p.count(t.name, (TOT,)), _amount(p, t.name, (TOT,))))
     rows = [[f"<td>{escape(r)}</td>", _cell(n), _cell(a, "EUR ")] for r, n, a in totals]
     note = (
@@ -956,7 +1349,9 @@ def _feedback_section(p: Protected, schemes: list[str], unmatched, threshold: in
             if granted is not None and wrong is not None and granted + wrong
             else None
         )
-        out.append(f"<h3>{escape(s)}</h3>" + charts.stacked_bar("Signals by outcome", parts))
+        out.append(
+            f"<h3>{escape(scheme_name(s))}</h3>" + charts.stacked_bar("Signals by outcome", parts)
+        )
         out.append(
             _table(
                 ["measure", "value"],
@@ -1005,7 +1400,7 @@ def _fairness_section(fairness: list[dict], schemes: list[str], options: ReportO
     if flagged:
         rows = [
             [
-                f"<td>{escape(f['scheme'])}</td>",
+                f"<td>{escape(scheme_name(f['scheme']))}</td>",
                 f"<td>{escape(DIM_LABELS[f['dimension']])}</td>",
                 f"<td>{escape(f['group'])}</td>",
                 _cell(f["basis"]),
@@ -1032,7 +1427,7 @@ def _fairness_section(fairness: list[dict], schemes: list[str], options: ReportO
                 if f["scheme"] == s and f["dimension"] == dim and f["level"] == LEAF
             ]
             label = DIM_LABELS[dim]
-            out.append(f"<h3>By {label} ({escape(s)})</h3>")
+            out.append(f"<h3>By {label} ({escape(scheme_name(s))})</h3>")
             out.append(charts.parity_chart(f"Coverage parity by {label}", items, low, high))
     return "".join(out)
 
@@ -1095,18 +1490,22 @@ def render_html(p: Protected, fairness, summary, schemes, past, unmatched, optio
         f'<p class="meta">Run {escape(summary["run_id"])} · reference date '
         f"{escape(summary['reference_date'])} · generated {escape(summary['generated_at'])} · "
         f"cells under {summary['rules']['threshold']} households suppressed</p>",
+        _context_section(p, summary),
         "<h2>Signals and estimated unclaimed amounts</h2>",
     ]
-    body += [_scheme_section(p, s) for s in schemes]
+    window = _window(summary.get("fatigue_months"))
+    body.append(_held_back_note(window))
+    body += [_scheme_section(p, s, window) for s in schemes]
     body.append(
         charts.bar_chart(
-            "Signals per scheme", [(s, p.count("by_scheme", _key(s, SIG))) for s in schemes]
+            "Signals per scheme",
+            [(scheme_name(s), p.count("by_scheme", _key(s, SIG))) for s in schemes],
         )
     )
     body.append(
         charts.bar_chart(
             "Estimated unclaimed EUR per year per scheme",
-            [(s, _amount(p, "by_scheme", _key(s, SIG))) for s in schemes],
+            [(scheme_name(s), _amount(p, "by_scheme", _key(s, SIG))) for s in schemes],
             "EUR ",
         )
     )

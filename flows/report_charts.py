@@ -3,7 +3,9 @@
 Written by hand so the report needs no script, font or stylesheet from anywhere: each
 chart is one <svg> element placed in the HTML. A hidden (suppressed) value is drawn as a
 hatched stub labelled "suppressed", never as a zero, so a reader cannot mistake one for
-the other. Labels are escaped; numbers are formatted with thousands separators.
+the other; in the trend it is a gap in the line with a hatched band over the whole height
+and a legend entry, and a scheme a run did not evaluate (ABSENT) is a gap as well.
+Labels are escaped; numbers are formatted with thousands separators.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ HATCH = (
     'patternTransform="rotate(45)"><rect width="6" height="6" fill="#eceff1"/>'
     '<line x1="0" y1="0" x2="0" y2="6" stroke="#9aa5ad" stroke-width="2"/></pattern></defs>'
 )
+
+
+class _Absent:
+    """A point a series does not have (the scheme was not evaluated in that run)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
 
 
 class Under(float):
@@ -104,14 +116,16 @@ def stacked_bar(title: str, parts_in: list[tuple[str, float | None]]) -> str:
     return _svg(height, title, "".join(parts))
 
 
-def line_chart(title: str, x_labels: list[str], series: dict[str, list[float | None]]) -> str:
-    """A trend over runs: one line per series; hidden points break the line, marked x."""
+def line_chart(title: str, x_labels: list[str], series: dict[str, list]) -> str:
+    """A trend over runs: one line per series. A hidden point (None) breaks the line and its
+    run gets a hatched band labelled "suppressed", never a mark on the zero line; an ABSENT
+    point (not evaluated) only breaks the line. Both have a legend entry when present."""
     if not x_labels:
         return '<p class="empty">No runs.</p>'
     left, right, top, bottom = 70, 180, 16, 60
     height = 280
     pw, ph = WIDTH - left - right, height - top - bottom
-    values = [v for vs in series.values() for v in vs if v is not None]
+    values = [v for vs in series.values() for v in vs if v is not None and v is not ABSENT]
     biggest = max(values + [1])
     step = pw / max(len(x_labels) - 1, 1)
 
@@ -127,13 +141,20 @@ def line_chart(title: str, x_labels: list[str], series: dict[str, list[float | N
     for i, label in enumerate(x_labels):
         x = left + i * step
         parts.append(_text(x, top + ph + 18, label, "middle", "muted"))
+    hidden = sorted({i for vs in series.values() for i, v in enumerate(vs) if v is None})
+    for i in hidden:
+        x = left + i * step
+        names = ", ".join(n for n, vs in series.items() if vs[i] is None)
+        parts.append(
+            f'<rect x="{x - 7:.1f}" y="{top}" width="14" height="{ph}" fill="url(#hatch)" '
+            f'class="suppressed"><title>suppressed: {escape(names)}</title></rect>'
+        )
+        parts.append(_text(x, top - 4, "suppressed", "middle", "muted"))
     for k, (name, vs) in enumerate(series.items()):
         colour = PALETTE[k % len(PALETTE)]
         segment: list[str] = []
         for i, v in enumerate(vs):
-            if v is None:
-                x, y = xy(i, 0)
-                parts.append(_text(x, y - 6, "×", "middle", "muted"))
+            if v is None or v is ABSENT:
                 parts.append(_polyline(segment, colour))
                 segment = []
                 continue
@@ -146,6 +167,13 @@ def line_chart(title: str, x_labels: list[str], series: dict[str, list[float | N
             f'<rect x="{left + pw + 16}" y="{ly - 10}" width="12" height="12" fill="{colour}"/>'
         )
         parts.append(_text(left + pw + 34, ly, name))
+    extra = [("suppressed (small numbers)", 'fill="url(#hatch)"')] if hidden else []
+    if any(v is ABSENT for vs in series.values() for v in vs):
+        extra.append(("gap: scheme not evaluated", 'fill="none" stroke="#8a949c"'))
+    for j, (label, fill) in enumerate(extra):
+        ly = top + 14 + 18 * (len(series) + j)
+        parts.append(f'<rect x="{left + pw + 16}" y="{ly - 10}" width="12" height="12" {fill}/>')
+        parts.append(_text(left + pw + 34, ly, label))
     return _svg(height, title, "".join(parts))
 
 

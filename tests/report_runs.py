@@ -3,7 +3,10 @@
 A run is described as cohorts: `n` identical households with a district, an age, a
 household type, an income, arrears and a status per scheme. write_run() turns them into
 the run folder layout the pipeline publishes (households/, evaluations/, signals.parquet,
-manifest.json), so the report reads exactly what it reads from a real run.
+manifest.json, and suppressed.parquet with every held-back candidate's reasons), so the
+report reads exactly what it reads from a real run. The manifest carries what a real one
+does for the report's context: the rules and their versions, the schemes not evaluated,
+rows quarantined per source and persons excluded for objecting.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipelines import household
 from pipelines.evaluate import EVALUATION_SCHEMA, SIGNAL_SCHEMA
+from pipelines.proportionality import SUPPRESSED_SCHEMA
 
 SCHEME = "zorgtoeslag"
 
@@ -38,6 +42,9 @@ class Cohort:
     scheme: str = SCHEME
     also: tuple[tuple[str, str], ...] = ()  # (scheme, status) of the same households
     deregistered: bool = False  # the applicant died or emigrated: never signalled by law
+    # Why a held-back candidate was not signalled (pipelines/proportionality.py REASONS);
+    # default: already_receiving / deregistered for those statuses, none for withheld.
+    reasons: tuple[str, ...] = ()
 
 
 def pid(kind: str, i: int) -> str:
@@ -84,8 +91,31 @@ def _signal(h: str, i: int, scheme: str, year: int, run_id: str, amount: Decimal
     }
 
 
+def _held_back(h: str, i: int, c: Cohort, scheme: str, status: str, year: int, run_id: str):
+    """The suppressed.parquet row of a candidate the proportionality checks held back."""
+    reasons = list(c.reasons) if scheme == c.scheme else []
+    if status == "receiving":
+        reasons = ["already_receiving"] + reasons
+    if c.deregistered:
+        reasons.append("deregistered")
+    if status == "signalled" or status == "not_entitled" or not reasons:
+        return None
+    return {
+        "signal_id": "s." + pid("s" + scheme, i)[3:],
+        "run_id": run_id,
+        "household_pid": h,
+        "applicant_pid": pid("p", i),
+        "scheme": scheme,
+        "benefit_year": year,
+        "estimated_annual_amount": c.amount,
+        "confidence": 0.9,
+        "status": "new",
+        "reasons": reasons,
+    }
+
+
 def _rows(cohorts: list[Cohort], run_id: str, year: int):
-    households, evaluations, signals = {}, [], []
+    households, evaluations, signals, held = {}, [], [], []
     i = 0
     for c in cohorts:
         for _ in range(c.n):
@@ -110,7 +140,10 @@ def _rows(cohorts: list[Cohort], run_id: str, year: int):
                 evaluations.append(_evaluation(h, scheme, status, year, c.amount))
                 if status == "signalled":
                     signals.append(_signal(h, i, scheme, year, run_id, c.amount))
-    return list(households.values()), evaluations, signals
+                row = _held_back(h, i, c, scheme, status, year, run_id)
+                if row:
+                    held.append(row)
+    return list(households.values()), evaluations, signals, held
 
 
 def write_run(
@@ -118,11 +151,20 @@ def write_run(
     cohorts: list[Cohort],
     run_id: str = "2025-01-01-synthetic",
     reference_date: str = "2025-01-01",
+    quarantined: dict[str, int] | None = None,
+    excluded: int | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> Path:
-    """Write a published run folder <root>/<run_id>; returns it."""
+    """Write a published run folder <root>/<run_id>; returns it.
+
+    `quarantined`: rows quarantined per source; `excluded`: persons excluded for objecting
+    to all processing (the manifest's exclusion audit records); `skipped`: schemes not
+    evaluated, with the reason (the manifest's rules_skipped). None leaves them out of the
+    manifest, as an older run's manifest would.
+    """
     run = Path(root) / run_id
     year = int(reference_date[:4])
-    households, evaluations, signals = _rows(cohorts, run_id, year)
+    households, evaluations, signals, held = _rows(cohorts, run_id, year)
     (run / "households").mkdir(parents=True, exist_ok=True)
     (run / "evaluations").mkdir(parents=True, exist_ok=True)
     pq.write_table(
@@ -134,6 +176,7 @@ def write_run(
         run / "evaluations" / "part-00000.parquet",
     )
     pq.write_table(pa.Table.from_pylist(signals, schema=SIGNAL_SCHEMA), run / "signals.parquet")
+    pq.write_table(pa.Table.from_pylist(held, schema=SUPPRESSED_SCHEMA), run / "suppressed.parquet")
     per_scheme: dict[str, int] = {}
     for s in signals:
         per_scheme[s["scheme"]] = per_scheme.get(s["scheme"], 0) + 1
@@ -148,6 +191,27 @@ def write_run(
             "signals_per_scheme": per_scheme,
             "estimated_annual_amount_total": f"{total:.2f}",
         },
+        "rules": [
+            {
+                "rule_id": scheme,
+                "rule_version": "1.0.0+synthetic",
+                "parameter_version": f"{year}.1+synthetic",
+                "benefit_year": year,
+            }
+            for scheme in sorted({e["scheme"] for e in evaluations})
+        ],
     }
+    if quarantined is not None:
+        manifest["counts"]["sources"] = {
+            name: {"rows_in": 1000 + n, "accepted": 1000, "quarantined": n}
+            for name, n in quarantined.items()
+        }
+    if excluded is not None:
+        per_operation = {"ingest": 1000} | ({"exclusion": excluded} if excluded else {})
+        manifest["counts"]["audit_records_per_operation"] = per_operation
+    if skipped is not None:
+        manifest["rules_skipped"] = [
+            {"rule_id": r, "benefit_year": year, "reason": why} for r, why in skipped.items()
+        ]
     (run / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return run
