@@ -133,12 +133,22 @@ AGE = Dimension("age_band", AGE_BANDS)
 HOUSEHOLD = Dimension("household_type", HOUSEHOLD_TYPES)
 INCOME = Dimension("income_band", INCOME_BANDS)
 DEBT_DIM = Dimension("debt", DEBT)
-REASON = Dimension(
-    "reason",
-    tuple(r for r, _, _ in WITHHELD_REASONS),
-    groups=tuple((r, c) for r, c, _ in WITHHELD_REASONS if c == BY_PROPORTIONALITY),
-    group_name="reason_class",
-)
+NOT_RECORDED = WITHHELD_REASONS[-1][0]
+
+
+def reason_dim(not_recorded: bool) -> Dimension:
+    """The reasons a withheld household is held back; "not recorded" only when a withheld
+    household has none (a run without suppressed.parquet), as districts are those with
+    households: an always-empty category would only cost suppression of real figures."""
+    reasons = WITHHELD_REASONS if not_recorded else WITHHELD_REASONS[:-1]
+    return Dimension(
+        "reason",
+        tuple(r for r, _, _ in reasons),
+        groups=tuple((r, c) for r, c, _ in reasons if c == BY_PROPORTIONALITY),
+        group_name="reason_class",
+    )
+
+
 OUTCOME = Dimension(
     "outcome",
     OUTCOMES + (NO_FEEDBACK,),
@@ -433,11 +443,12 @@ def current_tables(con, run_id: str, schemes: list[str], feedback: bool) -> list
     # Withheld households per reason: its total over reasons is the withheld cell of every
     # scheme table (same meaning), so the audit sees the reasons add up to it.
     counts, _ = _counts(con, ["scheme", "reason"], "status = 'withheld'")
+    reasons = reason_dim(any(k[1] == NOT_RECORDED for k in counts))
     tables.append(
         CountTable(
             "withheld_reasons",
             "Entitled households not signalled (and not already receiving), per reason",
-            (scheme, REASON),
+            (scheme, reasons),
             counts,
             fixed=(("status", "withheld"),),
             universe=run_id,
@@ -1104,10 +1115,11 @@ def _held_back_table(p: Protected, scheme: str, window: str) -> str:
             _cell(p.count("by_scheme", _key(scheme, DEREG))),
         ]
     ]
+    recorded = p.tables[t].dims[1].categories
     for reason, cls, label in WITHHELD_REASONS:
+        if reason not in recorded:
+            continue
         n = p.count(t, _key(scheme, (LEAF, reason)))
-        if reason == "not_recorded" and n == 0:
-            continue  # a published 0: nothing to explain
         text = label.format(window=window)
         rows.append([f"<td>{escape(cls)}</td>", f"<td>{escape(text)}</td>", _cell(n)])
         if reason == "necessity":

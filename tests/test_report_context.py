@@ -150,6 +150,9 @@ def test_held_back_households_are_shown_per_reason_and_explained(tmp_path):
     assert re.search(r"by law", text) and re.search(r"by proportionality", text)
     rows = pq.read_table(report.tables_dir / "withheld_reasons.parquet").to_pylist()
     assert {r["reason"] for r in rows} >= {"fatigue", "open_case", "objection", "Total"}
+    # Every withheld household has its reason here: no always-empty "not recorded" row,
+    # which would only cost suppression of real figures.
+    assert "not_recorded" not in {r["reason"] for r in rows}
 
 
 def test_a_small_held_back_count_cannot_be_worked_out_from_the_others(tmp_path):
