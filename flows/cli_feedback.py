@@ -62,11 +62,14 @@ def _settings(args) -> tuple[Path, str | None]:
     return runs, str(key_file) if key_file else None
 
 
-def signals_per_scheme(runs: Path, key_file: str | None) -> dict[str, int] | None:
-    """Distinct signals per scheme in the kept runs; None when they are encrypted and no
-    keyring was given (coverage then cannot be told)."""
+def signals_per_scheme(runs: Path, key_file: str | None) -> dict[str, tuple[int, int]] | None:
+    """Per scheme: distinct signals in the kept runs, and how many of those have feedback
+    (feedback outlives a run whose data retention destroyed: it is not counted here). None
+    when the runs are encrypted and no keyring was given (coverage then cannot be told)."""
+    import pyarrow.parquet as pq
+
     from flows.feedback import _reader, known_signals
-    from pipelines.lifecycle import HistoryUnavailable
+    from pipelines.lifecycle import FEEDBACK_SCHEMA, HistoryUnavailable, feedback_folder
 
     try:
         known = known_signals(runs, _reader(runs, key_file))
@@ -74,9 +77,22 @@ def signals_per_scheme(runs: Path, key_file: str | None) -> dict[str, int] | Non
         if key_file is None:
             return None
         raise
-    counts: dict[str, int] = {}
-    for scheme in known.column("scheme").to_pylist():
-        counts[scheme] = counts.get(scheme, 0) + 1
+    files = sorted(feedback_folder(runs).glob("*.parquet"))
+    with_feedback = (
+        set(
+            pq.read_table(files, schema=FEEDBACK_SCHEMA, columns=["signal_id"])[
+                "signal_id"
+            ].to_pylist()
+        )
+        if files
+        else set()
+    )
+    counts: dict[str, tuple[int, int]] = {}
+    for signal, scheme in zip(
+        known.column("signal_id").to_pylist(), known.column("scheme").to_pylist(), strict=True
+    ):
+        n, done = counts.get(scheme, (0, 0))
+        counts[scheme] = (n + 1, done + (signal in with_feedback))
     return counts
 
 
@@ -88,14 +104,16 @@ def _row(cells, widths) -> str:
     return f"{cells[0]:<22}" + "".join(f"{c:>{w}}" for c, w in zip(cells[1:], widths, strict=True))
 
 
-def coverage_lines(statistics, signals: dict[str, int] | None) -> list[str]:
-    """Per scheme: signals in the runs, how many have feedback, and the share."""
+def coverage_lines(statistics, signals: dict[str, tuple[int, int]] | None) -> list[str]:
+    """Per scheme: signals in the runs, how many have feedback, and the share of the runs'
+    signals that has feedback."""
     with_feedback = {r["scheme"]: r["signals_with_feedback"] for r in statistics.to_pylist()}
     widths = (9, 15, 10)
     lines = [_row(("scheme", "signals", "with feedback", "coverage"), widths)]
     for scheme in sorted(set(with_feedback) | set(signals or {})):
-        n, done = (signals or {}).get(scheme), with_feedback.get(scheme, 0)
-        cover = _rate(done / n) if n else "-"
+        n, covered = (signals or {}).get(scheme, (None, 0))
+        done = with_feedback.get(scheme, 0)
+        cover = _rate(covered / n) if n else "-"
         lines.append(_row((scheme, "-" if n is None else f"{n:,}", f"{done:,}", cover), widths))
     if signals is None:
         lines.append(f"signals and coverage: the runs' signals are encrypted; {KEYRING_HINT}")
@@ -118,11 +136,11 @@ def outcome_lines(statistics) -> list[str]:
     return lines
 
 
-def print_statistics(statistics, signals: dict[str, int] | None) -> None:
+def print_statistics(statistics, signals: dict[str, tuple[int, int]] | None) -> None:
     print("\n".join(coverage_lines(statistics, signals)))
     print("\noutcomes of the signals with feedback:")
     print("\n".join(outcome_lines(statistics)))
-    print("coverage = with feedback / signals in the kept runs")
+    print("coverage = the kept runs' signals with feedback / the kept runs' signals")
     print("take-up = granted / contacted; precision = granted / (granted + not entitled)")
 
 

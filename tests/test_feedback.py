@@ -367,3 +367,21 @@ def test_encrypted_runs_ask_for_the_central_keyring(tmp_path, runs, capsys, monk
     out = capsys.readouterr().out
     assert _rows(out, "scheme  ")["zorgtoeslag"] == ["-", "6", "-"]
     assert "the runs' signals are encrypted; pass the central keyring (--key-file" in out
+
+
+def test_coverage_counts_only_the_kept_runs_signals(tmp_path, runs, capsys):
+    """Feedback outlives a run whose data retention destroyed; its signals are no longer
+    among the kept runs', so they must not count towards those runs' coverage (600%)."""
+    _import(_file(tmp_path, GOOD), runs)
+    first = runs / "2025-01-01-first"
+    kept = pq.read_table(first / "signals.parquet").slice(0, 1)  # one zorgtoeslag signal
+    second = runs / "2025-02-01-second"
+    second.mkdir()
+    manifest = {"run_id": second.name, "reference_date": "2025-02-01", "created_at": "y"}
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    pq.write_table(kept, second / "signals.parquet")
+    (first / "retention.json").write_text("{}")  # its data destroyed
+    assert main(["feedback", "stats", "--runs", str(runs)]) == 0
+    rows = _rows(capsys.readouterr().out, "scheme                  signals  with feedback")
+    assert kept["scheme"][0].as_py() == "zorgtoeslag"
+    assert rows["zorgtoeslag"] == ["1", "6", "100.0%"]
