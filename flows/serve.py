@@ -131,6 +131,11 @@ def scheduled_run(
     # households again: that is an operator's decision, by hand (`signals run`).
     done = published_for(Path(out), picked.reference_date)
     if done is not None:
+        if not (done / "report" / "report.html").is_file():  # killed before its report
+            from flows.run import report_run
+            from privacy.keys import load_keyring, passphrase_from_env
+
+            report_run(str(done), load_keyring(Path(key_file), passphrase_from_env()))
         logger.info(
             "deliveries of %s were run already (%s): nothing to do until newer ones are "
             "complete; to run that date again, run it by hand",

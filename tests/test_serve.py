@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -250,8 +251,10 @@ def test_the_schedule_runs_a_date_once_even_when_its_run_id_would_change(
 
     register = copy_register(tmp_path / "register", changed)
     (tmp_path / "signals.toml").write_text(f'[paths]\nregister = "{register}"\n')
+    shutil.rmtree(Path(first) / "report")  # as if killed after publication, before it
     again = scheduled_run(**args, config=str(tmp_path / "signals.toml"))
     assert again == first and len(published_runs(out)) == 1
+    assert (Path(first) / "report" / "report.html").is_file()  # the next schedule wrote it
     # By hand, the operator can still run it again.
     argv = ["run", "--deliveries", args["deliveries"], "--reference-date", REFERENCE_DATE]
     argv += ["--out", str(out), "--key-file", args["key_file"], "--register", str(register)]
