@@ -657,7 +657,10 @@ def trend_tables(
     tables, forced = [], set()
     for run in past:
         c = run.manifest.get("counts", {})
-        per_scheme = {k: int(v) for k, v in c.get("signals_per_scheme", {}).items()}
+        # Every scheme the run evaluated, 0 where it signalled nobody (signals_per_scheme
+        # lists only schemes with signals): a quiet month is a 0, not "not evaluated".
+        evaluated = {r["rule_id"]: 0 for r in run.manifest.get("rules", [])}
+        per_scheme = evaluated | {k: int(v) for k, v in c.get("signals_per_scheme", {}).items()}
         published = _published_amounts(run)
         if not per_scheme or published is None:
             continue

@@ -206,3 +206,30 @@ def test_a_suppressed_month_in_the_trend_is_a_marked_gap_not_a_zero(tmp_path):
     zero_line = re.search(r'<line x1="[\d.]+" y1="([\d.]+)" x2', svg).group(1)
     points = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)
     assert len(points) == 1 and points[0][1] != zero_line  # only the published month
+
+
+def test_a_scheme_evaluated_without_signals_is_a_zero_in_the_trend_not_a_gap(tmp_path):
+    """The manifest lists only schemes with signals; a month whose aio households were all
+    held back evaluated aio all the same: its trend cell is a count, never 'not evaluated'."""
+    runs = tmp_path / "runs"
+    signalled = [
+        Cohort(30, "signalled", also=(("aio", "signalled"),)),
+        Cohort(100, "not_entitled", also=(("aio", "not_entitled"),)),
+    ]
+    held = [
+        Cohort(30, "signalled", also=(("aio", "withheld"),)),
+        Cohort(100, "not_entitled", also=(("aio", "not_entitled"),)),
+    ]
+    for cohorts, run_id, day in (
+        (signalled, "2025-01-01-aaaa", "2025-01-01"),
+        (held, "2025-02-01-bbbb", "2025-02-01"),
+    ):
+        run = write_run(runs, cohorts, run_id, day)
+        build_report(run, run / "report")
+    last = write_run(runs, signalled, "2025-03-01-cccc", "2025-03-01")
+    report = build_report(last, last / "report")
+    html = report.html.read_text()
+    at = html.index("<figcaption>Signals per run</figcaption>")
+    assert "gap: scheme not evaluated" not in html[at : html.index("</svg>", at)]
+    trend = pq.read_table(report.tables_dir / "trend.parquet").to_pylist()
+    assert [r["scheme"] for r in trend if r["run_id"] == "2025-02-01-bbbb"].count("aio") == 1
