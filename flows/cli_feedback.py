@@ -111,10 +111,12 @@ def coverage_lines(statistics, signals: dict[str, tuple[int, int]] | None) -> li
     widths = (9, 15, 10)
     lines = [_row(("scheme", "signals", "with feedback", "coverage"), widths)]
     for scheme in sorted(set(with_feedback) | set(signals or {})):
-        n, covered = (signals or {}).get(scheme, (None, 0))
-        done = with_feedback.get(scheme, 0)
+        if signals is None:  # the runs cannot be read: all feedback, no coverage
+            lines.append(_row((scheme, "-", f"{with_feedback[scheme]:,}", "-"), widths))
+            continue
+        n, covered = signals.get(scheme, (0, 0))
         cover = _rate(covered / n) if n else "-"
-        lines.append(_row((scheme, "-" if n is None else f"{n:,}", f"{done:,}", cover), widths))
+        lines.append(_row((scheme, f"{n:,}", f"{covered:,}", cover), widths))
     if signals is None:
         lines.append(f"signals and coverage: the runs' signals are encrypted; {KEYRING_HINT}")
     return lines

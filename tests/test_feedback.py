@@ -384,4 +384,4 @@ def test_coverage_counts_only_the_kept_runs_signals(tmp_path, runs, capsys):
     assert main(["feedback", "stats", "--runs", str(runs)]) == 0
     rows = _rows(capsys.readouterr().out, "scheme                  signals  with feedback")
     assert kept["scheme"][0].as_py() == "zorgtoeslag"
-    assert rows["zorgtoeslag"] == ["1", "6", "100.0%"]
+    assert rows["zorgtoeslag"] == ["1", "1", "100.0%"]
