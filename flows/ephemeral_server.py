@@ -86,7 +86,8 @@ def _start(port: int) -> subprocess.Popen:
         **get_current_settings().to_environment_variables(exclude_unset=True),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", __name__, str(os.getpid()), *uvicorn_args],
+        # -P: not the working folder first on sys.path, where another `flows` may be.
+        [sys.executable, "-P", "-m", __name__, str(os.getpid()), *uvicorn_args],
         env=env,
         process_group=0,  # out of the terminal's group: Ctrl-C is for the run to handle
     )

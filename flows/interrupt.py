@@ -44,9 +44,10 @@ class Interrupted(KeyboardInterrupt):
 
 def received() -> int | None:
     """The first SIGINT or SIGTERM caught within `stoppable()`, or None."""
-    if _wakeup is not None:
-        with contextlib.suppress(BlockingIOError):
-            _received.extend(os.read(_wakeup, 512))
+    fd = _wakeup  # once: the main thread may close it while a logging thread asks
+    if fd is not None:
+        with contextlib.suppress(OSError):  # BlockingIOError, or closed meanwhile
+            _received.extend(os.read(fd, 512))
     return next((s for s in _received if s in SIGNALS), None)
 
 
