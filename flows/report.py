@@ -116,8 +116,18 @@ WITHHELD_REASONS = (
     ("minimum_amount", BY_PROPORTIONALITY, "estimated amount below the scheme's minimum"),
     ("confidence", BY_PROPORTIONALITY, "estimate below the minimum confidence"),
     ("necessity", BY_PROPORTIONALITY, "the data it needs is not allowed for this purpose"),
+    # The run holds back a household whose receipt or registration it could not tell (no
+    # such data delivered for it): the report counts it as withheld, the run as possibly
+    # receiving or deregistered.
+    (
+        "status_unknown",
+        BY_LAW,
+        "not known whether it already receives the scheme or is still registered",
+    ),
     ("not_recorded", "reason not recorded", "reason not recorded in this run"),
 )
+# Reasons the run gives that the report counts under status_unknown.
+UNKNOWN_STATUS_REASONS = ("already_receiving", "deregistered")
 # Operator feedback, most advanced first: a signal's outcome is its most advanced one.
 OUTCOMES = ("granted", "not_entitled", "declined", "applied", "contacted", "unreachable")
 NO_FEEDBACK = "no feedback"
@@ -134,13 +144,18 @@ HOUSEHOLD = Dimension("household_type", HOUSEHOLD_TYPES)
 INCOME = Dimension("income_band", INCOME_BANDS)
 DEBT_DIM = Dimension("debt", DEBT)
 NOT_RECORDED = WITHHELD_REASONS[-1][0]
+STATUS_UNKNOWN = WITHHELD_REASONS[-2][0]
 
 
-def reason_dim(not_recorded: bool) -> Dimension:
-    """The reasons a withheld household is held back; "not recorded" only when a withheld
-    household has none (a run without suppressed.parquet), as districts are those with
-    households: an always-empty category would only cost suppression of real figures."""
-    reasons = WITHHELD_REASONS if not_recorded else WITHHELD_REASONS[:-1]
+def reason_dim(present: set[str] | bool) -> Dimension:
+    """The reasons a withheld household is held back. "status unknown" and "not recorded"
+    only when some withheld household has that reason (`present`: the reasons found; True
+    for all), as districts are those with households: an always-empty category would only
+    cost suppression of real figures."""
+    optional = (STATUS_UNKNOWN, NOT_RECORDED)
+    reasons = [
+        r for r in WITHHELD_REASONS if r[0] not in optional or present is True or r[0] in present
+    ]
     return Dimension(
         "reason",
         tuple(r for r, _, _ in reasons),
@@ -294,9 +309,13 @@ LEFT JOIN held AS r
 
 def _held_sql() -> str:
     """View held: per held-back candidate the rank of its first reason in WITHHELD_REASONS."""
+
+    def matches(reason: str) -> str:
+        named = UNKNOWN_STATUS_REASONS if reason == STATUS_UNKNOWN else (reason,)
+        return " OR ".join(f"list_contains(reasons, '{r}')" for r in named)
+
     ranks = " ".join(
-        f"WHEN list_contains(reasons, '{r}') THEN {i}"
-        for i, (r, _, _) in enumerate(WITHHELD_REASONS[:-1])
+        f"WHEN {matches(r)} THEN {i}" for i, (r, _, _) in enumerate(WITHHELD_REASONS[:-1])
     )
     return (
         "CREATE VIEW held AS SELECT household_pid, scheme, benefit_year, "
@@ -443,7 +462,7 @@ def current_tables(con, run_id: str, schemes: list[str], feedback: bool) -> list
     # Withheld households per reason: its total over reasons is the withheld cell of every
     # scheme table (same meaning), so the audit sees the reasons add up to it.
     counts, _ = _counts(con, ["scheme", "reason"], "status = 'withheld'")
-    reasons = reason_dim(any(k[1] == NOT_RECORDED for k in counts))
+    reasons = reason_dim({k[1] for k in counts})
     tables.append(
         CountTable(
             "withheld_reasons",

@@ -233,3 +233,17 @@ def test_a_scheme_evaluated_without_signals_is_a_zero_in_the_trend_not_a_gap(tmp
     assert "gap: scheme not evaluated" not in html[at : html.index("</svg>", at)]
     trend = pq.read_table(report.tables_dir / "trend.parquet").to_pylist()
     assert [r["scheme"] for r in trend if r["run_id"] == "2025-02-01-bbbb"].count("aio") == 1
+
+
+def test_a_household_whose_receipt_was_unknown_is_held_back_for_that_not_for_no_reason(tmp_path):
+    """The run holds back a candidate whose receipt or registration it could not tell (its
+    reason: already_receiving or deregistered, with nothing delivered to say so); the
+    report counts it as withheld and must say why, not 'reason not recorded'."""
+    cohorts = _second_month(objection=11) + [Cohort(14, "withheld", reasons=("already_receiving",))]
+    run = write_run(tmp_path / "runs", cohorts, "2025-02-01-m2", "2025-02-01")
+    report = build_report(run, tmp_path / "out")
+    key = ((LEAF, "zorgtoeslag"), (LEAF, "status_unknown"))
+    assert report.protected.count("withheld_reasons", key) == 14
+    rows = pq.read_table(report.tables_dir / "withheld_reasons.parquet").to_pylist()
+    assert "not_recorded" not in {r["reason"] for r in rows}
+    assert "not known whether it already receives the scheme" in report.html.read_text()
