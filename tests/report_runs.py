@@ -100,18 +100,10 @@ def _held_back(h: str, i: int, c: Cohort, scheme: str, status: str, year: int, r
         reasons.append("deregistered")
     if status == "signalled" or status == "not_entitled" or not reasons:
         return None
-    return {
-        "signal_id": "s." + pid("s" + scheme, i)[3:],
-        "run_id": run_id,
-        "household_pid": h,
-        "applicant_pid": pid("p", i),
-        "scheme": scheme,
-        "benefit_year": year,
-        "estimated_annual_amount": c.amount,
-        "confidence": 0.9,
-        "status": "new",
-        "reasons": reasons,
-    }
+    row = _signal(h, i, scheme, year, run_id, c.amount)
+    kept = ("signal_id", "run_id", "household_pid", "applicant_pid", "scheme", "benefit_year")
+    kept += ("estimated_annual_amount", "confidence", "status")
+    return {k: row[k] for k in kept} | {"reasons": reasons}
 
 
 def _rows(cohorts: list[Cohort], run_id: str, year: int):

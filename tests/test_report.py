@@ -197,13 +197,18 @@ def test_suppression_carries_to_the_next_period_and_the_trend_keeps_the_past(tmp
         build_report(second, tmp_path / "off.html", ReportOptions(rules=Rules(carry_forward=False)))
 
 
-def test_a_past_runs_hidden_figures_stay_hidden_in_the_trend(tmp_path):
-    runs = tmp_path / "runs"
-    small = [
+def small_month() -> list[Cohort]:
+    """A month whose 7 signals its own report hides."""
+    return [
         Cohort(7, "signalled", "WK000101"),
         Cohort(40, "receiving", "WK000101"),
         Cohort(100, "not_entitled", "WK000101"),
     ]
+
+
+def test_a_past_runs_hidden_figures_stay_hidden_in_the_trend(tmp_path):
+    runs = tmp_path / "runs"
+    small = small_month()
     first = write_run(runs, small, "2025-01-01-aaaa", "2025-01-01")
     build_report(first, first / "report" / "report.html")
     second = write_run(runs, population(), "2025-02-01-bbbb", "2025-02-01")

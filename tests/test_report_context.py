@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from report_runs import Cohort, write_run
-from test_report import population
+from test_report import population, small_month
 
 from flows.report import build_report
 from privacy.disclosure import LEAF
@@ -186,11 +186,7 @@ def test_a_suppressed_month_in_the_trend_is_a_marked_gap_not_a_zero(tmp_path):
     """Month 1 is hidden by its own report (7 signals), month 2 by carry-forward; month 3
     is published: one point, two hatched bands, nothing drawn on the zero line."""
     runs = tmp_path / "runs"
-    small = [
-        Cohort(7, "signalled", "WK000101"),
-        Cohort(40, "receiving", "WK000101"),
-        Cohort(100, "not_entitled", "WK000101"),
-    ]
+    small = small_month()
     first = write_run(runs, small, "2025-01-01-aaaa", "2025-01-01")
     build_report(first, first / "report")
     for run_id in ("2025-02-01-bbbb", "2025-03-01-cccc"):

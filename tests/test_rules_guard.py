@@ -17,6 +17,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 import yaml
+from test_rules_meta import edit as _edit
 
 from entitlement_rules import (
     IdentifyingFieldError,
@@ -551,12 +552,6 @@ def package_copy(tmp_path):
     copy_root = tmp_path / "rules"
     shutil.copytree(DEFAULT_ROOT, copy_root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     return copy_root
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def _target_applicant(root: Path) -> None:
