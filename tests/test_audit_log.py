@@ -121,6 +121,12 @@ def test_three_runs_make_a_chain_of_signed_checkpoints_that_verifies(log_root):
     assert report.inclusion_proofs > 0
     assert verify_cli(log_root) == (0, "")
     assert (log_root / "public_key.pem").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    # Segments name data subjects: owner and group (the auditors) only; checkpoints are public.
+    import stat
+
+    for segment in log.committed_segments():
+        assert stat.S_IMODE(segment.stat().st_mode) == 0o640, segment
+    assert stat.S_IMODE(log.checkpoint_files()[0].stat().st_mode) & 0o004
 
 
 def test_verification_tells_its_progress_up_to_the_signed_size(log_root, monkeypatch):

@@ -111,6 +111,12 @@ class AuditLogError(Exception):
     """The audit log cannot be read or appended to as asked; the message says why."""
 
 
+# A segment names data subjects (pseudonyms) and what was done to them: its owner and the
+# owner's group (the auditors') read it, nobody else. Checkpoints and public keys hold no
+# personal data and stay readable, for outsiders to check proofs against.
+SEGMENT_MODE = 0o640
+
+
 def segment_name(sequence: int) -> str:
     return f"segment-{sequence:08d}.parquet"
 
@@ -434,6 +440,7 @@ class AuditLog:
                     for d in pc.value_counts(names).to_pylist():
                         counts[d["values"]] = counts.get(d["values"], 0) + d["counts"]
                     at += n
+            os.chmod(tmp, SEGMENT_MODE)
         return path, counts
 
     def append(
