@@ -181,4 +181,6 @@ def _basis_lines(basis, indent: str) -> list[str]:
         lines.append(f"{indent}  {basis.url}")
     if basis.assumption:
         lines += _wrap(f"why an assumption: {basis.note}", indent + "  ")
+        said = basis.confirmation() or "NOT CONFIRMED by the DPO (confirmed: in the register)"
+        lines += _wrap(said, indent + "  ")
     return lines

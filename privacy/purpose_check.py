@@ -398,7 +398,10 @@ class _Flow:
             citations = "; ".join(b.citation() for b in entry.legal_basis)
             details.append(f"{name}: {citations}")
             if entry.assumption:
-                self.condition("assumed_legal_basis", f"source {name}")
+                said = [b.confirmation() for b in entry.legal_basis if b.assumption]
+                confirmed = all(said)
+                scope = f"source {name}" + (f" ({'; '.join(said)})" if confirmed else "")
+                self.condition("assumed_legal_basis", scope)
         self.steps.append(
             Step(
                 "Is every source the run reads registered with a legal basis?",

@@ -128,6 +128,16 @@ class LegalBasis:
     # reference date outside it is refused. None: open-ended.
     valid_from: dt.date | None = None
     valid_until: dt.date | None = None
+    # The DPO's record that an assumed basis was weighed and accepted: who, when, where the
+    # decision is written down. The basis stays an assumption (no law says it explicitly).
+    confirmed: dict[str, str] | None = None
+
+    def confirmation(self) -> str:
+        c = self.confirmed
+        if not c:
+            return ""
+        reference = f" ({c['reference']})" if c.get("reference") else ""
+        return f"confirmed by {c['by']} on {c['on']}{reference}"
 
     def holds_on(self, day: dt.date) -> bool:
         return (self.valid_from is None or self.valid_from <= day) and (
@@ -144,7 +154,9 @@ class LegalBasis:
         where = f" ({ids})" if ids else ""
         prefix = "art. " if self.article[:1].isdigit() else ""
         article = f", {prefix}{self.article}" if self.article else ""
-        flag = " [ASSUMPTION]" if self.assumption else ""
+        flag = ""
+        if self.assumption:
+            flag = f" [ASSUMPTION, {self.confirmation()}]" if self.confirmed else " [ASSUMPTION]"
         return f"{self.law}{where}{article}{flag}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -159,6 +171,8 @@ class LegalBasis:
         for key in ("valid_from", "valid_until"):
             if getattr(self, key):
                 out[key] = getattr(self, key).isoformat()
+        if self.confirmed:
+            out["confirmed"] = dict(self.confirmed)
         return out
 
     def _ids(self) -> dict[str, str]:
@@ -424,7 +438,21 @@ BASIS_KEYS = {
     "publication",
     "valid_from",
     "valid_until",
+    "confirmed",
 }
+CONFIRMED_KEYS = {"by", "on", "reference"}
+
+
+def _confirmed(m: _Map) -> dict[str, str]:
+    c = m.sub("confirmed")
+    c.check_keys(CONFIRMED_KEYS)
+    on = c.date("on")
+    if on is None:
+        raise RegisterError(f"{c.where('on')} is required: the day the DPO confirmed it.")
+    out = {"by": c.string("by"), "on": on.isoformat()}
+    if "reference" in c.data:
+        out["reference"] = c.string("reference")
+    return out
 
 
 def _basis(m: _Map) -> LegalBasis:
@@ -442,7 +470,13 @@ def _basis(m: _Map) -> LegalBasis:
         publication=m.string("publication", ""),
         valid_from=m.date("valid_from"),
         valid_until=m.date("valid_until"),
+        confirmed=_confirmed(m) if "confirmed" in m.data else None,
     )
+    if basis.confirmed and not assumption:
+        raise RegisterError(
+            f"{m.where('confirmed')}: only an assumed basis (assumption: true) is confirmed by "
+            "the DPO; an established one rests on the law itself."
+        )
     if basis.valid_from and basis.valid_until and basis.valid_until < basis.valid_from:
         raise m.fail("valid_until", f"on or after valid_from ({basis.valid_from})")
     if basis.bwb_id and not BWB_ID.match(basis.bwb_id):

@@ -636,3 +636,40 @@ def test_a_legal_basis_that_does_not_hold_on_the_reference_date_refuses_the_run(
 def test_a_basis_with_a_malformed_validity_is_refused_by_the_loader(tmp_path, dates, message):
     with pytest.raises(RegisterError, match=re.escape(message)):
         load_register(copy_register(tmp_path / "r", _tax_basis_valid(**dates)))
+
+
+def _confirm(source: str, **confirmed):
+    def change(data):
+        for basis in data["sources"][source]["legal_basis"]:
+            basis["confirmed"] = dict(confirmed)
+
+    return change
+
+
+def test_the_dpo_confirms_an_assumed_basis_on_record(tmp_path, capsys):
+    """An assumed basis stays an assumption; the DPO's confirmation (who, when, where it is
+    written down) is recorded with it and travels with every run's condition."""
+    confirmed = {"by": "DPO gemeente", "on": "2025-11-03", "reference": "DPO-2025-17"}
+    register = copy_register(tmp_path / "register", _confirm("brp", **confirmed))
+    outcome = check_purpose(load_register(register), PES)
+    (assumed,) = [c for c in outcome.conditions if c.id == "assumed_legal_basis"]
+    said = "source brp (confirmed by DPO gemeente on 2025-11-03 (DPO-2025-17))"
+    assert said in assumed.scopes
+    assert "source tax" in assumed.scopes  # not confirmed: the plain scope
+    assert main(["register", "show", "--purpose", PES, "--register", str(register)]) == 0
+    out = capsys.readouterr().out
+    assert "confirmed by DPO gemeente on 2025-11-03 (DPO-2025-17)" in out
+    assert "NOT CONFIRMED by the DPO" in out  # the others
+
+
+@pytest.mark.parametrize(
+    ("source", "confirmed", "message"),
+    [
+        ("objections", {"by": "DPO", "on": "2025-11-03"}, "only an assumed basis"),
+        ("brp", {"by": "DPO"}, "confirmed.on is required"),
+        ("brp", {"by": "DPO", "on": "2025-11-03", "when": "x"}, "unknown field(s) when"),
+    ],
+)
+def test_a_malformed_confirmation_is_refused_by_the_loader(tmp_path, source, confirmed, message):
+    with pytest.raises(RegisterError, match=re.escape(message)):
+        load_register(copy_register(tmp_path / "r", _confirm(source, **confirmed)))
