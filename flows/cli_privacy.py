@@ -51,23 +51,20 @@ def cmd_worklist(args) -> int:
     return 0
 
 
-def _runs(args) -> Path:
+def _runs(args, config) -> Path:
     """The runs folder: --runs, else paths.out of signals.toml."""
-    from flows.config import load_config
-
-    return Path(args.runs or load_config(args.config).require("paths", "out"))
+    return Path(args.runs or config.require("paths", "out"))
 
 
-def _period(args) -> str:
+def _period(args, config) -> str:
     """The retention period: the flag, else the processing register's for the programme."""
     from flows.cli import UsageError
-    from flows.config import load_config
     from privacy import register
     from privacy.keys import DEFAULT_DOMAIN
     from privacy.retention import add_period
 
     activity = None
-    root = args.register or load_config(args.config).paths.register or register.DEFAULT_ROOT
+    root = args.register or config.paths.register or register.DEFAULT_ROOT
     if Path(root).is_dir() and any(Path(root).glob("*.yaml")):
         activity = register.load_register(root).activity(DEFAULT_DOMAIN)
     elif args.register:
@@ -95,11 +92,13 @@ def _period(args) -> str:
 
 def cmd_retention_enforce(args) -> int:
     from flows.config import load_config
+    from flows.feedback import refresh_statistics
     from privacy.retention import enforce_retention
 
-    period = _period(args)
-    deliveries = args.deliveries or load_config(args.config).paths.deliveries
-    runs = _runs(args)
+    config = load_config(args.config)
+    period = _period(args, config)
+    deliveries = args.deliveries or config.paths.deliveries
+    runs = _runs(args, config)
     done = enforce_retention(
         runs,
         period,
@@ -108,7 +107,8 @@ def cmd_retention_enforce(args) -> int:
         _key_store(args),
         Path(deliveries) if deliveries else None,
     )
-    refresh_feedback_statistics(runs, done)
+    if done.feedback_rows:  # take-up and precision over the feedback left
+        refresh_statistics(runs)
     for run_id in done.runs:
         print(f"{run_id}: data key destroyed (retention {period}); its personal data is unreadable")
     for name in done.link_tables:
@@ -128,20 +128,14 @@ def cmd_retention_enforce(args) -> int:
     return 0
 
 
-def refresh_feedback_statistics(runs: Path, done) -> None:
-    """Take-up and precision over the feedback left, when retention removed some."""
-    if done.feedback_rows:
-        from flows.feedback import feedback_statistics, write_statistics
-
-        write_statistics(runs, feedback_statistics(runs))
-
-
 def cmd_retention_status(args) -> int:
+    from flows.config import load_config
     from privacy.body_links import unneeded_tables
     from privacy.retention import RETENTION_FILE, retention_status
 
-    period = _period(args)
-    runs = _runs(args)
+    config = load_config(args.config)
+    period = _period(args, config)
+    runs = _runs(args, config)
     for run in retention_status(runs, period, _key_store(args)):
         print(f"{run['run_id']}  created {run['created']}  kept until {run['keep_until']}")
     for run in sorted(runs.glob(f"*/{RETENTION_FILE}")):

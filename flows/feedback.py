@@ -344,6 +344,11 @@ def feedback_statistics(runs_root: Path) -> pa.Table:
         con.close()
 
 
+def refresh_statistics(runs_root: Path) -> Path:
+    """statistics.json over the feedback there now (after retention removed some)."""
+    return write_statistics(runs_root, feedback_statistics(runs_root))
+
+
 def write_statistics(runs_root: Path, statistics: pa.Table) -> Path:
     """<runs>/feedback/statistics.json: aggregates per scheme, for the reports."""
     path = lifecycle.feedback_folder(runs_root) / "statistics.json"

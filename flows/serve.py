@@ -23,7 +23,6 @@ inputs), so a schedule that fires before new deliveries arrive changes nothing.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -158,13 +157,14 @@ def scheduled_run(
 
 def published_for(out: Path, reference_date: dt.date) -> Path | None:
     """The last published run of `reference_date` in out, or None."""
-    found = []
-    for manifest in out.glob("*/manifest.json") if out.is_dir() else []:
-        if manifest.parent.name.startswith("."):
-            continue
-        m = json.loads(manifest.read_text())
-        if m.get("reference_date") == reference_date.isoformat():
-            found.append((m.get("created_at", ""), manifest.parent))
+    from privacy.body_links import published_manifests
+
+    day = reference_date.isoformat()
+    found = [
+        (m.get("created_at", ""), f)
+        for f, m in published_manifests(out)
+        if m.get("reference_date") == day
+    ]
     return max(found)[1] if found else None
 
 
@@ -185,7 +185,7 @@ def enforce(
 ) -> dict:
     """Destroy what is past retention as of `as_of` (privacy/retention.py): run data keys,
     operator feedback rows, unneeded link tables. Returns counts and ids, no personal data."""
-    from flows.cli_privacy import refresh_feedback_statistics
+    from flows.feedback import refresh_statistics
     from privacy.keys import load_keyring, passphrase_from_env
     from privacy.retention import enforce_retention
 
@@ -194,7 +194,8 @@ def enforce(
     done = enforce_retention(
         Path(out), period, as_of, keyring, deliveries_root=Path(deliveries) if deliveries else None
     )
-    refresh_feedback_statistics(Path(out), done)
+    if done.feedback_rows:
+        refresh_statistics(Path(out))
     return asdict(done)
 
 
