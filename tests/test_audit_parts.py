@@ -288,3 +288,17 @@ def test_the_hashing_processes_do_not_import_beam():
     code = "import sys, privacy.audit.parts, privacy.audit.log; print('apache_beam' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _sigint_handler(_):
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_the_hashing_workers_leave_ctrl_c_to_the_run():
+    """Ctrl-C reaches the whole process group: the workers ignore it and the run, which
+    stops cleanly with one line, shuts them down (else each printed a traceback)."""
+    from privacy.audit.pool import in_order
+
+    assert list(in_order(_sigint_handler, [(i,) for i in range(4)], workers=2)) == [True] * 4

@@ -8,10 +8,18 @@ fork of a process that runs threads) and import only this package, not Beam.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
+
+
+def leave_stops_to_parent() -> None:
+    """A worker ignores Ctrl-C: the terminal sends it to the whole process group, and the
+    parent, which stops the run (flows/interrupt.py), shuts the pool down itself. A worker
+    that took it too would print its own traceback beside the run's one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def in_order(fn: Callable, jobs: Iterable[tuple], workers: int) -> Iterator:
@@ -27,7 +35,9 @@ def in_order(fn: Callable, jobs: Iterable[tuple], workers: int) -> Iterator:
         for job in jobs:
             yield fn(*job)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=leave_stops_to_parent
+    )
     try:
         pending = deque(pool.submit(fn, *job) for job in islice(jobs, 2 * workers))
         while pending:
