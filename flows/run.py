@@ -199,11 +199,11 @@ def record_refusal(
     from privacy.purpose_check import purpose_check_record
 
     root = Path(out) / LOG_DIRNAME
-    if not (root / "checkpoints").is_dir():
+    if key_file is None or not (root / "checkpoints").is_dir():
         return None
     try:  # an unregistered purpose has no domain key: any of the keyring's will do here
         signer = Signer(load_keyring(Path(key_file), passphrase_from_env()))
-    except (KeyringError, OSError, TypeError):
+    except (KeyringError, OSError):
         return None  # the refusal stands on its own; the keyring's problem is another
     batch = f"refused/{new_event_id()}"
     outcome = check_purpose(register, purpose, SOURCES, on)
