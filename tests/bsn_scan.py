@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 from pipelines.contract import bsn_is_valid
 
 NINE_DIGITS = re.compile(r"(?<!\d)\d{9}(?!\d)")
-# Hex SHA-256 digests (manifests carry them, as the contract requires) may contain nine
-# digits passing the 11-proef by chance; the generic net skips whole digests.
-HEX_DIGEST = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+# Hex SHA-256 digests (manifests carry them, as the contract requires) and the 32-hex
+# digest names of part files (pipelines/write_parts.py) may contain nine digits passing the
+# 11-proef by chance; the generic net skips whole digests and names.
+HEX_DIGEST = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-fA-F]{64}|[0-9a-fA-F]{32})(?![0-9a-fA-F])")
 # Prefect stores its run ids as UUID text; their hex groups can hold such digits by chance too.
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Integer columns that count positions 0, 1, 2 ... (the audit log's leaf index): any
