@@ -6,7 +6,7 @@ PERSONS ?= 20000
 
 .PHONY: demo test bench lint clean browser
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt privacy/audit/_sha256many.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'

@@ -218,4 +218,4 @@ def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
     joined = arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, _NO_SEPARATOR)
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
     offsets = offsets[joined.offset : joined.offset + n + 1]
-    return merkle.hash_prefixed(joined.buffers()[2], offsets.tolist())
+    return merkle.hash_prefixed(joined.buffers()[2], offsets)

@@ -10,8 +10,8 @@ The hashes are those of Certificate Transparency (RFC 6962 section 2.1, RFC 9162
 The distinct prefixes keep a leaf from ever being taken for an inner node (second
 pre-image attacks). The RFC's recursive tree equals the tree built level by level
 where an unpaired last node is carried up unchanged: node i at level h is
-MTH(D[i*2^h : min((i+1)*2^h, n)]). We build it that way, one level at a time, with
-hashlib on contiguous byte strings (no per-node Python objects).
+MTH(D[i*2^h : min((i+1)*2^h, n)]). We build it that way, one level at a time, each
+level hashed in one call on a contiguous byte string (privacy/audit/sha256.py).
 
 Trees grow by appending. A `Tree` holds only what an append needs: the *frontier* of
 the old tree (its perfect subtrees, one per set bit of the old size, at most 64
@@ -28,6 +28,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from privacy.audit import sha256
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
@@ -50,29 +54,19 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 def hash_level(level: bytes) -> bytes:
     """The next level up: each pair of 32-byte hashes becomes one node; an odd last is carried."""
     count = len(level) // HASH_SIZE
-    sha = hashlib.sha256
-    view = memoryview(level)
-    # One hashlib call per node is the floor for SHA-256 in Python (~0.5 us a node).
-    out = b"".join(
-        [
-            sha(NODE_PREFIX + view[i : i + 2 * HASH_SIZE]).digest()
-            for i in range(0, (count - count % 2) * HASH_SIZE, 2 * HASH_SIZE)
-        ]
-    )
+    paired = (count - count % 2) * HASH_SIZE
+    out = sha256.chunks(memoryview(level)[:paired], 2 * HASH_SIZE, NODE_PREFIX)
     if count % 2:
         out += level[-HASH_SIZE:]
     return out
 
 
-def hash_prefixed(data: memoryview | bytes, offsets: Sequence[int]) -> bytes:
+def hash_prefixed(data: memoryview | bytes, offsets: np.ndarray) -> bytes:
     """SHA-256 of each slice data[offsets[i]:offsets[i+1]], concatenated (32 bytes each).
 
     The slices must already start with their prefix byte (0x00 for leaves).
     """
-    view = memoryview(data)
-    sha = hashlib.sha256
-    pairs = zip(offsets[:-1], offsets[1:], strict=True)
-    return b"".join([sha(view[a:b]).digest() for a, b in pairs])
+    return sha256.slices(data, offsets)
 
 
 def _split(n: int) -> int:
