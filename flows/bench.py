@@ -37,6 +37,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from privacy.audit import sha256
+
 REFERENCE_DATE = dt.date(2025, 1, 1)
 STARTUP_PERSONS = 1_000
 FLOOR_SCHEME = "zorgtoeslag"
@@ -680,6 +682,8 @@ def run_bench(
         f"runner {' '.join([runner, *(runner_args or [])])}, at most {buckets} buckets, "
         f"reference date {REFERENCE_DATE}, work folder {work}"
     )
+    if not sha256.NATIVE:
+        say("  the audit's C hashing loop was not built here: the log append hashes slower")
     args = dict(work=work, seed=seed, buckets=buckets, runner=runner)
     args["runner_args"] = list(runner_args or [])
     result: dict = {"startup": None, "runs": []}
