@@ -128,7 +128,19 @@ def test_a_batch_is_the_same_whatever_order_its_subjects_came_in():
     )
 
 
-def test_leaves_hashed_in_worker_processes_equal_those_hashed_here(tmp_path):
+@pytest.fixture(params=["threads", "processes"])
+def workers_kind(request, monkeypatch):
+    """Hashing workers are threads with the C hashing loop, processes without it."""
+    from privacy.audit import sha256
+
+    if request.param == "threads" and not sha256.NATIVE:
+        pytest.skip("the C hashing loop was not built here")
+    if request.param == "processes":
+        monkeypatch.setattr(sha256, "NATIVE", False)
+    return request.param
+
+
+def test_leaves_hashed_in_workers_equal_those_hashed_here(tmp_path, workers_kind):
     from privacy.audit.leaf import leaf_hashes
     from privacy.audit.parts import AuditParts
 
@@ -149,7 +161,7 @@ def test_leaves_hashed_in_worker_processes_equal_those_hashed_here(tmp_path):
     ]
 
 
-def test_an_append_hashed_in_worker_processes_signs_the_same_tree(tmp_path, monkeypatch):
+def test_an_append_hashed_in_workers_signs_the_same_tree(tmp_path, monkeypatch, workers_kind):
     import shutil
 
     from privacy.audit import log

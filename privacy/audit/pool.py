@@ -1,8 +1,9 @@
-"""Running the audit log's hashing in worker processes, with the results in order.
+"""Running the audit log's hashing in workers, with the results in order.
 
-Appending a run and verifying a log both hash millions of records, one SHA-256 call
-each, under the GIL: threads would not help, processes do. The workers are spawned (no
-fork of a process that runs threads) and import only this package, not Beam.
+Appending a run and verifying a log both hash millions of records. hashlib hashes under
+the GIL, so there the workers are processes: spawned (no fork of a process that runs
+threads), importing only this package, not Beam. The C loop of privacy/audit/sha256.py
+releases the GIL, and Arrow and Parquet do too: then threads, which share what they read.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import multiprocessing
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import islice
 
 
@@ -22,22 +23,27 @@ def leave_stops_to_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def in_order(fn: Callable, jobs: Iterable[tuple], workers: int) -> Iterator:
+def in_order(fn: Callable, jobs: Iterable[tuple], workers: int, threads: bool = False) -> Iterator:
     """fn(*job) for every job, yielded in the order of the jobs.
 
-    With `workers` > 1 the calls run in that many processes, 2 * workers of them ahead
-    of the caller and no more: the workers hash faster than the caller writes, and
-    results that were not asked for yet would pile up here (1.9 GB at 60 M records).
-    Otherwise they run here, one at a time.
+    With `workers` > 1 the calls run in that many processes (threads with `threads`),
+    2 * workers of them ahead of the caller and no more: the workers hash faster than
+    the caller writes, and results that were not asked for yet would pile up here (1.9 GB
+    at 60 M records). Otherwise they run here, one at a time.
     """
     jobs = iter(jobs)
     if workers <= 1:
         for job in jobs:
             yield fn(*job)
         return
-    pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=leave_stops_to_parent
-    )
+    if threads:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="audit-hashing")
+    else:
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=leave_stops_to_parent,
+        )
     try:
         pending = deque(pool.submit(fn, *job) for job in islice(jobs, 2 * workers))
         while pending:
