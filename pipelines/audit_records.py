@@ -10,19 +10,18 @@ a retried bundle or a rerun produces the same ids and duplicates can be dropped.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 
 import apache_beam as beam
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from privacy.audit import sha256
 from privacy.audit.parts import write_part
 from privacy.audit.schema import AUDIT_SCHEMA
 
@@ -52,35 +51,17 @@ def canonical_json(value: dict) -> str:
 
 
 def _span_ids(context: AuditContext, operation: str, keys: pa.Array) -> pa.Array:
-    """8-byte ids: SHA-256 of (run, operation, key), computed vectorised in DuckDB."""
-    cursor = _hasher().cursor()
-    try:
-        cursor.register("k", pa.table({"key": keys.cast(pa.string())}))
-        digests = (
-            cursor.sql(
-                "SELECT left(sha256($prefix || key), 16) AS id FROM k",
-                params={"prefix": f"{context.run_id}|{operation}|"},
-            )
-            .to_arrow_table()
-            .column("id")
-        )
-    finally:
-        cursor.close()
-    return _unhex8(digests.combine_chunks())
-
-
-def _unhex8(digests: pa.Array) -> pa.Array:
-    """16 lower-case hex digits per value -> 8 bytes, in numpy (DuckDB's unhex is slower)."""
-    if len(digests) == 0:
-        return pa.array([], pa.binary(8))
-    fixed = digests.cast(pa.binary()).cast(pa.binary(16))
-    start = fixed.offset * 16
-    hexes = np.frombuffer(fixed.buffers()[1], np.uint8)[start : start + 16 * len(fixed)]
-    nibbles = hexes - np.where(hexes >= ord("a"), ord("a") - 10, ord("0")).astype(np.uint8)
-    nibbles = nibbles.reshape(-1, 16)
-    raw = ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8)
+    """8-byte ids: the first 8 bytes of SHA-256(run|operation|key), hashed in one call."""
+    n = len(keys)
+    if keys.null_count:
+        raise ValueError(f"{operation}: {keys.null_count} audit record(s) without a data subject")
+    binary = keys.cast(pa.string()).cast(pa.binary())  # the same bytes: no copy
+    data = binary.buffers()[2] or b""
+    offsets = np.frombuffer(binary.buffers()[1], np.int32)[binary.offset : binary.offset + n + 1]
+    digests = sha256.slices(data, offsets, f"{context.run_id}|{operation}|".encode())
+    ids = np.frombuffer(digests, np.uint8).reshape(n, sha256.SIZE)[:, :8]
     return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(8), len(fixed), [None, pa.py_buffer(raw.tobytes())]
+        pa.binary(8), n, [None, pa.py_buffer(np.ascontiguousarray(ids))]
     )
 
 
@@ -156,17 +137,6 @@ class AuditContext:
         self.run_id = run_id
         self.processing_activity_id = processing_activity_id
         self.register_version = register_version
-
-
-@functools.cache
-def _hasher() -> duckdb.DuckDBPyConnection:
-    """The in-memory DuckDB that computes span ids, one per process.
-
-    Opening one costs ~15 ms, more than hashing a batch; every step's copy of the run's
-    context opened its own (12 in a run, 0.17 s). It holds no data: each call registers its
-    keys on a cursor of its own, so threads and steps share nothing through it.
-    """
-    return duckdb.connect(config={"threads": 1})
 
 
 class IngestAuditFn(beam.DoFn):
