@@ -148,6 +148,26 @@ def test_every_record_names_the_run_trace_purpose_and_register_version(run):
     assert len(set(table.column("span_id").to_pylist())) == table.num_rows
 
 
+def test_span_ids_are_the_documented_sha_256_of_run_operation_and_subject(run):
+    """pipelines/audit_records.py: the first 8 bytes of SHA-256(run|operation|key); the key
+    is the subject, or the subject and the item (ingest: the source) joined by a NUL."""
+    import hashlib
+
+    _, run_dir, log_root = run
+    table = pq.read_table(log_root / "segments" / "segment-00000000.parquet").to_pylist()
+    checked = set()
+    for record in table:
+        key = record["data_subject_pid"]
+        if record["name"] == "ingest":
+            key += "\x00" + json.loads(record["attributes"])["source"]
+        elif record["name"] not in ("join", "exclusion", "rule_evaluation"):
+            continue
+        text = f"{run_dir.name}|{record['name']}|{key}"
+        assert record["span_id"] == hashlib.sha256(text.encode()).digest()[:8], record["name"]
+        checked.add(record["name"])
+    assert checked == {"ingest", "join", "exclusion", "rule_evaluation"}
+
+
 def test_the_run_folder_copy_is_exactly_what_the_log_holds_and_the_log_verifies(run):
     _, run_dir, log_root = run
     copy = pq.read_table(run_dir / RUN_COPY)
