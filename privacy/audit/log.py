@@ -65,7 +65,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.machine import cores
-from privacy.audit import merkle, signing
+from privacy.audit import merkle, sha256, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_hashes
 from privacy.audit.parts import PARTS_DIR, AuditParts, first_of_each
 from privacy.audit.schema import AUDIT_SCHEMA
@@ -238,9 +238,15 @@ def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> bytes:
 # 6 M records hashed in workers: chunks of 250,000 12.8-13.0 s, of 100,000 12.1-12.3 s
 # (19.0 s in this process).
 CHUNK_ROWS = 100_000
-# From this many records on, a run's leaves are hashed in worker processes. Below, the
-# workers gain nothing: 600,000 records took 1.6-1.7 s here and 1.6-1.7 s with them.
+# From this many records on, a run's leaves are hashed in worker processes (hashlib, no C
+# loop). Below, they gain nothing: 600,000 records took 1.6-1.7 s here and with them.
 PARALLEL_RECORDS = 1_000_000
+
+
+def _parallel_from() -> int:
+    """Records from which a run is hashed in workers: threads, with the C loop, cost
+    nothing to start, so any run of two chunks or more (600,000 records: 1.1 s -> 0.8 s)."""
+    return 2 * CHUNK_ROWS if sha256.NATIVE else PARALLEL_RECORDS
 
 
 def _conform(records: pa.Table) -> pa.Table:
@@ -283,12 +289,12 @@ class _Records:
     def hashed_chunks(self, first: int):
         """(chunk, its leaf hashes, its Merkle subtrees or None), leaves numbered from `first`.
 
-        A run's parts of PARALLEL_RECORDS or more are hashed, leaves and subtrees, in
-        worker processes (one per core) while this process reads and writes
-        (privacy/audit/parts.py hashed_tables). Hashed here, the subtrees are None.
+        A big run's parts are hashed, leaves and subtrees, in workers (one per core) while
+        this thread writes (privacy/audit/parts.py hashed_tables). Hashed here, the
+        subtrees are None.
         """
         if isinstance(self.source, AuditParts):
-            big = self.source.records >= PARALLEL_RECORDS
+            big = self.source.records >= _parallel_from()
             workers = cores() if big else 1
             yield from self.source.hashed_tables(CHUNK_ROWS, first, workers)
             return
