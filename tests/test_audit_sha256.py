@@ -94,3 +94,54 @@ def test_the_c_loop_is_built_where_it_can_be():
     if not (shutil.which("cc") or shutil.which("gcc")) or not headers:
         pytest.skip("no C compiler or OpenSSL headers here: the hashlib stand-in is used")
     assert sha256.NATIVE, "the C extension privacy/audit/_sha256many.c was not built"
+
+
+def test_both_refuse_no_offsets_and_take_any_bytes_like_prefix(impl):
+    with pytest.raises(ValueError):
+        impl.slices(b"abc", np.array([], np.int64))
+    with pytest.raises(TypeError):
+        impl.slices(b"abc", np.zeros((2, 2), np.int64))
+    expected = hashlib.sha256(b"pab").digest()
+    assert impl.slices(b"abc", np.array([0, 2]), memoryview(b"p")) == expected
+    assert impl.chunks(b"ab", 2, bytearray(b"p")) == expected
+    for prefix in ("", None):
+        with pytest.raises(TypeError):
+            impl.chunks(b"ab", 2, prefix)
+
+
+def test_the_c_loop_refuses_offsets_it_cannot_read_as_native_integers():
+    """Called directly, past the wrapper's dtype check."""
+    if not sha256.NATIVE:
+        pytest.skip("the C extension was not built here")
+    for bounds in (np.array([0, 1], ">i4"), np.array([0, 1], ">i8"), np.array([0, 1], np.uint32)):
+        with pytest.raises(TypeError):
+            sha256._sha256many.slices(b"abc", bounds)
+
+
+_MOVING_OFFSETS = """
+import threading, time, numpy as np
+from privacy.audit import _sha256many
+n = 2_000_000
+offsets = np.arange(0, 8 * n + 1, 8, dtype=np.int64)
+def move():
+    time.sleep(0.02)  # after the C code checked them, while it hashes without the GIL
+    offsets[n - 10] = 1 << 45
+threading.Thread(target=move).start()
+try:
+    _sha256many.slices(bytes(8 * n), offsets)
+except ValueError:
+    pass
+"""
+
+
+def test_offsets_written_by_another_thread_while_hashing_do_not_crash_it():
+    import subprocess
+    import sys
+
+    if not sha256.NATIVE:
+        pytest.skip("the C extension was not built here")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _MOVING_OFFSETS], cwd=root, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

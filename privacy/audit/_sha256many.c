@@ -103,17 +103,29 @@ static PyObject *slices(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (out != NULL) {
         unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
         const unsigned char *src = data.buf;
-        int ok = 1;
+        int ok = 1, moved = 0;
         hasher h;
         Py_BEGIN_ALLOW_THREADS
         ok = hasher_open(&h);
-        for (Py_ssize_t i = 0; ok && i < n; i++) {
-            long long a = offset_at(&offsets, i), b = offset_at(&offsets, i + 1);
+        /* Without the GIL another thread may write to the offsets after typed_offsets
+         * checked them: read each one once and check it again before it is used. */
+        long long a = offset_at(&offsets, 0);
+        moved = a < 0 || a > data.len;
+        for (Py_ssize_t i = 0; ok && !moved && i < n; i++) {
+            long long b = offset_at(&offsets, i + 1);
+            if (b < a || b > data.len) {
+                moved = 1;
+                break;
+            }
             ok = digest(&h, prefix.buf, prefix.len, src + a, (size_t)(b - a), dst + i * DIGEST);
+            a = b;
         }
         hasher_close(&h);
         Py_END_ALLOW_THREADS
-        if (!ok) {
+        if (moved) {
+            Py_CLEAR(out);
+            PyErr_SetString(PyExc_ValueError, "the offsets changed while they were hashed");
+        } else if (!ok) {
             Py_CLEAR(out);
             hash_loop_failed();
         }

@@ -34,9 +34,13 @@ def slices(data, offsets: np.ndarray, prefix: bytes = b"") -> bytes:
         raise TypeError(f"offsets must be int32 or int64, not {offsets.dtype}")
     if _sha256many is not None:
         return _sha256many.slices(data, offsets, prefix)
-    view = memoryview(data).cast("B")
+    view, prefix = memoryview(data).cast("B"), _bytes(prefix)  # what the C code's y* takes
+    if offsets.ndim != 1:
+        raise TypeError("offsets must be a 1-d array of int32 or int64")
+    if len(offsets) == 0:
+        raise ValueError("offsets must hold at least one value")
     bounds = offsets.tolist()
-    if bounds and (bounds[0] < 0 or bounds[-1] > len(view) or (np.diff(offsets) < 0).any()):
+    if bounds[0] < 0 or bounds[-1] > len(view) or (np.diff(offsets) < 0).any():
         raise ValueError("offsets lie outside the data or are not ascending")
     return _hashlib_each(prefix, (view[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)))
 
@@ -45,10 +49,15 @@ def chunks(data, width: int, prefix: bytes = b"") -> bytes:
     """SHA-256(prefix || chunk) for each consecutive `width`-byte chunk of data, concatenated."""
     if _sha256many is not None:
         return _sha256many.chunks(data, width, prefix)
-    view = memoryview(data).cast("B")
+    view, prefix = memoryview(data).cast("B"), _bytes(prefix)
     if width <= 0 or len(view) % width:
         raise ValueError(f"{len(view)} bytes are not whole chunks of {width}")
     return _hashlib_each(prefix, (view[i : i + width] for i in range(0, len(view), width)))
+
+
+def _bytes(prefix) -> bytes:
+    """A bytes-like prefix as bytes; str, None and the like refused, as by the C code."""
+    return memoryview(prefix).cast("B").tobytes()
 
 
 def _hashlib_each(prefix: bytes, messages) -> bytes:
