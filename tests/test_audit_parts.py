@@ -180,6 +180,7 @@ def test_an_append_hashed_in_workers_signs_the_same_tree(tmp_path, monkeypatch, 
     # A run this small would not use them; chunks of 7 records spread it over them.
     monkeypatch.setattr(log, "PARALLEL_RECORDS", 1)
     monkeypatch.setattr(log, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(log, "cores", lambda: 2)  # workers even on a one-core machine
     there = [
         append_run(tmp_path / run, name, tmp_path / "log-there", Signer(ring)).body
         for run, name in (("three", "one"), ("four", "two"))

@@ -44,8 +44,11 @@ def in_order(fn: Callable, jobs: Iterable[tuple], workers: int, threads: bool = 
             mp_context=multiprocessing.get_context("spawn"),
             initializer=leave_stops_to_parent,
         )
+    # Thread results carry the chunk's table too (~45 MB at 100,000 records), not only
+    # its hashes: one queued per worker keeps them busy without holding 2 * workers tables.
+    ahead = workers if threads else 2 * workers
     try:
-        pending = deque(pool.submit(fn, *job) for job in islice(jobs, 2 * workers))
+        pending = deque(pool.submit(fn, *job) for job in islice(jobs, ahead))
         while pending:
             future = pending.popleft()
             for job in islice(jobs, 1):
