@@ -36,4 +36,5 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache build
+	rm -f privacy/audit/_sha256many*.so
