@@ -9,6 +9,7 @@ PERSONS ?= 20000
 $(VENV)/.installed: pyproject.toml constraints.txt privacy/audit/_sha256many.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	rm -f privacy/audit/_sha256many*.so  # an optional build that fails must not leave an old one
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 

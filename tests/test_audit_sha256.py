@@ -145,3 +145,14 @@ def test_offsets_written_by_another_thread_while_hashing_do_not_crash_it():
         [sys.executable, "-c", _MOVING_OFFSETS], cwd=root, capture_output=True, timeout=120
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+def test_the_c_loop_is_not_older_than_its_source():
+    """An optional build that fails leaves the module of an earlier build in place (an
+    editable install builds it there), and that one is then imported without a word."""
+    if not sha256.NATIVE:
+        pytest.skip("the C extension was not built here")
+    built = Path(sha256._sha256many.__file__)
+    source = Path(sha256.__file__).with_name("_sha256many.c")
+    if source.is_file():
+        assert built.stat().st_mtime >= source.stat().st_mtime, f"{built.name} is stale: make"
