@@ -26,10 +26,10 @@ def leave_stops_to_parent() -> None:
 def in_order(fn: Callable, jobs: Iterable[tuple], workers: int, threads: bool = False) -> Iterator:
     """fn(*job) for every job, yielded in the order of the jobs.
 
-    With `workers` > 1 the calls run in that many processes (threads with `threads`),
-    2 * workers of them ahead of the caller and no more: the workers hash faster than
-    the caller writes, and results that were not asked for yet would pile up here (1.9 GB
-    at 60 M records). Otherwise they run here, one at a time.
+    With `workers` > 1 the calls run in that many processes (threads with `threads`), a
+    bounded number of them ahead of the caller: the workers hash faster than the caller
+    writes, and results that were not asked for yet would pile up here (1.9 GB at 60 M
+    records). Otherwise they run here, one at a time.
     """
     jobs = iter(jobs)
     if workers <= 1:

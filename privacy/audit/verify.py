@@ -295,7 +295,8 @@ def _check_leaves(
 ) -> bool:
     """Every record's leaf hash recomputed, a row group at a time, and fed to `tree`; names
     the first record that no longer matches its stored hash. A segment of PARALLEL_RECORDS
-    or more is hashed in worker processes, one per core, as the log append does."""
+    or more is hashed in worker processes, one per core: a process the out-of-memory killer
+    ends is then reported as such (VerificationIncomplete), not the whole verification."""
     rows = [segment.metadata.row_group(g).num_rows for g in range(segment.num_row_groups)]
     starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).tolist()
     samples = frozenset(samples)
