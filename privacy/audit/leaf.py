@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from privacy.audit import merkle
+from privacy.audit import merkle, sha256
 from privacy.audit.schema import AUDIT_SCHEMA
 
 LEAF_FORMAT = "signals-audit-leaf/1"
@@ -218,4 +218,4 @@ def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
     joined = arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, _NO_SEPARATOR)
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
     offsets = offsets[joined.offset : joined.offset + n + 1]
-    return merkle.hash_prefixed(joined.buffers()[2], offsets)
+    return sha256.slices(joined.buffers()[2], offsets)  # each leaf starts with its 0x00 prefix

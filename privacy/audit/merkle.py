@@ -29,8 +29,6 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from privacy.audit import sha256
 
 HASH_SIZE = 32
@@ -59,14 +57,6 @@ def hash_level(level: bytes) -> bytes:
     if count % 2:
         out += level[-HASH_SIZE:]
     return out
-
-
-def hash_prefixed(data: memoryview | bytes, offsets: np.ndarray) -> bytes:
-    """SHA-256 of each slice data[offsets[i]:offsets[i+1]], concatenated (32 bytes each).
-
-    The slices must already start with their prefix byte (0x00 for leaves).
-    """
-    return sha256.slices(data, offsets)
 
 
 def _split(n: int) -> int:
