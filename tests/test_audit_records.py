@@ -1,0 +1,79 @@
+"""The attributes of the audit records the pipeline makes: one spelling for each value.
+
+The log hashes the attribute text, so one value must have one spelling: keys sorted, no
+spaces, as `canonical_json` (json.dumps) writes them. The records' attributes are built
+column-wise in Arrow, not with json.dumps; these tests pin the text for every kind of value
+and for nulls.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pyarrow as pa
+
+from pipelines.audit_records import (
+    AuditContext,
+    _json_fields,
+    canonical_json,
+    evaluation_records,
+)
+
+CONTEXT = AuditContext("2025-01-01-records", "proactive-entitlement-signalling", "2025.1")
+
+
+def test_json_fields_spell_every_value_and_null_one_way():
+    table = pa.table(
+        {
+            "scheme": ["zorgtoeslag", None, "aio"],
+            "benefit_year": pa.array([2025, 2024, None], pa.int32()),
+            "entitled": [True, False, None],
+            "amount": pa.array([Decimal("1355.04"), None, Decimal("0.00")], pa.decimal128(12, 2)),
+            "confidence": [1.0, 0.5, None],
+        }
+    )
+    made = _json_fields(table, ("scheme",), ("benefit_year", "entitled", "amount", "confidence"))
+    # Keys sorted, no spaces; money keeps its two decimals, a whole float is written as 1.
+    assert made.to_pylist() == [
+        '{"amount":1355.04,"benefit_year":2025,"confidence":1,"entitled":true,'
+        '"scheme":"zorgtoeslag"}',
+        '{"amount":null,"benefit_year":2024,"confidence":0.5,"entitled":false,"scheme":null}',
+        '{"amount":0.00,"benefit_year":null,"confidence":null,"entitled":null,"scheme":"aio"}',
+    ]
+    for text, row in zip(made.to_pylist(), table.to_pylist(), strict=True):
+        assert json.loads(text, parse_float=Decimal) == row
+
+
+def test_a_rule_evaluation_record_lists_each_scheme_in_order_in_canonical_json():
+    evaluations = pa.table(
+        {
+            "household_pid": ["h.b", "h.a", "h.a"],
+            "scheme": ["zorgtoeslag", "zorgtoeslag", "aio"],
+            "benefit_year": pa.array([2025, 2025, 2025], pa.int32()),
+            "rule_id": ["zorgtoeslag", "zorgtoeslag", "aio"],
+            "rule_version": ["1.0.0", "1.0.0", "1.0.0"],
+            "parameter_version": ["2025.1", "2025.1", "2025.2"],
+            "entitled": [False, True, None],
+            "already_receiving": [None, False, False],
+        }
+    )
+    households = pa.table(
+        {
+            "household_pid": ["h.a", "h.b"],
+            "member_pids": [["p.a1", "p.a2"], ["p.b1"]],
+        }
+    )
+    records = evaluation_records(CONTEXT, evaluations, households).to_pylist()
+    by_subject = {r["data_subject_pid"]: r for r in records}
+    assert set(by_subject) == {"p.a1", "p.a2", "p.b1"}
+    for record in records:
+        attrs = json.loads(record["attributes"])
+        assert canonical_json(attrs) == record["attributes"]
+    a = json.loads(by_subject["p.a1"]["attributes"])
+    assert a["household_pid"] == "h.a"
+    assert [e["scheme"] for e in a["evaluations"]] == ["aio", "zorgtoeslag"]
+    assert a["evaluations"][0]["entitled"] is None
+    assert by_subject["p.a1"]["status"] == "entitled"
+    assert by_subject["p.b1"]["status"] == "not_entitled"
+    assert by_subject["p.a2"]["attributes"] == by_subject["p.a1"]["attributes"]
