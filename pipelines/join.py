@@ -282,17 +282,29 @@ WITH members AS (
 ),
 head AS (
     -- One applicant per household: the head (the lowest pseudonym if the register has two).
-    SELECT DISTINCT ON (household_pid) *
-    FROM facts
-    WHERE role = 'head' AND registered
-    ORDER BY household_pid, person_pid
+    -- Picked by key, then its row joined back: DISTINCT ON sorted every column of every head
+    -- (a third of this query). A person has one row (the BRP's key is the BSN).
+    SELECT f.*
+    FROM facts AS f
+    SEMI JOIN (
+        SELECT household_pid, min(person_pid) AS person_pid
+        FROM facts
+        WHERE role = 'head' AND registered
+        GROUP BY household_pid
+    ) AS first USING (household_pid, person_pid)
 ),
 partner AS (
-    SELECT DISTINCT ON (m.household_pid) m.*
+    -- The member the head's record names as partner; if it names none, the lowest member
+    -- in the partner role. Picked by key, as the head is.
+    SELECT m.*
     FROM members AS m
-    JOIN head AS h ON h.household_pid = m.household_pid AND m.person_pid <> h.person_pid
-    WHERE m.person_pid = h.partner_pid OR (h.partner_pid IS NULL AND m.role = 'partner')
-    ORDER BY m.household_pid, (m.person_pid = h.partner_pid) DESC, m.person_pid
+    SEMI JOIN (
+        SELECT m.household_pid, min(m.person_pid) AS person_pid
+        FROM members AS m
+        JOIN head AS h ON h.household_pid = m.household_pid AND m.person_pid <> h.person_pid
+        WHERE m.person_pid = h.partner_pid OR (h.partner_pid IS NULL AND m.role = 'partner')
+        GROUP BY m.household_pid
+    ) AS chosen USING (household_pid, person_pid)
 ),
 composition AS (
     SELECT

@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import apache_beam as beam
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +17,13 @@ from population import REFERENCE_DATE, B, write_population
 from pipelines import household
 from pipelines.contract import SOURCES
 from pipelines.exclude import PERSON_SOURCES, ExcludeObjectors
-from pipelines.join import JOIN_SOURCES, JoinHouseholds, bucket_of
+from pipelines.join import (
+    HOUSEHOLD_SQL,
+    JOIN_SOURCES,
+    PERSON_FACTS_SCHEMA,
+    JoinHouseholds,
+    bucket_of,
+)
 from pipelines.options import pipeline_options
 from pipelines.read_deliveries import ReadDeliveries, open_pseudonymised
 from privacy.minimise import pseudonymised_schema
@@ -113,3 +120,68 @@ def test_buckets_are_stable_and_spread():
     assert (bucket_of(keys, 8) == buckets).all()
     counts = [int((buckets == b).sum()) for b in range(8)]
     assert min(counts) > 400, counts
+
+
+# -- who is applicant and partner: the household query on its own, in DuckDB ----------------
+
+
+def _person(pid: str, household: str, role: str, partner: str | None = None, **changes) -> dict:
+    row = {f.name: None for f in PERSON_FACTS_SCHEMA}
+    row |= {
+        "person_pid": pid,
+        "household_pid": household,
+        "role": role,
+        "partner_pid": partner,
+        "partner_withheld": False,
+        "age": 40,
+        "deregistered": False,
+        "registered": True,
+        "insured": True,
+        "receiving_schemes": [],
+        "aow_monthly_amount": Decimal("0"),
+        "arrears_count": 0,
+        "arrears_total": Decimal("0"),
+        "arrears_sectors": [],
+        "objected_schemes": [],
+    }
+    return row | changes
+
+
+def _heads_and_partners(people: list[dict]) -> dict[str, tuple[str, str | None]]:
+    con = duckdb.connect()
+    con.register("facts", pa.Table.from_pylist(people, schema=PERSON_FACTS_SCHEMA))
+    sql = HOUSEHOLD_SQL.format(ref=REFERENCE_DATE)
+    rows = con.sql(sql).fetchall()
+    names = [d[0] for d in con.sql(sql).description]
+    picked = [dict(zip(names, r, strict=True)) for r in rows]
+    assert len(picked) == len({r["household_pid"] for r in picked})  # one row a household
+    return {r["household_pid"]: (r["applicant_pid"], r["partner_pid"]) for r in picked}
+
+
+def test_the_applicant_is_the_lowest_registered_head_and_the_partner_the_one_named():
+    picked = _heads_and_partners(
+        [
+            # Two heads: the lower pseudonym applies; an unregistered head never does.
+            _person("p.b", "h1", "head"),
+            _person("p.c", "h1", "head"),
+            _person("p.a", "h1", "head", registered=False),
+            # The head names its partner: that member, not a lower one in the partner role.
+            _person("p.k", "h2", "head", partner="p.m"),
+            _person("p.m", "h2", "partner"),
+            _person("p.l", "h2", "partner"),
+            # The head names none: the lowest member in the partner role.
+            _person("p.x", "h3", "head"),
+            _person("p.z", "h3", "partner"),
+            _person("p.y", "h3", "partner"),
+            # The named partner is deregistered: no partner, and no other taken instead.
+            _person("p.q", "h4", "head", partner="p.r"),
+            _person("p.r", "h4", "partner", deregistered=True),
+            _person("p.s", "h4", "partner"),
+        ]
+    )
+    assert picked == {
+        "h1": ("p.b", None),
+        "h2": ("p.k", "p.m"),
+        "h3": ("p.x", "p.y"),
+        "h4": ("p.q", None),
+    }
