@@ -199,11 +199,13 @@ LEFT JOIN housing AS h USING (address_id)
 PERSON_FACTS_SQL = """
 -- Grain: one row per BRP person, with the facts of every person-keyed source at {ref}.
 WITH latest_tax AS (
-    -- The newest assessed year on or before the reference year.
-    SELECT DISTINCT ON (bsn) bsn, year, assessed_income, assets, assessment_status
-    FROM tax
-    WHERE year <= {ref_year}
-    ORDER BY bsn, year DESC
+    -- The newest assessed year on or before the reference year, picked by key as the head
+    -- is below (a tax row's key is BSN and year).
+    SELECT t.bsn, t.year, t.assessed_income, t.assets, t.assessment_status
+    FROM tax AS t
+    SEMI JOIN (
+        SELECT bsn, max(year) AS year FROM tax WHERE year <= {ref_year} GROUP BY bsn
+    ) AS newest USING (bsn, year)
 ),
 insured AS (
     SELECT bsn, TRUE AS insured
