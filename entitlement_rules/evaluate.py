@@ -44,15 +44,21 @@ def evaluate(
     "entitled" (refusals keep failed_conditions but no text) or "none" (decisions only).
     """
     _check_columns(con, households, compiled)
+    return con.sql(evaluation_sql(households, compiled, explain))
+
+
+def evaluation_sql(households: str, compiled: list[CompiledRule], explain: str = "all") -> str:
+    """The SQL that evaluate() runs, for a caller that runs it another way (its columns are
+    not checked here)."""
     if not compiled:
         nulls = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in OUTPUT_COLUMNS)
-        return con.sql(f"SELECT {nulls} WHERE FALSE")
+        return f"SELECT {nulls} WHERE FALSE"
     columns = ", ".join(c for c, _ in OUTPUT_COLUMNS)
     parts = [
         f"SELECT {columns} FROM (\n{rule.render(households, explain).rstrip().rstrip(';')}\n)"
         for rule in compiled
     ]
-    return con.sql("\nUNION ALL\n".join(parts))
+    return "\nUNION ALL\n".join(parts)
 
 
 def _check_columns(
