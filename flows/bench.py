@@ -460,8 +460,13 @@ def bench_size(
     floor: bool,
     prefect: bool,
     say=print,
+    repeat: int = 1,
 ) -> dict:
-    """Every phase on one population; returns the figures (also printed as it goes)."""
+    """Every phase on one population; returns the figures (also printed as it goes).
+
+    With `repeat`, the central run and the floor run that many times, in turn; the
+    middle turn of each is reported, and every turn's times are kept under "turns".
+    """
     root = work / f"persons-{persons}"
     raw, pseudo, staging = root / "raw", root / "pseudonymised", root / "staging"
     figures: dict = {"persons": persons, "phases": {}}
@@ -480,29 +485,26 @@ def bench_size(
         )
         say(f"  pseudonymise   {figures['phases']['pseudonymise']['seconds']:8.1f} s")
         marker.write_text(json.dumps(wanted))
-    pipe = in_child(
-        pipeline_phase,
-        pseudo=str(pseudo),
-        staging=str(staging),
-        buckets=buckets,
-        runner=runner,
-        runner_args=runner_args,
-    )
-    deliveries = pipe.pop("deliveries")
-    figures["phases"]["pipeline"] = pipe
-    say(f"  pipeline       {pipe['seconds']:8.1f} s")
-    figures["phases"]["finalise"] = in_child(
-        finalise_phase, staging=str(staging), deliveries=deliveries
-    )
-    say(f"  finalise       {figures['phases']['finalise']['seconds']:8.1f} s")
-    if floor:
-        result = in_child(floor_phase, pseudo=str(pseudo))
-        if "error" in result:
-            say(f"  duckdb floor   not measured: {result['error']}")
-            figures["floor_error"] = result["error"]
-        else:
-            figures["phases"]["floor"] = result
-            say(f"  duckdb floor   {result['query_seconds']:8.1f} s")
+    turns = []
+    for turn in range(1, repeat + 1):
+        if repeat > 1:
+            say(f"  turn {turn} of {repeat}")
+        turns.append(_central_and_floor(pseudo, staging, buckets, runner, runner_args, floor, say))
+    figures["turns"] = [_turn_figures(t) for t in turns]
+    # The middle turn's phases are reported (of an even number, the faster middle one): one
+    # turn can fall on a busy moment of a shared machine, for the run or for the floor alone.
+    middle = sorted(turns, key=lambda t: t["pipeline"]["seconds"] + t["finalise"]["seconds"])
+    figures["phases"] |= {k: middle[(repeat - 1) // 2][k] for k in ("pipeline", "finalise")}
+    floors = [t["floor"] for t in turns if "floor" in t]
+    errors = [t["floor_error"] for t in turns if "floor_error" in t]
+    if floors:
+        figures["phases"]["floor"] = sorted(floors, key=lambda f: f["query_seconds"])[
+            (len(floors) - 1) // 2
+        ]
+    if errors:  # all turns failed, or some: then the middle of the others is reported
+        figures["floor_error"] = errors[0] + (
+            f" (in {len(errors)} of {repeat} turns)" if floors else ""
+        )
     if prefect:
         figures["phases"]["flow"] = in_child(
             flow_phase,
@@ -513,6 +515,48 @@ def bench_size(
         )
         say(f"  prefect flow   {figures['phases']['flow']['flow_seconds']:8.1f} s")
     shutil.rmtree(staging, ignore_errors=True)
+    return figures
+
+
+def _central_and_floor(
+    pseudo: Path, staging: Path, buckets: int, runner: str, runner_args: list[str], floor, say
+) -> dict:
+    """One turn: the pipeline, finalise + audit log, then (with `floor`) the DuckDB floor."""
+    turn: dict = {}
+    pipe = in_child(
+        pipeline_phase,
+        pseudo=str(pseudo),
+        staging=str(staging),
+        buckets=buckets,
+        runner=runner,
+        runner_args=runner_args,
+    )
+    deliveries = pipe.pop("deliveries")
+    turn["pipeline"] = pipe
+    say(f"  pipeline       {pipe['seconds']:8.1f} s")
+    turn["finalise"] = in_child(finalise_phase, staging=str(staging), deliveries=deliveries)
+    say(f"  finalise       {turn['finalise']['seconds']:8.1f} s")
+    shutil.rmtree(staging, ignore_errors=True)  # the next turn starts as this one did
+    if floor:
+        result = in_child(floor_phase, pseudo=str(pseudo))
+        if "error" in result:
+            say(f"  duckdb floor   not measured: {result['error']}")
+            turn["floor_error"] = result["error"]
+        else:
+            turn["floor"] = result
+            say(f"  duckdb floor   {result['query_seconds']:8.1f} s")
+    return turn
+
+
+def _turn_figures(turn: dict) -> dict:
+    """The times of one turn, kept for the report's spread (the phases hold the rest)."""
+    figures = {
+        "central_seconds": turn["pipeline"]["seconds"] + turn["finalise"]["seconds"],
+        "central_cpu_seconds": turn["pipeline"]["cpu_seconds"] + turn["finalise"]["cpu_seconds"],
+    }
+    if "floor" in turn:
+        figures["floor_seconds"] = turn["floor"]["query_seconds"]
+        figures["floor_cpu_seconds"] = turn["floor"]["query_cpu_seconds"]
     return figures
 
 
@@ -654,9 +698,37 @@ def report_scaling(runs: list[dict], startup: dict | None) -> list[str]:
                 f"{central:.2f} us/person, floor {floor:.2f} us/person: {ratio} the floor "
                 "(target <= 3x)"
             )
+    lines += _turn_lines(runs)
     if len(per) >= 2:
         lines.append(f"  time per person spans {_spread(per)} (target +/-25%)")
         lines.append(f"  net of the start-up: {_spread(net)}")
+    return lines
+
+
+def _turn_lines(runs: list[dict]) -> list[str]:
+    """Every turn's times, and the marginal ratio of each turn (the i-th turn of the first two
+    sizes), when the bench ran more than one: the figures above are the middle turn's."""
+    if not runs or len(runs[0].get("turns", [])) < 2:
+        return []
+    lines = [f"  every turn (the figures above are the middle turn's, of {len(runs[0]['turns'])}):"]
+    for f in runs:
+        turns = f["turns"]
+        central = ", ".join(f"{t['central_seconds']:.1f}" for t in turns)
+        floor = ", ".join(f"{t['floor_seconds']:.2f}" for t in turns if "floor_seconds" in t)
+        lines.append(
+            f"    {f['persons']:>12,}: central {central} s"
+            + (f"; floor {floor} s" if floor else "")
+        )
+    if len(runs) >= 2:
+        a, b = runs[0]["turns"], runs[1]["turns"]
+        ratios = []
+        for x, y in zip(a, b, strict=False):
+            if "floor_seconds" in x and "floor_seconds" in y:
+                floor = y["floor_seconds"] - x["floor_seconds"]
+                central = y["central_seconds"] - x["central_seconds"]
+                ratios.append(f"{central / floor:.1f}x" if floor > 0 else "n/a")
+        if ratios:
+            lines.append(f"    marginal time against the floor, turn by turn: {', '.join(ratios)}")
     return lines
 
 
@@ -672,8 +744,12 @@ def run_bench(
     startup: bool = True,
     json_path: Path | None = None,
     say=print,
+    repeat: int = 1,
 ) -> dict:
-    """The whole benchmark; returns (and prints) the figures."""
+    """The whole benchmark; returns (and prints) the figures.
+
+    `repeat`: turns of the central run and the floor at each size (the middle one is
+    reported; the report lists every turn's times and ratio)."""
     keep = work is not None
     work = Path(work) if keep else Path(tempfile.mkdtemp(prefix="signals-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -684,7 +760,9 @@ def run_bench(
     )
     if not sha256.NATIVE:
         say("  the audit's C hashing loop was not built here: the log append hashes slower")
-    args = dict(work=work, seed=seed, buckets=buckets, runner=runner)
+    if repeat < 1:
+        raise ValueError(f"repeat must be 1 or more, not {repeat}")
+    args = dict(work=work, seed=seed, buckets=buckets, runner=runner, repeat=repeat)
     args["runner_args"] = list(runner_args or [])
     result: dict = {"startup": None, "runs": []}
     try:

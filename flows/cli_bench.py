@@ -3,6 +3,7 @@
     signals bench --persons 100000,1000000            figures per stage, floor, ratios
     signals bench --persons 100000 --work /tmp/b      keep (and reuse) the populations
     signals bench --persons 20000 --prefect           also the whole Prefect flow
+    signals bench --repeat 3                          three turns each, the middle reported
 
 Registered in flows/cli.py COMMAND_MODULES.
 """
@@ -22,6 +23,14 @@ def _sizes(value: str) -> list[int]:
     if not sizes or min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"{value!r}: sizes must be positive whole numbers")
     return sorted(set(sizes))
+
+
+def _turns(value: str) -> int:
+    import argparse
+
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of turns, 1 or more")
+    return int(value)
 
 
 def register(subparsers) -> None:
@@ -51,6 +60,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--prefect", action="store_true", help="also run the whole Prefect flow (largest size)"
     )
+    p.add_argument(
+        "--repeat",
+        type=_turns,
+        default=1,
+        help="run the central run and the floor this many times at each size, in turn, and "
+        "report the middle one (default 1); on a shared machine one run can fall on a busy moment",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
 
@@ -69,5 +85,6 @@ def cmd_bench(args) -> int:
         prefect=args.prefect,
         startup=args.startup,
         json_path=Path(args.json) if args.json else None,
+        repeat=args.repeat,
     )
     return 0

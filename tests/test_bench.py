@@ -60,3 +60,29 @@ def test_peak_memory_counts_the_worker_processes_too():
     finally:
         worker.communicate("\n")
     assert together - alone > 250
+
+
+def test_repeated_turns_are_all_kept_and_the_middle_one_is_reported(tmp_path, capsys):
+    figures = tmp_path / "figures.json"
+    args = ["bench", "--persons", "1000,2000", "--work", str(tmp_path / "work"), "--no-startup"]
+    assert main(args + ["--buckets", "4", "--repeat", "3", "--json", str(figures)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("turn 3 of 3") == 2
+    runs = json.loads(figures.read_text())["runs"]
+    for run in runs:
+        turns = run["turns"]
+        assert len(turns) == 3 and all(t["central_seconds"] > 0 for t in turns)
+        phases = run["phases"]
+        central = phases["pipeline"]["seconds"] + phases["finalise"]["seconds"]
+        assert central == sorted(t["central_seconds"] for t in turns)[1]
+        assert phases["floor"]["query_seconds"] == sorted(t["floor_seconds"] for t in turns)[1]
+    assert "every turn (the figures above are the middle turn's, of 3)" in out
+    assert "marginal time against the floor, turn by turn:" in out
+
+
+def test_a_repeat_below_one_is_refused_with_a_clear_message(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--repeat", "0"])
+    assert "give a whole number of turns, 1 or more" in capsys.readouterr().err
