@@ -318,6 +318,16 @@ def _outcome(check: str) -> str:
     return f"CASE WHEN {check} THEN 'pass' ELSE 'fail' END"
 
 
+# What AssessFn reads of an assessed candidate: the signal and suppressed columns, the decision
+# and what the audit records hold. Every other column (the candidate's texts and flags, each
+# check's outcome) stays in DuckDB: carried out, it was copied again by every filter.
+_ASSESSED_COLUMNS = tuple(
+    dict.fromkeys(
+        [*SIGNAL_SCHEMA.names, *SUPPRESSED_SCHEMA.names, "decision", "checks", "fields_used"]
+    )
+)
+
+
 def assess_sql(policy: Policy, reference_date: dt.date) -> str:
     """One row per entitled candidate: every check, reasons, decision, status, audit JSON."""
     ref = f"DATE '{reference_date.isoformat()}'"
@@ -395,7 +405,7 @@ decided AS (
         {checks} AS checks
     FROM reasoned
 )
-SELECT *,
+SELECT {", ".join(_ASSESSED_COLUMNS)},
     json_object(
         'benefit_year', benefit_year,
         'checks', checks,
@@ -475,9 +485,12 @@ class AssessFn(beam.DoFn):
             self.con.unregister("candidates")
             self.con.unregister("history")
         signalled = pc.equal(assessed.column("decision"), "signal")
-        signals = assessed.filter(signalled).select(SIGNAL_SCHEMA.names).cast(SIGNAL_SCHEMA)
-        suppressed = assessed.filter(pc.invert(signalled))
-        suppressed = suppressed.select(SUPPRESSED_SCHEMA.names).cast(SUPPRESSED_SCHEMA)
+        # Columns chosen before rows: a filter copies every column it is given.
+        signalled_rows = assessed.select([*SIGNAL_SCHEMA.names, "checks", "fields_used"])
+        signalled_rows = signalled_rows.filter(signalled)
+        signals = signalled_rows.select(SIGNAL_SCHEMA.names).cast(SIGNAL_SCHEMA)
+        suppressed = assessed.select(SUPPRESSED_SCHEMA.names).filter(pc.invert(signalled))
+        suppressed = suppressed.cast(SUPPRESSED_SCHEMA)
         Metrics.counter("proportionality", "signals").inc(signals.num_rows)
         Metrics.counter("proportionality", "suppressed").inc(suppressed.num_rows)
         Metrics.counter("proportionality", "resolved").inc(resolved.num_rows)
@@ -485,7 +498,6 @@ class AssessFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(AUDIT, proportionality_records(self.audit, assessed))
         if signals.num_rows:
             yield beam.pvalue.TaggedOutput(SIGNALS, signals)
-            signalled_rows = assessed.filter(signalled)
             yield beam.pvalue.TaggedOutput(AUDIT, signal_records(self.audit, signalled_rows))
         if suppressed.num_rows:
             yield beam.pvalue.TaggedOutput(SUPPRESSED, suppressed)
