@@ -84,6 +84,8 @@ def audit_batch(
     Span-id order makes a batch the same whatever order its subjects came in
     (privacy/audit/parts.py names and concatenates parts on it).
     """
+    subjects, discriminator, rows = _whole(subjects), _whole(discriminator), _whole(rows)
+    status, attributes = _whole(status), _whole(attributes)
     n = len(subjects)
     now = dt.datetime.now(dt.UTC)
     started = started or now
@@ -120,6 +122,11 @@ def audit_batch(
         ],
         schema=AUDIT_SCHEMA,
     )
+
+
+def _whole(values):
+    """A column in one piece (a record batch holds arrays, and the ids hash one buffer)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def span_order(spans: pa.Array) -> pa.Array:
@@ -286,10 +293,10 @@ def signal_records(context: AuditContext, signals: pa.Table) -> pa.RecordBatch:
     return audit_batch(
         context,
         "signal",
-        signals.column("applicant_pid").combine_chunks(),
+        signals.column("applicant_pid"),
         "signalled",
-        attrs.combine_chunks(),
-        discriminator=signals.column("signal_id").combine_chunks(),
+        attrs,
+        discriminator=signals.column("signal_id"),
     )
 
 
@@ -305,10 +312,10 @@ def proportionality_records(context: AuditContext, assessed: pa.Table) -> pa.Rec
     return audit_batch(
         context,
         "proportionality",
-        assessed.column("applicant_pid").combine_chunks(),
-        assessed.column("decision").combine_chunks(),
-        assessed.column("attributes").combine_chunks(),
-        discriminator=disc.combine_chunks(),
+        assessed.column("applicant_pid"),
+        assessed.column("decision"),
+        assessed.column("attributes"),
+        discriminator=disc,
     )
 
 
@@ -328,10 +335,10 @@ def resolution_records(context: AuditContext, resolved: pa.Table) -> pa.RecordBa
     return audit_batch(
         context,
         "resolution",
-        resolved.column("household_pid").combine_chunks(),
+        resolved.column("household_pid"),
         "resolved",
-        attrs.combine_chunks(),
-        discriminator=resolved.column("signal_id").combine_chunks(),
+        attrs,
+        discriminator=resolved.column("signal_id"),
     )
 
 

@@ -8,6 +8,7 @@ and for nulls.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from decimal import Decimal
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 from pipelines.audit_records import (
     AuditContext,
     _json_fields,
+    audit_batch,
     canonical_json,
     evaluation_records,
 )
@@ -77,3 +79,18 @@ def test_a_rule_evaluation_record_lists_each_scheme_in_order_in_canonical_json()
     assert by_subject["p.a1"]["status"] == "entitled"
     assert by_subject["p.b1"]["status"] == "not_entitled"
     assert by_subject["p.a2"]["attributes"] == by_subject["p.a1"]["attributes"]
+
+
+def test_subjects_in_chunks_get_the_records_they_get_whole():
+    subjects = ["p.c", "p.a", "p.b"]
+    whole = audit_batch(CONTEXT, "join", pa.array(subjects), "joined", "{}")
+    chunked = audit_batch(
+        CONTEXT, "join", pa.chunked_array([subjects[:1], subjects[1:]]), "joined", "{}"
+    )
+    keep = [n for n in whole.schema.names if n not in ("start_time", "end_time")]
+    assert chunked.select(keep).equals(whole.select(keep))
+    # The documented id: the first 8 bytes of SHA-256(run|operation|subject), in id order.
+    expected = sorted(
+        hashlib.sha256(f"{CONTEXT.run_id}|join|{s}".encode()).digest()[:8] for s in subjects
+    )
+    assert whole.column("span_id").to_pylist() == expected
