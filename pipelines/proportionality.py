@@ -321,10 +321,9 @@ def _outcome(check: str) -> str:
 # What AssessFn reads of an assessed candidate: the signal and suppressed columns, the decision
 # and what the audit records hold. Every other column (the candidate's texts and flags, each
 # check's outcome) stays in DuckDB: carried out, it was copied again by every filter.
+_SIGNALLED_COLUMNS = (*SIGNAL_SCHEMA.names, "checks", "fields_used")  # signal + its record
 _ASSESSED_COLUMNS = tuple(
-    dict.fromkeys(
-        [*SIGNAL_SCHEMA.names, *SUPPRESSED_SCHEMA.names, "decision", "checks", "fields_used"]
-    )
+    dict.fromkeys([*_SIGNALLED_COLUMNS, *SUPPRESSED_SCHEMA.names, "decision"])
 )
 
 
@@ -486,8 +485,7 @@ class AssessFn(beam.DoFn):
             self.con.unregister("history")
         signalled = pc.equal(assessed.column("decision"), "signal")
         # Columns chosen before rows: a filter copies every column it is given.
-        signalled_rows = assessed.select([*SIGNAL_SCHEMA.names, "checks", "fields_used"])
-        signalled_rows = signalled_rows.filter(signalled)
+        signalled_rows = assessed.select(_SIGNALLED_COLUMNS).filter(signalled)
         signals = signalled_rows.select(SIGNAL_SCHEMA.names).cast(SIGNAL_SCHEMA)
         suppressed = assessed.select(SUPPRESSED_SCHEMA.names).filter(pc.invert(signalled))
         suppressed = suppressed.cast(SUPPRESSED_SCHEMA)
