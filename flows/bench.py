@@ -491,16 +491,14 @@ def bench_size(
             say(f"  turn {turn} of {repeat}")
         turns.append(_central_and_floor(pseudo, staging, buckets, runner, runner_args, floor, say))
     figures["turns"] = [_turn_figures(t) for t in turns]
-    # The middle turn's phases are reported (of an even number, the faster middle one): one
-    # turn can fall on a busy moment of a shared machine, for the run or for the floor alone.
-    middle = sorted(turns, key=lambda t: t["pipeline"]["seconds"] + t["finalise"]["seconds"])
-    figures["phases"] |= {k: middle[(repeat - 1) // 2][k] for k in ("pipeline", "finalise")}
+    # The middle turn's phases are reported: one turn can fall on a busy moment of a shared
+    # machine, for the run or for the floor alone.
+    middle = _middle(turns, lambda t: central_seconds({"phases": t}))
+    figures["phases"] |= {k: middle[k] for k in ("pipeline", "finalise")}
     floors = [t["floor"] for t in turns if "floor" in t]
     errors = [t["floor_error"] for t in turns if "floor_error" in t]
     if floors:
-        figures["phases"]["floor"] = sorted(floors, key=lambda f: f["query_seconds"])[
-            (len(floors) - 1) // 2
-        ]
+        figures["phases"]["floor"] = _middle(floors, lambda f: f["query_seconds"])
     if errors:  # all turns failed, or some: then the middle of the others is reported
         figures["floor_error"] = errors[0] + (
             f" (in {len(errors)} of {repeat} turns)" if floors else ""
@@ -514,8 +512,12 @@ def bench_size(
             buckets=buckets,
         )
         say(f"  prefect flow   {figures['phases']['flow']['flow_seconds']:8.1f} s")
-    shutil.rmtree(staging, ignore_errors=True)
     return figures
+
+
+def _middle(items: list, key):
+    """The middle item by `key` (of an even number, the lower of the two middle ones)."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 def _central_and_floor(
@@ -536,7 +538,7 @@ def _central_and_floor(
     say(f"  pipeline       {pipe['seconds']:8.1f} s")
     turn["finalise"] = in_child(finalise_phase, staging=str(staging), deliveries=deliveries)
     say(f"  finalise       {turn['finalise']['seconds']:8.1f} s")
-    shutil.rmtree(staging, ignore_errors=True)  # the next turn starts as this one did
+    shutil.rmtree(staging, ignore_errors=True)  # each turn starts, and the bench ends, without it
     if floor:
         result = in_child(floor_phase, pseudo=str(pseudo))
         if "error" in result:
@@ -550,9 +552,10 @@ def _central_and_floor(
 
 def _turn_figures(turn: dict) -> dict:
     """The times of one turn, kept for the report's spread (the phases hold the rest)."""
+    phases = {"phases": turn}
     figures = {
-        "central_seconds": turn["pipeline"]["seconds"] + turn["finalise"]["seconds"],
-        "central_cpu_seconds": turn["pipeline"]["cpu_seconds"] + turn["finalise"]["cpu_seconds"],
+        "central_seconds": central_seconds(phases),
+        "central_cpu_seconds": central_cpu(phases),
     }
     if "floor" in turn:
         figures["floor_seconds"] = turn["floor"]["query_seconds"]
