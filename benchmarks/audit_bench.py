@@ -56,19 +56,10 @@ def _no_maker(*_args):
 
 def _without_audit() -> None:
     """Replace every audit record maker of the pipeline, and the log append, with nothing."""
-    import apache_beam as beam
-
     import flows.run as run
     from pipelines import central, evaluate, proportionality
 
-    class NoIngestAuditFn(beam.DoFn):
-        def __init__(self, *_args):
-            super().__init__()
-
-        def process(self, _batch):
-            return []
-
-    central.IngestAuditFn = NoIngestAuditFn
+    central.IngestRecords = _no_maker
     central.exclusion_audit = _no_maker
     central.join_audit = _no_maker
     central.resolution_audit = _no_maker  # none without history, as here: for completeness

@@ -77,10 +77,11 @@ def audit_batch(
 ) -> pa.RecordBatch:
     """Audit records for `subjects` (one each) under one operation, in span-id order.
 
-    `discriminator` distinguishes several records of one subject in one operation
-    (e.g. the source in ingest); it defaults to the subject itself. With `rows`, record
-    i takes its status and attributes from position rows[i] of those arrays (records
-    that share long attributes are built once and picked, in one pass with the sort).
+    `discriminator` distinguishes several records of one subject in one operation (e.g.
+    the signal of a `signal` record); it defaults to the subject itself. With `rows`,
+    record i takes its status and attributes from position rows[i] of those arrays
+    (records that share long attributes are built once and picked, in one pass with the
+    sort).
     Span-id order makes a batch the same whatever order its subjects came in
     (privacy/audit/parts.py names and concatenates parts on it).
     """
@@ -146,17 +147,57 @@ class AuditContext:
         self.register_version = register_version
 
 
-class IngestAuditFn(beam.DoFn):
-    """One `ingest` record per distinct subject of a source batch."""
+class IngestRecords:
+    """One `ingest` record per data subject of a join bucket, naming every source read for them.
 
-    def __init__(self, context: AuditContext, source: str, subject: str, basis: dict):
-        self.context, self.source, self.subject, self.basis = context, source, subject, basis
+    Made where a subject's rows from all sources meet, the join bucket
+    (pipelines/join.py), so a subject delivered by four sources has one record, not four:
+    one record per data subject per operation. `sources` maps each table of the bucket to
+    (source name, subject column); `bases` gives each source's purpose, legal basis,
+    assumption and conditions (privacy/purpose_check.py `ingest_bases`). The attributes
+    are `{"sources":{"<source>":{<basis>},...}}` for the sources holding a row of the
+    subject; they are made once per combination of sources and picked per record.
+    """
 
-    def process(self, batch: pa.RecordBatch):
-        subjects = pc.unique(batch.column(self.subject))
-        attrs = canonical_json({"source": self.source, "legal_basis": self.basis})
-        source = pa.array([self.source] * len(subjects), pa.string())
-        yield audit_batch(self.context, "ingest", subjects, "accepted", attrs, discriminator=source)
+    def __init__(
+        self, context: AuditContext, bases: dict[str, dict], sources: dict[str, tuple[str, str]]
+    ):
+        self.context, self.bases, self.sources = context, bases, sources
+
+    def __call__(self, tables: dict[str, pa.Table]) -> pa.RecordBatch:
+        subjects, bits = [], []
+        for i, (tag, (_, column)) in enumerate(self.sources.items()):
+            held = pc.unique(_whole(tables[tag].column(column))).cast(pa.string())
+            subjects.append(held)
+            bits.append(np.full(len(held), 1 << i, np.int64))
+        # Each source's subjects are distinct, so the sum of their bits per subject is the set.
+        found = (
+            pa.table({"subject": pa.concat_arrays(subjects), "bits": np.concatenate(bits)})
+            .group_by("subject", use_threads=False)
+            .aggregate([("bits", "sum")])
+        )
+        combos, picks = np.unique(found.column("bits_sum").to_numpy(), return_inverse=True)
+        names = [name for name, _ in self.sources.values()]
+        attrs = [
+            canonical_json(
+                {
+                    "sources": {
+                        name: self.bases.get(name, {})
+                        for i, name in enumerate(names)
+                        if combo & (1 << i)
+                    }
+                }
+            )
+            for combo in combos.tolist()
+        ]
+        return audit_batch(
+            self.context,
+            "ingest",
+            found.column("subject"),
+            "accepted",
+            pa.array(attrs, pa.string()),
+            rows=pa.array(picks.astype(np.int64)),
+        )
 
 
 def exclusion_audit(context: AuditContext, sources: tuple[str, ...] = ()):

@@ -9,6 +9,7 @@ the same graph runs on the DirectRunner here and on any distributed runner.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pipelines import household
 from pipelines import proportionality as prop
 from pipelines.audit_records import (
     AuditContext,
-    IngestAuditFn,
+    IngestRecords,
     WriteAuditPartsFn,
     exclusion_audit,
     join_audit,
@@ -129,21 +130,15 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     read = tuple(n for n in PERSON_SOURCES if n in spec.deliveries)
     exclusions = beam.Map(exclusion_audit(spec.audit, read)).with_output_types(pa.RecordBatch)
     audits.append(kept["objector_pids"] | "AuditExclusion" >> exclusions)
-    for name in JOIN_SOURCES:
-        subject = spec.deliveries[name].source.subject
-        audits.append(
-            kept[name]
-            | f"AuditIngest_{name}"
-            >> beam.ParDo(
-                IngestAuditFn(spec.audit, name, subject, spec.legal_bases.get(name, {}))
-            ).with_output_types(pa.RecordBatch)
-        )
-
     schemas = {n: pseudonymised_schema(spec.deliveries[n].source) for n in JOIN_SOURCES}
     schemas["brp"] = schemas["brp"].append(pa.field("partner_withheld", pa.bool_()))
-    households = {n: kept[n] for n in JOIN_SOURCES} | "JoinHouseholds" >> JoinHouseholds(
-        schemas, spec.reference_date, str(staging / SHUFFLE_DIR), join_buckets(spec)
+    # Each data subject's one ingest record is made where their rows meet: in the join.
+    ingest = functools.partial(IngestRecords, spec.audit, spec.legal_bases)
+    joined = {n: kept[n] for n in JOIN_SOURCES} | "JoinHouseholds" >> JoinHouseholds(
+        schemas, spec.reference_date, str(staging / SHUFFLE_DIR), join_buckets(spec), ingest
     )
+    audits += joined["ingest"]
+    households = joined["households"]
     households = faults.tap(households, "mid_join")  # restart tests only: flows/faults.py
     _write(households, staging / "households", household.SCHEMA, "households")
     audits.append(

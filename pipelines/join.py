@@ -116,18 +116,33 @@ class SplitByBucketFn(beam.DoFn):
 
 
 class JoinBucketFn(beam.DoFn):
-    """Runs one SQL statement in DuckDB over the tables of one bucket."""
+    """Runs one SQL statement in DuckDB over the tables of one bucket.
 
-    def __init__(self, schemas: dict[str, pa.Schema], sql: str, out_schema: pa.Schema, name: str):
+    With `audit`, a callable given the bucket's tables ({tag: pa.Table}), its AUDIT_SCHEMA
+    batch is a second output, tagged AUDIT: the records of the subjects the bucket read.
+    """
+
+    AUDIT = "audit"
+
+    def __init__(
+        self,
+        schemas: dict[str, pa.Schema],
+        sql: str,
+        out_schema: pa.Schema,
+        name: str,
+        audit=None,
+    ):
         self.schemas, self.sql, self.out_schema, self.name = schemas, sql, out_schema, name
+        self.audit = audit
 
     def setup(self):
         self.con = duckdb.connect(config={"threads": 1})
 
     def process(self, element):
         bucket, groups = element
-        for tag, schema in self.schemas.items():
-            self.con.register(tag, load(list(groups.get(tag, [])), schema))
+        tables = {tag: load(list(groups.get(tag, [])), s) for tag, s in self.schemas.items()}
+        for tag, table in tables.items():
+            self.con.register(tag, table)
         try:
             result = self.con.sql(self.sql).to_arrow_table()
         finally:
@@ -136,6 +151,10 @@ class JoinBucketFn(beam.DoFn):
         Metrics.counter("join", f"{self.name}_rows").inc(result.num_rows)
         if result.num_rows:
             yield result.cast(self.out_schema).combine_chunks().to_batches()[0]
+        if self.audit is not None:
+            records = self.audit(tables)
+            if records.num_rows:
+                yield beam.pvalue.TaggedOutput(self.AUDIT, records)
 
     def teardown(self):
         self.con.close()
@@ -145,7 +164,8 @@ class BucketJoin(beam.PTransform):
     """Joins tagged collections of record batches with one DuckDB query per bucket.
 
     In: {tag: PCollection[RecordBatch]}, each with its key column named in `keys`.
-    Out: PCollection[RecordBatch] of `out_schema`, one batch per non-empty bucket.
+    Out: PCollection[RecordBatch] of `out_schema`, one batch per non-empty bucket; with
+    `audit` (see JoinBucketFn), {"rows": that, "audit": the audit record batches}.
     The SQL sees each tag as a table, e.g. `SELECT ... FROM brp LEFT JOIN housing USING (...)`.
     The grouping moves file paths: the rows go through files under `shuffle`
     (pipelines/shuffle.py), a folder every worker can reach.
@@ -160,11 +180,12 @@ class BucketJoin(beam.PTransform):
         shuffle: str,
         buckets: int = DEFAULT_BUCKETS,
         name: str = "join",
+        audit=None,
     ):
         super().__init__()
         self.keys, self.schemas, self.sql = keys, schemas, sql
         self.out_schema, self.buckets, self.name = out_schema, buckets, name
-        self.shuffle = str(shuffle)
+        self.shuffle, self.audit = str(shuffle), audit
 
     def expand(self, tagged):
         bucketed = {
@@ -173,14 +194,16 @@ class BucketJoin(beam.PTransform):
             >> beam.ParDo(SplitByBucketFn(self.keys[tag], self.buckets, f"{self.shuffle}/{tag}"))
             for tag, pcoll in tagged.items()
         }
-        return (
-            bucketed
-            | "GroupByBucket" >> beam.CoGroupByKey()
-            | "JoinInBucket"
-            >> beam.ParDo(
-                JoinBucketFn(self.schemas, self.sql, self.out_schema, self.name)
-            ).with_output_types(pa.RecordBatch)
+        join = beam.ParDo(
+            JoinBucketFn(self.schemas, self.sql, self.out_schema, self.name, self.audit)
         )
+        grouped = bucketed | "GroupByBucket" >> beam.CoGroupByKey()
+        if self.audit is None:
+            return grouped | "JoinInBucket" >> join.with_output_types(pa.RecordBatch)
+        # Each tagged output names its type, or Beam pickles its batches.
+        typed = join.with_output_types(pa.RecordBatch, **{JoinBucketFn.AUDIT: pa.RecordBatch})
+        out = grouped | "JoinInBucket" >> typed.with_outputs(JoinBucketFn.AUDIT, main="rows")
+        return {"rows": out.rows, "audit": out[JoinBucketFn.AUDIT]}
 
 
 # -- The three joins ------------------------------------------------------------------
@@ -421,10 +444,17 @@ class JoinHouseholds(beam.PTransform):
     """Joins all sources into the household table.
 
     In: {source name: PCollection[RecordBatch]} of pseudonymised, objection-filtered
-    sources (brp carries a `partner_withheld` column). Out: PCollection[RecordBatch] of
-    pipelines.household.SCHEMA, e.g. (household_pid='b1.ab..', applicant_pid='b1.cd..',
-    has_partner=False, applicant_age=34, combined_income=Decimal('21000.00'), ...).
+    sources (brp carries a `partner_withheld` column). Out: {"households":
+    PCollection[RecordBatch] of pipelines.household.SCHEMA, e.g. (household_pid='b1.ab..',
+    applicant_pid='b1.cd..', has_partner=False, applicant_age=34,
+    combined_income=Decimal('21000.00'), ...), "ingest": the PCollections of ingest audit
+    records}.
     `shuffle`: the folder the three joins shuffle their rows through (pipelines/shuffle.py).
+    `ingest`: makes the audit maker of a bucket from {table: (source, subject column)}
+    (pipelines/audit_records.IngestRecords with its context and bases); each data subject's
+    rows meet in one bucket of the first two joins (housing's by address, the
+    person-keyed sources' by person), which makes its one ingest record. Without it,
+    "ingest" is an empty tuple.
     """
 
     PERSON_SOURCES = ("tax", "benefits", "arrears", "health_insurance", "objections")
@@ -435,15 +465,19 @@ class JoinHouseholds(beam.PTransform):
         reference_date: dt.date,
         shuffle: str,
         buckets: int = DEFAULT_BUCKETS,
+        ingest=None,
     ):
         super().__init__()
         self.schemas, self.reference_date, self.buckets = schemas, reference_date, buckets
-        self.shuffle = str(shuffle)
+        self.shuffle, self.ingest = str(shuffle), ingest
+
+    def _audit(self, subjects: dict[str, tuple[str, str]]):
+        return None if self.ingest is None else self.ingest(subjects)
 
     def expand(self, sources):
         ref = self.reference_date.isoformat()
         persons_at_address = persons_schema(self.schemas["brp"], self.schemas["housing"])
-        persons = {"brp": sources["brp"], "housing": sources["housing"]} | "PersonsAtAddress" >> (
+        addressed = {"brp": sources["brp"], "housing": sources["housing"]} | "PersonsAtAddress" >> (
             BucketJoin(
                 keys={"brp": "address_id", "housing": "address_id"},
                 schemas={"brp": self.schemas["brp"], "housing": self.schemas["housing"]},
@@ -452,9 +486,11 @@ class JoinHouseholds(beam.PTransform):
                 shuffle=f"{self.shuffle}/persons_at_address",
                 buckets=self.buckets,
                 name="persons_at_address",
+                audit=self._audit({"housing": ("housing", "address_id")}),
             )
         )
-        person_inputs = {"persons": persons} | {t: sources[t] for t in self.PERSON_SOURCES}
+        person_inputs = {"persons": _rows(addressed)} | {t: sources[t] for t in self.PERSON_SOURCES}
+        subjects = {"persons": ("brp", "bsn")} | {t: (t, "bsn") for t in self.PERSON_SOURCES}
         facts = person_inputs | "PersonFacts" >> BucketJoin(
             keys={"persons": "bsn"} | {t: "bsn" for t in self.PERSON_SOURCES},
             schemas={"persons": persons_at_address}
@@ -464,8 +500,9 @@ class JoinHouseholds(beam.PTransform):
             shuffle=f"{self.shuffle}/person_facts",
             buckets=self.buckets,
             name="person_facts",
+            audit=self._audit(subjects),
         )
-        return {"facts": facts} | "Households" >> BucketJoin(
+        households = {"facts": _rows(facts)} | "Households" >> BucketJoin(
             keys={"facts": "household_pid"},
             schemas={"facts": PERSON_FACTS_SCHEMA},
             sql=HOUSEHOLD_SQL.format(ref=ref),
@@ -474,3 +511,12 @@ class JoinHouseholds(beam.PTransform):
             buckets=self.buckets,
             name="households",
         )
+        # Not flattened: each join's records are written in the stage that made them
+        # (privacy/audit/parts.py), and a Flatten of the two failed to decode at 1M persons.
+        ingest = () if self.ingest is None else (addressed["audit"], facts["audit"])
+        return {"households": households, "ingest": ingest}
+
+
+def _rows(joined):
+    """The joined rows of a BucketJoin, whether or not it also made audit records."""
+    return joined["rows"] if isinstance(joined, dict) else joined

@@ -100,6 +100,7 @@ def test_every_step_of_the_central_pipeline_that_hands_on_arrow_data_declares_it
         "Read/ReadRowGroups/",
         "ReadObjections/ReadRowGroups/",
         "ExcludeObjectors/ObjectorPids",
+        "JoinHouseholds/PersonsAtAddress/JoinInBucket",
         "JoinHouseholds/PersonFacts/JoinInBucket",
         "EvaluateRules/Evaluate/",
         "ApplyProportionality/Assess/",

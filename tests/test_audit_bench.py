@@ -39,7 +39,8 @@ def test_the_audit_bench_runs_both_variants_and_reports(tmp_path):
     assert parts["verify_ok"] is True
     with_run = json.loads((Path(f["with"][0]["folder"]) / "manifest.json").read_text())
     without = json.loads((Path(f["without"][0]["folder"]) / "manifest.json").read_text())
-    # The run with the audit logged ~6 records a person; the ablation only the purpose check.
-    assert with_run["counts"]["audit_records"] == parts["records"] > 5 * 1500
+    # The run with the audit logged ~3.7 records a person (ingest, join and rule evaluation
+    # each, an address's housing, the candidates); the ablation only the purpose check.
+    assert with_run["counts"]["audit_records"] == parts["records"] > 3 * 1500
     assert without["counts"]["audit_records"] <= 1
     assert with_run["counts"]["signals"] == without["counts"]["signals"] > 0

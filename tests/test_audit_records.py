@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from pipelines.audit_records import (
     AuditContext,
+    IngestRecords,
     _json_fields,
     audit_batch,
     canonical_json,
@@ -94,3 +95,30 @@ def test_subjects_in_chunks_get_the_records_they_get_whole():
         hashlib.sha256(f"{CONTEXT.run_id}|join|{s}".encode()).digest()[:8] for s in subjects
     )
     assert whole.column("span_id").to_pylist() == expected
+
+
+def test_an_ingest_record_per_subject_names_every_source_that_delivered_a_row_of_them():
+    bases = {
+        "brp": {"legal_basis": ["Wet BRP art. 3.3"], "purpose": "p"},
+        "tax": {"legal_basis": ["AWR art. 67"], "purpose": "p"},
+    }
+    make = IngestRecords(CONTEXT, bases, {"persons": ("brp", "bsn"), "tax": ("tax", "bsn")})
+    tables = {
+        # A subject with two tax years is one subject; one only in tax is still ingested.
+        "persons": pa.table({"bsn": ["p.a", "p.b"], "age": [30, 40]}),
+        "tax": pa.table({"bsn": ["p.b", "p.b", "p.c"], "year": [2024, 2025, 2025]}),
+    }
+    records = make(tables).to_pylist()
+    by_subject = {r["data_subject_pid"]: r for r in records}
+    assert sorted(by_subject) == ["p.a", "p.b", "p.c"]
+    assert {r["name"] for r in records} == {"ingest"}
+    assert {r["status"] for r in records} == {"accepted"}
+    sources = {s: json.loads(r["attributes"])["sources"] for s, r in by_subject.items()}
+    assert sources == {"p.a": {"brp": bases["brp"]}, "p.b": bases, "p.c": {"tax": bases["tax"]}}
+    for subject, record in by_subject.items():  # the canonical text, hashed by the log
+        assert record["attributes"] == canonical_json({"sources": sources[subject]})
+        key = f"{CONTEXT.run_id}|ingest|{subject}".encode()
+        assert record["span_id"] == hashlib.sha256(key).digest()[:8]
+    # A bucket without subjects makes no records.
+    empty = {t: table.slice(0, 0) for t, table in tables.items()}
+    assert make(empty).num_rows == 0

@@ -3,7 +3,8 @@
 Count rule, exactly: a run logs one record per data subject per operation *item*, and
 one run-level `purpose_check` record without a data subject. The item of an operation:
 
-    ingest            the source (a subject delivered by three sources has three records)
+    ingest            none: each subject delivered by a source, once (its attributes name
+                      every source that delivered a row of them, with its legal basis)
     exclusion         none: each person who objected to all processing, once
     join              none: each household member, once
     rule_evaluation   none: each member of an evaluated household, once (its attributes
@@ -75,7 +76,8 @@ def expected_counts(root, run_dir) -> dict[str, int]:
     objections = _delivery(root, "objections")
     all_scope = pc.equal(objections.column("scope"), "all")
     objectors = pc.unique(objections.column("bsn").filter(all_scope))
-    counts = {"purpose_check": 1, "exclusion": len(objectors), "ingest": 0}
+    counts = {"purpose_check": 1, "exclusion": len(objectors)}
+    ingested = set()
     for source in JOIN_SOURCES:
         table = _delivery(root, source)
         subjects = table.column(SOURCES[source].subject)
@@ -83,7 +85,8 @@ def expected_counts(root, run_dir) -> dict[str, int]:
             table = table.filter(pc.invert(pc.is_in(subjects, value_set=objectors)))
         if source == "objections":
             table = table.filter(pc.not_equal(table.column("scope"), "all"))
-        counts["ingest"] += len(pc.unique(table.column(SOURCES[source].subject)))
+        ingested |= set(table.column(SOURCES[source].subject).to_pylist())
+    counts["ingest"] = len(ingested)
     ring = load_keyring(root / "keys" / "central.keyring", PASSPHRASE)
     households = read_run_table(run_dir, "households", ring)
     members = dict(
@@ -119,7 +122,7 @@ def test_the_run_logs_one_record_per_data_subject_per_operation_item(run):
 def test_no_record_is_logged_twice_for_the_same_subject_and_item(run):
     _, _, log_root = run
     items = {
-        "ingest": "json_extract_string(attributes, '$.source')",
+        "ingest": "''",
         "rule_evaluation": "''",
         "signal": "json_extract_string(attributes, '$.signal_id')",
         "join": "''",
@@ -150,7 +153,7 @@ def test_every_record_names_the_run_trace_purpose_and_register_version(run):
 
 def test_span_ids_are_the_documented_sha_256_of_run_operation_and_subject(run):
     """pipelines/audit_records.py: the first 8 bytes of SHA-256(run|operation|key); the key
-    is the subject, or the subject and the item (ingest: the source) joined by a NUL."""
+    is the subject, or the subject and the item (a signal: its id) joined by a NUL."""
     import hashlib
 
     _, run_dir, log_root = run
@@ -158,14 +161,14 @@ def test_span_ids_are_the_documented_sha_256_of_run_operation_and_subject(run):
     checked = set()
     for record in table:
         key = record["data_subject_pid"]
-        if record["name"] == "ingest":
-            key += "\x00" + json.loads(record["attributes"])["source"]
-        elif record["name"] not in ("join", "exclusion", "rule_evaluation"):
+        if record["name"] == "signal":
+            key += "\x00" + json.loads(record["attributes"])["signal_id"]
+        elif record["name"] not in ("ingest", "join", "exclusion", "rule_evaluation"):
             continue
         text = f"{run_dir.name}|{record['name']}|{key}"
         assert record["span_id"] == hashlib.sha256(text.encode()).digest()[:8], record["name"]
         checked.add(record["name"])
-    assert checked == {"ingest", "join", "exclusion", "rule_evaluation"}
+    assert checked == {"ingest", "join", "exclusion", "rule_evaluation", "signal"}
 
 
 def test_the_run_folder_copy_is_exactly_what_the_log_holds_and_the_log_verifies(run):
@@ -206,8 +209,9 @@ def test_a_signalled_subject_has_a_trail_from_ingest_to_signal_with_its_legal_ba
     trail = [json.loads(line) for line in out.getvalue().splitlines()]
     names = {r["name"] for r in trail}
     assert {"ingest", "join", "rule_evaluation", "proportionality", "signal"} <= names
-    ingest = [json.loads(r["attributes"]) for r in trail if r["name"] == "ingest"]
-    assert all(a["legal_basis"]["legal_basis"] for a in ingest)  # each source's basis recorded
+    (ingest,) = [json.loads(r["attributes"]) for r in trail if r["name"] == "ingest"]
+    assert "brp" in ingest["sources"]  # every source read for them, each with its basis
+    assert all(basis["legal_basis"] for basis in ingest["sources"].values())
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         args = ["audit", "query", "--log", str(log_root), "--legal-basis", "wet brp"]

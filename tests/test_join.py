@@ -52,9 +52,11 @@ def households(tmp_path_factory):
         domain = DomainPseudonymiser(domain_key)
         read = p | ReadDeliveries(deliveries, domain)
         kept = {n: read[n] for n in deliveries} | ExcludeObjectors(PERSON_SOURCES)
-        table = {n: kept[n] for n in JOIN_SOURCES} | JoinHouseholds(
+        joined = {n: kept[n] for n in JOIN_SOURCES} | JoinHouseholds(
             schemas, dt.date.fromisoformat(REFERENCE_DATE), str(root / "shuffle"), buckets=4
         )
+        table = joined["households"]
+        assert joined["ingest"] == ()  # no ingest maker, no records
         assert_that(
             table | beam.Map(lambda b: b.num_rows) | beam.CombineGlobally(sum), equal_to([11])
         )

@@ -171,9 +171,9 @@ class AuditParts:
             counts.append(_value_counts(table.column("name")))
         self.sizes = [len(s) for s in spans]
         ids = np.concatenate(spans) if spans else np.zeros(0, np.uint64)
-        # Sorted (in place), repeats sit side by side. A subject in two batches of one
-        # source repeats its ingest record, so big runs have some; only their records are
-        # then looked at in log order (_first_occurrences).
+        # Sorted (in place), repeats sit side by side. A retried bundle repeats its
+        # records, and an objector in two batches of objections their exclusion; only
+        # those records are then looked at in log order (_first_occurrences).
         ids.sort()
         repeated = np.unique(ids[1:][ids[1:] == ids[:-1]])
         del ids

@@ -3,7 +3,7 @@
 Why was this record processed, under which legal basis, for which purpose, with which
 outcome: every record names its operation (`name`), outcome (`status`), processing
 activity (`processing_activity_id`, the register entry, at `register_version`), run, and
-in `attributes` (canonical JSON) the source and legal basis (ingest), the rule, its
+in `attributes` (canonical JSON) the sources and their legal bases (ingest), the rule, its
 version and parameter version (rule evaluation, signal), the household joined into, and
 so on. Filters combine with AND; only segments covered by a signed checkpoint are read.
 """
@@ -73,10 +73,12 @@ class Filters:
             )
             params["scheme"] = self.scheme
         if self.legal_basis is not None:
-            # The basis is text or a list of citations: match any part of it, any case. A
-            # signal names the basis of every source field its rule read (`fields_used`).
+            # The basis is text or a list of citations: match any part of it, any case. An
+            # ingest record gives the basis of each source read (`sources`), a signal that of
+            # every source field its rule read (`fields_used`).
             terms.append(
                 "concat_ws(' ', CAST(json_extract(attributes, '$.legal_basis') AS VARCHAR), "
+                "CAST(json_extract(attributes, '$.sources.*.legal_basis') AS VARCHAR), "
                 "CAST(json_extract(attributes, '$.fields_used') AS VARCHAR)) "
                 "ILIKE '%' || $legal_basis || '%'"
             )
