@@ -165,18 +165,19 @@ class IngestRecords:
         self.context, self.bases, self.sources = context, bases, sources
 
     def __call__(self, tables: dict[str, pa.Table]) -> pa.RecordBatch:
-        subjects, bits = [], []
-        for i, (tag, (_, column)) in enumerate(self.sources.items()):
-            held = pc.unique(_whole(tables[tag].column(column))).cast(pa.string())
-            subjects.append(held)
-            bits.append(np.full(len(held), 1 << i, np.int64))
-        # Each source's subjects are distinct, so the sum of their bits per subject is the set.
-        found = (
-            pa.table({"subject": pa.concat_arrays(subjects), "bits": np.concatenate(bits)})
-            .group_by("subject", use_threads=False)
-            .aggregate([("bits", "sum")])
-        )
-        combos, picks = np.unique(found.column("bits_sum").to_numpy(), return_inverse=True)
+        columns = [
+            _whole(tables[tag].column(col)).cast(pa.string())
+            for tag, (_, col) in self.sources.items()
+        ]
+        # One hash pass over every row: each subject's code, then a bit per source held.
+        coded = pa.chunked_array(columns, pa.string()).dictionary_encode().combine_chunks()
+        codes = coded.indices.to_numpy(zero_copy_only=False)
+        held = np.zeros(len(coded.dictionary), np.int64)
+        at = 0
+        for i, column in enumerate(columns):
+            held[codes[at : at + len(column)]] |= 1 << i
+            at += len(column)
+        combos, picks = np.unique(held, return_inverse=True)
         names = [name for name, _ in self.sources.values()]
         attrs = [
             canonical_json(
@@ -193,7 +194,7 @@ class IngestRecords:
         return audit_batch(
             self.context,
             "ingest",
-            found.column("subject"),
+            coded.dictionary,
             "accepted",
             pa.array(attrs, pa.string()),
             rows=pa.array(picks.astype(np.int64)),
