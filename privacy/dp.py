@@ -68,14 +68,18 @@ def apply_dp(
     n_schemes = len({r["scheme"] for r in rows}) or 1
     noise = pipeline_dp.NoiseKind.GAUSSIAN if settings.delta else pipeline_dp.NoiseKind.LAPLACE
     accountant = pipeline_dp.NaiveBudgetAccountant(settings.epsilon, settings.delta)
-    out_dir = Path(tempfile.mkdtemp(prefix="signals-dp-"))
-    with beam.Pipeline(options=pipeline_options("DirectRunner")) as p:
-        data = p | "Units" >> beam.Create(rows)
-        engine = pipeline_dp.DPEngine(accountant, pipeline_dp.BeamBackend())
-        for i, t in enumerate(mine):
-            _aggregate(beam, pipeline_dp, engine, data, t, i, n_schemes, noise, settings, out_dir)
-        accountant.compute_budgets()
-    noisy = {t.name: _read(out_dir / f"table-{i}") for i, t in enumerate(mine)}
+    # The noisy counts pass through files (Beam's sink) that live only for this call.
+    with tempfile.TemporaryDirectory(prefix="signals-dp-") as scratch:
+        out_dir = Path(scratch)
+        with beam.Pipeline(options=pipeline_options("DirectRunner")) as p:
+            data = p | "Units" >> beam.Create(rows)
+            engine = pipeline_dp.DPEngine(accountant, pipeline_dp.BeamBackend())
+            for i, t in enumerate(mine):
+                _aggregate(
+                    beam, pipeline_dp, engine, data, t, i, n_schemes, noise, settings, out_dir
+                )
+            accountant.compute_budgets()
+        noisy = {t.name: _read(out_dir / f"table-{i}") for i, t in enumerate(mine)}
     replaced = [_noisy_table(t, noisy[t.name]) if t in mine else t for t in tables]
     return replaced, _ledger(accountant, mine, noise.name.lower(), settings, n_schemes)
 

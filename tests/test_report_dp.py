@@ -4,6 +4,7 @@ recorded in a ledger that adds up to what was asked for."""
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 from report_runs import write_run
@@ -45,8 +46,13 @@ def test_dp_noise_and_its_budget_ledger(run, tmp_path):
     assert all(v >= 0 for v in n.values())
 
 
-def test_with_a_huge_budget_the_noise_vanishes(run, tmp_path):
+def test_with_a_huge_budget_the_noise_vanishes(run, tmp_path, monkeypatch):
     exact = build_report(run, tmp_path / "exact.html")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     loose = build_report(run, tmp_path / "dp.html", ReportOptions(dp=DPSettings(epsilon=1e6)))
+    # The noisy counts' scratch files are gone with the call.
+    assert not list(scratch.glob("signals-dp-*"))
     e, n = _leaves(exact, "by_age_band"), _leaves(loose, "by_age_band")
     assert max(abs(e[k] - n[k]) for k in e) <= 1
