@@ -100,16 +100,46 @@ def tree_rss_mb(root: int) -> float | None:
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-class _TreeMemory:
-    """Samples the memory of this process and its workers together; keeps the peak."""
+# A phase whose memory passes this has the stacks of its threads written, once: twice a
+# bench run's process was killed by the kernel at 24 GB (docs/scaling.md), and what ran
+# then is not known. The generating phase needs ~7 GB at 10M persons.
+STACKS_FROM_MB = 8_000
 
-    def __init__(self, every: float = 0.25):
+
+class _TreeMemory:
+    """Samples the memory of this process and its workers together; keeps the peak.
+
+    Past `stacks_from_mb`, every thread's Python stack is written to
+    `<stacks_dir>/signals-bench-stacks-<pid>.txt` (once) and the path said on stderr.
+    """
+
+    def __init__(
+        self, every: float = 0.25, stacks_from_mb: float = STACKS_FROM_MB, stacks_dir=None
+    ):
         self.every, self.peak, self._stop = every, 0.0, threading.Event()
+        self.stacks_from_mb, self.stacks_dir = stacks_from_mb, stacks_dir
+        self.stacks: str | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.wait(self.every):
-            self.peak = max(self.peak, tree_rss_mb(os.getpid()) or 0.0)
+            now = tree_rss_mb(os.getpid()) or 0.0
+            self.peak = max(self.peak, now)
+            if now > self.stacks_from_mb and self.stacks is None:
+                self._write_stacks(now)
+
+    def _write_stacks(self, mb: float) -> None:
+        import faulthandler
+        import sys
+
+        folder = Path(self.stacks_dir or tempfile.gettempdir())
+        path = folder / f"signals-bench-stacks-{os.getpid()}.txt"
+        with open(path, "w") as f:
+            f.write(f"{mb:,.0f} MB (this process and its workers); every thread's stack:\n")
+            f.flush()
+            faulthandler.dump_traceback(file=f, all_threads=True)
+        self.stacks = str(path)
+        print(f"signals bench: memory passed {mb:,.0f} MB; stacks in {path}", file=sys.stderr)
 
     def __enter__(self):
         self._thread.start()

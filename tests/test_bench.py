@@ -7,6 +7,7 @@ the same number of households entitled to zorgtoeslag, so the floor does the sam
 from __future__ import annotations
 
 import json
+import re
 
 from flows.cli import main
 
@@ -60,6 +61,31 @@ def test_peak_memory_counts_the_worker_processes_too():
     finally:
         worker.communicate("\n")
     assert together - alone > 250
+
+
+def test_a_phase_past_its_memory_mark_has_every_threads_stack_written_once(tmp_path, capsys):
+    import threading
+    import time
+
+    from flows.bench import _TreeMemory
+
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, name="a-busy-stage")
+    worker.start()
+    try:
+        with _TreeMemory(every=0.01, stacks_from_mb=1, stacks_dir=tmp_path) as memory:
+            time.sleep(0.2)
+    finally:
+        release.set()
+        worker.join()
+    (written,) = tmp_path.glob("signals-bench-stacks-*.txt")
+    assert memory.stacks == str(written)
+    text = written.read_text()
+    assert re.match(r"[\d,]+ MB \(this process and its workers\)", text)
+    # The test's own frame and the waiting thread's are in it.
+    assert "test_a_phase_past_its_memory_mark" in text and "in wait" in text
+    # Sampled ~20 times past the mark, said once.
+    assert capsys.readouterr().err.count(f"stacks in {written}") == 1
 
 
 def test_repeated_turns_are_all_kept_and_the_middle_one_is_reported(tmp_path, capsys):
