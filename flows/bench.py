@@ -53,7 +53,6 @@ STAGES = (
     ("ApplyProportionality", "proportionality"),
     ("Audit", "audit records"),
     ("FlattenAudit", "audit records"),
-    ("Quarantine", "write parts"),
     ("Write_", "write parts"),
 )
 RUNNER_STAGE = "runner (fusion, coders, grouping)"

@@ -84,9 +84,10 @@ KEYS = {
 }
 
 
-def _write(pcoll, folder: Path, schema: pa.Schema, label: str):
+def _write(pcoll, folder: Path, schema: pa.Schema, label: str, step: str = ""):
     """Parts with `schema`'s columns (others, like the explanation texts, are left out)."""
-    return pcoll | f"Write_{label}" >> WriteParts(folder, schema, label, KEYS[label])
+    writer = WriteParts(folder, schema, label, KEYS[label])
+    return pcoll | f"Write_{label}{step}" >> writer
 
 
 def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
@@ -123,9 +124,12 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
         read = p | label >> ReadDeliveries(deliveries, spec.domain)
         rows.update({name: read[name] for name in deliveries})
         quarantined.append(read[ReadDeliveries.QUARANTINE])
-    # One writer for every source's quarantine (rows name their source).
-    quarantine = quarantined | "Quarantine" >> beam.Flatten()
-    _write(quarantine, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine")
+    # Each reading step writes its own quarantine parts (rows name their source), as the
+    # audit parts are: a Flatten of Arrow outputs from two steps is materialised by Beam's
+    # local runner, and one of the ingest records at 1M persons twice went past 8 GB and
+    # once failed to decode its elements (docs/scaling.md, eleventh round).
+    for label, pcoll in zip(("_objections", ""), quarantined, strict=True):
+        _write(pcoll, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine", label)
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)
     read = tuple(n for n in PERSON_SOURCES if n in spec.deliveries)
     exclusions = beam.Map(exclusion_audit(spec.audit, read)).with_output_types(pa.RecordBatch)

@@ -2,8 +2,9 @@
 
 The bodies quarantine bad rows before pseudonymising; the central run refuses what
 should not have passed them: an identifier that is not a body pseudonym (a raw BSN, a
-domain pseudonym). Every source's central quarantine goes through one sink; finalise
-must still give each source its own rows and counts.
+domain pseudonym). The two reading steps (the objections, then every other source) write
+their quarantine parts into one folder; finalise must still give each source its own rows
+and counts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from flows.cli import main
 from pipelines.read_deliveries import sha256_of
 
 # Row (0-based) of each delivery to spoil, and with what: both must be refused centrally.
-SPOILED = {"tax": (0, "bsn", "999999990"), "arrears": (0, "bsn", "d1.notabodypseudonym")}
+SPOILED = {
+    "tax": (0, "bsn", "999999990"),
+    "arrears": (0, "bsn", "d1.notabodypseudonym"),
+    "objections": (0, "bsn", "999999990"),  # read in a step of its own
+}
 
 
 def _spoil(delivery, row: int, column: str, value: str) -> None:
