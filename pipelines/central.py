@@ -157,15 +157,16 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     _write(assessed[prop.SIGNALS], staging / "signal_parts", SIGNAL_SCHEMA, "signals")
     suppressed = assessed[prop.SUPPRESSED]
     _write(suppressed, staging / "suppressed_parts", prop.SUPPRESSED_SCHEMA, "suppressed")
-    _write(assessed[prop.RESOLVED], staging / "lifecycle_parts", LIFECYCLE_SCHEMA, "lifecycle")
     audits.append(assessed[prop.AUDIT])
     _write(evaluated[EVALUATIONS], staging / "evaluation_parts", EVALUATION_SCHEMA, "evaluations")
     audits.append(evaluated[AUDIT])
-    audits.append(
-        assessed[prop.RESOLVED]
-        | "AuditResolution"
-        >> beam.Map(resolution_audit(spec.audit)).with_output_types(pa.RecordBatch)
-    )
+    for step, resolved in zip(("", "_absent"), assessed[prop.RESOLVED], strict=True):
+        _write(resolved, staging / "lifecycle_parts", LIFECYCLE_SCHEMA, "lifecycle", step)
+        audits.append(
+            resolved
+            | f"AuditResolution{step}"
+            >> beam.Map(resolution_audit(spec.audit)).with_output_types(pa.RecordBatch)
+        )
     # Each audit collection is written in the stage that made it: one Flatten into one sink
     # held every record in the runner's buffers (tens of GB at 1M persons; privacy/audit/parts.py).
     for i, audit in enumerate(audits):

@@ -555,7 +555,8 @@ class ApplyProportionality(beam.PTransform):
     households of the history missing from all batches are those gone from the run; their
     pseudonyms are gathered in one place for that (about 40 bytes per household).
     Out: a dict of PCollections: `signals` (evaluate.SIGNAL_SCHEMA, status new or
-    repeated), `suppressed` (SUPPRESSED_SCHEMA), `resolved` (lifecycle.LIFECYCLE_SCHEMA) and
+    repeated), `suppressed` (SUPPRESSED_SCHEMA), `resolved` (lifecycle.LIFECYCLE_SCHEMA: two
+    PCollections, the episodes of households in the run and of those gone from it) and
     `audit` (a `proportionality` record per candidate, a `signal` record per signal).
     """
 
@@ -595,7 +596,9 @@ class ApplyProportionality(beam.PTransform):
         return {
             SIGNALS: assessed[SIGNALS],
             SUPPRESSED: assessed[SUPPRESSED],
-            RESOLVED: (assessed[RESOLVED], absent) | "Resolved" >> beam.Flatten(),
+            # Not flattened: a Flatten of Arrow outputs of two steps is materialised by
+            # Beam's local runner, which misframed such elements (docs/scaling.md).
+            RESOLVED: (assessed[RESOLVED], absent),
             AUDIT: assessed[AUDIT],
         }
 

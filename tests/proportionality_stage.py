@@ -146,14 +146,19 @@ def run_stage(
             | ApplyProportionality(policy or load_policy(), necessity, RUN, REF, audit, state)
         )
         for name, schema in OUTPUTS.items():
-            (
-                out[name]
-                | f"ToTable_{name}" >> beam.Map(_as_table)
-                | f"Write_{name}"
-                >> WriteToParquetBatched(
-                    str(Path(folder) / name / "part"), schema=schema, file_name_suffix=".parquet"
+            # `resolved` is two collections (households in the run, and gone from it).
+            pieces = out[name] if isinstance(out[name], tuple) else (out[name],)
+            for i, piece in enumerate(pieces):
+                (
+                    piece
+                    | f"ToTable_{name}_{i}" >> beam.Map(_as_table)
+                    | f"Write_{name}_{i}"
+                    >> WriteToParquetBatched(
+                        str(Path(folder) / name / f"part{i}"),
+                        schema=schema,
+                        file_name_suffix=".parquet",
+                    )
                 )
-            )
     result = {}
     for name in OUTPUTS:
         files = sorted((Path(folder) / name).glob("*.parquet"))
