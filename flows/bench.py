@@ -52,7 +52,6 @@ STAGES = (
     ("EvaluateRules", "evaluate rules"),
     ("ApplyProportionality", "proportionality"),
     ("Audit", "audit records"),
-    ("FlattenAudit", "audit records"),
     ("Write_", "write parts"),
 )
 RUNNER_STAGE = "runner (fusion, coders, grouping)"
