@@ -108,6 +108,57 @@ def _could_build(tmp_path: Path) -> bool:
     return subprocess.run(probe, capture_output=True).returncode == 0
 
 
+def test_gathered_hashes_each_records_pieces_side_by_side():
+    if not sha256.NATIVE:
+        pytest.skip("the C extension was not built here")
+    rng = np.random.default_rng(11)
+    n = 200
+    fixed = rng.bytes(n * 13)
+    lengths = rng.integers(0, 300, n)
+    varied = rng.bytes(int(lengths.sum()))
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = [b"", b"ingest", b"x" * 5000]  # longer than the C loop's first buffer
+    value_bounds = np.cumsum([0] + [len(v) for v in values], dtype=np.int64)
+    codes = rng.integers(0, len(values), n).astype(np.int64)
+    pieces = [
+        (fixed, 13),
+        (b"".join(values), value_bounds, codes),
+        (varied, bounds, None),
+        (memoryview(fixed), 13),
+    ]
+    expected = b"".join(
+        hashlib.sha256(
+            fixed[i * 13 : (i + 1) * 13]
+            + values[codes[i]]
+            + varied[bounds[i] : bounds[i + 1]]
+            + fixed[i * 13 : (i + 1) * 13]
+        ).digest()
+        for i in range(n)
+    )
+    assert sha256.gathered(n, pieces) == expected
+    assert sha256.gathered(0, []) == b""
+    assert sha256.gathered(2, []) == hashlib.sha256(b"").digest() * 2
+
+
+def test_gathered_refuses_pieces_that_do_not_describe_the_records():
+    if not sha256.NATIVE:
+        pytest.skip("the C extension was not built here")
+    bounds = np.array([0, 1, 3], np.int64)
+    refused = [
+        (ValueError, [(b"abc", 2)]),  # 3 bytes are not 2 records of 2
+        (ValueError, [(b"abc", np.array([0, 3], np.int64), None)]),  # 1 value, 2 records
+        (ValueError, [(b"abc", bounds, np.array([0, 2], np.int64))]),  # code 2 of 2 values
+        (ValueError, [(b"abc", bounds, np.array([0, -1], np.int64))]),
+        (TypeError, [(b"abc", bounds, np.array([0, 1], np.int32))]),  # codes not int64
+        (TypeError, [(b"abc",)]),
+        (TypeError, [b"abc"]),
+        (ValueError, [(b"ab", np.array([0, 1, 3], np.int64), None)]),  # offset past the data
+    ]
+    for error, pieces in refused:
+        with pytest.raises(error):
+            sha256.gathered(2, pieces)
+
+
 def test_the_c_loop_is_built_where_it_can_be(tmp_path):
     """The extension is optional (pyproject.toml): a build that fails for another reason
     than a missing compiler, OpenSSL or Python headers would otherwise go unnoticed, and

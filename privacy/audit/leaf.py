@@ -89,16 +89,20 @@ class _Coded(NamedTuple):
 class _Block(list):
     """Fixed-width fields of every record: (numpy dtype, values), written side by side."""
 
-    def binary(self, n: int) -> pa.Array:
-        dtype = np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)])
-        if (n + 1) * dtype.itemsize >= 2**31:  # the offsets are 32-bit
-            raise ValueError(f"{n:,} records of {dtype.itemsize} bytes are too many for one chunk")
-        rows = np.empty(n, dtype)
+    def rows(self, n: int) -> np.ndarray:
+        """The records' fields side by side: n rows of a numpy record type."""
+        rows = np.empty(n, np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)]))
         for i, (_, values) in enumerate(self):
             rows[f"f{i}"] = values
-        offsets = np.arange(0, (n + 1) * dtype.itemsize, dtype.itemsize, dtype=np.int32)
+        return rows
+
+    def binary(self, n: int) -> pa.Array:
+        width = np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)]).itemsize
+        if (n + 1) * width >= 2**31:  # the offsets are 32-bit
+            raise ValueError(f"{n:,} records of {width} bytes are too many for one chunk")
+        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
         return pa.BinaryArray.from_buffers(
-            pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(rows)]
+            pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(self.rows(n))]
         )
 
 
@@ -168,9 +172,11 @@ def _binary(piece, n: int) -> pa.Array:
 def leaf_hashes(table: pa.Table, first_index: int, chunk_rows: int = 100_000) -> bytes:
     """Leaf hashes of the records of `table` (AUDIT_SCHEMA columns), numbered from first_index.
 
-    Returns the 32-byte hashes concatenated. The canonical bytes of every record are
-    built column-wise with Arrow and numpy, a chunk at a time (bounded memory, 32-bit
-    offsets); only the SHA-256 itself runs per record.
+    Returns the 32-byte hashes concatenated. A chunk at a time (bounded memory, 32-bit
+    offsets), the columns are cut into pieces with Arrow and numpy; the C extension then
+    gathers each record's leaf from them and hashes it (sha256.gathered). Without it the
+    pieces are joined into every leaf column-wise first, for sha256.slices: 4.1 -> 3.3 s
+    a thread for a 1M-person run's 3.76 M leaves, measured here.
     """
     # Cast first: a dictionary or string_view column would be encoded differently below.
     table = table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
@@ -206,6 +212,20 @@ def _combined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
+def _gathered(piece, n: int) -> tuple:
+    """A piece as the C loop takes it (sha256.gathered): (data, width) or (data, offsets, codes)."""
+    if isinstance(piece, _Block):
+        rows = piece.rows(n)
+        return rows.view(np.uint8), rows.dtype.itemsize
+    if isinstance(piece, _Coded):
+        values = np.frombuffer(b"".join(piece.values), np.uint8)
+        offsets = np.cumsum([0] + [len(v) for v in piece.values], dtype=np.int64)
+        return values, offsets, piece.codes.astype(np.int64, copy=False)
+    offsets = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + n + 1]
+    data = piece.buffers()[2]
+    return (np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)), offsets
+
+
 def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
     n = batch.num_rows
     if not n:
@@ -214,6 +234,8 @@ def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
     pieces = [_Block([("u1", merkle.LEAF_PREFIX[0]), _length(8), (">u8", indices)])]
     for name in AUDIT_SCHEMA.names:
         pieces += _pieces(batch.column(name), name)
+    if sha256.NATIVE:  # each leaf gathered from the pieces in C, never joined whole
+        return sha256.gathered(n, [_gathered(p, n) for p in _merged(pieces)])
     arrays = [_binary(p, n) for p in _merged(pieces)]
     joined = arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, _NO_SEPARATOR)
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)

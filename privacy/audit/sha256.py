@@ -55,6 +55,19 @@ def chunks(data, width: int, prefix: bytes = b"") -> bytes:
     return _hashlib_each(prefix, (view[i : i + width] for i in range(0, len(view), width)))
 
 
+def gathered(n: int, pieces: list[tuple]) -> bytes:
+    """SHA-256 of each of n records whose bytes are its pieces side by side, concatenated.
+
+    A piece is (data, width): record i's bytes are data[i*width:(i+1)*width]; or (data,
+    offsets, codes): value j is data[offsets[j]:offsets[j+1]], and record i's bytes are
+    value codes[i] (int64), or value i when codes is None. Only with the C extension
+    (NATIVE): without it, privacy/audit/leaf.py joins the pieces itself and calls slices.
+    """
+    if _sha256many is None:
+        raise RuntimeError("gathered needs the C extension (sha256.NATIVE)")
+    return _sha256many.gathered(n, pieces)
+
+
 def _bytes(prefix) -> bytes:
     """A bytes-like prefix as bytes; str, None and the like refused, as by the C code."""
     return memoryview(prefix).cast("B").tobytes()
