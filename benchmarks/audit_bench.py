@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -199,6 +200,16 @@ def _hashing() -> str:
     return "hashlib: the C extension was not built here, so the audit hashes slower"
 
 
+def _pair_overheads(f: dict, key: str) -> list[float]:
+    """The overhead of each pair of runs, the one without audit and the one with it after it."""
+    pairs = zip(f["without"], f["with"], strict=True)
+    return sorted(with_[key] / without[key] - 1 for without, with_ in pairs)
+
+
+def _spread(values: list[float]) -> str:
+    return " / ".join(f"{v:.1%}" for v in (values[0], statistics.median(values), values[-1]))
+
+
 def report(f: dict) -> list[str]:
     def best(label: str, key: str) -> float:
         return min(r[key] for r in f[label])
@@ -218,6 +229,13 @@ def report(f: dict) -> list[str]:
         f"  overhead                        {wall_with / wall_without - 1:10.1%}"
         f"{cpu_with / cpu_without - 1:10.1%}   (target: at most {TARGET:.0%})",
         f"  of which the log append         {append:10.1f}",
+    ]
+    if len(f["with"]) > 1:  # each pair ran in turn: the spread is the machine's as much as ours
+        walls, cpus = _pair_overheads(f, "flow_seconds"), _pair_overheads(f, "cpu_seconds")
+        lines.append(
+            f"  per pair, least / median / most {_spread(walls)} wall, {_spread(cpus)} CPU"
+        )
+    lines += [
         f"audit records in the run          {n:10,}   (taken apart in one process; the run's "
         "append hashes leaves and tree in a worker per core)",
         f"  read the run's copy             {parts['read_copy']:10.2f}",

@@ -44,3 +44,30 @@ def test_the_audit_bench_runs_both_variants_and_reports(tmp_path):
     assert with_run["counts"]["audit_records"] == parts["records"] > 3 * 1500
     assert without["counts"]["audit_records"] <= 1
     assert with_run["counts"]["signals"] == without["counts"]["signals"] > 0
+
+
+def test_the_report_gives_each_pairs_overhead_beside_the_best_of():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import audit_bench
+
+    def flow(seconds, cpu):
+        return {"flow_seconds": seconds, "cpu_seconds": cpu, "append_seconds": 1.0}
+
+    parts = dict.fromkeys(
+        ("read_copy", "leaf_hashing", "tree", "append_total", "verify_total"), 1.0
+    )
+    figures = {
+        "persons": 10,
+        # Pairs in turn: 20% and 50% on wall time, 10% and 30% on CPU; the best of each
+        # variant (10 s and 12 s) give 20%.
+        "without": [flow(10.0, 20.0), flow(12.0, 20.0)],
+        "with": [flow(12.0, 22.0), flow(18.0, 26.0)],
+        "append_parts": parts | {"records": 5, "verify_ok": True},
+    }
+    lines = audit_bench.report(figures)
+    assert any("overhead" in line and "20.0%" in line for line in lines)
+    pairs = next(line for line in lines if "per pair" in line)
+    assert "20.0% / 35.0% / 50.0% wall" in pairs
+    assert "10.0% / 20.0% / 30.0% CPU" in pairs
+    figures |= {"without": figures["without"][:1], "with": figures["with"][:1]}
+    assert not any("per pair" in line for line in audit_bench.report(figures))
