@@ -79,7 +79,9 @@ def _dictionary(values: pa.Array) -> pa.DictionaryArray:
 
 def _letters_to_blocks(values: pa.Array) -> bytes:
     """The 16-byte blocks behind pseudonyms (non-null, well-formed), concatenated."""
-    tails = pc.utf8_slice_codeunits(values, -32).cast(pa.binary()).cast(pa.binary(32))
+    # Bytes, not characters: a well-formed pseudonym is ASCII, and slicing bytes skips
+    # decoding UTF-8.
+    tails = pc.binary_slice(values.cast(pa.binary()), -32).cast(pa.binary(32))
     start = tails.offset * 32
     raw = np.frombuffer(tails.buffers()[1], dtype=np.uint8)[start : start + 32 * len(values)]
     nibbles = raw.reshape(-1, 32) - ord("a")
@@ -151,18 +153,22 @@ class DomainPseudonymiser:
 
         Raises TypeError for anything but body pseudonyms: this is the privacy boundary,
         so a raw identifier or an already-domain pseudonym never passes silently.
+        Every value is encrypted, repeats too: AES of 16 bytes costs less than finding the
+        distinct values first (the identifiers of a 1M-person run, 6.0 M values: 1.67-2.28 s
+        with the distinct values found first, 1.15-1.54 s without).
         """
-        encoded = _dictionary(values)
-        distinct = encoded.dictionary
-        if (
-            len(distinct)
-            and not pc.all(pc.match_substring_regex(distinct, BODY_PSEUDONYM_PATTERN)).as_py()
-        ):
-            raise TypeError("the domain layer accepts only body pseudonyms (b<n>.<32 letters>)")
-        if not len(distinct):
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if values.null_count == len(values):
             return pa.nulls(len(values), pa.string())
-        blocks = self._cipher().encryptor().update(_letters_to_blocks(distinct))
-        return _blocks_to_pseudonyms(self.key_id, blocks).take(encoded.indices)
+        if not pc.all(pc.match_substring_regex(values, BODY_PSEUDONYM_PATTERN)).as_py():
+            raise TypeError("the domain layer accepts only body pseudonyms (b<n>.<32 letters>)")
+        filled = values.fill_null("b0." + "a" * 32) if values.null_count else values
+        blocks = self._cipher().encryptor().update(_letters_to_blocks(filled))
+        out = _blocks_to_pseudonyms(self.key_id, blocks)
+        if values.null_count:
+            out = pc.if_else(pc.is_null(values), pa.scalar(None, pa.string()), out)
+        return out
 
     def one(self, body_pseudonym: str) -> str:
         return self.array(pa.array([body_pseudonym], pa.string()))[0].as_py()
