@@ -17,7 +17,6 @@ import apache_beam as beam
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
@@ -59,18 +58,25 @@ def buckets_for(persons: int, most: int = DEFAULT_BUCKETS, cores: int = 1) -> in
 
 
 def bucket_of(keys: pa.Array, buckets: int) -> np.ndarray:
-    """Bucket numbers for pseudonyms, from their last four characters.
+    """Bucket numbers for pseudonyms, from their last four bytes (a little-endian number).
 
     Pseudonyms end in HMAC output, so their tails are uniform and the same in every
-    process: no hash seed, no per-row Python.
+    process: no hash seed, no per-row Python. Read straight from the Arrow buffers:
+    slicing the tails out first took 3x as long (0.34-0.37 s against 0.11 s for the 7 M
+    keys a 1M-person run buckets).
     """
     if keys.null_count:
         raise ValueError("a join key must not be null")
-    tails = pc.utf8_slice_codeunits(keys, -4).cast(pa.binary())
-    if not pc.all(pc.equal(pc.binary_length(tails), 4)).as_py():
+    binary = keys.cast(pa.binary())
+    n = len(binary)
+    offsets = np.frombuffer(binary.buffers()[1], np.int32)[binary.offset : binary.offset + n + 1]
+    if n and (np.diff(offsets) < 4).any():
         raise ValueError("join keys must be pseudonyms (at least four characters)")
-    fixed = tails.cast(pa.binary(4))
-    words = np.frombuffer(fixed.buffers()[1], dtype="<u4")[fixed.offset : fixed.offset + len(keys)]
+    data = np.frombuffer(binary.buffers()[2], np.uint8) if n else np.zeros(0, np.uint8)
+    ends = offsets[1:]
+    words = np.zeros(n, np.uint32)
+    for byte in range(4):  # little-endian: the last byte is the most significant
+        words |= data[ends - 4 + byte].astype(np.uint32) << np.uint32(8 * byte)
     return (words % np.uint32(buckets)).astype(np.int64)
 
 

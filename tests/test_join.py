@@ -120,6 +120,12 @@ def test_buckets_are_stable_and_spread():
     keys = pa.array([p.one("bsn", str(i)) for i in range(4000)])
     buckets = bucket_of(keys, 8)
     assert (bucket_of(keys, 8) == buckets).all()
+    tails = [int.from_bytes(k.encode()[-4:], "little") % 8 for k in keys.to_pylist()]
+    assert buckets.tolist() == tails
+    assert bucket_of(keys.slice(100, 50), 8).tolist() == tails[100:150]
+    with pytest.raises(ValueError, match="at least four"):
+        bucket_of(pa.array(["d1.abcd", "abc"]), 8)
+    assert bucket_of(pa.array([], pa.string()), 8).tolist() == []
     counts = [int((buckets == b).sum()) for b in range(8)]
     assert min(counts) > 400, counts
 
