@@ -13,13 +13,13 @@ from __future__ import annotations
 import warnings
 
 import apache_beam as beam
-import duckdb
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from entitlement_rules import evaluate as evaluate_rules
 from entitlement_rules.evaluate import evaluation_sql
 from pipelines.audit_records import AuditContext, evaluation_records
+from pipelines.machine import step_connection
 
 EVALUATIONS = "evaluations"
 CANDIDATES = "candidates"
@@ -129,7 +129,7 @@ class EvaluateRulesFn(beam.DoFn):
         self.compiled, self.run_id, self.audit = compiled, run_id, audit
 
     def setup(self):
-        self.con = duckdb.connect(config={"threads": 1})
+        self.con = step_connection()
 
     def process(self, batch: pa.RecordBatch):
         households = pa.Table.from_batches([batch])

@@ -14,13 +14,13 @@ from __future__ import annotations
 import datetime as dt
 
 import apache_beam as beam
-import duckdb
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from pipelines import household
+from pipelines.machine import step_connection
 from pipelines.shuffle import load, spill_pieces
 
 # The most buckets a run uses. Memory goes with the size of a bucket (its rows are joined
@@ -142,7 +142,7 @@ class JoinBucketFn(beam.DoFn):
         self.audit = audit
 
     def setup(self):
-        self.con = duckdb.connect(config={"threads": 1})
+        self.con = step_connection()
 
     def process(self, element):
         bucket, groups = element

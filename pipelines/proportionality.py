@@ -54,6 +54,7 @@ from pipelines.audit_records import (
 )
 from pipelines.evaluate import SIGNAL_SCHEMA
 from pipelines.household import COLUMNS as HOUSEHOLD_COLUMNS
+from pipelines.machine import step_connection
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "privacy" / "proportionality.yaml"
 
@@ -465,7 +466,7 @@ class AssessFn(beam.DoFn):
         self.resolve = resolve_sql(run_id, reference_date)
 
     def setup(self):
-        self.con = duckdb.connect(config={"threads": 1})
+        self.con = step_connection()
         self.con.register("necessity", self.necessity)
 
     def process(self, candidates: pa.Table, history: pa.Table):
@@ -528,7 +529,7 @@ class ResolveAbsentFn(beam.DoFn):
         pids = (
             pa.chunked_array(present, pa.string()) if present else pa.chunked_array([], pa.string())
         )
-        con = duckdb.connect(config={"threads": 1})
+        con = step_connection()
         try:
             con.register("history", history)
             con.register("present", pa.table({"household_pid": pids}))
