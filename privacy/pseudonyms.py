@@ -104,7 +104,7 @@ def _blocks_to_pseudonyms(key_id: str, blocks: bytes) -> pa.Array:
 class DomainPseudonymiser:
     """Layer 2: body pseudonym -> domain pseudonym, AES-256 over each 16-byte block.
 
-    Vectorised: the distinct values of an array are encrypted in one call (ECB over
+    Vectorised: the values of an array are encrypted in one call (ECB over
     independent single blocks is exactly the keyed permutation wanted here; no block
     ever depends on another).
 

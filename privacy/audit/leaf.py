@@ -89,15 +89,18 @@ class _Coded(NamedTuple):
 class _Block(list):
     """Fixed-width fields of every record: (numpy dtype, values), written side by side."""
 
+    def dtype(self) -> np.dtype:
+        return np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)])
+
     def rows(self, n: int) -> np.ndarray:
         """The records' fields side by side: n rows of a numpy record type."""
-        rows = np.empty(n, np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)]))
+        rows = np.empty(n, self.dtype())
         for i, (_, values) in enumerate(self):
             rows[f"f{i}"] = values
         return rows
 
     def binary(self, n: int) -> pa.Array:
-        width = np.dtype([(f"f{i}", d) for i, (d, _) in enumerate(self)]).itemsize
+        width = self.dtype().itemsize
         if (n + 1) * width >= 2**31:  # the offsets are 32-bit
             raise ValueError(f"{n:,} records of {width} bytes are too many for one chunk")
         offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
