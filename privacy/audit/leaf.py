@@ -136,13 +136,19 @@ def _pieces(column: pa.Array, name: str) -> list:
         values = [_field(v) for v in encoded.dictionary.to_pylist()]
         return [_Coded(encoded.indices.to_numpy(zero_copy_only=False), values)]
     binary = column.cast(pa.binary())
-    offsets = np.frombuffer(binary.buffers()[1], np.int32)[binary.offset : binary.offset + n + 1]
+    offsets = _offsets(binary)
     lengths = np.diff(offsets)
     if not binary.null_count and n and (lengths == lengths[0]).all():  # equal lengths
         data = np.frombuffer(binary.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
         return [_Block([_length(lengths[0]), _bytes(data, n, int(lengths[0]))])]
     nulls = binary.is_null().to_numpy(zero_copy_only=False) if binary.null_count else None
     return [_Block([_length(lengths, nulls)]), binary.fill_null(b"")]
+
+
+def _offsets(binary: pa.Array) -> np.ndarray:
+    """The n + 1 int32 offsets of a binary array's values into its data buffer."""
+    at = binary.offset
+    return np.frombuffer(binary.buffers()[1], np.int32)[at : at + len(binary) + 1]
 
 
 def _merged(pieces: list) -> list:
@@ -224,9 +230,9 @@ def _gathered(piece, n: int) -> tuple:
         values = np.frombuffer(b"".join(piece.values), np.uint8)
         offsets = np.cumsum([0] + [len(v) for v in piece.values], dtype=np.int64)
         return values, offsets, piece.codes.astype(np.int64, copy=False)
-    offsets = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + n + 1]
-    data = piece.buffers()[2]
-    return (np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)), offsets
+    data = piece.buffers()[2]  # None when every value is empty
+    values = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
+    return values, _offsets(piece)
 
 
 def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
@@ -241,6 +247,6 @@ def _chunk_hashes(batch: pa.RecordBatch, first_index: int) -> bytes:
         return sha256.gathered(n, [_gathered(p, n) for p in _merged(pieces)])
     arrays = [_binary(p, n) for p in _merged(pieces)]
     joined = arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, _NO_SEPARATOR)
-    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
-    offsets = offsets[joined.offset : joined.offset + n + 1]
-    return sha256.slices(joined.buffers()[2], offsets)  # each leaf starts with its 0x00 prefix
+    return sha256.slices(
+        joined.buffers()[2], _offsets(joined)
+    )  # each leaf starts with its 0x00 prefix
