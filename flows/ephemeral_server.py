@@ -8,12 +8,16 @@ api.server`) as a child process and stops it at exit. Left to itself, that child
   PID 1, ~190 MB, for ever.
 
 `guard()` starts that server here instead, in the same way (Prefect's own class and
-arguments), with two differences:
+arguments), with three differences:
 - it runs in a process group of its own: a terminal's Ctrl-C reaches the run only, which
   reports the interrupt to a live server and stops it on the way out;
 - it ends when its parent does: on Linux the kernel sends it SIGTERM the moment the run
   dies (prctl PR_SET_PDEATHSIG); elsewhere, and as a second line, a watchdog thread in the
-  server checks every second that its parent is still the run.
+  server checks every second that its parent is still the run;
+- its port is bound by the run and handed to the server (uvicorn `--fd`). Prefect picks
+  a free port and lets the server bind it seconds later: two runs starting at once could
+  pick the same one, and the run whose server lost the race would talk to the other's
+  server and fail with "connection refused" the moment the other run ended.
 
 `python -m flows.ephemeral_server PARENT_PID UVICORN_ARGS...` is that server's entry point.
 A server of a configured PREFECT_API_URL (a shared `prefect server start`) is never touched.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,8 +54,18 @@ def guard() -> None:
         return  # started already (a second run in this process, or a test harness)
 
     class TiedServer(SubprocessASGIServer):
+        _socket: socket.socket | None = None
+
+        def find_available_port(self) -> int:
+            self._socket = reserve_port()
+            return self._socket.getsockname()[1]
+
         def _run_uvicorn_command(self) -> subprocess.Popen:
-            return _start(self.port)
+            if self._socket is None:  # a port set beforehand: this one is bound instead
+                self.port = self.find_available_port()
+            with self._socket as bound:  # the server has its own copy once started
+                self._socket = None
+                return _start(bound)
 
     # Prefect finds its temporary server under the key None (as prefect_test_harness does):
     # its client, log and event workers then use this one and start no other.
@@ -59,8 +74,18 @@ def guard() -> None:
     server.start()
 
 
-def _start(port: int) -> subprocess.Popen:
-    """The uvicorn child, with the arguments and environment Prefect 3.9 gives it."""
+def reserve_port() -> socket.socket:
+    """A socket bound to a free local port, not listening: no other process can take the
+    port while it is open, and until a server listens on it a client is refused at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _start(bound: socket.socket) -> subprocess.Popen:
+    """The uvicorn child, with the arguments and environment Prefect 3.9 gives it, serving
+    on the `bound` socket. It must not listen yet: Prefect's start-up check retries a
+    refused connection, but a connection left waiting for the server times out."""
     import prefect
     from prefect.settings import get_current_settings
 
@@ -69,10 +94,8 @@ def _start(port: int) -> subprocess.Popen:
         str(prefect.__module_path__.parent),
         "--factory",
         "prefect.server.api.server:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        "--fd",
+        str(bound.fileno()),
         "--log-level",
         "error",
         "--lifespan",
@@ -89,6 +112,7 @@ def _start(port: int) -> subprocess.Popen:
         # -P: not the working folder first on sys.path, where another `flows` may be.
         [sys.executable, "-P", "-m", __name__, str(os.getpid()), *uvicorn_args],
         env=env,
+        pass_fds=(bound.fileno(),),
         process_group=0,  # out of the terminal's group: Ctrl-C is for the run to handle
     )
 
