@@ -3,7 +3,8 @@ and a Prefect server of the test's own.
 
 The hand-made population (tests/population.py) is pseudonymised with the real CLI.
 Runs that are to be killed run as `python -m flows.cli` in their own session, so the
-test can SIGKILL them and then reap any child they leave (nothing else is touched).
+test can SIGKILL them and then kill any child they leave (nothing else is touched:
+`end_session`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,29 +135,49 @@ def subprocess_env(api_url: str | None = None, **extra: str) -> dict[str, str]:
 def signals(
     args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """Run `signals ARGS` in its own session; afterwards no process of that session is left."""
-    proc = subprocess.Popen(
-        [*SIGNALS, *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        reap_session(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    """Run `signals ARGS` in its own session; afterwards no process of its group is left."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        # Files, not pipes: the run is waited for without reading its output meanwhile.
+        proc = subprocess.Popen(
+            [*SIGNALS, *args], cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True
+        )
+        if not end_session(proc, timeout):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        said = [_text(f) for f in (out, err)]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, *said)
 
 
-def reap_session(proc: subprocess.Popen) -> None:
-    """Kill what is left of the session `proc` led (a killed run's orphaned children)."""
+def _text(file) -> str:
+    file.seek(0)
+    # As text=True would read it: universal newlines.
+    return file.read().decode().replace("\r\n", "\n").replace("\r", "\n")
+
+
+def end_session(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to `timeout` s for `proc`, a session leader, to end; kill what is left of its
+    process group; then reap it. True if it ended by itself within the time.
+
+    The group is killed before the leader is reaped: until then the leader's zombie holds
+    the group's number. Once reaped, the number is free for the kernel to give to another
+    process, and a group killed by number later may be someone else's (pid_max is 32768
+    on these machines and the suite uses ~43,000 process and thread ids: they wrap).
+    """
+    if proc.returncode is not None:
+        return True  # reaped already: its group's number is no longer its own
+    deadline = time.monotonic() + timeout
+    while not (ended := has_ended(proc)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+    proc.wait()
+    return ended
+
+
+def has_ended(proc: subprocess.Popen) -> bool:
+    """True once `proc` has ended; unlike `proc.poll()`, it leaves the process unreaped."""
+    if proc.returncode is not None:
+        return True
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
 
 
 def published_runs(out: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 from service_support import (
     SIGNALS,
+    end_session,
+    has_ended,
     prepare_deliveries,
     published_runs,
     run_args,
@@ -62,12 +65,12 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for its parent has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def _ended(pidfd: int) -> bool:
+    """True once the process of `pidfd` has ended (a zombie waiting for its parent too).
+
+    A process handle, not a process id: ids wrap here (pid_max 32768), and the id of a
+    server that ended may by now be a thread of another test's server."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _wait(condition, seconds: float) -> bool:
@@ -96,41 +99,47 @@ class Run:
                 stderr=err,
                 start_new_session=True,
             )
-        self.server: int | None = None
+        self.server: int | None = None  # the server's process id, for messages
+        self.server_fd: int | None = None  # and a handle on that very process
 
     def wait_for_server(self) -> None:
         """Until the run has started its Prefect server; notes the server's process id."""
-        found = _wait(lambda: self._servers() or self.proc.poll() is not None, START_SECONDS)
-        assert found and self.proc.poll() is None, self.stderr()[-3000:]
+        found = _wait(lambda: self._servers() or has_ended(self.proc), START_SECONDS)
+        assert found and not has_ended(self.proc), self.stderr()[-3000:]
         (self.server,) = self._servers()
+        self.server_fd = os.pidfd_open(self.server)
+        # The handle is on the server, not on a process that took its id after it ended.
+        alive = not _ended(self.server_fd) and "prefect.server" in _cmdline(self.server)
+        assert alive, f"Prefect server {self.server} ended as soon as it was found"
 
     def wait_for_pipeline(self) -> None:
         """Until the run's staging folder exists (its pipeline is about to run or runs)."""
         self.wait_for_server()
         staged = _wait(
-            lambda: any(self.out.glob(".staging-*")) or self.proc.poll() is not None,
+            lambda: any(self.out.glob(".staging-*")) or has_ended(self.proc),
             START_SECONDS,
         )
-        assert staged and self.proc.poll() is None, self.stderr()[-3000:]
+        assert staged and not has_ended(self.proc), self.stderr()[-3000:]
 
     def _servers(self) -> list[int]:
         return [p for p in _children(self.proc.pid) if "prefect.server" in _cmdline(p)]
 
     def stopped_within(self, seconds: float) -> float:
+        """Seconds the run took to end; what it left of its process group is killed."""
         start = time.monotonic()
-        self.proc.wait(timeout=seconds)
+        assert end_session(self.proc, seconds), f"still running after {seconds} s"
         return time.monotonic() - start
 
     def stderr(self) -> str:
         return self.log.read_text()
 
     def clean_up(self) -> None:
-        """Kill what the test started and left (only this run's session and server)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        if self.server and _alive(self.server) and "prefect.server" in _cmdline(self.server):
-            os.kill(self.server, signal.SIGKILL)
+        """Kill what the test started and left (only this run's process group and server)."""
+        end_session(self.proc, 0)
+        if self.server_fd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.server_fd, signal.SIGKILL)
+            os.close(self.server_fd)
 
 
 @pytest.fixture
@@ -156,7 +165,7 @@ def _stop(start, out: Path, send) -> tuple[Run, float]:
 
 
 def _server_gone(run: Run) -> bool:
-    return _wait(lambda: not _alive(run.server), GONE_SECONDS)
+    return _wait(lambda: _ended(run.server_fd), GONE_SECONDS)
 
 
 def test_ctrl_c_stops_the_run_at_once_in_one_line_and_the_next_run_publishes(

@@ -28,10 +28,11 @@ from service_support import (
     PASSPHRASE,
     SIGNALS,
     decrypted,
+    end_session,
+    has_ended,
     prefect_server,
     prepare_deliveries,
     published_runs,
-    reap_session,
     subprocess_env,
 )
 
@@ -305,7 +306,7 @@ def _wait(what, check, timeout, proc=None):
         found = check()
         if found:
             return found
-        if proc is not None and proc.poll() is not None:
+        if proc is not None and has_ended(proc):
             raise AssertionError(f"signals serve exited while waiting for {what}: {_output(proc)}")
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
@@ -365,13 +366,9 @@ def test_signals_serve_runs_its_deployment_on_the_cron_schedule(server, tmp_path
         assert schemes.count("zorgtoeslag") == len(SIGNALLED)
         assert main(["runs", "list", "--config", str(config)]) == 0
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # SIGINT is ignored by background processes
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        reap_session(proc)
+        if proc.returncode is None:  # not reaped, so the process id is still this one's
+            os.kill(proc.pid, signal.SIGTERM)  # SIGINT is ignored by background processes
+        end_session(proc, 30)
 
 
 def _schedule_last_due(client, api_url, deployment):
@@ -418,7 +415,7 @@ def _amsterdam():
 
 
 def _output(proc) -> str:
-    if proc.poll() is None:
+    if not has_ended(proc):
         return "(still serving)"
     return (proc.stdout.read() or "")[-3000:]
 
