@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 
 import apache_beam as beam
+import apache_beam.testing.util
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipeline_outputs import assert_same_outputs, population, run_central
@@ -95,3 +97,39 @@ def test_the_central_pipeline_publishes_the_same_however_it_is_split(pseudonymis
     monkeypatch.setattr(join, "SPILL_ROWS", 300)
     two = run_central(dataclasses.replace(spec, staging=root / "two"), pipeline_options(threads=2))
     assert_same_outputs(one, two)
+
+
+class _TimedFlushers(beam.DoFn):
+    """Emits how many of Beam's timed data-stream flushers run while a bundle is open."""
+
+    def process(self, element):
+        from apache_beam.runners.worker.data_plane import PeriodicThread
+
+        timers = [t for t in threading.enumerate() if isinstance(t, PeriodicThread)]
+        # Beam's worker has a timer of its own (for idle bundle processors): not counted.
+        flushers = [t for t in timers if "OutputStream" in t._function.__qualname__]
+        yield element, len(flushers)
+
+
+def test_no_data_stream_is_flushed_by_a_timer_while_its_bundle_writes_to_it():
+    """Beam's local runner flushed each data stream every second from a thread of its own
+    while the bundle's thread wrote to it, and lost what was written in between
+    (pipelines/options.py): elements misframed, or gone. Only size-based flushes remain."""
+    with beam.Pipeline(options=pipeline_options(threads=2)) as p:
+        found = (
+            p
+            | beam.Create(range(8))
+            | "Before" >> beam.Reshuffle()  # stage boundaries: the probe's output crosses
+            | beam.ParDo(_TimedFlushers())  # the data plane, as every step's output does
+            | "After" >> beam.Reshuffle()
+            | beam.Map(lambda pair: pair[1])
+            | beam.combiners.ToList()
+        )
+        beam.testing.util.assert_that(
+            found, lambda counts: _all_zero(counts[0] if counts else None)
+        )
+
+
+def _all_zero(counts) -> None:
+    assert counts and len(counts) == 8, counts
+    assert set(counts) == {0}, f"timed flushers alive while bundles wrote: {counts}"
