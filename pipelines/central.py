@@ -125,9 +125,9 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
         rows.update({name: read[name] for name in deliveries})
         quarantined.append(read[ReadDeliveries.QUARANTINE])
     # Each reading step writes its own quarantine parts (rows name their source), as the
-    # audit parts are: Beam's local runner materialises a Flatten of Arrow outputs from two
-    # steps, and one tried for the ingest records at 1M persons misframed its elements
-    # (docs/scaling.md, eleventh round).
+    # audit parts are: no Flatten, which Beam's local runner materialises whole. (One tried
+    # for the ingest records at 1M persons misframed its elements; the cause was found
+    # later, Beam's timed flush: pipelines/options.py.)
     for label, pcoll in zip(("_objections", ""), quarantined, strict=True):
         _write(pcoll, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine", label)
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)

@@ -518,7 +518,7 @@ class JoinHouseholds(beam.PTransform):
             name="households",
         )
         # Not flattened: each join's records are written in the stage that made them
-        # (privacy/audit/parts.py), and a Flatten of the two failed to decode at 1M persons.
+        # (privacy/audit/parts.py), not held in the runner's buffers for a Flatten.
         ingest = () if self.ingest is None else (addressed["audit"], facts["audit"])
         return {"households": households, "ingest": ingest}
 

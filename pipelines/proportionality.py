@@ -597,8 +597,8 @@ class ApplyProportionality(beam.PTransform):
         return {
             SIGNALS: assessed[SIGNALS],
             SUPPRESSED: assessed[SUPPRESSED],
-            # Not flattened: a Flatten of Arrow outputs of two steps is materialised by
-            # Beam's local runner, which misframed such elements (docs/scaling.md).
+            # Not flattened: Beam's local runner materialises a Flatten of two steps'
+            # outputs whole; each is written where it is made (docs/scaling.md).
             RESOLVED: (assessed[RESOLVED], absent),
             AUDIT: assessed[AUDIT],
         }
