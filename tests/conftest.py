@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import environment
+from flows import environment, ephemeral_server
 
 OIN = "00000001001234567000"
 # Two xdist workers each start Prefect's server while the other runs Beam: allow it time.
@@ -70,10 +70,15 @@ def _prefect_home(tmp_path_factory):
     os.environ["SIGNALS_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     environment.configure(home)
+    # The temporary server of the flows run in this process, started as `signals run`
+    # starts it: on a port bound before the server starts (flows/ephemeral_server.py).
+    # Left to Prefect, two workers starting theirs at once could end up sharing one.
+    # Only in a session whose tests import Prefect: others need not wait for a server.
+    if "prefect" in sys.modules:
+        ephemeral_server.guard()
     yield home
-    # Flows run here start Prefect's temporary server, which stops itself at exit and logs
-    # it to a stream pytest has closed by then ("--- Logging error ---" after the summary).
-    # Stopped here, while the streams are open. Prefect has no public handle on it.
+    # That server stops itself at exit and logs it to a stream pytest has closed by then
+    # ("--- Logging error ---" after the summary): stopped here, while the streams are open.
     server_module = sys.modules.get("prefect.server.api.server")
     server_class = getattr(server_module, "SubprocessASGIServer", None)
     for server in list(getattr(server_class, "_instances", {}).values()):
