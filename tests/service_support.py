@@ -169,7 +169,7 @@ def end_session(proc: subprocess.Popen, timeout: float) -> bool:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)  # SIGKILLed if it had not ended: this is a backstop only
     return ended
 
 
