@@ -46,6 +46,7 @@ from privacy.audit.log import LOG_DIRNAME, AuditLog, AuditLogError, append_run
 from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
 from privacy.keys import KeyringError, central_keyring, load_keyring, passphrase_from_env
+from privacy.minimise import withheld_fields
 from privacy.pseudonymise import check_one_body_key
 from privacy.pseudonyms import DomainPseudonymiser, translate
 from privacy.purpose_check import (
@@ -216,9 +217,11 @@ def record_refusal(
 
 
 @task(cache_policy=NO_CACHE)
-def record_purpose_check(staging: Path, audit: AuditContext, outcome: Outcome) -> None:
+def record_purpose_check(
+    staging: Path, audit: AuditContext, outcome: Outcome, withheld: dict[str, str]
+) -> None:
     """The run-level purpose_check audit record, next to the pipeline's audit parts."""
-    write_purpose_check_record(staging / PARTS_DIR, audit, outcome)
+    write_purpose_check_record(staging / PARTS_DIR, audit, outcome, withheld)
 
 
 @task(cache_policy=NO_CACHE)
@@ -339,6 +342,15 @@ def report_run(run_dir: str, keyring) -> str:
     report = build_report(Path(run_dir), Path(run_dir) / "report" / "report.html", keyring=keyring)
     attach_artifacts(report)
     return str(report.html)
+
+
+def _by_source(fields: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """{"source.field": why} -> {source: (field, ...)}."""
+    grouped: dict[str, tuple[str, ...]] = {}
+    for where in fields:
+        source, name = where.split(".", 1)
+        grouped[source] = (*grouped.get(source, ()), name)
+    return grouped
 
 
 def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: str) -> dict:
@@ -469,6 +481,10 @@ def run_flow(
     signer = Signer(keyring)  # the audit log is signed: no run without the audit-signing key
     AuditLog(Path(out) / LOG_DIRNAME).check_signer(signer)  # before hours of work, not after
     compiled = compile_rules(reference_date, processing_register, purpose)
+    # Fields the register allows only for schemes this run does not evaluate: blanked on reading.
+    withheld = withheld_fields(
+        processing_register.activity(purpose), {rule.scheme for rule in compiled}
+    )
     # One run at a time per output folder (flows/runs.py), taken once the run is allowed:
     # a run refused by the register leaves nothing behind.
     with run_lock(Path(out)):
@@ -515,13 +531,16 @@ def run_flow(
             proportionality=policy,
             necessity=proportionality.assess_necessity(compiled, processing_register, purpose),
             history=history.state,
+            withheld=_by_source(withheld),
         )
+        if withheld:
+            progress(f"withheld on reading, no scheme of this run uses them: {', '.join(withheld)}")
         progress(
             f"pipeline: running {run_id} on {runner} ({central.join_buckets(spec)} join "
             "buckets); this is the long part"
         )
         run_pipeline(spec, runner, runner_args or [])
-        record_purpose_check(staging, spec.audit, outcome)
+        record_purpose_check(staging, spec.audit, outcome, withheld)
         progress("pipeline: done; finalising the outputs")
         counts = finalise_run(staging, found)
         counts.update(summarise_outputs(staging))
@@ -531,6 +550,7 @@ def run_flow(
         )
         manifest = build_manifest(spec, compiled, counts, runner)
         manifest["purpose_check"] = outcome.to_manifest()
+        manifest["fields_withheld"] = withheld
         manifest["proportionality"] = {
             "policy": {"path": policy.path, "version": policy.version},
             "history": {

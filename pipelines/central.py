@@ -44,6 +44,7 @@ from pipelines.options import local_threads, pipeline_options
 from pipelines.read_deliveries import Delivery, ReadDeliveries
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
+from pipelines.withhold import WithholdFields
 from pipelines.write_parts import WriteParts
 from privacy.audit.parts import PARTS_DIR
 from privacy.minimise import pseudonymised_schema
@@ -70,6 +71,9 @@ class RunSpec:
     proportionality: prop.Policy | None = None
     necessity: pa.Table | None = None
     history: pa.Table | None = None
+    # Delivered fields the run has no purpose for, per source: blanked on reading
+    # (privacy/minimise.py withheld_fields, pipelines/withhold.py).
+    withheld: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # The columns that identify a row of each output in a run (pipelines/write_parts.py).
@@ -130,6 +134,8 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     # later, Beam's timed flush: pipelines/options.py.)
     for label, pcoll in zip(("_objections", ""), quarantined, strict=True):
         _write(pcoll, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine", label)
+    for name, fields in sorted(spec.withheld.items()):
+        rows[name] = rows[name] | f"Withhold_{name}" >> WithholdFields(fields)
     kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)
     read = tuple(n for n in PERSON_SOURCES if n in spec.deliveries)
     exclusions = beam.Map(exclusion_audit(spec.audit, read)).with_output_types(pa.RecordBatch)

@@ -21,6 +21,7 @@ register files the need alone decides (the register is being written alongside).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from functools import cache
 
 import duckdb
@@ -114,6 +115,35 @@ def minimisation_basis(purpose: str = DEFAULT_DOMAIN) -> str:
 def dropped_fields(source: Source) -> tuple[str, ...]:
     keep = set(allowed_fields(source.name))
     return tuple(n for n in source.column_names if n not in keep)
+
+
+def withheld_fields(activity, evaluated: Iterable[str]) -> dict[str, str]:
+    """Delivered fields this run may not read, "source.field" -> why, in name order.
+
+    The register may allow a field for some schemes only (`schemes:` under the field, e.g.
+    the rent for huurtoeslag). A run that evaluates none of them, because their parameters
+    for the year are missing say, has no purpose for the field. The body delivers it all
+    the same (it cannot know which schemes a run will evaluate); the central run blanks it
+    on reading, before any join (pipelines/withhold.py). Join keys and the dates rows are
+    selected by are never withheld: without them no other field could be used.
+    """
+    evaluated = set(evaluated)
+    withheld = {}
+    for source_name, entry in sorted(activity.sources.items()):
+        source = SOURCES.get(source_name)
+        if source is None:
+            continue
+        delivered = set(pseudonymised_schema(source).names)
+        keys = {c.name for c in source.columns if c.is_identifier}
+        for name, rule in sorted(entry.fields.items()):
+            where = f"{source_name}.{name}"
+            if not rule.schemes or evaluated & set(rule.schemes):
+                continue
+            if name not in delivered or name in keys or where in SELECTION_FIELDS:
+                continue
+            schemes = ", ".join(rule.schemes)
+            withheld[where] = f"allowed for {schemes} only, which this run does not evaluate"
+    return withheld
 
 
 def pseudonymised_schema(source: Source) -> pa.Schema:

@@ -611,12 +611,16 @@ def lineage_manifest(register: Register, purpose: str) -> dict[str, list[dict[st
 # -- audit ---------------------------------------------------------------------------------
 
 
-def purpose_check_record(context, outcome: Outcome) -> pa.RecordBatch:
+def purpose_check_record(
+    context, outcome: Outcome, withheld: dict[str, str] | None = None
+) -> pa.RecordBatch:
     """The run-level audit record of the check: one per run, the root of the run's trace.
 
     It concerns the run, not a person, so it has no data subject; the per-subject ingest
-    records carry the legal basis and condition ids of their source.
+    records carry the legal basis and condition ids of their source. `withheld`: the
+    delivered fields the run blanks on reading, each with why (privacy/minimise.py).
     """
+    attributes = outcome.audit_attributes() | ({"fields_withheld": withheld} if withheld else {})
     now = dt.datetime.now(dt.UTC)
     row = {
         "trace_id": trace_id(context.run_id),
@@ -630,16 +634,18 @@ def purpose_check_record(context, outcome: Outcome) -> pa.RecordBatch:
         "processing_activity_id": context.processing_activity_id,
         "register_version": context.register_version,
         "data_subject_pid": None,
-        "attributes": canonical_json(outcome.audit_attributes()),
+        "attributes": canonical_json(attributes),
     }
     return pa.RecordBatch.from_pylist([row], schema=AUDIT_SCHEMA)
 
 
-def write_purpose_check_record(folder: Path, context, outcome: Outcome) -> Path:
+def write_purpose_check_record(
+    folder: Path, context, outcome: Outcome, withheld: dict[str, str] | None = None
+) -> Path:
     """Write the run-level record as a part where the run's audit parts are collected."""
     from privacy.audit.parts import write_part
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    record = pa.Table.from_batches([purpose_check_record(context, outcome)])
+    record = pa.Table.from_batches([purpose_check_record(context, outcome, withheld)])
     return write_part(record, folder, OPERATION)

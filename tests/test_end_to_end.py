@@ -153,6 +153,27 @@ def test_counts_reconcile_per_source_in_the_manifest(published):
     assert [r["rule_id"] for r in manifest["rules_skipped"]] == ["huurtoeslag"]
 
 
+def test_the_rent_huurtoeslag_alone_may_use_is_withheld_when_it_is_not_evaluated(published):
+    """The register allows the rent and service costs for huurtoeslag only, which is not
+    evaluated for 2025: the bodies deliver them, the run blanks them on reading."""
+    _, run_dir, _ = published
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert sorted(manifest["fields_withheld"]) == ["housing.monthly_rent", "housing.service_costs"]
+    assert "huurtoeslag only" in manifest["fields_withheld"]["housing.monthly_rent"]
+    households = _read(run_dir, "households")
+    assert households.num_rows == len(HOUSEHOLDS)
+    for column in ("monthly_rent", "service_costs"):
+        assert households.column(column).null_count == households.num_rows, column
+    # The tenure, which kwijtschelding may use too, is still read.
+    assert households.column("tenure").null_count < households.num_rows
+    # The run's purpose_check record in the signed log says so too.
+    ((attributes,),) = duckdb.sql(
+        f"SELECT attributes FROM read_parquet('{run_dir}/audit/*.parquet') "
+        "WHERE name = 'purpose_check'"
+    ).fetchall()
+    assert json.loads(attributes)["fields_withheld"] == manifest["fields_withheld"]
+
+
 def test_no_file_written_by_the_run_or_the_bodies_holds_a_bsn(published):
     root, _, _ = published
     known = {bsn for members in HOUSEHOLDS.values() for bsn, _, _ in members}

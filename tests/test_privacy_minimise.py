@@ -76,3 +76,42 @@ def test_the_central_run_refuses_a_delivery_with_a_field_the_purpose_does_not_al
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(DeliveryRefused, match="carries column.s. birth_date that the purpose"):
         open_pseudonymised(result.directory, "brp")
+
+
+def _activity():
+    from privacy.register import load_register
+
+    return load_register().activity("proactive-entitlement-signalling")
+
+
+def test_a_field_the_register_allows_only_for_schemes_not_evaluated_is_withheld():
+    from privacy.minimise import withheld_fields
+
+    every = {"aio", "huurtoeslag", "kindgebonden_budget", "kwijtschelding", "zorgtoeslag"}
+    assert withheld_fields(_activity(), every) == {}
+    without = withheld_fields(_activity(), every - {"huurtoeslag"})
+    assert sorted(without) == ["housing.monthly_rent", "housing.service_costs"]
+    assert without["housing.monthly_rent"] == (
+        "allowed for huurtoeslag only, which this run does not evaluate"
+    )
+    # The tenure is allowed for kwijtschelding too: withheld only when neither is evaluated.
+    assert "housing.tenure" in withheld_fields(_activity(), {"zorgtoeslag"})
+
+
+def test_join_keys_and_selection_dates_are_never_withheld():
+    """Were the register to tie them to a scheme, blanking them would lose every row."""
+    import dataclasses
+
+    from privacy.minimise import withheld_fields
+
+    activity = _activity()
+    brp = activity.sources["brp"]
+    tied = {n: dataclasses.replace(r, schemes=("huurtoeslag",)) for n, r in brp.fields.items()}
+    changed = dataclasses.replace(
+        activity, sources={**activity.sources, "brp": dataclasses.replace(brp, fields=tied)}
+    )
+    withheld = withheld_fields(changed, {"zorgtoeslag"})
+    brp_withheld = {w.split(".", 1)[1] for w in withheld if w.startswith("brp.")}
+    keys = {c.name for c in SOURCES["brp"].columns if c.is_identifier}
+    assert brp_withheld, "some brp field should be withheld in this made-up register"
+    assert not brp_withheld & (keys | {"registered_since"})
