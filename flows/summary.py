@@ -94,6 +94,9 @@ def run_summary_lines(run_dir: Path) -> list[str]:
     skipped = [r.get("rule_id", "?") for r in m.get("rules_skipped", [])]
     if skipped:
         lines.append(f"not evaluated: {', '.join(skipped)} (why: `signals runs show`)")
+    withheld = sorted(m.get("fields_withheld", {}))
+    if withheld:
+        lines.append(f"withheld on reading (no scheme evaluated uses them): {', '.join(withheld)}")
     # The total alone does not say why (a second month can be 0 by fatigue alone).
     why = proportionality_lines(m)
     if why:

@@ -51,6 +51,20 @@ def test_a_rule_that_was_not_evaluated_is_named(tmp_path):
     assert "not evaluated: huurtoeslag (why: `signals runs show`)" in run_summary_lines(tmp_path)
 
 
+def test_fields_withheld_on_reading_are_named(tmp_path):
+    _manifest(tmp_path, "2025-01-01", {"brp": "2025-01-01"})
+    assert not [li for li in run_summary_lines(tmp_path) if li.startswith("withheld")]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    why = "allowed for huurtoeslag only, which this run does not evaluate"
+    manifest["fields_withheld"] = {"housing.service_costs": why, "housing.monthly_rent": why}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    expected = (
+        "withheld on reading (no scheme evaluated uses them): "
+        "housing.monthly_rent, housing.service_costs"
+    )
+    assert expected in run_summary_lines(tmp_path)
+
+
 # -- why these signals: two real monthly runs ----------------------------------------------
 
 
