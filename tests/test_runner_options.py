@@ -9,9 +9,9 @@ import os
 import threading
 
 import apache_beam as beam
-import apache_beam.testing.util
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that
 from pipeline_outputs import assert_same_outputs, population, run_central
 
 from pipelines.machine import cores
@@ -125,9 +125,7 @@ def test_no_data_stream_is_flushed_by_a_timer_while_its_bundle_writes_to_it():
             | beam.Map(lambda pair: pair[1])
             | beam.combiners.ToList()
         )
-        beam.testing.util.assert_that(
-            found, lambda counts: _all_zero(counts[0] if counts else None)
-        )
+        assert_that(found, lambda counts: _all_zero(counts[0] if counts else None))
 
 
 def _all_zero(counts) -> None:
