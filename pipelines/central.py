@@ -164,7 +164,9 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     suppressed = assessed[prop.SUPPRESSED]
     _write(suppressed, staging / "suppressed_parts", prop.SUPPRESSED_SCHEMA, "suppressed")
     audits.append(assessed[prop.AUDIT])
-    _write(evaluated[EVALUATIONS], staging / "evaluation_parts", EVALUATION_SCHEMA, "evaluations")
+    # Written as published, a part per household batch (as the households are): merging
+    # them into one sorted file cost finalise 1.35 s (2.4 CPU s) at 1M persons.
+    _write(evaluated[EVALUATIONS], staging / "evaluations", EVALUATION_SCHEMA, "evaluations")
     audits.append(evaluated[AUDIT])
     for step, resolved in zip(("", "_absent"), assessed[prop.RESOLVED], strict=True):
         _write(resolved, staging / "lifecycle_parts", LIFECYCLE_SCHEMA, "lifecycle", step)

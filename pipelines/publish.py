@@ -6,7 +6,7 @@ The pipeline leaves Parquet parts in staging; here they become the files users r
     <out>/<run_id>/suppressed.parquet         candidates not signalled, with their reasons
     <out>/<run_id>/lifecycle.parquet          earlier signals resolved by this run
     <out>/<run_id>/households/part-*.parquet  the joined, minimised household table
-    <out>/<run_id>/evaluations/part-00000.parquet every rule decision (for aggregate reports)
+    <out>/<run_id>/evaluations/part-*.parquet every rule decision (for aggregate reports)
     <out>/<run_id>/quarantine/<source>.parquet every rejected row (body and central)
     <out>/<run_id>/audit/segment-00000.parquet the run's records in the audit log (a link to
                                               its log segment, made by the log append)
@@ -99,14 +99,15 @@ def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
         counted = audit.result()
         counts["audit_records"] = counted.records
         counts["audit_per_operation"] = counted.per_operation
-    parts = ("signal_parts", "suppressed_parts", "lifecycle_parts", "evaluation_parts")
+    parts = ("signal_parts", "suppressed_parts", "lifecycle_parts")
     for folder in parts + ("quarantine_parts", ".finalise-spill", SHUFFLE_DIR):
         shutil.rmtree(staging / folder, ignore_errors=True)
     return counts
 
 
 def _consolidate_all(con, staging: Path, deliveries: dict[str, Delivery]) -> dict:
-    """Every part but the audit's becomes its output file; returns counts per output."""
+    """The parts become the output files (the audit's stay for the log append, the
+    households' and evaluations' are published as they are); returns counts per output."""
     con.execute(f"SET memory_limit = '{FINALISE_MEMORY}'")
     spill = str(staging / ".finalise-spill").replace("'", "''")
     con.execute(f"SET temp_directory = '{spill}'")
@@ -135,13 +136,6 @@ def _consolidate_all(con, staging: Path, deliveries: dict[str, Delivery]) -> dic
         )
     if per_source:
         raise PublicationError(f"quarantined rows of unknown source(s): {sorted(per_source)}")
-    counts["evaluations"] = _consolidate(
-        con,
-        _parts(staging / "evaluation_parts"),
-        EVALUATION_SCHEMA,
-        staging / "evaluations" / "part-00000.parquet",
-        "household_pid, scheme, benefit_year",
-    )
     counts["suppressed"] = _consolidate(
         con,
         _parts(staging / "suppressed_parts"),
@@ -156,13 +150,20 @@ def _consolidate_all(con, staging: Path, deliveries: dict[str, Delivery]) -> dic
         staging / "lifecycle.parquet",
         "signal_id",
     )
-    for unfinished in (staging / "households").glob(TMP_GLOB):  # a write that failed
-        unfinished.unlink()
-    households = _parts(staging / "households")
-    if not households:  # the pipeline writes a part per batch: none when no household
-        _consolidate(con, [], household.SCHEMA, staging / "households" / "part-empty.parquet", "")
-    counts["households"] = sum(pq.read_metadata(p).num_rows for p in households)
+    # The pipeline writes these as published, a part per household batch.
+    for name, schema in (("households", household.SCHEMA), ("evaluations", EVALUATION_SCHEMA)):
+        counts[name] = _published_parts(con, staging / name, schema)
     return counts
+
+
+def _published_parts(con, folder: Path, schema: pa.Schema) -> int:
+    """Rows in the parts the pipeline wrote to `folder`; an empty part when there are none."""
+    for unfinished in folder.glob(TMP_GLOB):  # a write that failed
+        unfinished.unlink()
+    parts = _parts(folder)
+    if not parts:  # a part per batch: none when no household
+        _consolidate(con, [], schema, folder / "part-empty.parquet", "")
+    return sum(pq.read_metadata(p).num_rows for p in parts)
 
 
 def write_manifest(staging: Path, manifest: dict) -> None:

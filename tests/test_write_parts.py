@@ -57,14 +57,34 @@ def test_a_write_that_fails_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-x.parquet", "part-y.parquet"]
 
 
-def test_finalise_drops_unfinished_writes_and_publishes_an_empty_household_table(tmp_path):
+def test_finalise_drops_unfinished_writes_and_publishes_empty_household_and_evaluation_tables(
+    tmp_path,
+):
     from pipelines import household
+    from pipelines.evaluate import EVALUATION_SCHEMA
     from pipelines.publish import finalise
 
-    (tmp_path / "households").mkdir()
     (tmp_path / "audit_parts").mkdir()
-    (tmp_path / "households" / ".part-0a1b.parquet.9f8e.tmp").write_bytes(b"half a part")
+    for name in ("households", "evaluations"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ".part-0a1b.parquet.9f8e.tmp").write_bytes(b"half a part")
     counts = finalise(tmp_path, {})
-    assert counts["households"] == 0 and counts["signals"] == 0
-    (part,) = (tmp_path / "households").iterdir()
-    assert part.name.endswith(".parquet") and pq.read_schema(part).equals(household.SCHEMA)
+    assert counts["households"] == counts["evaluations"] == counts["signals"] == 0
+    for name, schema in (("households", household.SCHEMA), ("evaluations", EVALUATION_SCHEMA)):
+        (part,) = (tmp_path / name).iterdir()
+        assert part.name.endswith(".parquet") and pq.read_schema(part).equals(schema), name
+
+
+def test_finalise_counts_the_evaluation_parts_the_pipeline_wrote(tmp_path):
+    from pipelines.evaluate import EVALUATION_SCHEMA
+    from pipelines.publish import finalise
+
+    (tmp_path / "audit_parts").mkdir()
+    rows = {n: [None] * 3 for n in EVALUATION_SCHEMA.names} | {"household_pid": ["a", "b", "c"]}
+    table = pa.table(rows, schema=EVALUATION_SCHEMA)
+    (tmp_path / "evaluations").mkdir()
+    for part in (table.slice(0, 2), table.slice(2)):
+        name = part_name(part, "evaluations", ("household_pid",))
+        write_part(part, tmp_path / "evaluations" / name)
+    assert finalise(tmp_path, {})["evaluations"] == 3
+    assert len(list((tmp_path / "evaluations").glob(PART_GLOB))) == 2
