@@ -21,6 +21,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Known failures: their message is for the user. Anything else is a bug: full traceback."""
     from entitlement_rules.errors import RuleError
     from flows.config import ConfigError
+    from flows.report import ReportError
     from flows.runs import RunLocked, RunNotFound
     from pipelines.lifecycle import HistoryUnavailable
     from pipelines.publish import PublicationError
@@ -43,6 +44,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         LinkError,
         RuleError,
         PublicationError,
+        ReportError,
         UsageError,
         MinimisationError,
         ReidentificationError,

@@ -647,7 +647,16 @@ def _previous(runs: list[PastRun], run_id: str) -> list[PastRun]:
 
 def _state_of(run: PastRun) -> dict | None:
     path = run.directory / "report" / "report-tables" / "suppression.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:  # what this report hides depends on what that one hid
+        raise ReportError(
+            f"{path}: the earlier report's suppression record is damaged ({exc}); restore it "
+            f"or build that run's report again (signals report --run {run.directory} "
+            f"--out {run.directory / 'report'})"
+        ) from None
 
 
 def _published_amounts(run: PastRun) -> dict[str, Decimal] | None:
