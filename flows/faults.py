@@ -25,9 +25,9 @@ FAULT_ENV = "SIGNALS_FAULT_AT"
 POINTS = (
     "after_ingest",  # inputs opened and checked, staging folder created, nothing written yet
     "mid_join",  # inside the Beam pipeline, when the join has emitted its first household batch
-    "mid_audit",  # outputs finalised and encrypted (data key stored), audit log not yet appended
-    "after_audit",  # the run is in the audit log, its folder not yet published
-    "during_publish",  # the folder is published (renamed), its report not yet written
+    "mid_audit",  # outputs finalised, not yet reported, encrypted or appended to the audit log
+    "after_audit",  # in the audit log, reported and encrypted (data key stored), not published
+    "during_publish",  # the folder is published (renamed) with its report; no artifacts yet
 )
 # Not a run's: `audit verify`, in a worker hashing a row group (as an out-of-memory kill).
 TOOL_POINTS = ("verify_worker",)

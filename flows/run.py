@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -335,13 +336,39 @@ def publish_run(staging: Path, target: Path) -> str:
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def report_run(run_dir: str, keyring) -> str:
-    """The aggregate report into <run>/report/, key tables attached as Prefect artifacts."""
-    from flows.report import attach_artifacts, build_report
+def build_run_report(run_dir: Path, keyring):
+    """The aggregate report into <run>/report/ (flows/report.py Report: aggregates only)."""
+    from flows.report import build_report
 
-    report = build_report(Path(run_dir), Path(run_dir) / "report" / "report.html", keyring=keyring)
+    return build_report(Path(run_dir), Path(run_dir) / "report" / "report.html", keyring=keyring)
+
+
+def report_run(run_dir: str, keyring) -> str:
+    """The aggregate report of a published run, key tables attached as Prefect artifacts."""
+    from flows.report import attach_artifacts
+
+    report = build_run_report(Path(run_dir), keyring)
     attach_artifacts(report)
     return str(report.html)
+
+
+def _report_staged(staging: Path, keyring):
+    """The report of a finalised run, built in its staging folder: (report, None), or
+    (None, the error) for the caller to raise once the run is published, as a report
+    written after publication would have failed."""
+    try:
+        return build_run_report(staging, keyring), None
+    except Exception as exc:  # noqa: BLE001 (raised by the caller after publication)
+        return None, exc
+
+
+def _as_published(report, staging: Path, published: Path):
+    """The report's paths as published (the staging folder renamed)."""
+    moved = {
+        name: Path(published) / Path(getattr(report, name)).relative_to(Path(staging).resolve())
+        for name in ("html", "tables_dir")
+    }
+    return dataclasses.replace(report, **moved)
 
 
 def _by_source(fields: dict[str, str]) -> dict[str, tuple[str, ...]]:
@@ -568,16 +595,26 @@ def run_flow(
             "resolved": counts["resolved"],
         } | proportionality.summarise_run(staging)
         write_manifest(staging, manifest)
-        # Crypto-shredding: personal data is published only encrypted under this run's own key.
-        protect_run(staging, run_id, keyring, out_dir / KEY_STORE)
         # Logged before publication: a rerun after a failed publication finds the run in the log
         # and reconciles its copy instead of logging it twice (privacy/audit/log.py).
         faults.point("mid_audit")
-        progress("audit log: appending and signing the run's records")
-        append_run(staging, run_id, out_dir / LOG_DIRNAME, signer)
+        progress("audit log: appending and signing the run's records; the report beside it")
+        # The append reads the audit parts, the report the outputs: side by side they take
+        # the time of the longer (~4 s each at 1M persons, docs/scaling.md), and a run is
+        # published with its report. The report reads the outputs before they are encrypted.
+        with ThreadPoolExecutor(1, thread_name_prefix="audit-log-append") as pool:
+            appended = pool.submit(append_run, staging, run_id, out_dir / LOG_DIRNAME, signer)
+            report, report_failed = _report_staged(staging, keyring)
+            # Crypto-shredding: personal data is published only encrypted under this run's own key.
+            protect_run(staging, run_id, keyring, out_dir / KEY_STORE)
+            appended.result()
         faults.point("after_audit")
         published = publish_run(staging, target)
         faults.point("during_publish")
-        progress(f"published {run_id}: {counts['signals']:,} signals; writing the report")
-        report_run(published, keyring)  # aggregates only: suppressed, rounded, no pseudonyms
+        if report_failed is not None:  # published without its report: a rerun writes it
+            raise report_failed
+        from flows.report import attach_artifacts
+
+        attach_artifacts(_as_published(report, staging, Path(published)))
+        progress(f"published {run_id}: {counts['signals']:,} signals, with its report")
         return published

@@ -130,7 +130,7 @@ def scheduled_run(
     # households again: that is an operator's decision, by hand (`signals run`).
     done = published_for(Path(out), picked.reference_date)
     if done is not None:
-        if not (done / "report" / "report.html").is_file():  # killed before its report
+        if not (done / "report" / "report.html").is_file():  # published, its report failed
             from flows.run import report_run
             from privacy.keys import load_keyring, passphrase_from_env
 

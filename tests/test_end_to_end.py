@@ -28,6 +28,7 @@ not sourced, so the rule does not compile for 2025 (recorded in the manifest).
 from __future__ import annotations
 
 import json
+import shutil
 from decimal import Decimal
 
 import duckdb
@@ -38,6 +39,7 @@ from population import HOUSEHOLDS, REFERENCE_DATE, SIGNALLED, B, write_populatio
 
 from flows.cli import main
 from pipelines.contract import SOURCES
+from privacy.audit.log import LOG_DIRNAME, AuditLog
 from privacy.keys import DEFAULT_DOMAIN, load_keyring
 from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.retention import read_run_table
@@ -199,6 +201,44 @@ def test_a_rerun_with_the_same_inputs_is_a_no_op_with_the_same_run(published):
     runs = [p for p in (root / "runs").iterdir() if (p / "manifest.json").is_file()]
     assert runs == [run_dir]
     assert (run_dir / "signals.parquet.enc").read_bytes() == before
+
+
+def test_a_run_whose_report_fails_is_published_without_it_and_a_rerun_writes_it(
+    published, tmp_path, capsys
+):
+    """The report is built before publication, beside the audit log append. If it fails
+    the run is still published (the signals must reach the operators) and the run fails
+    with the report's error; running it again writes the report and nothing else."""
+    from test_purpose_check import copy_register
+
+    root, first, _ = published
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs", out)
+    damaged = out / first.name / "report" / "report-tables" / "suppression.json"
+    kept = damaged.read_text()
+    damaged.write_text("{ not json")
+
+    def reviewed(data):  # another register version: another run id of the same date
+        data["retention"]["basis"] += " Reviewed."
+
+    register = copy_register(tmp_path / "register", reviewed)
+    args = ["run", "--deliveries", str(root / "pseudo"), "--reference-date", REFERENCE_DATE]
+    args += ["--key-file", str(root / "keys" / "central.keyring"), "--register", str(register)]
+    args += ["--out", str(out), "--buckets", "4"]
+    capsys.readouterr()
+    assert main(args) != 0
+    assert str(damaged) in capsys.readouterr().err
+    (second,) = [
+        p for p in out.iterdir() if (p / "manifest.json").is_file() and p != out / first.name
+    ]
+    assert (second / "signals.parquet.enc").is_file() and not (second / "report").exists()
+    assert AuditLog(out / LOG_DIRNAME).find(second.name) is not None
+
+    damaged.write_text(kept)
+    before = (second / "signals.parquet.enc").read_bytes()
+    assert main(args) == 0
+    assert (second / "report" / "report.html").is_file()
+    assert (second / "signals.parquet.enc").read_bytes() == before
 
 
 def test_the_scan_itself_finds_a_planted_bsn(tmp_path):

@@ -4,8 +4,8 @@ records, and nothing half-published in between.
 
 `signals run` runs as a subprocess; SIGNALS_FAULT_AT makes it SIGKILL itself at a
 stage (flows/faults.py): after ingestion, inside the Beam join, before the audit log
-append (plus the debris of an append torn by the crash), after the append, and after
-the rename that publishes. Each restart runs on the leftovers of the kills before it
+append and the report (plus the debris of an append torn by the crash), after them, and
+after the rename that publishes. Each restart runs on the leftovers of the kills before it
 (staging folder, data key, audit log) in the same output folder. All runs report to
 one Prefect server started by this module.
 """
@@ -95,9 +95,9 @@ def _kill(world, point, out):
     prepared, env, _ = world
     killed = signals(run_args(prepared, out), {**env, FAULT_ENV: point}, prepared.root)
     assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
-    if point == "during_publish":  # killed after the rename: published, report not written
+    if point == "during_publish":  # killed after the rename: published whole, with its report
         (run_dir,) = published_runs(out)
-        assert not (run_dir / "report" / "report.html").exists()
+        assert (run_dir / "report" / "report.html").is_file()
     else:
         assert published_runs(out) == [], f"a run killed at {point} published something"
         assert [e.state for e in list_runs(out)] == ["unfinished"]

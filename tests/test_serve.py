@@ -252,7 +252,7 @@ def test_the_schedule_runs_a_date_once_even_when_its_run_id_would_change(
 
     register = copy_register(tmp_path / "register", changed)
     (tmp_path / "signals.toml").write_text(f'[paths]\nregister = "{register}"\n')
-    shutil.rmtree(Path(first) / "report")  # as if killed after publication, before it
+    shutil.rmtree(Path(first) / "report")  # as if its report had failed (run.py publishes it)
     again = scheduled_run(**args, config=str(tmp_path / "signals.toml"))
     assert again == first and len(published_runs(out)) == 1
     assert (Path(first) / "report" / "report.html").is_file()  # the next schedule wrote it
