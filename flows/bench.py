@@ -10,9 +10,9 @@ worker processes it starts, together):
               execution-time metrics; what no transform accounts for is the runner's
               (fusion, coders, grouping)
     finalise  pipelines/publish.finalise: the staging parts become the output files;
-              beside it, as the flow runs them, the audit log append
-              (privacy/audit/log.append_run: the run's audit records hashed into the
-              Merkle log, written once as its signed segment), part of what a run costs
+              then the audit log append (privacy/audit/log.append_run: the run's audit
+              records hashed into the Merkle log, written once as its signed segment),
+              which the flow does next and which is part of what a run costs
     floor     one DuckDB query over the same pseudonymised Parquet files: the objection
               filter, the household join (the very SQL of pipelines/join.py) and the
               zorgtoeslag rule (its compiled SQL): what the join and the rule cost with
@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from privacy.audit import sha256
@@ -316,40 +316,25 @@ def stage_seconds(result, run_seconds: float, threads: int = 1) -> dict[str, flo
 
 
 def finalise_phase(staging: str, deliveries: dict) -> dict:
-    """finalise and the audit log append side by side, as the flow runs them (flows/run.py)."""
     from pipelines.publish import finalise
     from privacy.audit.log import append_run
-    from privacy.audit.parts import PARTS_DIR, AuditParts
     from privacy.audit.signing import Signer
     from privacy.keys import Keyring
 
-    staging = Path(staging)
+    started = time.perf_counter()
+    counts = finalise(Path(staging), deliveries)
+    finalised = time.perf_counter()
     # A throwaway signing key and log next to the staging folder: measured, never kept.
     ring = Keyring()
     ring.add("audit-signing")
-    log = staging.parent / "audit-log"
+    log = Path(staging).parent / "audit-log"
     shutil.rmtree(log, ignore_errors=True)
-
-    def append(parts):
-        append_run(staging, "bench", log, Signer(ring), parts)
-        return time.perf_counter()
-
-    started = time.perf_counter()
-    parts = AuditParts(staging / PARTS_DIR)
-    counted = time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:
-        appending = pool.submit(append, parts)
-        counts = finalise(staging, deliveries, parts)
-        finalised = time.perf_counter()
-        appended = appending.result()
+    append_run(Path(staging), "bench", log, Signer(ring))
+    appended = time.perf_counter()
     shutil.rmtree(log, ignore_errors=True)
-    entitled = _entitled(staging / "evaluations", FLOOR_SCHEME)
+    entitled = _entitled(Path(staging) / "evaluations", FLOOR_SCHEME)
     return {
-        "steps": {
-            "count the audit parts": counted - started,
-            "finalise": finalised - counted,
-            "audit log append, beside it": appended - counted,
-        },
+        "steps": {"finalise": finalised - started, "audit log append": appended - finalised},
         "households": counts.get("households"),
         "signals": counts.get("signals"),
         "audit_records": counts.get("audit_records"),

@@ -44,7 +44,7 @@ from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.write_parts import PART_GLOB, TMP_GLOB
 from privacy import body_links
 from privacy.audit.log import LOG_DIRNAME, AuditLog, AuditLogError, append_run
-from privacy.audit.parts import PARTS_DIR, AuditParts
+from privacy.audit.parts import PARTS_DIR
 from privacy.audit.signing import Signer
 from privacy.keys import KeyringError, central_keyring, load_keyring, passphrase_from_env
 from privacy.minimise import withheld_fields
@@ -324,9 +324,9 @@ def run_pipeline(spec: central.RunSpec, runner: str, runner_args: list[str]) -> 
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def finalise_run(staging: Path, deliveries: dict[str, Delivery], audit: AuditParts) -> dict:
+def finalise_run(staging: Path, deliveries: dict[str, Delivery]) -> dict:
     """Consolidate the pipeline's parts into the output contract."""
-    return finalise(staging, deliveries, audit)
+    return finalise(staging, deliveries)
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -378,32 +378,6 @@ def _by_source(fields: dict[str, str]) -> dict[str, tuple[str, ...]]:
         source, name = where.split(".", 1)
         grouped[source] = (*grouped.get(source, ()), name)
     return grouped
-
-
-def run_decisions(outcome, withheld: dict, policy, history, counts: dict, staging: Path) -> dict:
-    """The manifest's record of what the run decided and why: the purpose check, the fields
-    withheld, the proportionality policy and history it ran with."""
-    return {
-        "purpose_check": outcome.to_manifest(),
-        "fields_withheld": withheld,
-        "proportionality": {
-            "policy": {"path": policy.path, "version": policy.version},
-            "history": {
-                "runs": list(history.runs),
-                "fingerprint": history.fingerprint,
-                # Keys its households were named with; others than the run's were re-keyed.
-                "domain_keys": list(history.keys),
-                # Body-key link tables its households went through (privacy/body_links.py).
-                "body_links": list(history.body_links),
-                # History households the link tables did not hold (not in their BRP).
-                "unlinked_households": history.unlinked_households,
-            },
-            "feedback_files": list(history.feedback_files),
-            "suppressed": counts["suppressed"],
-            "resolved": counts["resolved"],
-        }
-        | proportionality.summarise_run(staging),
-    }
 
 
 def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: str) -> dict:
@@ -595,30 +569,43 @@ def run_flow(
         run_pipeline(spec, runner, runner_args or [])
         record_purpose_check(staging, spec.audit, outcome, withheld)
         progress("pipeline: done; finalising the outputs")
+        counts = finalise_run(staging, found)
+        counts.update(summarise_outputs(staging))
+        progress(
+            f"finalised: {counts['households']:,} households, {counts['signals']:,} signals, "
+            f"{counts['audit_records']:,} audit records"
+        )
+        manifest = build_manifest(spec, compiled, counts, runner)
+        manifest["purpose_check"] = outcome.to_manifest()
+        manifest["fields_withheld"] = withheld
+        manifest["proportionality"] = {
+            "policy": {"path": policy.path, "version": policy.version},
+            "history": {
+                "runs": list(history.runs),
+                "fingerprint": history.fingerprint,
+                # Keys its households were named with; others than the run's were re-keyed.
+                "domain_keys": list(history.keys),
+                # Body-key link tables its households went through (privacy/body_links.py).
+                "body_links": list(history.body_links),
+                # History households the link tables did not hold (not in their BRP).
+                "unlinked_households": history.unlinked_households,
+            },
+            "feedback_files": list(history.feedback_files),
+            "suppressed": counts["suppressed"],
+            "resolved": counts["resolved"],
+        } | proportionality.summarise_run(staging)
+        write_manifest(staging, manifest)
         # Logged before publication: a rerun after a failed publication finds the run in the log
         # and reconciles its copy instead of logging it twice (privacy/audit/log.py).
         faults.point("mid_audit")
-        progress("audit log: appending and signing the run's records, beside the rest")
-        # The append reads only the audit parts, and nothing after it reads them: it runs
-        # while the outputs are finalised, reported and encrypted, and side by side they take
-        # about the time of the longer (~4-5 s each at 1M persons, docs/scaling.md).
-        audit_parts = AuditParts(staging / PARTS_DIR)  # counted once: the manifest, the append
+        progress("audit log: appending and signing the run's records; the report beside it")
+        # The append reads the audit parts, the report the outputs: side by side they take
+        # the time of the longer (~4 s each at 1M persons, docs/scaling.md), and a run is
+        # published with its report. The report reads the outputs before they are encrypted.
         with ThreadPoolExecutor(1, thread_name_prefix="audit-log-append") as pool:
-            appended = pool.submit(
-                append_run, staging, run_id, out_dir / LOG_DIRNAME, signer, audit_parts
-            )
-            counts = finalise_run(staging, found, audit_parts)
-            counts.update(summarise_outputs(staging))
-            progress(
-                f"finalised: {counts['households']:,} households, {counts['signals']:,} signals, "
-                f"{counts['audit_records']:,} audit records"
-            )
-            manifest = build_manifest(spec, compiled, counts, runner)
-            manifest |= run_decisions(outcome, withheld, policy, history, counts, staging)
-            write_manifest(staging, manifest)
-            # The report reads the outputs before they are encrypted; a run is published with it.
+            appended = pool.submit(append_run, staging, run_id, out_dir / LOG_DIRNAME, signer)
             report, report_failed = _report_staged(staging, keyring)
-            # Crypto-shredding: personal data is published only encrypted under this run's key.
+            # Crypto-shredding: personal data is published only encrypted under this run's own key.
             protect_run(staging, run_id, keyring, out_dir / KEY_STORE)
             appended.result()
         faults.point("after_audit")

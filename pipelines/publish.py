@@ -85,24 +85,18 @@ def _consolidate(
     return rows
 
 
-def finalise(
-    staging: Path, deliveries: dict[str, Delivery], audit: AuditParts | None = None
-) -> dict:
-    """Turn staging parts into the published layout; returns counts per output.
-
-    `audit`: the run's audit parts, counted already (the log append may be reading them
-    meanwhile); else they are counted here.
-    """
+def finalise(staging: Path, deliveries: dict[str, Delivery]) -> dict:
+    """Turn staging parts into the published layout; returns counts per output."""
     staging = Path(staging)
     # Counting the audit parts (reading every span id) runs beside DuckDB's sorts: both
     # spend their time outside the GIL, so on 2 cores they overlap.
     with ThreadPoolExecutor(1) as pool:
-        counting = None if audit is not None else pool.submit(AuditParts, staging / PARTS_DIR)
+        audit = pool.submit(AuditParts, staging / PARTS_DIR)
         with duckdb.connect() as con:
             counts = _consolidate_all(con, staging, deliveries)
         # The audit parts stay: the log append streams them into its segment, the one
         # place the records are written whole (privacy/audit/log.py append_run).
-        counted = audit if audit is not None else counting.result()
+        counted = audit.result()
         counts["audit_records"] = counted.records
         counts["audit_per_operation"] = counted.per_operation
     parts = ("signal_parts", "suppressed_parts", "lifecycle_parts")

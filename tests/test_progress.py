@@ -13,7 +13,7 @@ from entitlement_rules.guard import PSEUDONYM_IN_TEXT
 from flows.cli import main
 
 STAGES = ("inputs:", "history:", "withheld on reading", "pipeline: running", "pipeline: done")
-STAGES += ("audit log: appending", "finalised:", "published")
+STAGES += ("finalised:", "audit log: appending", "published")
 
 
 def test_a_run_reports_its_stages_in_order_without_personal_data(tmp_path, monkeypatch, capsys):

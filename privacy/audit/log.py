@@ -31,9 +31,8 @@ Append, atomicity and reruns:
   and renamed, then the checkpoint the same way. A crash before the checkpoint's rename
   leaves an uncovered segment that no reader counts (readers list segments through the
   checkpoints) and that the next append replaces; `verify` reports it meanwhile.
-- The central run appends once its pipeline has run, while its outputs are finalised,
-  reported and encrypted, and before publishing its folder (`append_run`, flows/run.py).
-  A run that fails before the append leaves the log untouched. A run whose
+- The central run appends after finalising and before publishing its folder
+  (`append_run`). A run that fails before the append leaves the log untouched. A run whose
   append succeeded but whose publication failed is reconciled by its rerun: same inputs,
   same run id, so the append is found and not repeated, and the rerun's run folder gets
   the segment the log holds for that run (same span ids, checked; the times are those of
@@ -542,27 +541,20 @@ def _span_ids(path: Path) -> np.ndarray:
     return np.unique(np.frombuffer(fixed_bytes(spans), dtype=np.uint64))
 
 
-def append_run(
-    run_folder: Path,
-    run_id: str,
-    log_root: Path,
-    signer: signing.Signer,
-    parts: AuditParts | None = None,
-) -> Checkpoint:
-    """Append a run's audit records to the log, or reconcile a rerun with it.
+def append_run(run_folder: Path, run_id: str, log_root: Path, signer: signing.Signer) -> Checkpoint:
+    """Append a finalised run's audit records to the log, or reconcile a rerun with it.
 
     `run_folder` is the staging folder about to be published, holding the pipeline's
     audit parts (`audit_parts/`, privacy/audit/parts.py). The records are
     written once, into the log's segment; afterwards the run's `audit/segment-00000.parquet`
     is that segment (a hard link where the file system allows, else a copy): exactly the
     log's records for the run, with their leaf index and hash, and `audit/_log_entry.json`
-    says where they are in the log. The parts are removed. `parts`: those parts, counted
-    already (flows/run.py counts them once for the manifest too).
+    says where they are in the log. The parts are removed.
     """
     run_folder = Path(run_folder)
     if not (run_folder / PARTS_DIR).is_dir():
         raise AuditLogError(f"{run_folder}: the run has no audit records to log ({PARTS_DIR}/)")
-    source = parts if parts is not None else AuditParts(run_folder / PARTS_DIR)
+    source = AuditParts(run_folder / PARTS_DIR)
     log = AuditLog(log_root)
     result = log.append(source, run_id, signer)
     logged = log.segment_path(result.checkpoint)
