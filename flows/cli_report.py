@@ -9,7 +9,9 @@
 --out NAME.html writes that page and NAME-tables/ next to it. The page is self-contained
 (opens offline); the tables folder holds every aggregate table as Parquet and CSV,
 tables.json and suppression.json. A run whose personal data is encrypted needs a keyring
-holding its run-data key (--key-file; passphrase from $SIGNALS_KEYRING_PASSPHRASE).
+holding its run-data key (--key-file; passphrase from $SIGNALS_KEYRING_PASSPHRASE), and
+its audit log beside it: the reading is logged there first, one `decryption` record per
+person the run holds data on (privacy/retention.py log_reading).
 
 The disclosure settings' defaults are the policy floor (privacy.disclosure.POLICY): an
 option may make the protection stricter (a higher threshold, a wider interval, coarser

@@ -875,7 +875,14 @@ def report_path(out: Path) -> Path:
     return out
 
 
-WEIGHTS = {"status=signalled": 10.0}  # the headline figures: hide others first
+WEIGHTS = {"status=signalled": 10.0}
+# The run's personal-data outputs the report reads (suppressed.parquet only if present).
+REPORT_INPUTS = (
+    "signals.parquet",
+    "households",
+    "evaluations",
+    "suppressed.parquet",
+)  # the headline figures: hide others first
 
 
 def build_report(
@@ -893,9 +900,13 @@ def build_report(
         raise ReportError(f"{run_dir}: not a published run (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
     run_id = manifest["run_id"]
+    if keyring is not None:  # logged before anything is decrypted (privacy/retention.py)
+        from privacy.retention import log_reading
+
+        log_reading(run_dir, REPORT_INPUTS, keyring, "aggregate report")
     con = duckdb.connect()
     try:
-        for name in ("signals.parquet", "households", "evaluations"):
+        for name in REPORT_INPUTS[:3]:
             _register_input(con, run_dir, name, keyring)
         _register_suppressed(con, run_dir, keyring)
         con.sql(_held_sql())

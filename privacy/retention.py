@@ -269,6 +269,17 @@ def read_run_table(
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
+def log_reading(run_dir: Path, names: tuple[str, ...], keyring: Keyring, purpose: str) -> int:
+    """Log, before it happens, that the encrypted outputs `names` of a run are decrypted in
+    memory for `purpose` (the aggregate report of a published run): one `decryption` record
+    per data subject the run holds data on, as `decrypt_run` logs its plain copies. Returns
+    the records logged, 0 when none of them is encrypted (nothing is decrypted then)."""
+    run_dir = Path(run_dir)
+    plain = (_plain_name(p, run_dir) for p in _personal_files(run_dir, ENCRYPTED_SUFFIX))
+    files = [name for name in plain if name.split("/")[0] in names]
+    return _log_decryption(run_dir, files, keyring, purpose) if files else 0
+
+
 def _plain_name(path: Path, run_dir: Path) -> str:
     """An encrypted file's path in the run as it was before encryption (what it is bound to)."""
     return path.relative_to(run_dir).as_posix()[: -len(ENCRYPTED_SUFFIX)]
@@ -395,13 +406,15 @@ def _log_deletion(run_dir: Path, period: str, keyring: Keyring) -> int:
     return len(pids)
 
 
-def _log_decryption(run_dir: Path, files: list[str], keyring: Keyring) -> int:
+def _log_decryption(
+    run_dir: Path, files: list[str], keyring: Keyring, purpose: str = "plain copies"
+) -> int:
     """One `decryption` audit record per data subject whose data the run holds (one event)."""
     from privacy.audit.events import actor, append_to_run_log, decryption_records, new_event_id
 
     context, pids = _run_subjects(run_dir, required=True)
     event = new_event_id()
-    records = decryption_records(context, pids, files, event, actor())
+    records = decryption_records(context, pids, files, event, actor(), purpose)
     append_to_run_log(run_dir, records, f"decryption/{event}", keyring)
     return len(pids)
 

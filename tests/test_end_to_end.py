@@ -42,7 +42,7 @@ from pipelines.contract import SOURCES
 from privacy.audit.log import LOG_DIRNAME, AuditLog
 from privacy.keys import DEFAULT_DOMAIN, load_keyring
 from privacy.pseudonyms import TwoLayerPseudonymiser
-from privacy.retention import read_run_table
+from privacy.retention import KEY_STORE, read_run_table
 
 PASSPHRASE = "an end-to-end passphrase"
 
@@ -239,6 +239,39 @@ def test_a_run_whose_report_fails_is_published_without_it_and_a_rerun_writes_it(
     assert main(args) == 0
     assert (second / "report" / "report.html").is_file()
     assert (second / "signals.parquet.enc").read_bytes() == before
+
+
+def test_a_report_of_a_published_run_logs_its_decryption_first(published, tmp_path, capsys):
+    """`signals report` on a published run decrypts its personal data in memory: one
+    `decryption` record per person the run holds data on, for the aggregate report, is
+    appended to the run's log before; a run whose log is not beside it is not reported."""
+    from privacy.audit.verify import verify_log
+
+    root, first, _ = published
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs", out)
+    run, log = out / first.name, AuditLog(out / LOG_DIRNAME)
+    key = ["--key-file", str(root / "keys" / "central.keyring")]
+    assert main(["report", "--run", str(run), "--out", str(tmp_path / "report"), *key]) == 0
+    (event,) = [c for c in log.checkpoints() if c.batch_id.startswith(f"{run.name}/decryption/")]
+    records = log.batch_records(event.batch_id).to_pylist()
+    subjects = pq.read_table(run / "audit" / "segment-00000.parquet").to_pylist()
+    members = {r["data_subject_pid"] for r in subjects if r["name"] in ("join", "resolution")}
+    assert {r["data_subject_pid"] for r in records} == members and len(records) == len(members)
+    attributes = json.loads(records[0]["attributes"])
+    assert attributes["purpose"] == "aggregate report"
+    assert "signals.parquet" in attributes["files"]
+    assert {f.split("/")[0] for f in attributes["files"]} >= {"households", "evaluations"}
+    assert verify_log(out / LOG_DIRNAME).ok
+
+    elsewhere = tmp_path / "copied" / run.name  # with its data key, without its log
+    shutil.copytree(run, elsewhere)
+    shutil.copytree(out / KEY_STORE, elsewhere.parent / KEY_STORE)
+    target = tmp_path / "report-elsewhere"
+    capsys.readouterr()
+    assert main(["report", "--run", str(elsewhere), "--out", str(target), *key]) == 2
+    assert "not the audit log of run" in capsys.readouterr().err
+    assert not target.exists()
 
 
 def test_the_scan_itself_finds_a_planted_bsn(tmp_path):

@@ -11,7 +11,8 @@ names the event, so retrying the same event never logs it twice:
 `re-identification` records are made by privacy/reidentify.py; it appends them with
 `append_events` (batch id `<run_id>/reidentification/<event>`) before writing the
 worklist. `decryption` records are appended the same way by privacy/retention.py
-(`<run_id>/decryption/<event>`) before plain copies of a run's personal data are written.
+(`<run_id>/decryption/<event>`) before plain copies of a run's personal data are written,
+and before the report of a published run decrypts it in memory (flows/report.py).
 `subject_lookup` records are made by privacy/subject_access.py (batch id
 `subject-access/<event>`, a trace of its own) before a person's pseudonyms are shown.
 `pseudonym_link` records are made by privacy/body_links.py (batch `pseudonym-link/<event>`)
