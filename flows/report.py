@@ -875,14 +875,10 @@ def report_path(out: Path) -> Path:
     return out
 
 
-WEIGHTS = {"status=signalled": 10.0}
-# The run's personal-data outputs the report reads (suppressed.parquet only if present).
-REPORT_INPUTS = (
-    "signals.parquet",
-    "households",
-    "evaluations",
-    "suppressed.parquet",
-)  # the headline figures: hide others first
+WEIGHTS = {"status=signalled": 10.0}  # the headline figures: hide others first
+# The run's personal-data outputs the report reads: these, and suppressed.parquet if present.
+REQUIRED_INPUTS = ("signals.parquet", "households", "evaluations")
+REPORT_INPUTS = (*REQUIRED_INPUTS, "suppressed.parquet")
 
 
 def build_report(
@@ -906,7 +902,7 @@ def build_report(
         log_reading(run_dir, REPORT_INPUTS, keyring, "aggregate report")
     con = duckdb.connect()
     try:
-        for name in REPORT_INPUTS[:3]:
+        for name in REQUIRED_INPUTS:
             _register_input(con, run_dir, name, keyring)
         _register_suppressed(con, run_dir, keyring)
         con.sql(_held_sql())
