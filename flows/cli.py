@@ -221,13 +221,16 @@ def cmd_run(args) -> int:
 
 def _left_behind(out_dir: Path, published: set[str]) -> str:
     """What an interrupted run left: publication is atomic, so all of a run or none."""
-    new = sorted({p.parent.name for p in out_dir.glob("*/manifest.json")} - published)
+    # Not `.staging-<run_id>/`: it has its manifest before it is published (pathlib's `*`
+    # matches hidden names).
+    runs = {p.parent.name for p in out_dir.glob("*/manifest.json")}
+    new = sorted({name for name in runs if not name.startswith(".")} - published)
     if not new:
         return "nothing published (run it again to start over)"
     run = out_dir / new[0]
     if (run / "report" / "report.html").is_file():
         return f"{run} was published in full"
-    # Stopped after the rename, before the report: a rerun writes it (docs/operations.md).
+    # Its report failed (docs/operations.md): a rerun writes it.
     return f"{run} is published, its report not written (run it again to write it)"
 
 

@@ -115,3 +115,24 @@ def test_a_printed_command_path_runs_as_printed(tmp_path, monkeypatch):
     assert shell_path("-odd name") == "'./-odd name'"
     assert shell_path(tmp_path / "runs") == "./runs"
     assert shell_path("/") == "/"
+
+
+def test_an_interrupted_run_says_nothing_was_published_while_its_staging_holds_a_manifest(
+    tmp_path,
+):
+    """A run stopped between writing its manifest and publishing (the report and the audit
+    log append run there) has a manifest in `.staging-<run_id>/` only: not published."""
+    from flows.cli import _left_behind
+
+    (tmp_path / "2024-12-01-old").mkdir()
+    (tmp_path / "2024-12-01-old" / "manifest.json").write_text("{}")
+    (tmp_path / ".staging-2025-01-01-new").mkdir()
+    (tmp_path / ".staging-2025-01-01-new" / "manifest.json").write_text("{}")
+    said = _left_behind(tmp_path, {"2024-12-01-old"})
+    assert said == "nothing published (run it again to start over)"
+
+    published = tmp_path / "2025-01-01-new"
+    (tmp_path / ".staging-2025-01-01-new").rename(published)
+    (published / "report").mkdir()
+    (published / "report" / "report.html").write_text("<html></html>")
+    assert _left_behind(tmp_path, {"2024-12-01-old"}) == f"{published} was published in full"
