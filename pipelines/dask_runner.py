@@ -24,6 +24,8 @@ pipeline graph itself is unchanged. pipelines/options.py selects this runner for
 
 from __future__ import annotations
 
+import logging
+
 import dask
 from apache_beam import DoFn, ParDo, pvalue
 from apache_beam.internal import pickler
@@ -199,6 +201,14 @@ class DaskRunnerResult(stock.DaskRunnerResult):
         return self._state
 
 
+def _client(ddist, dask_options: dict):
+    """A client of the cluster the options name, or of a LocalCluster started here, whose
+    workers leave Ctrl-C to the run (pipelines/dask_worker_setup.py)."""
+    if dask_options.get("address") or dask_options.get("scheduler_file"):
+        return ddist.Client(**dask_options)
+    return ddist.Client(**dask_options, preload=["pipelines.dask_worker_setup"])
+
+
 class DaskRunner(stock.DaskRunner):
     """Executes a pipeline on a Dask distributed cluster (see the module docstring)."""
 
@@ -211,7 +221,10 @@ class DaskRunner(stock.DaskRunner):
         # One element per partition unless told otherwise: a Create here lists row groups
         # (few, each a lot of work), so each becomes a task a worker can take.
         bag_kwargs = stock.DaskOptions._extract_bag_kwargs(dask_options) or {"partition_size": 1}
-        client = ddist.Client(**dask_options)
+        # The cluster's own comings and goings (scheduler, nannies, workers, clients: ~30
+        # lines a run, at info) would bury the run's progress lines; its warnings stay.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        client = _client(ddist, dask_options)
         pipeline.replace_all(dask_overrides())
         translator = _Translator(bag_kwargs)
         pipeline.visit(translator)

@@ -9,6 +9,7 @@ last test runs the whole graph of pipelines/central.py on 1,000 synthetic person
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
 import time
@@ -94,6 +95,17 @@ def test_a_side_input_is_computed_once_however_often_it_is_read(cluster, tmp_pat
         xs | "UseB" >> beam.Map(lambda x, f: open(f"{f}/b{x}", "w").close(), single)
     (made,) = list(tmp_path.iterdir())
     assert sorted(p.name for p in made.iterdir()) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+
+
+def test_a_run_keeps_the_clusters_info_lines_out_of_its_output(cluster, caplog):
+    """Scheduler, nanny and worker info (clients coming and going: ~30 lines a run) would
+    bury the run's own progress lines; the cluster's warnings still show."""
+    with caplog.at_level(logging.INFO):
+        with beam.Pipeline(options=dask_options(cluster)) as p:
+            p | beam.Create(range(3)) | beam.Map(lambda x: x)
+    chatter = [r for r in caplog.records if r.name.startswith("distributed")]
+    assert chatter == [], [r.getMessage() for r in chatter]
+    assert logging.getLogger("distributed").getEffectiveLevel() == logging.WARNING
 
 
 def test_write_to_parquet_writes_every_row_once(cluster, tmp_path):

@@ -86,13 +86,13 @@ class Run:
     """`signals run` in a session of its own, its output captured to files (a server that
     outlived the run would hold pipes open)."""
 
-    def __init__(self, prepared, out: Path, env: dict[str, str]):
+    def __init__(self, prepared, out: Path, env: dict[str, str], args: tuple[str, ...] = ()):
         self.out = out
         self.log = out.parent / f"{out.name}.stderr"
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                [*SIGNALS, *run_args(prepared, out)],
+                [*SIGNALS, *run_args(prepared, out), *args],
                 cwd=prepared.root,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -146,10 +146,10 @@ class Run:
 def start(prepared):
     runs = []
 
-    def start_run(out: Path, **extra_env: str) -> Run:
+    def start_run(out: Path, *args: str, **extra_env: str) -> Run:
         env = subprocess_env(**extra_env)
         env.pop("PREFECT_API_URL", None)  # Prefect's temporary server, as operators run
-        runs.append(Run(prepared, out, env))
+        runs.append(Run(prepared, out, env, args))
         return runs[-1]
 
     yield start_run
@@ -184,6 +184,47 @@ def test_ctrl_c_stops_the_run_at_once_in_one_line_and_the_next_run_publishes(
     again = signals(run_args(prepared, out), subprocess_env(), prepared.root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(published_runs(out)) == 1
+
+
+def _dask_workers(sid: int) -> dict[int, bool]:
+    """The Dask worker processes of session `sid` (the run's, started in its own): whether
+    each ignores SIGINT yet (it does once it has started, pipelines/dask_worker_setup.py)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            if int(fields[3]) != sid or fields[0] == "Z":  # state ppid pgrp session
+                continue
+            command = _cmdline(pid)
+            if "multiprocessing" in command and "resource_tracker" not in command:
+                status = Path(f"/proc/{pid}/status").read_text()
+                ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+                found[pid] = bool(ignored & (1 << (signal.SIGINT - 1)))
+    return found
+
+
+def test_ctrl_c_stops_a_dask_run_in_one_line_and_its_cluster_with_it(start, tmp_path):
+    """The local cluster's worker processes are in the terminal's process group too: each
+    printed a KeyboardInterrupt traceback beside the run's line (~100 lines)."""
+    run = start(tmp_path / "runs", "--runner", "DaskRunner")
+    run.wait_for_pipeline()
+
+    def started() -> bool:  # both workers past their start-up, and running the joins
+        workers = _dask_workers(run.proc.pid)
+        shuffled = any(run.out.glob(".staging-*/shuffle/*/*/*.arrow"))
+        return len(workers) >= 2 and all(workers.values()) and shuffled
+
+    assert _wait(lambda: started() or has_ended(run.proc), START_SECONDS)
+    assert not has_ended(run.proc), run.stderr()[-3000:]
+    os.killpg(run.proc.pid, signal.SIGINT)
+    run.proc.wait(STOP_SECONDS)
+
+    assert run.proc.returncode == 130, run.stderr()[-3000:]
+    lines = run.stderr().strip().splitlines()
+    assert lines[-1] == f"interrupted: {NOTHING_PUBLISHED}"
+    assert not [li for li in lines if "Traceback" in li or "KeyboardInterrupt" in li], lines
+    assert _wait(lambda: not _dask_workers(run.proc.pid), GONE_SECONDS)
 
 
 def test_sigterm_stops_the_run_as_ctrl_c_does_and_its_server_with_it(start, tmp_path):

@@ -1,0 +1,12 @@
+"""Run in each worker process of a local Dask cluster as it starts (a Dask `preload`).
+
+The terminal sends Ctrl-C to its whole process group, the cluster's workers too: each
+printed its own KeyboardInterrupt traceback beside the run's one line. A worker ignores
+it; the run stops on it and closes its cluster, which ends the workers
+(pipelines/dask_runner.py). A worker still starting up, before this module is imported,
+may still print one.
+"""
+
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)
