@@ -4,9 +4,12 @@ The terminal sends Ctrl-C to its whole process group, the cluster's workers too:
 printed its own KeyboardInterrupt traceback beside the run's one line. A worker ignores
 it; the run stops on it and closes its cluster, which ends the workers
 (pipelines/dask_runner.py). A worker still starting up, before this module is imported,
-may still print one.
+may still print one. Its info lines (connections closing as the cluster stops) are left
+out as the run's own are; its warnings stay.
 """
 
+import logging
 import signal
 
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+logging.getLogger("distributed").setLevel(logging.WARNING)
