@@ -186,7 +186,7 @@ def cmd_run(args) -> int:
     load_passphrase(config)
     out_dir = Path(out)
     # What is published already: a run found there was not made now.
-    published = {p.parent.name for p in out_dir.glob("*/manifest.json")}
+    published = _published(out_dir)
     # Ctrl-C and SIGTERM stop the run cleanly, its temporary Prefect server with it.
     with interrupt.stoppable():
         try:
@@ -219,12 +219,16 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _published(out_dir: Path) -> set[str]:
+    """Names of the run folders published in `out_dir`. Not `.staging-<run_id>/`: it has
+    its manifest before it is published (pathlib's `*` matches hidden names)."""
+    runs = {p.parent.name for p in out_dir.glob("*/manifest.json")}
+    return {name for name in runs if not name.startswith(".")}
+
+
 def _left_behind(out_dir: Path, published: set[str]) -> str:
     """What an interrupted run left: publication is atomic, so all of a run or none."""
-    # Not `.staging-<run_id>/`: it has its manifest before it is published (pathlib's `*`
-    # matches hidden names).
-    runs = {p.parent.name for p in out_dir.glob("*/manifest.json")}
-    new = sorted({name for name in runs if not name.startswith(".")} - published)
+    new = sorted(_published(out_dir) - published)
     if not new:
         return "nothing published (run it again to start over)"
     run = out_dir / new[0]
