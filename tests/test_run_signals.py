@@ -46,16 +46,17 @@ def prepared(tmp_path_factory):
     return prepare_deliveries(tmp_path_factory.mktemp("signals"))
 
 
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is `pid` (from /proc)."""
-    found = []
+def _processes():
+    """(pid, [state, ppid, pgrp, session, ...]) of every process, from /proc/<pid>/stat."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
             # pid (comm) state ppid ...: comm may hold spaces and parentheses.
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                found.append(int(stat.parent.name))
-    return found
+            yield int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    return [child for child, fields in _processes() if int(fields[1]) == pid]
 
 
 def _cmdline(pid: int) -> str:
@@ -190,14 +191,12 @@ def _dask_workers(sid: int) -> dict[int, bool]:
     """The Dask worker processes of session `sid` (the run's, started in its own): whether
     each ignores SIGINT yet (it does once it has started, pipelines/dask_worker_setup.py)."""
     found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            pid = int(stat.parent.name)
-            if int(fields[3]) != sid or fields[0] == "Z":  # state ppid pgrp session
-                continue
-            command = _cmdline(pid)
-            if "multiprocessing" in command and "resource_tracker" not in command:
+    for pid, fields in _processes():
+        if int(fields[3]) != sid or fields[0] == "Z":  # state ppid pgrp session
+            continue
+        command = _cmdline(pid)
+        if "multiprocessing" in command and "resource_tracker" not in command:
+            with contextlib.suppress(OSError, IndexError):  # it ended meanwhile
                 status = Path(f"/proc/{pid}/status").read_text()
                 ignored = int(status.split("SigIgn:")[1].split()[0], 16)
                 found[pid] = bool(ignored & (1 << (signal.SIGINT - 1)))
