@@ -26,7 +26,7 @@ from apache_beam.metrics import Metrics
 from pipelines.contract import MANIFEST_KEYS, SCHEMA_VERSION, SOURCES, Source, oin_is_valid
 from pipelines.validate import QUARANTINE_SCHEMA, quarantine_records, validate_batch
 from privacy.minimise import pseudonymised_schema
-from privacy.pseudonyms import BODY_PSEUDONYM_PATTERN, DomainPseudonymiser
+from privacy.pseudonyms import DomainPseudonymiser
 
 BATCH_ROWS = 65_536
 DATA_FILES = ("data.csv", "data.parquet")
@@ -393,13 +393,13 @@ class ReadRowGroupFn(beam.DoFn):
         ok = pa.array(np.ones(batch.num_rows, dtype=bool))
         causes = []
         for name in source.identifier_columns:
-            values = batch.column(name)
-            # Only body pseudonyms may arrive: the domain layer below accepts nothing else.
-            body = pc.match_substring_regex(values, BODY_PSEUDONYM_PATTERN)
-            good = pc.or_kleene(pc.is_null(values), body)
-            ok = pc.and_(ok, good)
+            # Only body pseudonyms may arrive: the domain layer takes nothing else on.
+            i = batch.schema.get_field_index(name)
+            moved, malformed = self.domain.array_or_malformed(batch.column(i))
+            batch = batch.set_column(i, batch.schema.field(i), moved)
+            ok = pc.and_(ok, pc.invert(malformed))
             causes.append(
-                pc.if_else(good, pa.scalar(None, pa.string()), f"{name}: not a pseudonym")
+                pc.if_else(malformed, f"{name}: not a pseudonym", pa.scalar(None, pa.string()))
             )
         bad = pc.invert(ok)
         if pc.any(bad).as_py():
@@ -413,9 +413,7 @@ class ReadRowGroupFn(beam.DoFn):
             batch = batch.filter(ok)
         Metrics.counter("read", f"{source_name}_rows").inc(batch.num_rows)
         if batch.num_rows:
-            yield beam.pvalue.TaggedOutput(
-                source_name, self.domain.batch(batch, source.identifier_columns)
-            )
+            yield beam.pvalue.TaggedOutput(source_name, batch)
 
 
 class ReadDeliveries(beam.PTransform):

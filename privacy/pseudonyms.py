@@ -157,28 +157,36 @@ class DomainPseudonymiser:
         distinct values first (the identifiers of a 1M-person run, 6.0 M values: 1.67-2.28 s
         with the distinct values found first, 1.15-1.54 s without).
         """
+        out, malformed = self.array_or_malformed(values)
+        if pc.any(malformed).as_py():
+            raise TypeError("the domain layer accepts only body pseudonyms (b<n>.<32 letters>)")
+        return out
+
+    def array_or_malformed(self, values: pa.Array) -> tuple[pa.Array, pa.BooleanArray]:
+        """Domain pseudonyms for the body pseudonyms in `values`, and a mask of the values
+        that are not body pseudonyms (null in the first array, never passed on).
+
+        For a reader that quarantines such rows: the pattern is checked once a value,
+        here, not once there and again here (0.5 s of matching for the 6 M identifiers of
+        a 1M-person run).
+        """
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
         if values.null_count == len(values):
-            return pa.nulls(len(values), pa.string())
-        if not pc.all(pc.match_substring_regex(values, BODY_PSEUDONYM_PATTERN)).as_py():
-            raise TypeError("the domain layer accepts only body pseudonyms (b<n>.<32 letters>)")
-        filled = values.fill_null("b0." + "a" * 32) if values.null_count else values
+            return pa.nulls(len(values), pa.string()), pa.repeat(pa.scalar(False), len(values))
+        shaped = pc.match_substring_regex(values, BODY_PSEUDONYM_PATTERN)
+        malformed = pc.fill_null(pc.invert(shaped), False)
+        usable = pc.and_kleene(shaped, pc.is_valid(values))  # a null stays null
+        wellformed = pc.all(usable).as_py()
+        filled = values if wellformed else pc.if_else(usable, values, "b0." + "a" * 32)
         blocks = self._cipher().encryptor().update(_letters_to_blocks(filled))
         out = _blocks_to_pseudonyms(self.key_id, blocks)
-        if values.null_count:
-            out = pc.if_else(pc.is_null(values), pa.scalar(None, pa.string()), out)
-        return out
+        if not wellformed:
+            out = pc.if_else(usable, out, pa.scalar(None, pa.string()))
+        return out, malformed
 
     def one(self, body_pseudonym: str) -> str:
         return self.array(pa.array([body_pseudonym], pa.string()))[0].as_py()
-
-    def batch(self, batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.RecordBatch:
-        """The batch with `columns` (identifier columns) moved to the domain layer."""
-        for name in columns:
-            i = batch.schema.get_field_index(name)
-            batch = batch.set_column(i, batch.schema.field(i), self.array(batch.column(i)))
-        return batch
 
     def _unwrap(self, values: pa.Array) -> bytes:
         """The body-pseudonym blocks behind this key's domain pseudonyms (for re-keying)."""

@@ -104,6 +104,23 @@ def test_nulls_stay_null_and_sliced_arrays_work(ring):
     assert domain.array(pa.array([None, None], pa.string())).to_pylist() == [None, None]
 
 
+def test_malformed_values_are_named_and_never_passed_on(ring):
+    # The central read's one check: what is not a body pseudonym comes back null and
+    # marked, the rest is moved exactly as `array` moves it, and nulls are not malformed.
+    body = Pseudonymiser(ring.active("body"))
+    domain = DomainPseudonymiser(ring.active("domain", "signalling"))
+    good = body.array("bsn", pa.array([B[0], B[1]])).to_pylist()
+    values = pa.array([good[0], B[2], None, "d1." + "a" * 32, good[1], "b1.short"])
+    out, malformed = domain.array_or_malformed(values)
+    assert malformed.to_pylist() == [False, True, False, True, False, True]
+    moved = domain.array(pa.array(good)).to_pylist()
+    assert out.to_pylist() == [moved[0], None, None, None, moved[1], None]
+    out, malformed = domain.array_or_malformed(pa.array(good))
+    assert out.to_pylist() == moved and not any(malformed.to_pylist())
+    empty, none = domain.array_or_malformed(pa.array([], pa.string()))
+    assert len(empty) == 0 and len(none) == 0
+
+
 def test_the_domain_layer_pickles_for_beam_and_never_shows_its_key(ring):
     key = ring.active("domain", "signalling")
     domain = DomainPseudonymiser(key)
