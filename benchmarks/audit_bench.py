@@ -153,11 +153,15 @@ def append_parts(run_folder: str, keys: str) -> dict:
 
 def _prepare(work: Path, persons: int, seed: int) -> Path:
     raw, pseudo = work / f"raw-{persons}", work / f"pseudo-{persons}"
-    if not (pseudo / "brp").is_dir():
+    marker = work / f"pseudo-{persons}.json"  # made as this version makes deliveries
+    wanted = {"persons": persons, "seed": seed, "deliveries": bench.DELIVERY_FORMAT}
+    if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
         print(f"generating {persons:,} persons and pseudonymising them (once) ...", flush=True)
-        shutil.rmtree(raw, ignore_errors=True)
+        for folder in (raw, pseudo):
+            shutil.rmtree(folder, ignore_errors=True)
         bench.in_child(bench.generate_phase, raw=str(raw), persons=persons, seed=seed)
         bench.in_child(bench.pseudonymise_phase, raw=str(raw), pseudo=str(pseudo))
+        marker.write_text(json.dumps(wanted))
     return pseudo
 
 

@@ -42,6 +42,9 @@ from privacy.audit import sha256
 REFERENCE_DATE = dt.date(2025, 1, 1)
 STARTUP_PERSONS = 1_000
 FLOOR_SCHEME = "zorgtoeslag"
+# What a kept population's pseudonymised deliveries hold; a population made for another
+# is made again. 2: objections name the persons of their quarantined rows.
+DELIVERY_FORMAT = 2
 
 # Beam transform label (its first path element) -> the stage it belongs to, in graph order.
 STAGES = (
@@ -359,20 +362,26 @@ def _entitled(folder: Path, scheme: str) -> int | None:
     )
 
 
+def _read(path: Path) -> str:
+    return "read_parquet('" + str(path).replace("'", "''") + "')"
+
+
 def floor_sql(pseudo: Path, compiled) -> tuple[list[str], str]:
     """Views over the pseudonymised files and the one query: join + rule -> signals."""
     from pipelines import join
-    from pipelines.read_deliveries import find_delivery
+    from pipelines.read_deliveries import find_delivery, open_delivery, quarantined_objectors_path
 
     def parquet(name: str) -> str:
-        path = find_delivery(pseudo, name, REFERENCE_DATE) / "data.parquet"
-        return "read_parquet('" + str(path).replace("'", "''") + "')"
+        return _read(find_delivery(pseudo, name, REFERENCE_DATE) / "data.parquet")
 
     person_sources = ("tax", "benefits", "arrears", "health_insurance")
     ref = REFERENCE_DATE.isoformat()
+    objections = open_delivery(find_delivery(pseudo, "objections", REFERENCE_DATE))
+    quarantined = quarantined_objectors_path(objections)  # objectors all the same
     views = [
         f"CREATE VIEW objectors AS SELECT DISTINCT bsn FROM {parquet('objections')} "
-        "WHERE scope = 'all'",
+        "WHERE scope = 'all'"
+        + ("" if quarantined is None else f" UNION SELECT bsn FROM {_read(quarantined)}"),
         # Objections applied before the join, as pipelines/exclude.py does.
         "CREATE VIEW brp AS SELECT b.* REPLACE (CASE WHEN o.bsn IS NULL THEN b.partner_bsn END "
         "AS partner_bsn), o.bsn IS NOT NULL AS partner_withheld "
@@ -499,7 +508,12 @@ def bench_size(
     raw, pseudo, staging = root / "raw", root / "pseudonymised", root / "staging"
     figures: dict = {"persons": persons, "phases": {}}
     marker = root / "population.json"
-    wanted = {"persons": persons, "seed": seed, "reference_date": REFERENCE_DATE.isoformat()}
+    wanted = {
+        "persons": persons,
+        "seed": seed,
+        "reference_date": REFERENCE_DATE.isoformat(),
+        "deliveries": DELIVERY_FORMAT,
+    }
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         say(f"  reusing the population in {root}")
     else:

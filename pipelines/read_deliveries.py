@@ -24,11 +24,20 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from pipelines.contract import MANIFEST_KEYS, SCHEMA_VERSION, SOURCES, Source, oin_is_valid
+from pipelines.exclude import OBJECTIONS
 from pipelines.validate import QUARANTINE_SCHEMA, quarantine_records, validate_batch
 from privacy.minimise import pseudonymised_schema
 from privacy.pseudonyms import DomainPseudonymiser
 
 BATCH_ROWS = 65_536
+# An objection row the body quarantines (a date or scope that is wrong) is still a person
+# who objected. Where its BSN is a BSN, its body pseudonym goes into this file of the
+# pseudonymised delivery (the manifest key names it), and the central run excludes that
+# person as if the objection covered everything: the strictest reading, until the body
+# corrects the row. Without it the person would be processed, signalled even.
+QUARANTINED_OBJECTORS = "quarantined_objectors"
+QUARANTINED_OBJECTORS_SCHEMA = pa.schema([pa.field("bsn", pa.string(), nullable=False)])
+OBJECTORS_OF_QUARANTINE = 0  # in place of the first row number (data rows count from 1)
 DATA_FILES = ("data.csv", "data.parquet")
 
 
@@ -285,9 +294,14 @@ def validate_delivery(
     delivery: Delivery,
     on_valid,
     on_quarantine,
+    on_bad_rows=None,
 ) -> ValidatedDelivery:
     """Validate every row; hand valid typed batches and quarantine batches to the callbacks.
 
+    `on_bad_rows`, if given, also gets the rows that failed validation as delivered (string
+    columns), for a caller that must still act on them: an objection stays an objection
+    when its date or scope is wrong (privacy/pseudonymise.py). Duplicates are not among
+    them: their first copy is accepted.
     Refuses the delivery (before any callback sees a row) if the row count differs
     from the manifest, so a truncated file never yields a partial delivery.
     """
@@ -302,6 +316,9 @@ def validate_delivery(
     next_row = 1
     for raw in iter_raw_batches(delivery):
         valid, quarantined, rows = validate_batch(delivery.source, raw, next_row)
+        if on_bad_rows is not None and quarantined.num_rows:
+            numbers = pa.array(np.arange(next_row, next_row + raw.num_rows, dtype=np.int64))
+            on_bad_rows(raw.filter(pc.is_in(numbers, value_set=quarantined.column("row_number"))))
         next_row += raw.num_rows
         valid, duplicates = dedupe(valid, rows)
         for q in (quarantined, duplicates):
@@ -339,6 +356,7 @@ def open_pseudonymised(directory: Path, expect_source: str | None = None) -> Del
     q_path = delivery.directory / str(q.get("file", "quarantine.parquet"))
     if not q_path.is_file() or sha256_of(q_path) != q.get("sha256"):
         raise DeliveryRefused(f"{q_path}: quarantine file missing or its checksum does not match")
+    _check_quarantined_objectors(delivery, int(q.get("row_count", 0)))
     original = int((m.get("original") or {}).get("row_count", -1))
     if original != m["row_count"] + int(q.get("row_count", 0)):
         raise DeliveryRefused(
@@ -369,6 +387,42 @@ def open_pseudonymised(directory: Path, expect_source: str | None = None) -> Del
     return delivery
 
 
+def _check_quarantined_objectors(delivery: Delivery, quarantined: int) -> None:
+    """An objections delivery names the persons of its quarantined rows, in a file whose
+    checksum matches; other sources have no such file."""
+    record, where = delivery.manifest.get(QUARANTINED_OBJECTORS), delivery.directory
+    if delivery.source.name != OBJECTIONS:
+        if record is not None:
+            raise DeliveryRefused(f"{where}: only an objections delivery names objectors")
+        return
+    if record is None:
+        if quarantined:
+            raise DeliveryRefused(
+                f"{where}: {quarantined} objection row(s) were quarantined at the body, and "
+                "the delivery does not say whose: it was made by an older `signals "
+                "pseudonymise`, and those objections would be missed. Pseudonymise the "
+                "objections again."
+            )
+        return
+    path = where / str(record.get("file"))
+    if not path.is_file() or sha256_of(path) != record.get("sha256"):
+        raise DeliveryRefused(f"{path}: file of objectors missing or its checksum does not match")
+    metadata = pq.read_metadata(path)
+    if metadata.num_rows != record.get("row_count") or metadata.num_rows > quarantined:
+        raise DeliveryRefused(
+            f"{path}: {metadata.num_rows} objector(s), the manifest says "
+            f"{record.get('row_count')} of {quarantined} quarantined row(s)"
+        )
+    if not metadata.schema.to_arrow_schema().equals(QUARANTINED_OBJECTORS_SCHEMA):
+        raise DeliveryRefused(f"{path}: expected one column, bsn, of body pseudonyms")
+
+
+def quarantined_objectors_path(delivery: Delivery) -> Path | None:
+    """The file of persons whose objection the body quarantined, if the delivery has one."""
+    record = delivery.manifest.get(QUARANTINED_OBJECTORS)
+    return None if record is None else delivery.directory / str(record["file"])
+
+
 def quarantine_path(delivery: Delivery) -> Path:
     return delivery.directory / str(delivery.manifest["quarantine"]["file"])
 
@@ -385,6 +439,9 @@ class ReadRowGroupFn(beam.DoFn):
     def process(self, element):
         source_name, path, group, first_row = element
         source = SOURCES[source_name]
+        if first_row == OBJECTORS_OF_QUARANTINE:
+            yield from self._objectors(source, path, group)
+            return
         names = pseudonymised_schema(source).names
         batch = pq.ParquetFile(path).read_row_group(group, columns=names)
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
@@ -415,6 +472,26 @@ class ReadRowGroupFn(beam.DoFn):
         if batch.num_rows:
             yield beam.pvalue.TaggedOutput(source_name, batch)
 
+    def _objectors(self, source: Source, path: str, group: int):
+        """Objections to everything, of the persons whose objection rows were quarantined."""
+        pids = pq.ParquetFile(path).read_row_group(group).column("bsn").combine_chunks()
+        moved, malformed = self.domain.array_or_malformed(pids)
+        if pc.any(malformed).as_py() or moved.null_count:
+            raise DeliveryRefused(f"{path}: holds a value that is not a body pseudonym")
+        schema = pseudonymised_schema(source)
+        n = len(moved)
+        columns = {
+            "bsn": moved,
+            "objected_on": pa.nulls(n, schema.field("objected_on").type),  # not known
+            "scope": pa.repeat(pa.scalar("all"), n),
+        }
+        Metrics.counter("read", f"{source.name}_of_quarantined_rows").inc(n)
+        if n:
+            yield beam.pvalue.TaggedOutput(
+                source.name,
+                pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema),
+            )
+
 
 class ReadDeliveries(beam.PTransform):
     """Reads checked, pseudonymised deliveries as Arrow record batches (one per row group).
@@ -424,7 +501,9 @@ class ReadDeliveries(beam.PTransform):
     pseudonyms, e.g. tax -> RecordBatch(bsn='d1.mfoa...', year=2024,
     assessed_income=Decimal('23100.00'), assets=..., assessment_status='definitive'); and
     QUARANTINE, RecordBatches of QUARANTINE_SCHEMA for rows whose identifiers are not
-    pseudonyms. Nothing after this step sees a body pseudonym.
+    pseudonyms. Nothing after this step sees a body pseudonym. The objections also hold
+    an objection to everything (no date) for each person whose objection row the body
+    quarantined (QUARANTINED_OBJECTORS).
 
     All sources' row groups are listed in one reshuffled Create, so the runner spreads
     them over its workers (one Create per source read each source in a single bundle, on
@@ -452,6 +531,10 @@ class ReadDeliveries(beam.PTransform):
             for i in range(metadata.num_row_groups):
                 groups.append((name, str(delivery.data_path), i, first))
                 first += metadata.row_group(i).num_rows
+            objectors = quarantined_objectors_path(delivery)
+            if objectors is not None:  # read as objections to everything (first row 0)
+                for i in range(pq.read_metadata(objectors).num_row_groups):
+                    groups.append((name, str(objectors), i, OBJECTORS_OF_QUARANTINE))
         tags = [self.QUARANTINE, *self.deliveries]
         return (
             pbegin

@@ -96,6 +96,11 @@ def _bsn_problems(col: pa.Array, name: str) -> pa.Array:
     )
 
 
+def is_bsn(col: pa.Array) -> pa.Array:
+    """True where a value is a BSN (9 digits passing the 11-proef), False elsewhere."""
+    return pc.and_(pc.is_valid(col), pc.is_null(_bsn_problems(col, "bsn")))
+
+
 def _column_problems(column: Column, col: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Per-row problem text (null = fine) and the typed column for one contract column."""
     name = column.name

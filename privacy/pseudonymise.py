@@ -19,17 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.contract import Source
+from pipelines.contract import BSN, Source
+from pipelines.exclude import OBJECTIONS
 from pipelines.read_deliveries import (
+    QUARANTINED_OBJECTORS,
+    QUARANTINED_OBJECTORS_SCHEMA,
     DeliveryRefused,
     open_delivery,
     sha256_of,
     undeclared_columns,
     validate_delivery,
 )
-from pipelines.validate import QUARANTINE_SCHEMA
+from pipelines.validate import QUARANTINE_SCHEMA, is_bsn
 from privacy.files import PRIVATE_MODE
 from privacy.keys import Keyring, check_custody
 from privacy.minimise import minimisation_record, minimise_batch, pseudonymised_schema
@@ -59,6 +63,15 @@ def _pseudonymise_batch(
                 i, batch.schema.field(i), p.array(column.kind, batch.column(i))
             )
     return batch
+
+
+def _write_objectors(objectors: list[pa.Array], folder: Path) -> dict:
+    """The persons of quarantined objection rows, once each, into their file; its record."""
+    pids = pa.chunked_array(objectors, pa.string()).combine_chunks()
+    pids = pc.unique(pids).sort()  # sorted: the file says nothing of the rows' order
+    path = folder / f"{QUARANTINED_OBJECTORS}.parquet"
+    pq.write_table(pa.table([pids], schema=QUARANTINED_OBJECTORS_SCHEMA), path)
+    return {"file": path.name, "sha256": sha256_of(path), "row_count": len(pids)}
 
 
 def check_one_body_key(deliveries: dict) -> tuple[str, str | None]:
@@ -102,6 +115,12 @@ def pseudonymise_delivery(
     staging.mkdir(mode=0o700)  # pseudonymised personal data: the owner's only
     data_path, quarantine_path = staging / "data.parquet", staging / "quarantine.parquet"
     not_read = undeclared_columns(delivery)
+    objectors: list[pa.Array] = []  # of quarantined objection rows (read_deliveries.py)
+
+    def keep_objectors(bad: pa.RecordBatch) -> None:
+        bsns = bad.column("bsn")
+        objectors.append(pseudonymiser.array(BSN, bsns.filter(is_bsn(bsns))))
+
     try:
         with (
             pq.ParquetWriter(data_path, pseudonymised_schema(source)) as data,
@@ -113,6 +132,7 @@ def pseudonymise_delivery(
                     _pseudonymise_batch(source, b, pseudonymiser, reference_date)
                 ),
                 on_quarantine=quarantine.write_batch,
+                on_bad_rows=keep_objectors if source.name == OBJECTIONS else None,
             )
         manifest = {
             key_: delivery.manifest[key_]
@@ -142,6 +162,8 @@ def pseudonymise_delivery(
                 "row_count": counts.quarantined,
             },
         )
+        if source.name == OBJECTIONS:
+            manifest[QUARANTINED_OBJECTORS] = _write_objectors(objectors, staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for written in staging.iterdir():
             os.chmod(written, PRIVATE_MODE)

@@ -30,7 +30,7 @@ from privacy.retention import read_run_table
 
 PASSPHRASE = "an objections passphrase"
 REFERENCE_DATE = "2025-01-01"
-X = valid_bsns(8, start=300_000_000)
+X = valid_bsns(10, start=300_000_000)
 
 # household -> members (bsn, birth date, role, partner)
 HOUSEHOLDS = {
@@ -42,6 +42,10 @@ HOUSEHOLDS = {
     # Objected to zorgtoeslag after the reference date, before the run: it applies as well
     # (an objection stops processing from when it is made; this run happens after it).
     "S4": [(X[6], "1985-01-01", "head", "")],
+    # Objected, but the body quarantined the row: a scope misspelt, a date that does not
+    # exist. They are objectors all the same, to everything (the strictest reading).
+    "Q1": [(X[7], "1985-01-01", "head", "")],
+    "Q2": [(X[8], "1985-01-01", "head", "")],
 }
 OBJECTIONS = [
     (X[0], "2024-05-01", "all"),
@@ -49,8 +53,12 @@ OBJECTIONS = [
     (X[3], "2024-05-01", "zorgtoeslag"),
     (X[4], "2024-05-01", "huurtoeslag"),
     (X[6], "2025-03-01", "zorgtoeslag"),
+    (X[7], "2024-05-01", "zorgtoeslagg"),
+    (X[8], "2024-02-30", "zorgtoeslag"),
+    (X[9][1:], "2024-05-01", "all"),  # a BSN that lost its leading zero: nobody known
 ]
 SCOPE_ALL = (X[0], X[2])
+QUARANTINED = (X[7], X[8])
 
 
 def _address(household: str) -> str:
@@ -190,3 +198,25 @@ def test_a_scheme_objector_is_not_excluded_but_their_objection_is_ingested(publi
     assert "exclusion" not in names
     assert {"ingest", "join"} <= names
     assert "signal" not in names
+
+
+@pytest.mark.parametrize("bsn", QUARANTINED, ids=["scope misspelt", "date that does not exist"])
+def test_an_objection_the_body_quarantined_still_excludes_the_person(published, bsn):
+    # Without it these two would be evaluated and signalled for zorgtoeslag like S3.
+    run_dir, ring, p = published
+    pid = p.one("bsn", bsn)
+    records = [r for r in _audit(run_dir) if _mentions(list(r.values()), pid)]
+    assert [(r["name"], r["status"]) for r in records] == [("exclusion", "excluded")]
+    assert json.loads(records[0]["attributes"])["scope"] == "all"
+    assert not [h for h in _households(run_dir, ring) if _mentions(list(h.values()), pid)]
+    assert not [s for s in _signals(run_dir, ring) if _mentions(list(s.values()), pid)]
+
+
+def test_the_run_counts_the_objectors_of_quarantined_rows_and_publishes_none_of_them(published):
+    run_dir, _, _ = published
+    counts = json.loads((run_dir / "manifest.json").read_text())["counts"]["sources"]
+    # Three rows quarantined; the person of two of them is known (a BSN that lost its leading
+    # zero names nobody, and is never repaired by guessing).
+    assert counts["objections"]["quarantined_at_body"] == 3
+    assert counts["objections"]["objectors_of_quarantined_rows"] == 2
+    assert not list(run_dir.rglob("quarantined_objectors*"))

@@ -133,3 +133,62 @@ def test_the_central_side_refuses_a_raw_delivery(tmp_path):
     raw = write_delivery(tmp_path, "brp", BRP_HEADER, [_brp_row("111222333")])
     with pytest.raises(DeliveryRefused, match="not pseudonymised"):
         open_pseudonymised(raw, "brp")
+
+
+OBJECTIONS_HEADER = list(SOURCES["objections"].column_names)
+
+
+def _objections(tmp_path, keyring):
+    rows = [
+        ["111222333", "2024-05-01", "all"],
+        ["123456782", "2024-05-01", "zorgtoeslagg"],  # scope misspelt: quarantined
+        ["123456782", "2024-13-01", "all"],  # the same person, a month 13: quarantined
+        ["12345678", "2024-05-01", "all"],  # leading zero lost: nobody to name
+        ["111222333", "2024-05-01", "all"],  # a copy: quarantined, its first row accepted
+    ]
+    raw = write_delivery(tmp_path / "raw", "objections", OBJECTIONS_HEADER, rows)
+    return pseudonymise_delivery(raw, keyring, tmp_path / "pseudo")
+
+
+def test_the_persons_of_quarantined_objection_rows_are_named_where_known(tmp_path, keyring):
+    result = _objections(tmp_path, keyring)
+    assert (result.accepted, result.quarantined) == (1, 4)
+    manifest = json.loads((result.directory / "manifest.json").read_text())
+    record = manifest["quarantined_objectors"]
+    objectors = pq.read_table(result.directory / record["file"])
+    # Once each, as body pseudonyms, and only where the BSN is one.
+    assert objectors.column("bsn").to_pylist() == [
+        Pseudonymiser(keyring.active("body")).one("bsn", "123456782")
+    ]
+    assert record["row_count"] == 1
+    delivery = open_pseudonymised(result.directory, "objections")
+    assert delivery.manifest["quarantined_objectors"] == record
+
+
+def test_only_objections_name_the_persons_of_their_quarantined_rows(tmp_path, keyring):
+    raw = write_delivery(tmp_path / "raw", "brp", BRP_HEADER, [_brp_row("12345678")])
+    result = pseudonymise_delivery(raw, keyring, tmp_path / "pseudo")
+    assert "quarantined_objectors" not in json.loads(
+        (result.directory / "manifest.json").read_text()
+    )
+    assert sorted(p.name for p in result.directory.iterdir()) == [
+        "data.parquet",
+        "manifest.json",
+        "quarantine.parquet",
+    ]
+
+
+def test_objections_that_do_not_say_whose_rows_were_quarantined_are_refused(tmp_path, keyring):
+    # As made before the persons were named: the run would process those objectors.
+    result = _objections(tmp_path, keyring)
+    where = result.directory / "manifest.json"
+    manifest = json.loads(where.read_text())
+    record = manifest.pop("quarantined_objectors")
+    where.write_text(json.dumps(manifest))
+    with pytest.raises(DeliveryRefused, match="4 objection row.* quarantined .* older"):
+        open_pseudonymised(result.directory, "objections")
+    # An altered list of objectors is refused too.
+    where.write_text(json.dumps(manifest | {"quarantined_objectors": record}))
+    pq.write_table(pa.table({"bsn": pa.array([], pa.string())}), result.directory / record["file"])
+    with pytest.raises(DeliveryRefused, match="checksum does not match"):
+        open_pseudonymised(result.directory, "objections")
