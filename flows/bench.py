@@ -369,7 +369,7 @@ def _read(path: Path) -> str:
 def floor_sql(pseudo: Path, compiled) -> tuple[list[str], str]:
     """Views over the pseudonymised files and the one query: join + rule -> signals."""
     from pipelines import join
-    from pipelines.read_deliveries import find_delivery, open_delivery, quarantined_objectors_path
+    from pipelines.read_deliveries import find_delivery, named_by_quarantine, open_delivery
 
     def parquet(name: str) -> str:
         return _read(find_delivery(pseudo, name, REFERENCE_DATE) / "data.parquet")
@@ -377,7 +377,7 @@ def floor_sql(pseudo: Path, compiled) -> tuple[list[str], str]:
     person_sources = ("tax", "benefits", "arrears", "health_insurance")
     ref = REFERENCE_DATE.isoformat()
     objections = open_delivery(find_delivery(pseudo, "objections", REFERENCE_DATE))
-    quarantined = quarantined_objectors_path(objections)  # objectors all the same
+    quarantined = named_by_quarantine(objections)  # objectors all the same
     views = [
         f"CREATE VIEW objectors AS SELECT DISTINCT bsn FROM {parquet('objections')} "
         "WHERE scope = 'all'"

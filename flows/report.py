@@ -113,6 +113,11 @@ WITHHELD_REASONS = (
         "fatigue: signalled for this scheme by an earlier run {window}",
     ),
     ("open_case", BY_PROPORTIONALITY, "open case: an operator is already working on it"),
+    (
+        "incomplete_household",
+        BY_PROPORTIONALITY,
+        "a member's register row was quarantined at its body: who lives there is not known",
+    ),
     ("minimum_amount", BY_PROPORTIONALITY, "estimated amount below the scheme's minimum"),
     ("confidence", BY_PROPORTIONALITY, "estimate below the minimum confidence"),
     ("necessity", BY_PROPORTIONALITY, "the data it needs is not allowed for this purpose"),
@@ -145,14 +150,15 @@ INCOME = Dimension("income_band", INCOME_BANDS)
 DEBT_DIM = Dimension("debt", DEBT)
 NOT_RECORDED = WITHHELD_REASONS[-1][0]
 STATUS_UNKNOWN = WITHHELD_REASONS[-2][0]
+INCOMPLETE = "incomplete_household"
 
 
 def reason_dim(present: set[str] | bool) -> Dimension:
-    """The reasons a withheld household is held back. "status unknown" and "not recorded"
-    only when some withheld household has that reason (`present`: the reasons found; True
-    for all), as districts are those with households: an always-empty category would only
-    cost suppression of real figures."""
-    optional = (STATUS_UNKNOWN, NOT_RECORDED)
+    """The reasons a withheld household is held back. "status unknown", "not recorded" and
+    an incomplete household only when some withheld household has that reason (`present`:
+    the reasons found; True for all), as districts are those with households: an
+    always-empty category would only cost suppression of real figures."""
+    optional = (STATUS_UNKNOWN, NOT_RECORDED, INCOMPLETE)
     reasons = [
         r for r in WITHHELD_REASONS if r[0] not in optional or present is True or r[0] in present
     ]

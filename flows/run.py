@@ -35,7 +35,7 @@ from pipelines.exclude import OBJECTIONS
 from pipelines.join import DEFAULT_BUCKETS
 from pipelines.publish import finalise, publish, write_manifest
 from pipelines.read_deliveries import (
-    QUARANTINED_OBJECTORS,
+    NAMED_BY_QUARANTINE,
     Delivery,
     DeliveryRefused,
     find_delivery,
@@ -405,10 +405,10 @@ def build_manifest(spec: central.RunSpec, compiled: list, counts: dict, runner: 
             "quarantined_at_body": q["body"],
             "quarantined_centrally": q["central"],
         }
-        objectors = m.get(QUARANTINED_OBJECTORS)
-        if objectors is not None:  # excluded all the same (pipelines/read_deliveries.py)
-            inputs[name]["quarantined_objectors_sha256"] = objectors["sha256"]
-            per_source[name]["objectors_of_quarantined_rows"] = int(objectors["row_count"])
+        named = NAMED_BY_QUARANTINE.get(name)  # what quarantined rows name: still counted
+        if named is not None and named.key in m:
+            inputs[name][f"{named.key}_sha256"] = m[named.key]["sha256"]
+            per_source[name][named.counted_as] = int(m[named.key]["row_count"])
     return {
         "run_id": spec.run_id,
         "reference_date": spec.reference_date.isoformat(),

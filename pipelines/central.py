@@ -94,13 +94,13 @@ def _write(pcoll, folder: Path, schema: pa.Schema, label: str, step: str = ""):
     return pcoll | f"Write_{label}{step}" >> writer
 
 
-def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
+def _proportionality(spec: RunSpec, incomplete) -> prop.ApplyProportionality:
     necessity = spec.necessity
     if necessity is None:
         necessity = prop.assess_necessity(spec.compiled_rules)
     policy = spec.proportionality or prop.load_policy()
     return prop.ApplyProportionality(
-        policy, necessity, spec.run_id, spec.reference_date, spec.audit, spec.history
+        policy, necessity, spec.run_id, spec.reference_date, spec.audit, spec.history, incomplete
     )
 
 
@@ -117,7 +117,7 @@ def run_options(spec: RunSpec, runner: str, runner_args: list[str]) -> PipelineO
 def build(p: beam.Pipeline, spec: RunSpec) -> None:
     """Adds the whole run to pipeline `p`."""
     staging = Path(spec.staging)
-    audits, rows, quarantined = [], {}, []
+    audits, rows, quarantined, incomplete = [], {}, [], None
     # The objections are read in a step of their own: every other source's exclusion takes
     # them as a side input, so it can run in the same bundles as that source's reading only
     # when the objections come from another step (read in one step, the exclusions ran
@@ -128,6 +128,8 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
         read = p | label >> ReadDeliveries(deliveries, spec.domain)
         rows.update({name: read[name] for name in deliveries})
         quarantined.append(read[ReadDeliveries.QUARANTINE])
+        if "brp" in deliveries:  # households a quarantined register row was of
+            incomplete = read[ReadDeliveries.INCOMPLETE]
     # Each reading step writes its own quarantine parts (rows name their source), as the
     # audit parts are: no Flatten, which Beam's local runner materialises whole. (One tried
     # for the ingest records at 1M persons misframed its elements; the cause was found
@@ -159,7 +161,7 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     evaluated = households | "EvaluateRules" >> EvaluateRules(
         spec.compiled_rules, spec.run_id, spec.audit
     )
-    assessed = evaluated[CANDIDATES] | "ApplyProportionality" >> _proportionality(spec)
+    assessed = evaluated[CANDIDATES] | "ApplyProportionality" >> _proportionality(spec, incomplete)
     _write(assessed[prop.SIGNALS], staging / "signal_parts", SIGNAL_SCHEMA, "signals")
     suppressed = assessed[prop.SUPPRESSED]
     _write(suppressed, staging / "suppressed_parts", prop.SUPPRESSED_SCHEMA, "suppressed")

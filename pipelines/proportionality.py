@@ -15,6 +15,8 @@ per scheme, for its applicant), whatever the decision:
                     no open case for it (open_case, from operator feedback)
     objection       the applicant or partner did not object to this scheme
     registration    the applicant is not deregistered (death, emigration)
+    completeness    no register row of the household was quarantined at the body (its
+                    composition, and so the entitlement, would be a guess)
 
 Outcome `signal` when every check passes; otherwise `suppressed`, with reasons REASONS (the
 failed checks; already_receiving and open_case name the failing half of subsidiarity,
@@ -66,6 +68,7 @@ CHECKS = (
     "subsidiarity",
     "objection",
     "registration",
+    "completeness",
 )
 REASONS = (
     "necessity",
@@ -76,6 +79,7 @@ REASONS = (
     "open_case",
     "objection",
     "deregistered",
+    "incomplete_household",
 )
 
 SIGNALS, SUPPRESSED, RESOLVED, AUDIT = "signals", "suppressed", "resolved", "audit"
@@ -348,10 +352,12 @@ def assess_sql(policy: Policy, reference_date: dt.date) -> str:
             ("no_open_case", "open_case"),
             ("objection", "objection"),
             ("registration", "deregistered"),
+            ("completeness", "incomplete_household"),
         )
     )
     # Keys in sorted order at every level: the attributes are canonical JSON.
     checks = f"""json_object(
+            'completeness', json_object('outcome', {_outcome("ok_completeness")}),
             'confidence', json_object('minimum', '{policy.minimum_confidence}',
                 'outcome', {_outcome("ok_confidence")}, 'value', printf('%.4f', confidence)),
             'fatigue', json_object('last_signalled_on', CAST(last_signalled_on AS VARCHAR),
@@ -373,10 +379,13 @@ WITH checked AS (
         CAST({minimum} AS DECIMAL(12, 2)) AS minimum_amount,
         h.last_signalled_on, coalesce(h.episode_open, FALSE) AS episode_open,
         h.case_outcome,
-        coalesce({open_case}, FALSE) AS has_open_case
+        coalesce({open_case}, FALSE) AS has_open_case,
+        q.household_pid IS NULL AS ok_completeness
     FROM candidates AS c
     LEFT JOIN necessity AS n ON n.scheme = c.scheme AND n.benefit_year = c.benefit_year
     LEFT JOIN history AS h ON h.household_pid = c.household_pid AND h.scheme = c.scheme
+    LEFT JOIN (SELECT DISTINCT household_pid FROM incomplete) AS q
+        ON q.household_pid = c.household_pid
     WHERE c.entitled
 ),
 judged AS (
@@ -469,9 +478,10 @@ class AssessFn(beam.DoFn):
         self.con = step_connection()
         self.con.register("necessity", self.necessity)
 
-    def process(self, candidates: pa.Table, history: pa.Table):
+    def process(self, candidates: pa.Table, history: pa.Table, incomplete: list):
         self.con.register("candidates", candidates)
         self.con.register("history", history)
+        self.con.register("incomplete", _incomplete(incomplete))
         try:
             assessed = self.con.sql(self.assess).to_arrow_table()
             # Without history there is no episode to resolve (the first run; the bench): the
@@ -482,8 +492,8 @@ class AssessFn(beam.DoFn):
                 else lifecycle.LIFECYCLE_SCHEMA.empty_table()
             )
         finally:
-            self.con.unregister("candidates")
-            self.con.unregister("history")
+            for name in ("candidates", "history", "incomplete"):
+                self.con.unregister(name)
         signalled = pc.equal(assessed.column("decision"), "signal")
         # Columns chosen before rows: a filter copies every column it is given.
         signalled_rows = assessed.select(_SIGNALLED_COLUMNS).filter(signalled)
@@ -540,6 +550,18 @@ class ResolveAbsentFn(beam.DoFn):
             yield absent.cast(lifecycle.LIFECYCLE_SCHEMA)
 
 
+INCOMPLETE_SCHEMA = pa.schema([("household_pid", pa.string())])
+
+
+def _incomplete(batches: list[pa.RecordBatch]) -> pa.Table:
+    """The households a quarantined register row was of (pipelines/read_deliveries.py)."""
+    return (
+        pa.Table.from_batches(batches, INCOMPLETE_SCHEMA)
+        if batches
+        else INCOMPLETE_SCHEMA.empty_table()
+    )
+
+
 def _household_pids(candidates: pa.Table) -> pa.Array:
     return pc.unique(candidates.column("household_pid"))
 
@@ -555,6 +577,9 @@ class ApplyProportionality(beam.PTransform):
     a side input of every batch. Every household of the run has candidate rows, so the
     households of the history missing from all batches are those gone from the run; their
     pseudonyms are gathered in one place for that (about 40 bytes per household).
+    `incomplete`: a PCollection of RecordBatches of `household_pid`, the households a
+    register row quarantined at the body was of (pipelines/read_deliveries.py INCOMPLETE;
+    None: none), a side input: their candidates fail the completeness check.
     Out: a dict of PCollections: `signals` (evaluate.SIGNAL_SCHEMA, status new or
     repeated), `suppressed` (SUPPRESSED_SCHEMA), `resolved` (lifecycle.LIFECYCLE_SCHEMA: two
     PCollections, the episodes of households in the run and of those gone from it) and
@@ -569,8 +594,10 @@ class ApplyProportionality(beam.PTransform):
         reference_date: dt.date,
         audit: AuditContext,
         history: pa.Table | None = None,
+        incomplete=None,
     ):
         super().__init__()
+        self.incomplete = incomplete
         self.assess = AssessFn(policy, necessity, run_id, reference_date, audit)
         self.absent = ResolveAbsentFn(run_id, reference_date)
         self.history = history if history is not None else lifecycle.STATE_SCHEMA.empty_table()
@@ -578,8 +605,13 @@ class ApplyProportionality(beam.PTransform):
     def expand(self, candidates):
         history = candidates.pipeline | "History" >> beam.Create([self.history])
         tables = {SIGNALS: pa.Table, SUPPRESSED: pa.Table, RESOLVED: pa.Table}
+        incomplete = self.incomplete
+        if incomplete is None:
+            incomplete = candidates.pipeline | "NoneIncomplete" >> beam.Create(
+                []
+            ).with_output_types(pa.RecordBatch)
         assessed = candidates | "Assess" >> beam.ParDo(
-            self.assess, beam.pvalue.AsSingleton(history)
+            self.assess, beam.pvalue.AsSingleton(history), beam.pvalue.AsList(incomplete)
         ).with_output_types(pa.Table, **tables, **{AUDIT: pa.RecordBatch}).with_outputs(
             SIGNALS, SUPPRESSED, RESOLVED, AUDIT
         )

@@ -30,14 +30,38 @@ from privacy.minimise import pseudonymised_schema
 from privacy.pseudonyms import DomainPseudonymiser
 
 BATCH_ROWS = 65_536
-# An objection row the body quarantines (a date or scope that is wrong) is still a person
-# who objected. Where its BSN is a BSN, its body pseudonym goes into this file of the
-# pseudonymised delivery (the manifest key names it), and the central run excludes that
-# person as if the objection covered everything: the strictest reading, until the body
-# corrects the row. Without it the person would be processed, signalled even.
-QUARANTINED_OBJECTORS = "quarantined_objectors"
-QUARANTINED_OBJECTORS_SCHEMA = pa.schema([pa.field("bsn", pa.string(), nullable=False)])
-OBJECTORS_OF_QUARANTINE = 0  # in place of the first row number (data rows count from 1)
+
+
+@dataclass(frozen=True)
+class NamedByQuarantine:
+    """What the quarantined rows of a source still name: the identifier `column`, kept as
+    body pseudonyms in the file `<key>.parquet` of the pseudonymised delivery (its manifest
+    key `key`), counted in the run manifest as `counted_as`."""
+
+    key: str
+    column: str
+    counted_as: str
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(self.column, pa.string(), nullable=False)])
+
+
+# A quarantined row is still about someone, where its identifier is valid. An objection row
+# with a wrong date or scope is still a person who objected: excluded all the same, from
+# everything (the strictest reading, until the body corrects the row); without this they
+# were processed, signalled even. A register row with a wrong field is still a member of
+# its household: the household's composition is not known, and its candidates are held
+# back (pipelines/proportionality.py, check completeness).
+NAMED_BY_QUARANTINE = {
+    "objections": NamedByQuarantine(
+        "quarantined_objectors", "bsn", "objectors_of_quarantined_rows"
+    ),
+    "brp": NamedByQuarantine(
+        "quarantined_households", "household_id", "households_of_quarantined_rows"
+    ),
+}
+NAMED_ROWS = 0  # in place of the first row number (data rows count from 1)
 DATA_FILES = ("data.csv", "data.parquet")
 
 
@@ -356,7 +380,7 @@ def open_pseudonymised(directory: Path, expect_source: str | None = None) -> Del
     q_path = delivery.directory / str(q.get("file", "quarantine.parquet"))
     if not q_path.is_file() or sha256_of(q_path) != q.get("sha256"):
         raise DeliveryRefused(f"{q_path}: quarantine file missing or its checksum does not match")
-    _check_quarantined_objectors(delivery, int(q.get("row_count", 0)))
+    _check_named_by_quarantine(delivery, int(q.get("row_count", 0)))
     original = int((m.get("original") or {}).get("row_count", -1))
     if original != m["row_count"] + int(q.get("row_count", 0)):
         raise DeliveryRefused(
@@ -387,39 +411,42 @@ def open_pseudonymised(directory: Path, expect_source: str | None = None) -> Del
     return delivery
 
 
-def _check_quarantined_objectors(delivery: Delivery, quarantined: int) -> None:
-    """An objections delivery names the persons of its quarantined rows, in a file whose
-    checksum matches; other sources have no such file."""
-    record, where = delivery.manifest.get(QUARANTINED_OBJECTORS), delivery.directory
-    if delivery.source.name != OBJECTIONS:
-        if record is not None:
-            raise DeliveryRefused(f"{where}: only an objections delivery names objectors")
+def _check_named_by_quarantine(delivery: Delivery, quarantined: int) -> None:
+    """A delivery of a source in NAMED_BY_QUARANTINE names what its quarantined rows are
+    about, in a file whose checksum matches; other sources have no such file."""
+    named = NAMED_BY_QUARANTINE.get(delivery.source.name)
+    where = delivery.directory
+    if named is None:
+        if any(n.key in delivery.manifest for n in NAMED_BY_QUARANTINE.values()):
+            raise DeliveryRefused(f"{where}: a {delivery.source.name} delivery names nobody")
         return
+    record = delivery.manifest.get(named.key)
     if record is None:
         if quarantined:
             raise DeliveryRefused(
-                f"{where}: {quarantined} objection row(s) were quarantined at the body, and "
-                "the delivery does not say whose: it was made by an older `signals "
-                "pseudonymise`, and those objections would be missed. Pseudonymise the "
-                "objections again."
+                f"{where}: {quarantined} {delivery.source.name} row(s) were quarantined at the "
+                f"body, and the delivery does not say whose ({named.key}): it was made by an "
+                f"older `signals pseudonymise`, and this run would miss them. Pseudonymise "
+                f"the {delivery.source.name} delivery again."
             )
         return
     path = where / str(record.get("file"))
     if not path.is_file() or sha256_of(path) != record.get("sha256"):
-        raise DeliveryRefused(f"{path}: file of objectors missing or its checksum does not match")
+        raise DeliveryRefused(f"{path}: file missing or its checksum does not match")
     metadata = pq.read_metadata(path)
     if metadata.num_rows != record.get("row_count") or metadata.num_rows > quarantined:
         raise DeliveryRefused(
-            f"{path}: {metadata.num_rows} objector(s), the manifest says "
+            f"{path}: {metadata.num_rows} named, the manifest says "
             f"{record.get('row_count')} of {quarantined} quarantined row(s)"
         )
-    if not metadata.schema.to_arrow_schema().equals(QUARANTINED_OBJECTORS_SCHEMA):
-        raise DeliveryRefused(f"{path}: expected one column, bsn, of body pseudonyms")
+    if not metadata.schema.to_arrow_schema().equals(named.schema):
+        raise DeliveryRefused(f"{path}: expected one column, {named.column}, of body pseudonyms")
 
 
-def quarantined_objectors_path(delivery: Delivery) -> Path | None:
-    """The file of persons whose objection the body quarantined, if the delivery has one."""
-    record = delivery.manifest.get(QUARANTINED_OBJECTORS)
+def named_by_quarantine(delivery: Delivery) -> Path | None:
+    """The file of what the body's quarantined rows name, if the delivery has one."""
+    named = NAMED_BY_QUARANTINE.get(delivery.source.name)
+    record = delivery.manifest.get(named.key) if named else None
     return None if record is None else delivery.directory / str(record["file"])
 
 
@@ -439,8 +466,8 @@ class ReadRowGroupFn(beam.DoFn):
     def process(self, element):
         source_name, path, group, first_row = element
         source = SOURCES[source_name]
-        if first_row == OBJECTORS_OF_QUARANTINE:
-            yield from self._objectors(source, path, group)
+        if first_row == NAMED_ROWS:
+            yield from self._named(source, path, group)
             return
         names = pseudonymised_schema(source).names
         batch = pq.ParquetFile(path).read_row_group(group, columns=names)
@@ -472,25 +499,33 @@ class ReadRowGroupFn(beam.DoFn):
         if batch.num_rows:
             yield beam.pvalue.TaggedOutput(source_name, batch)
 
-    def _objectors(self, source: Source, path: str, group: int):
-        """Objections to everything, of the persons whose objection rows were quarantined."""
-        pids = pq.ParquetFile(path).read_row_group(group).column("bsn").combine_chunks()
+    def _named(self, source: Source, path: str, group: int):
+        """What the body's quarantined rows name (NAMED_BY_QUARANTINE): objectors, as
+        objections to everything (no date); households, as incomplete (INCOMPLETE)."""
+        named = NAMED_BY_QUARANTINE[source.name]
+        pids = pq.ParquetFile(path).read_row_group(group).column(named.column).combine_chunks()
         moved, malformed = self.domain.array_or_malformed(pids)
         if pc.any(malformed).as_py() or moved.null_count:
             raise DeliveryRefused(f"{path}: holds a value that is not a body pseudonym")
-        schema = pseudonymised_schema(source)
         n = len(moved)
+        Metrics.counter("read", f"{source.name}_named_by_quarantine").inc(n)
+        if not n:
+            return
+        if source.name != OBJECTIONS:
+            yield beam.pvalue.TaggedOutput(
+                ReadDeliveries.INCOMPLETE, pa.RecordBatch.from_arrays([moved], ["household_pid"])
+            )
+            return
+        schema = pseudonymised_schema(source)
         columns = {
             "bsn": moved,
             "objected_on": pa.nulls(n, schema.field("objected_on").type),  # not known
             "scope": pa.repeat(pa.scalar("all"), n),
         }
-        Metrics.counter("read", f"{source.name}_of_quarantined_rows").inc(n)
-        if n:
-            yield beam.pvalue.TaggedOutput(
-                source.name,
-                pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema),
-            )
+        yield beam.pvalue.TaggedOutput(
+            source.name,
+            pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema),
+        )
 
 
 class ReadDeliveries(beam.PTransform):
@@ -501,9 +536,10 @@ class ReadDeliveries(beam.PTransform):
     pseudonyms, e.g. tax -> RecordBatch(bsn='d1.mfoa...', year=2024,
     assessed_income=Decimal('23100.00'), assets=..., assessment_status='definitive'); and
     QUARANTINE, RecordBatches of QUARANTINE_SCHEMA for rows whose identifiers are not
-    pseudonyms. Nothing after this step sees a body pseudonym. The objections also hold
-    an objection to everything (no date) for each person whose objection row the body
-    quarantined (QUARANTINED_OBJECTORS).
+    pseudonyms. Nothing after this step sees a body pseudonym. What the body's quarantined
+    rows name (NAMED_BY_QUARANTINE): the objections also hold an objection to everything
+    (no date) for each person whose objection row was quarantined, and INCOMPLETE holds
+    RecordBatches of `household_pid`, the households a quarantined register row was of.
 
     All sources' row groups are listed in one reshuffled Create, so the runner spreads
     them over its workers (one Create per source read each source in a single bundle, on
@@ -511,6 +547,7 @@ class ReadDeliveries(beam.PTransform):
     """
 
     QUARANTINE = "quarantine"
+    INCOMPLETE = "incomplete_households"
 
     def __init__(self, deliveries: dict[str, Delivery], domain: DomainPseudonymiser):
         super().__init__()
@@ -520,8 +557,10 @@ class ReadDeliveries(beam.PTransform):
             # The name tags the rows and picks the schema they are read with.
             if name != delivery.source.name:
                 raise ValueError(f"delivery of {delivery.source.name!r} given as {name!r}")
-        if self.QUARANTINE in deliveries:
-            raise ValueError(f"a source cannot be called {self.QUARANTINE!r}")
+        if {self.QUARANTINE, self.INCOMPLETE} & set(deliveries):
+            raise ValueError(
+                f"a source cannot be called {self.QUARANTINE!r} or {self.INCOMPLETE!r}"
+            )
         self.deliveries, self.domain = dict(deliveries), domain
 
     def expand(self, pbegin):
@@ -531,11 +570,11 @@ class ReadDeliveries(beam.PTransform):
             for i in range(metadata.num_row_groups):
                 groups.append((name, str(delivery.data_path), i, first))
                 first += metadata.row_group(i).num_rows
-            objectors = quarantined_objectors_path(delivery)
-            if objectors is not None:  # read as objections to everything (first row 0)
-                for i in range(pq.read_metadata(objectors).num_row_groups):
-                    groups.append((name, str(objectors), i, OBJECTORS_OF_QUARANTINE))
-        tags = [self.QUARANTINE, *self.deliveries]
+            named = named_by_quarantine(delivery)
+            if named is not None:
+                for i in range(pq.read_metadata(named).num_row_groups):
+                    groups.append((name, str(named), i, NAMED_ROWS))
+        tags = [self.QUARANTINE, self.INCOMPLETE, *self.deliveries]
         return (
             pbegin
             | "ListRowGroups" >> beam.Create(groups)  # reshuffled: read side by side

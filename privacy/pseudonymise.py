@@ -23,11 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.contract import BSN, Source
-from pipelines.exclude import OBJECTIONS
 from pipelines.read_deliveries import (
-    QUARANTINED_OBJECTORS,
-    QUARANTINED_OBJECTORS_SCHEMA,
+    NAMED_BY_QUARANTINE,
     DeliveryRefused,
+    NamedByQuarantine,
     open_delivery,
     sha256_of,
     undeclared_columns,
@@ -65,13 +64,13 @@ def _pseudonymise_batch(
     return batch
 
 
-def _write_objectors(objectors: list[pa.Array], folder: Path) -> dict:
-    """The persons of quarantined objection rows, once each, into their file; its record."""
-    pids = pa.chunked_array(objectors, pa.string()).combine_chunks()
-    pids = pc.unique(pids).sort()  # sorted: the file says nothing of the rows' order
-    path = folder / f"{QUARANTINED_OBJECTORS}.parquet"
-    pq.write_table(pa.table([pids], schema=QUARANTINED_OBJECTORS_SCHEMA), path)
-    return {"file": path.name, "sha256": sha256_of(path), "row_count": len(pids)}
+def _write_named(named: NamedByQuarantine, pids: list[pa.Array], folder: Path) -> dict:
+    """What quarantined rows name, once each, into their file; its manifest record."""
+    values = pc.unique(pa.chunked_array(pids, pa.string()).combine_chunks())
+    values = values.sort()  # sorted: the file says nothing of the rows' order
+    path = folder / f"{named.key}.parquet"
+    pq.write_table(pa.table([values], schema=named.schema), path)
+    return {"file": path.name, "sha256": sha256_of(path), "row_count": len(values)}
 
 
 def check_one_body_key(deliveries: dict) -> tuple[str, str | None]:
@@ -115,11 +114,14 @@ def pseudonymise_delivery(
     staging.mkdir(mode=0o700)  # pseudonymised personal data: the owner's only
     data_path, quarantine_path = staging / "data.parquet", staging / "quarantine.parquet"
     not_read = undeclared_columns(delivery)
-    objectors: list[pa.Array] = []  # of quarantined objection rows (read_deliveries.py)
+    named = NAMED_BY_QUARANTINE.get(source.name)  # what its quarantined rows still name
+    kind = next((c.kind for c in source.columns if named and c.name == named.column), None)
+    pids: list[pa.Array] = []
 
-    def keep_objectors(bad: pa.RecordBatch) -> None:
-        bsns = bad.column("bsn")
-        objectors.append(pseudonymiser.array(BSN, bsns.filter(is_bsn(bsns))))
+    def keep_named(bad: pa.RecordBatch) -> None:
+        values = bad.column(named.column)
+        valid = is_bsn(values) if kind == BSN else pc.greater(pc.utf8_length(values), 0)
+        pids.append(pseudonymiser.array(kind, values.filter(pc.fill_null(valid, False))))
 
     try:
         with (
@@ -132,7 +134,7 @@ def pseudonymise_delivery(
                     _pseudonymise_batch(source, b, pseudonymiser, reference_date)
                 ),
                 on_quarantine=quarantine.write_batch,
-                on_bad_rows=keep_objectors if source.name == OBJECTIONS else None,
+                on_bad_rows=keep_named if named else None,
             )
         manifest = {
             key_: delivery.manifest[key_]
@@ -162,8 +164,8 @@ def pseudonymise_delivery(
                 "row_count": counts.quarantined,
             },
         )
-        if source.name == OBJECTIONS:
-            manifest[QUARANTINED_OBJECTORS] = _write_objectors(objectors, staging)
+        if named:
+            manifest[named.key] = _write_named(named, pids, staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for written in staging.iterdir():
             os.chmod(written, PRIVATE_MODE)

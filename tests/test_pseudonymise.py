@@ -165,12 +165,19 @@ def test_the_persons_of_quarantined_objection_rows_are_named_where_known(tmp_pat
     assert delivery.manifest["quarantined_objectors"] == record
 
 
-def test_only_objections_name_the_persons_of_their_quarantined_rows(tmp_path, keyring):
-    raw = write_delivery(tmp_path / "raw", "brp", BRP_HEADER, [_brp_row("12345678")])
+def test_a_quarantined_register_row_names_its_household_and_other_sources_nobody(tmp_path, keyring):
+    rows = [_brp_row("111222333", household="H1"), _brp_row("12345678", household="H2")]
+    raw = write_delivery(tmp_path / "raw", "brp", BRP_HEADER, rows)
     result = pseudonymise_delivery(raw, keyring, tmp_path / "pseudo")
-    assert "quarantined_objectors" not in json.loads(
-        (result.directory / "manifest.json").read_text()
+    record = json.loads((result.directory / "manifest.json").read_text())["quarantined_households"]
+    named = pq.read_table(result.directory / record["file"]).column("household_id")
+    assert named.to_pylist() == [Pseudonymiser(keyring.active("body")).one("household_id", "H2")]
+    header = list(SOURCES["tax"].column_names)
+    tax = [["12345678", "2024", "20000.00", "0.00", "definitive"]]
+    result = pseudonymise_delivery(
+        write_delivery(tmp_path / "raw", "tax", header, tax), keyring, tmp_path / "pseudo"
     )
+    assert result.quarantined == 1
     assert sorted(p.name for p in result.directory.iterdir()) == [
         "data.parquet",
         "manifest.json",
@@ -185,7 +192,7 @@ def test_objections_that_do_not_say_whose_rows_were_quarantined_are_refused(tmp_
     manifest = json.loads(where.read_text())
     record = manifest.pop("quarantined_objectors")
     where.write_text(json.dumps(manifest))
-    with pytest.raises(DeliveryRefused, match="4 objection row.* quarantined .* older"):
+    with pytest.raises(DeliveryRefused, match="4 objections row.* quarantined .* older"):
         open_pseudonymised(result.directory, "objections")
     # An altered list of objectors is refused too.
     where.write_text(json.dumps(manifest | {"quarantined_objectors": record}))
