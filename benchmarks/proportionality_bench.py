@@ -84,7 +84,7 @@ def main() -> None:
     signals = []
     counts: dict[str, int] = {}
     for offset in range(0, candidates.num_rows, args.batch):
-        for out in fn.process(candidates.slice(offset, args.batch), history, []):
+        for out in fn.process(candidates.slice(offset, args.batch), history):
             counts[out.tag] = counts.get(out.tag, 0) + out.value.num_rows
             if out.tag == "signals":
                 signals.append(out.value)

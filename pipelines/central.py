@@ -41,7 +41,7 @@ from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, bucket
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.machine import cores
 from pipelines.options import local_threads, pipeline_options
-from pipelines.read_deliveries import Delivery, ReadDeliveries
+from pipelines.read_deliveries import Delivery, ReadDeliveries, named_pids
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
 from pipelines.withhold import WithholdFields
@@ -117,7 +117,11 @@ def run_options(spec: RunSpec, runner: str, runner_args: list[str]) -> PipelineO
 def build(p: beam.Pipeline, spec: RunSpec) -> None:
     """Adds the whole run to pipeline `p`."""
     staging = Path(spec.staging)
-    audits, rows, quarantined, incomplete = [], {}, [], None
+    audits, rows, quarantined = [], {}, []
+    # Whom the body's quarantined rows are about: objectors all the same, and households
+    # whose composition is not known (pipelines/read_deliveries.py NAMED_BY_QUARANTINE).
+    objectors = named_pids(spec.deliveries.get(OBJECTIONS), spec.domain)
+    incomplete = named_pids(spec.deliveries.get("brp"), spec.domain)
     # The objections are read in a step of their own: every other source's exclusion takes
     # them as a side input, so it can run in the same bundles as that source's reading only
     # when the objections come from another step (read in one step, the exclusions ran
@@ -128,8 +132,6 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
         read = p | label >> ReadDeliveries(deliveries, spec.domain)
         rows.update({name: read[name] for name in deliveries})
         quarantined.append(read[ReadDeliveries.QUARANTINE])
-        if "brp" in deliveries:  # households a quarantined register row was of
-            incomplete = read[ReadDeliveries.INCOMPLETE]
     # Each reading step writes its own quarantine parts (rows name their source), as the
     # audit parts are: no Flatten, which Beam's local runner materialises whole. (One tried
     # for the ingest records at 1M persons misframed its elements; the cause was found
@@ -138,10 +140,17 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
         _write(pcoll, staging / "quarantine_parts", QUARANTINE_SCHEMA, "quarantine", label)
     for name, fields in sorted(spec.withheld.items()):
         rows[name] = rows[name] | f"Withhold_{name}" >> WithholdFields(fields)
-    kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES)
+    kept = rows | "ExcludeObjectors" >> ExcludeObjectors(PERSON_SOURCES, also=objectors)
     read = tuple(n for n in PERSON_SOURCES if n in spec.deliveries)
-    exclusions = beam.Map(exclusion_audit(spec.audit, read)).with_output_types(pa.RecordBatch)
+    audit_exclusion = exclusion_audit(spec.audit, read)
+    exclusions = beam.Map(audit_exclusion).with_output_types(pa.RecordBatch)
     audits.append(kept["objector_pids"] | "AuditExclusion" >> exclusions)
+    if len(objectors):  # a record each, as any objector's (a copy of one is kept once)
+        audits.append(
+            p
+            | "ObjectorsOfQuarantinedRows" >> beam.Create([objectors]).with_output_types(pa.Array)
+            | "AuditTheirExclusion" >> beam.Map(audit_exclusion).with_output_types(pa.RecordBatch)
+        )
     schemas = {n: pseudonymised_schema(spec.deliveries[n].source) for n in JOIN_SOURCES}
     schemas["brp"] = schemas["brp"].append(pa.field("partner_withheld", pa.bool_()))
     # Each data subject's one ingest record is made where their rows meet: in the join.

@@ -27,15 +27,12 @@ def objector_pids(batch: pa.RecordBatch) -> pa.Array:
 class DropObjectorsFn(beam.DoFn):
     """Removes rows whose subject objected; in brp also withholds objecting partners."""
 
-    def __init__(self, source: str, subject: str = "bsn"):
+    def __init__(self, source: str, subject: str = "bsn", also: pa.Array | None = None):
         self.source, self.subject = source, subject
+        self.also = pa.array([], pa.string()) if also is None else also
 
     def process(self, batch: pa.RecordBatch, objectors: list[pa.Array]):
-        excluded = (
-            pa.chunked_array(objectors, pa.string()).combine_chunks()
-            if objectors
-            else (pa.array([], pa.string()))
-        )
+        excluded = pa.chunked_array([*objectors, self.also], pa.string()).combine_chunks()
         keep = pc.invert(pc.is_in(batch.column(self.subject), value_set=excluded))
         dropped = batch.num_rows - pc.sum(keep).as_py() if batch.num_rows else 0
         Metrics.counter("exclude", f"{self.source}_rows_excluded").inc(dropped or 0)
@@ -58,11 +55,14 @@ class ExcludeObjectors(beam.PTransform):
     Out: the same dict without objectors' rows; `objections` keeps only scheme-scoped
     objections of non-objectors; `brp` gains `partner_withheld` (bool); and the key
     `objector_pids` holds a PCollection of pseudonym arrays (for the exclusion audit).
+    `also`: pseudonyms of more objectors to everything, known when the run is built (the
+    persons of objection rows the body quarantined: pipelines/read_deliveries.py
+    NAMED_BY_QUARANTINE); their exclusion is audited by the caller.
     """
 
-    def __init__(self, person_sources: tuple[str, ...]):
+    def __init__(self, person_sources: tuple[str, ...], also: pa.Array | None = None):
         super().__init__()
-        self.person_sources = person_sources
+        self.person_sources, self.also = person_sources, also
 
     def expand(self, sources):
         objectors = sources[OBJECTIONS] | "ObjectorPids" >> beam.Map(
@@ -72,7 +72,7 @@ class ExcludeObjectors(beam.PTransform):
         out = dict(sources)
         for name in self.person_sources + (OBJECTIONS,):
             out[name] = sources[name] | f"DropObjectors_{name}" >> beam.ParDo(
-                DropObjectorsFn(name), side
+                DropObjectorsFn(name, also=self.also), side
             ).with_output_types(pa.RecordBatch)
         out[OBJECTIONS] = out[OBJECTIONS] | "SchemeScopedOnly" >> beam.Map(
             lambda b: b.filter(pc.not_equal(b.column("scope"), "all"))

@@ -469,19 +469,23 @@ class AssessFn(beam.DoFn):
         run_id: str,
         reference_date: dt.date,
         audit: AuditContext,
+        incomplete: pa.Array | None = None,
     ):
         self.necessity, self.audit = necessity, audit
+        self.incomplete = pa.table(
+            {"household_pid": pa.array([], pa.string()) if incomplete is None else incomplete}
+        )
         self.assess = assess_sql(policy, reference_date)
         self.resolve = resolve_sql(run_id, reference_date)
 
     def setup(self):
         self.con = step_connection()
         self.con.register("necessity", self.necessity)
+        self.con.register("incomplete", self.incomplete)  # households: check completeness
 
-    def process(self, candidates: pa.Table, history: pa.Table, incomplete: list):
+    def process(self, candidates: pa.Table, history: pa.Table):
         self.con.register("candidates", candidates)
         self.con.register("history", history)
-        self.con.register("incomplete", _incomplete(incomplete))
         try:
             assessed = self.con.sql(self.assess).to_arrow_table()
             # Without history there is no episode to resolve (the first run; the bench): the
@@ -492,7 +496,7 @@ class AssessFn(beam.DoFn):
                 else lifecycle.LIFECYCLE_SCHEMA.empty_table()
             )
         finally:
-            for name in ("candidates", "history", "incomplete"):
+            for name in ("candidates", "history"):
                 self.con.unregister(name)
         signalled = pc.equal(assessed.column("decision"), "signal")
         # Columns chosen before rows: a filter copies every column it is given.
@@ -550,18 +554,6 @@ class ResolveAbsentFn(beam.DoFn):
             yield absent.cast(lifecycle.LIFECYCLE_SCHEMA)
 
 
-INCOMPLETE_SCHEMA = pa.schema([("household_pid", pa.string())])
-
-
-def _incomplete(batches: list[pa.RecordBatch]) -> pa.Table:
-    """The households a quarantined register row was of (pipelines/read_deliveries.py)."""
-    return (
-        pa.Table.from_batches(batches, INCOMPLETE_SCHEMA)
-        if batches
-        else INCOMPLETE_SCHEMA.empty_table()
-    )
-
-
 def _household_pids(candidates: pa.Table) -> pa.Array:
     return pc.unique(candidates.column("household_pid"))
 
@@ -577,9 +569,9 @@ class ApplyProportionality(beam.PTransform):
     a side input of every batch. Every household of the run has candidate rows, so the
     households of the history missing from all batches are those gone from the run; their
     pseudonyms are gathered in one place for that (about 40 bytes per household).
-    `incomplete`: a PCollection of RecordBatches of `household_pid`, the households a
-    register row quarantined at the body was of (pipelines/read_deliveries.py INCOMPLETE;
-    None: none), a side input: their candidates fail the completeness check.
+    `incomplete`: the households a register row quarantined at the body was of
+    (pipelines/read_deliveries.py NAMED_BY_QUARANTINE; None: none): their candidates fail
+    the completeness check.
     Out: a dict of PCollections: `signals` (evaluate.SIGNAL_SCHEMA, status new or
     repeated), `suppressed` (SUPPRESSED_SCHEMA), `resolved` (lifecycle.LIFECYCLE_SCHEMA: two
     PCollections, the episodes of households in the run and of those gone from it) and
@@ -594,24 +586,18 @@ class ApplyProportionality(beam.PTransform):
         reference_date: dt.date,
         audit: AuditContext,
         history: pa.Table | None = None,
-        incomplete=None,
+        incomplete: pa.Array | None = None,
     ):
         super().__init__()
-        self.incomplete = incomplete
-        self.assess = AssessFn(policy, necessity, run_id, reference_date, audit)
+        self.assess = AssessFn(policy, necessity, run_id, reference_date, audit, incomplete)
         self.absent = ResolveAbsentFn(run_id, reference_date)
         self.history = history if history is not None else lifecycle.STATE_SCHEMA.empty_table()
 
     def expand(self, candidates):
         history = candidates.pipeline | "History" >> beam.Create([self.history])
         tables = {SIGNALS: pa.Table, SUPPRESSED: pa.Table, RESOLVED: pa.Table}
-        incomplete = self.incomplete
-        if incomplete is None:
-            incomplete = candidates.pipeline | "NoneIncomplete" >> beam.Create(
-                []
-            ).with_output_types(pa.RecordBatch)
         assessed = candidates | "Assess" >> beam.ParDo(
-            self.assess, beam.pvalue.AsSingleton(history), beam.pvalue.AsList(incomplete)
+            self.assess, beam.pvalue.AsSingleton(history)
         ).with_output_types(pa.Table, **tables, **{AUDIT: pa.RecordBatch}).with_outputs(
             SIGNALS, SUPPRESSED, RESOLVED, AUDIT
         )

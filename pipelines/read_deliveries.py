@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from pipelines.contract import MANIFEST_KEYS, SCHEMA_VERSION, SOURCES, Source, oin_is_valid
-from pipelines.exclude import OBJECTIONS
 from pipelines.validate import QUARANTINE_SCHEMA, quarantine_records, validate_batch
 from privacy.minimise import pseudonymised_schema
 from privacy.pseudonyms import DomainPseudonymiser
@@ -61,7 +60,6 @@ NAMED_BY_QUARANTINE = {
         "quarantined_households", "household_id", "households_of_quarantined_rows"
     ),
 }
-NAMED_ROWS = 0  # in place of the first row number (data rows count from 1)
 DATA_FILES = ("data.csv", "data.parquet")
 
 
@@ -450,6 +448,24 @@ def named_by_quarantine(delivery: Delivery) -> Path | None:
     return None if record is None else delivery.directory / str(record["file"])
 
 
+def named_pids(delivery: Delivery | None, domain: DomainPseudonymiser) -> pa.Array:
+    """What the body's quarantined rows of `delivery` name (NAMED_BY_QUARANTINE), as the
+    purpose domain's pseudonyms; empty when nothing or no delivery.
+
+    Read once, where the run is built, and handed to its steps whole: a few per thousand
+    rows (~40 bytes each), where extra elements in the objections read made Beam's local
+    runner hang on a 1M-person flow.
+    """
+    path = None if delivery is None else named_by_quarantine(delivery)
+    if path is None:
+        return pa.array([], pa.string())
+    values = pq.read_table(path).column(0).combine_chunks()
+    moved, malformed = domain.array_or_malformed(values)
+    if pc.any(malformed).as_py() or moved.null_count:
+        raise DeliveryRefused(f"{path}: holds a value that is not a body pseudonym")
+    return moved
+
+
 def quarantine_path(delivery: Delivery) -> Path:
     return delivery.directory / str(delivery.manifest["quarantine"]["file"])
 
@@ -466,9 +482,6 @@ class ReadRowGroupFn(beam.DoFn):
     def process(self, element):
         source_name, path, group, first_row = element
         source = SOURCES[source_name]
-        if first_row == NAMED_ROWS:
-            yield from self._named(source, path, group)
-            return
         names = pseudonymised_schema(source).names
         batch = pq.ParquetFile(path).read_row_group(group, columns=names)
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
@@ -499,34 +512,6 @@ class ReadRowGroupFn(beam.DoFn):
         if batch.num_rows:
             yield beam.pvalue.TaggedOutput(source_name, batch)
 
-    def _named(self, source: Source, path: str, group: int):
-        """What the body's quarantined rows name (NAMED_BY_QUARANTINE): objectors, as
-        objections to everything (no date); households, as incomplete (INCOMPLETE)."""
-        named = NAMED_BY_QUARANTINE[source.name]
-        pids = pq.ParquetFile(path).read_row_group(group).column(named.column).combine_chunks()
-        moved, malformed = self.domain.array_or_malformed(pids)
-        if pc.any(malformed).as_py() or moved.null_count:
-            raise DeliveryRefused(f"{path}: holds a value that is not a body pseudonym")
-        n = len(moved)
-        Metrics.counter("read", f"{source.name}_named_by_quarantine").inc(n)
-        if not n:
-            return
-        if source.name != OBJECTIONS:
-            yield beam.pvalue.TaggedOutput(
-                ReadDeliveries.INCOMPLETE, pa.RecordBatch.from_arrays([moved], ["household_pid"])
-            )
-            return
-        schema = pseudonymised_schema(source)
-        columns = {
-            "bsn": moved,
-            "objected_on": pa.nulls(n, schema.field("objected_on").type),  # not known
-            "scope": pa.repeat(pa.scalar("all"), n),
-        }
-        yield beam.pvalue.TaggedOutput(
-            source.name,
-            pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema),
-        )
-
 
 class ReadDeliveries(beam.PTransform):
     """Reads checked, pseudonymised deliveries as Arrow record batches (one per row group).
@@ -536,10 +521,7 @@ class ReadDeliveries(beam.PTransform):
     pseudonyms, e.g. tax -> RecordBatch(bsn='d1.mfoa...', year=2024,
     assessed_income=Decimal('23100.00'), assets=..., assessment_status='definitive'); and
     QUARANTINE, RecordBatches of QUARANTINE_SCHEMA for rows whose identifiers are not
-    pseudonyms. Nothing after this step sees a body pseudonym. What the body's quarantined
-    rows name (NAMED_BY_QUARANTINE): the objections also hold an objection to everything
-    (no date) for each person whose objection row was quarantined, and INCOMPLETE holds
-    RecordBatches of `household_pid`, the households a quarantined register row was of.
+    pseudonyms. Nothing after this step sees a body pseudonym.
 
     All sources' row groups are listed in one reshuffled Create, so the runner spreads
     them over its workers (one Create per source read each source in a single bundle, on
@@ -547,7 +529,6 @@ class ReadDeliveries(beam.PTransform):
     """
 
     QUARANTINE = "quarantine"
-    INCOMPLETE = "incomplete_households"
 
     def __init__(self, deliveries: dict[str, Delivery], domain: DomainPseudonymiser):
         super().__init__()
@@ -557,10 +538,8 @@ class ReadDeliveries(beam.PTransform):
             # The name tags the rows and picks the schema they are read with.
             if name != delivery.source.name:
                 raise ValueError(f"delivery of {delivery.source.name!r} given as {name!r}")
-        if {self.QUARANTINE, self.INCOMPLETE} & set(deliveries):
-            raise ValueError(
-                f"a source cannot be called {self.QUARANTINE!r} or {self.INCOMPLETE!r}"
-            )
+        if self.QUARANTINE in deliveries:
+            raise ValueError(f"a source cannot be called {self.QUARANTINE!r}")
         self.deliveries, self.domain = dict(deliveries), domain
 
     def expand(self, pbegin):
@@ -570,11 +549,7 @@ class ReadDeliveries(beam.PTransform):
             for i in range(metadata.num_row_groups):
                 groups.append((name, str(delivery.data_path), i, first))
                 first += metadata.row_group(i).num_rows
-            named = named_by_quarantine(delivery)
-            if named is not None:
-                for i in range(pq.read_metadata(named).num_row_groups):
-                    groups.append((name, str(named), i, NAMED_ROWS))
-        tags = [self.QUARANTINE, self.INCOMPLETE, *self.deliveries]
+        tags = [self.QUARANTINE, *self.deliveries]
         return (
             pbegin
             | "ListRowGroups" >> beam.Create(groups)  # reshuffled: read side by side
