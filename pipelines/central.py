@@ -94,7 +94,7 @@ def _write(pcoll, folder: Path, schema: pa.Schema, label: str, step: str = ""):
     return pcoll | f"Write_{label}{step}" >> writer
 
 
-def _proportionality(spec: RunSpec, incomplete) -> prop.ApplyProportionality:
+def _proportionality(spec: RunSpec, incomplete: pa.Array) -> prop.ApplyProportionality:
     necessity = spec.necessity
     if necessity is None:
         necessity = prop.assess_necessity(spec.compiled_rules)

@@ -496,8 +496,8 @@ class AssessFn(beam.DoFn):
                 else lifecycle.LIFECYCLE_SCHEMA.empty_table()
             )
         finally:
-            for name in ("candidates", "history"):
-                self.con.unregister(name)
+            self.con.unregister("candidates")
+            self.con.unregister("history")
         signalled = pc.equal(assessed.column("decision"), "signal")
         # Columns chosen before rows: a filter copies every column it is given.
         signalled_rows = assessed.select(_SIGNALLED_COLUMNS).filter(signalled)

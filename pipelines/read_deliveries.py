@@ -321,9 +321,9 @@ def validate_delivery(
     """Validate every row; hand valid typed batches and quarantine batches to the callbacks.
 
     `on_bad_rows`, if given, also gets the rows that failed validation as delivered (string
-    columns), for a caller that must still act on them: an objection stays an objection
-    when its date or scope is wrong (privacy/pseudonymise.py). Duplicates are not among
-    them: their first copy is accepted.
+    columns), for a caller that must still act on them: whom they are about still counts
+    (NAMED_BY_QUARANTINE, privacy/pseudonymise.py). Duplicates are not among them: their
+    first copy is accepted.
     Refuses the delivery (before any callback sees a row) if the row count differs
     from the manifest, so a truncated file never yields a partial delivery.
     """
