@@ -115,11 +115,10 @@ def pseudonymise_delivery(
     data_path, quarantine_path = staging / "data.parquet", staging / "quarantine.parquet"
     not_read = undeclared_columns(delivery)
     named = NAMED_BY_QUARANTINE.get(source.name)  # what its quarantined rows still name
-    kind = next((c.kind for c in source.columns if named and c.name == named.column), None)
     pids: list[pa.Array] = []
 
     def keep_named(bad: pa.RecordBatch) -> None:
-        values = bad.column(named.column)
+        kind, values = source.column(named.column).kind, bad.column(named.column)
         valid = is_bsn(values) if kind == BSN else pc.greater(pc.utf8_length(values), 0)
         pids.append(pseudonymiser.array(kind, values.filter(pc.fill_null(valid, False))))
 
