@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/proportionality_bench.py [--candidates N] [--history H]
         [--batch B]
 
-Candidates (SIGNAL_SCHEMA columns plus entitled, already_receiving, objected, deregistered)
-and a history state of H rows are generated set-based in DuckDB: amounts, confidences and
-last-signal dates spread over every threshold. The stage's DoFn is called directly on
+Candidates (pipelines/evaluate.py CANDIDATE_SCHEMA) and a history state of H rows are
+generated set-based in DuckDB: amounts, confidences and last-signal dates spread over every
+threshold. The stage's DoFn is called directly on
 batches of B candidates (as the pipeline calls it per household batch), then the worklist
 is built from its signals. Prints seconds and rows per second for each.
 """
@@ -39,7 +39,8 @@ SELECT 's.' || i AS signal_id, 'bench' AS run_id, 'h.' || (i // 2) AS household_
     '1' AS rule_version, '1' AS parameter_version,
     ((i * 31) % 100) / 100.0 AS confidence, i % 3 = 0 AS repayment_risk,
     i % 5 <> 0 AS entitled, i % 11 = 0 AS already_receiving, i % 97 = 0 AS objected,
-    i % 499 = 0 AS deregistered
+    i % 499 = 0 AS deregistered,
+    CASE WHEN i % 997 = 0 THEN ['benefits'] ELSE []::VARCHAR[] END AS quarantined
 FROM range({n}) AS t(i)
 """
 

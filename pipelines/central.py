@@ -33,6 +33,7 @@ from pipelines.evaluate import (
     CANDIDATES,
     EVALUATION_SCHEMA,
     EVALUATIONS,
+    QUARANTINED_ABOUT,
     SIGNAL_SCHEMA,
     EvaluateRules,
 )
@@ -94,13 +95,13 @@ def _write(pcoll, folder: Path, schema: pa.Schema, label: str, step: str = ""):
     return pcoll | f"Write_{label}{step}" >> writer
 
 
-def _proportionality(spec: RunSpec, incomplete: pa.Array) -> prop.ApplyProportionality:
+def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
     necessity = spec.necessity
     if necessity is None:
         necessity = prop.assess_necessity(spec.compiled_rules)
     policy = spec.proportionality or prop.load_policy()
     return prop.ApplyProportionality(
-        policy, necessity, spec.run_id, spec.reference_date, spec.audit, spec.history, incomplete
+        policy, necessity, spec.run_id, spec.reference_date, spec.audit, spec.history
     )
 
 
@@ -119,9 +120,9 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     staging = Path(spec.staging)
     audits, rows, quarantined = [], {}, []
     # Whom the body's quarantined rows are about: objectors all the same, and households
-    # whose composition is not known (pipelines/read_deliveries.py NAMED_BY_QUARANTINE).
+    # whose composition or benefits are not known (read_deliveries.NAMED_BY_QUARANTINE).
     objectors = named_pids(spec.deliveries.get(OBJECTIONS), spec.domain)
-    incomplete = named_pids(spec.deliveries.get("brp"), spec.domain)
+    incomplete = {s: named_pids(spec.deliveries.get(s), spec.domain) for s in QUARANTINED_ABOUT}
     # The objections are read in a step of their own: every other source's exclusion takes
     # them as a side input, so it can run in the same bundles as that source's reading only
     # when the objections come from another step (read in one step, the exclusions ran
@@ -168,9 +169,9 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     )
 
     evaluated = households | "EvaluateRules" >> EvaluateRules(
-        spec.compiled_rules, spec.run_id, spec.audit
+        spec.compiled_rules, spec.run_id, spec.audit, incomplete
     )
-    assessed = evaluated[CANDIDATES] | "ApplyProportionality" >> _proportionality(spec, incomplete)
+    assessed = evaluated[CANDIDATES] | "ApplyProportionality" >> _proportionality(spec)
     _write(assessed[prop.SIGNALS], staging / "signal_parts", SIGNAL_SCHEMA, "signals")
     suppressed = assessed[prop.SUPPRESSED]
     _write(suppressed, staging / "suppressed_parts", prop.SUPPRESSED_SCHEMA, "suppressed")

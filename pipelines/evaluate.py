@@ -3,9 +3,9 @@
 Rules are compiled to DuckDB SQL once, when the pipeline is built; each household
 batch is then evaluated set-based in an in-process DuckDB. Every evaluation goes on as a
 candidate row with the household facts the proportionality checks need (objected to the
-scheme, applicant deregistered); pipelines/proportionality.py decides which entitled
-candidates become signals (not already receiving, not objected, not deregistered, and
-proportionate).
+scheme, applicant deregistered, a row about it quarantined at the body);
+pipelines/proportionality.py decides which entitled candidates become signals (not
+already receiving, not objected, not deregistered, complete, and proportionate).
 """
 
 from __future__ import annotations
@@ -65,6 +65,18 @@ EVALUATION_SCHEMA = pa.schema(
     ]
 )
 
+# The sources whose rows quarantined at the body are about the household
+# (pipelines/read_deliveries.py NAMED_BY_QUARANTINE): a register row of a member leaves its
+# composition unknown; a benefits row of the applicant or partner (whose benefits make
+# receiving_schemes) leaves unknown what it is paid. Tables `quarantined_brp` and
+# `quarantined_benefits`, one column `pid`: household and person pseudonyms.
+QUARANTINED_SQL = """list_filter([
+        CASE WHEN h.household_pid IN (SELECT pid FROM quarantined_brp) THEN 'brp' END,
+        CASE WHEN h.applicant_pid IN (SELECT pid FROM quarantined_benefits)
+            OR h.partner_pid IN (SELECT pid FROM quarantined_benefits) THEN 'benefits' END
+    ], lambda s: s IS NOT NULL)"""
+QUARANTINED_ABOUT = ("brp", "benefits")
+
 # A signal id depends only on household, scheme and year, so it is the same in every
 # run (lifecycle, fatigue and idempotent reruns rely on that). Digits are mapped to
 # letters so that no id can contain something that looks like a BSN.
@@ -93,13 +105,25 @@ SELECT
     e.entitled,
     e.already_receiving,
     {OBJECTED_SQL} AS objected,
-    h.applicant_deregistered AS deregistered
+    h.applicant_deregistered AS deregistered,
+    {QUARANTINED_SQL} AS quarantined
 FROM evaluations AS e
 JOIN households AS h USING (household_pid)
 LEFT JOIN texts AS t
     ON t.household_pid = e.household_pid AND t.scheme = e.scheme
     AND t.benefit_year = e.benefit_year
 """
+
+CANDIDATE_SCHEMA = pa.schema(
+    [f for f in SIGNAL_SCHEMA if f.name != "status"]
+    + [
+        pa.field("entitled", pa.bool_()),
+        pa.field("already_receiving", pa.bool_()),
+        pa.field("objected", pa.bool_()),
+        pa.field("deregistered", pa.bool_()),
+        pa.field("quarantined", pa.list_(pa.string())),  # QUARANTINED_SQL
+    ]
+)
 
 # The households with an evaluation that may become a signal: entitled, and known not to be
 # receiving, objected to or deregistered (pipelines/proportionality.py suppresses all
@@ -125,11 +149,19 @@ warnings.filterwarnings(
 class EvaluateRulesFn(beam.DoFn):
     """Evaluates every compiled rule on one household batch; emits evaluations and candidates."""
 
-    def __init__(self, compiled: list, run_id: str, audit: AuditContext):
+    def __init__(
+        self, compiled: list, run_id: str, audit: AuditContext, quarantined: dict[str, pa.Array]
+    ):
         self.compiled, self.run_id, self.audit = compiled, run_id, audit
+        self.quarantined = {
+            source: pa.table({"pid": quarantined.get(source, pa.array([], pa.string()))})
+            for source in QUARANTINED_ABOUT
+        }
 
     def setup(self):
         self.con = step_connection()
+        for source, pids in self.quarantined.items():
+            self.con.register(f"quarantined_{source}", pids)
 
     def process(self, batch: pa.RecordBatch):
         households = pa.Table.from_batches([batch])
@@ -193,20 +225,25 @@ class EvaluateRules(beam.PTransform):
     Out: tagged `evaluations` (pa.Table, one row per household x scheme x year, with
     entitled, amount, failed conditions; no texts), `audit` (RecordBatches of AUDIT_SCHEMA:
     a rule_evaluation record per member, listing every scheme) and `candidates` (pa.Table:
-    the SIGNAL_SCHEMA columns but status, plus entitled, already_receiving, objected and
-    deregistered, for every evaluation; the explanation texts only for the entitled
+    CANDIDATE_SCHEMA, for every evaluation; the explanation texts only for the entitled
     evaluations of households where a signal may come), e.g. (signal_id='s.ab..',
     scheme='zorgtoeslag', benefit_year=2025, estimated_annual_amount=Decimal('1355.04'),
-    entitled=True, ...).
+    entitled=True, ..., quarantined=[]).
+    `quarantined`: per source of QUARANTINED_ABOUT, whom its rows quarantined at the body
+    are about (pipelines/read_deliveries.py named_pids; a source left out: nobody).
     """
 
-    def __init__(self, compiled: list, run_id: str, audit: AuditContext):
+    def __init__(
+        self,
+        compiled: list,
+        run_id: str,
+        audit: AuditContext,
+        quarantined: dict[str, pa.Array] | None = None,
+    ):
         super().__init__()
-        self.compiled, self.run_id, self.audit = compiled, run_id, audit
+        self.evaluate = EvaluateRulesFn(compiled, run_id, audit, quarantined or {})
 
     def expand(self, households):
-        return households | "Evaluate" >> beam.ParDo(
-            EvaluateRulesFn(self.compiled, self.run_id, self.audit)
-        ).with_output_types(
+        return households | "Evaluate" >> beam.ParDo(self.evaluate).with_output_types(
             pa.Table, **{EVALUATIONS: pa.Table, CANDIDATES: pa.Table, AUDIT: pa.RecordBatch}
         ).with_outputs(EVALUATIONS, CANDIDATES, AUDIT)

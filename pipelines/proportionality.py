@@ -15,8 +15,9 @@ per scheme, for its applicant), whatever the decision:
                     no open case for it (open_case, from operator feedback)
     objection       the applicant or partner did not object to this scheme
     registration    the applicant is not deregistered (death, emigration)
-    completeness    no register row of the household was quarantined at the body (its
-                    composition, and so the entitlement, would be a guess)
+    completeness    no row about the household was quarantined at the body: a register row
+                    of a member (its composition would be a guess) or a benefits row of the
+                    applicant or partner (what it is paid would be); the sources are recorded
 
 Outcome `signal` when every check passes; otherwise `suppressed`, with reasons REASONS (the
 failed checks; already_receiving and open_case name the failing half of subsidiarity,
@@ -357,7 +358,8 @@ def assess_sql(policy: Policy, reference_date: dt.date) -> str:
     )
     # Keys in sorted order at every level: the attributes are canonical JSON.
     checks = f"""json_object(
-            'completeness', json_object('outcome', {_outcome("ok_completeness")}),
+            'completeness', json_object('outcome', {_outcome("ok_completeness")},
+                'quarantined', CASE WHEN NOT ok_completeness THEN quarantined END),
             'confidence', json_object('minimum', '{policy.minimum_confidence}',
                 'outcome', {_outcome("ok_confidence")}, 'value', printf('%.4f', confidence)),
             'fatigue', json_object('last_signalled_on', CAST(last_signalled_on AS VARCHAR),
@@ -380,12 +382,10 @@ WITH checked AS (
         h.last_signalled_on, coalesce(h.episode_open, FALSE) AS episode_open,
         h.case_outcome,
         coalesce({open_case}, FALSE) AS has_open_case,
-        q.household_pid IS NULL AS ok_completeness
+        coalesce(len(c.quarantined) = 0, FALSE) AS ok_completeness
     FROM candidates AS c
     LEFT JOIN necessity AS n ON n.scheme = c.scheme AND n.benefit_year = c.benefit_year
     LEFT JOIN history AS h ON h.household_pid = c.household_pid AND h.scheme = c.scheme
-    LEFT JOIN (SELECT DISTINCT household_pid FROM incomplete) AS q
-        ON q.household_pid = c.household_pid
     WHERE c.entitled
 ),
 judged AS (
@@ -469,19 +469,14 @@ class AssessFn(beam.DoFn):
         run_id: str,
         reference_date: dt.date,
         audit: AuditContext,
-        incomplete: pa.Array | None = None,
     ):
         self.necessity, self.audit = necessity, audit
-        self.incomplete = pa.table(
-            {"household_pid": pa.array([], pa.string()) if incomplete is None else incomplete}
-        )
         self.assess = assess_sql(policy, reference_date)
         self.resolve = resolve_sql(run_id, reference_date)
 
     def setup(self):
         self.con = step_connection()
         self.con.register("necessity", self.necessity)
-        self.con.register("incomplete", self.incomplete)  # households: check completeness
 
     def process(self, candidates: pa.Table, history: pa.Table):
         self.con.register("candidates", candidates)
@@ -563,15 +558,12 @@ class ApplyProportionality(beam.PTransform):
 
     In: PCollection[pa.Table] of candidates (pipelines/evaluate.py CANDIDATES: one row per
     household x scheme x year with entitled, amount, confidence, already_receiving,
-    objected, deregistered), e.g. (household_pid='a1.kc..', scheme='zorgtoeslag',
+    objected, deregistered, quarantined), e.g. (household_pid='a1.kc..', scheme='zorgtoeslag',
     entitled=True, estimated_annual_amount=Decimal('1573.42'), confidence=1.0, ...).
     `history`: the state table of earlier runs (lifecycle.STATE_SCHEMA; None: no history),
     a side input of every batch. Every household of the run has candidate rows, so the
     households of the history missing from all batches are those gone from the run; their
     pseudonyms are gathered in one place for that (about 40 bytes per household).
-    `incomplete`: the households a register row quarantined at the body was of
-    (pipelines/read_deliveries.py NAMED_BY_QUARANTINE; None: none): their candidates fail
-    the completeness check.
     Out: a dict of PCollections: `signals` (evaluate.SIGNAL_SCHEMA, status new or
     repeated), `suppressed` (SUPPRESSED_SCHEMA), `resolved` (lifecycle.LIFECYCLE_SCHEMA: two
     PCollections, the episodes of households in the run and of those gone from it) and
@@ -586,10 +578,9 @@ class ApplyProportionality(beam.PTransform):
         reference_date: dt.date,
         audit: AuditContext,
         history: pa.Table | None = None,
-        incomplete: pa.Array | None = None,
     ):
         super().__init__()
-        self.assess = AssessFn(policy, necessity, run_id, reference_date, audit, incomplete)
+        self.assess = AssessFn(policy, necessity, run_id, reference_date, audit)
         self.absent = ResolveAbsentFn(run_id, reference_date)
         self.history = history if history is not None else lifecycle.STATE_SCHEMA.empty_table()
 

@@ -50,14 +50,20 @@ class NamedByQuarantine:
 # with a wrong date or scope is still a person who objected: excluded all the same, from
 # everything (the strictest reading, until the body corrects the row); without this they
 # were processed, signalled even. A register row with a wrong field is still a member of
-# its household: the household's composition is not known, and its candidates are held
-# back (pipelines/proportionality.py, check completeness).
+# its household: the household's composition is not known. A benefits row with a wrong
+# field is still a benefit paid to its person: what their household receives is not known,
+# and without this a household already paid was signalled. Such households' candidates are
+# held back (pipelines/evaluate.py QUARANTINED_SQL, pipelines/proportionality.py check
+# completeness).
 NAMED_BY_QUARANTINE = {
     "objections": NamedByQuarantine(
         "quarantined_objectors", "bsn", "objectors_of_quarantined_rows"
     ),
     "brp": NamedByQuarantine(
         "quarantined_households", "household_id", "households_of_quarantined_rows"
+    ),
+    "benefits": NamedByQuarantine(
+        "quarantined_recipients", "bsn", "recipients_of_quarantined_rows"
     ),
 }
 DATA_FILES = ("data.csv", "data.parquet")

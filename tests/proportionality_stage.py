@@ -18,7 +18,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 
 from pipelines import lifecycle
 from pipelines.audit_records import AUDIT_SCHEMA, AuditContext
-from pipelines.evaluate import SIGNAL_SCHEMA
+from pipelines.evaluate import CANDIDATE_SCHEMA, SIGNAL_SCHEMA
 from pipelines.options import pipeline_options
 from pipelines.proportionality import (
     AUDIT,
@@ -33,16 +33,6 @@ from pipelines.proportionality import (
 
 REF = dt.date(2025, 6, 1)
 RUN = "2025-06-01-testrun"
-
-CANDIDATE_SCHEMA = pa.schema(
-    [f for f in SIGNAL_SCHEMA if f.name != "status"]
-    + [
-        pa.field("entitled", pa.bool_()),
-        pa.field("already_receiving", pa.bool_()),
-        pa.field("objected", pa.bool_()),
-        pa.field("deregistered", pa.bool_()),
-    ]
-)
 
 ZORGTOESLAG_FIELDS = ["applicant_age", "combined_income", "household_pid"]
 NECESSITY = pa.Table.from_pylist(
@@ -94,6 +84,7 @@ def candidate(name: str, **changes) -> dict:
         "already_receiving": False,
         "objected": False,
         "deregistered": False,
+        "quarantined": [],
     }
     row.update(changes)
     return row

@@ -185,6 +185,23 @@ def test_a_quarantined_register_row_names_its_household_and_other_sources_nobody
     ]
 
 
+def test_quarantined_benefits_rows_name_their_persons_where_known(tmp_path, keyring):
+    rows = [
+        ["111222333", "zorgtoeslag", "150.00", "2024-02-30", ""],  # no such date
+        ["123456782", "huurtoeslag", "-1.00", "2024-01-01", ""],  # a negative amount
+        ["123456782", "zorgtoeslag", "150.00", "2024-01-01", ""],  # accepted
+        ["12345678", "zorgtoeslag", "150.00", "2024-01-01", ""],  # leading zero lost: nobody
+    ]
+    header = list(SOURCES["benefits"].column_names)
+    raw = write_delivery(tmp_path / "raw", "benefits", header, rows)
+    result = pseudonymise_delivery(raw, keyring, tmp_path / "pseudo")
+    assert (result.accepted, result.quarantined) == (1, 3)
+    record = json.loads((result.directory / "manifest.json").read_text())["quarantined_recipients"]
+    named = pq.read_table(result.directory / record["file"]).column("bsn").to_pylist()
+    body = Pseudonymiser(keyring.active("body"))
+    assert named == sorted(body.one("bsn", b) for b in ("111222333", "123456782"))
+
+
 def test_objections_that_do_not_say_whose_rows_were_quarantined_are_refused(tmp_path, keyring):
     # As made before the persons were named: the run would process those objectors.
     result = _objections(tmp_path, keyring)

@@ -1,10 +1,16 @@
-"""A register row quarantined at the body leaves its household incomplete: held back.
+"""A row quarantined at the body can leave what we know of a household incomplete: held back.
 
 In the hand-made population H11 is a couple (incomes 30,000 and 12,000) signalled for
-zorgtoeslag. Here the partner's BRP row has a birth date that does not exist, so the body
-quarantines it. Without the household's name kept, the run saw H11 as the head alone, a
-single person, and judged it on her income only. With it, H11 is evaluated (the aggregate
-report counts it) but never signalled: its candidates fail the completeness check.
+zorgtoeslag. Break the partner's BRP row (a birth date that does not exist) and the body
+quarantines it: without the household's name kept, the run saw H11 as the head alone, a
+single person, and judged it on her income only.
+
+H2 already receives zorgtoeslag. Break that benefits row (a start date that does not
+exist) and, without its person's name kept, the run saw a household entitled and not paid:
+it was signalled for a benefit it has.
+
+With the names kept, the household is evaluated (the aggregate report counts it) but never
+signalled: its candidates fail the completeness check, which names the source.
 """
 
 from __future__ import annotations
@@ -14,33 +20,48 @@ import json
 import duckdb
 import pytest
 from conftest import write_delivery
-from population import REFERENCE_DATE, B, write_population
+from population import REFERENCE_DATE, SIGNALLED, B, write_population
 from service_support import PASSPHRASE, prepare_deliveries
 
 from flows.cli import main
 from pipelines.contract import SOURCES
+from pipelines.read_deliveries import NAMED_BY_QUARANTINE
 from privacy.keys import DEFAULT_DOMAIN, load_keyring
 from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.retention import read_run_table
 
 
-def _partner_row_broken(folder):
-    write_population(folder)
-    path = folder / "brp" / REFERENCE_DATE / "data.csv"
-    lines = path.read_text().splitlines()
-    rows = [line.split(",") for line in lines[1:]]
-    for row in rows:
-        if row[0] == B[14]:  # H11's partner
-            row[1] = "1985-02-30"
-    write_delivery(folder, "brp", list(SOURCES["brp"].column_names), rows, REFERENCE_DATE)
+def _broken(source: str, bsn: str, field: str, value: str):
+    """Writes the population with `field` of `bsn`'s row of `source` set to `value`."""
+
+    def write(folder):
+        write_population(folder)
+        path = folder / source / REFERENCE_DATE / "data.csv"
+        columns = list(SOURCES[source].column_names)
+        rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+        for row in rows:
+            if row[0] == bsn:
+                row[columns.index(field)] = value
+        write_delivery(folder, source, columns, rows, REFERENCE_DATE)
+
+    return write
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("incomplete")
+# source -> (the household it leaves incomplete, how its raw delivery is broken)
+BROKEN = {
+    "brp": ("H11", _broken("brp", B[14], "birth_date", "1985-02-30")),  # H11's partner
+    "benefits": ("H2", _broken("benefits", B[1], "start_date", "2024-02-30")),  # H2's head
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BROKEN))
+def run(request, tmp_path_factory):
+    source = request.param
+    held, write_raw = BROKEN[source]
+    root = tmp_path_factory.mktemp(f"incomplete-{source}")
     mp = pytest.MonkeyPatch()
     mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
-    prepared = prepare_deliveries(root, write_raw=_partner_row_broken)
+    prepared = prepare_deliveries(root, write_raw=write_raw)
     args = ["run", "--deliveries", str(prepared.deliveries), "--reference-date", REFERENCE_DATE]
     assert (
         main(args + ["--key-file", str(prepared.central_keyring), "--out", str(root / "runs")]) == 0
@@ -49,33 +70,39 @@ def run(tmp_path_factory):
     ring = load_keyring(prepared.central_keyring, PASSPHRASE)
     body = load_keyring(root / "keys" / "body.keyring", PASSPHRASE).active("body")
     pseudonyms = TwoLayerPseudonymiser(body, ring.active("domain", DEFAULT_DOMAIN))
-    yield run_dir, ring, pseudonyms
+    yield source, held, run_dir, ring, pseudonyms
     mp.undo()
 
 
-def test_the_household_of_a_quarantined_register_row_is_not_signalled(run):
-    run_dir, ring, p = run
-    h11 = p.one("household_id", "H11")
+def test_the_household_a_quarantined_row_leaves_incomplete_is_not_signalled(run):
+    _, held, run_dir, ring, p = run
+    pid = p.one("household_id", held)
     signals = read_run_table(run_dir, "signals.parquet", ring).to_pylist()
-    assert h11 not in {s["household_pid"] for s in signals}
+    assert pid not in {s["household_pid"] for s in signals}
     zorgtoeslag = {s["household_pid"] for s in signals if s["scheme"] == "zorgtoeslag"}
-    assert zorgtoeslag == {p.one("household_id", h) for h in ("H1", "H10")}  # as ever
-    held = read_run_table(run_dir, "suppressed.parquet", ring).to_pylist()
-    assert {(s["scheme"], tuple(s["reasons"])) for s in held if s["household_pid"] == h11} == {
-        ("zorgtoeslag", ("incomplete_household",))
-    }
+    assert zorgtoeslag == {p.one("household_id", h) for h in SIGNALLED - {held}}  # as ever
+    suppressed = read_run_table(run_dir, "suppressed.parquet", ring).to_pylist()
+    reasons = {s["scheme"]: s["reasons"] for s in suppressed if s["household_pid"] == pid}
+    assert reasons["zorgtoeslag"] == ["incomplete_household"]
+    assert all("incomplete_household" in r for r in reasons.values())
 
 
-def test_its_proportionality_record_says_why_and_the_run_counts_it(run):
-    run_dir, _, p = run
-    h11 = p.one("household_id", "H11")
+def test_its_proportionality_record_names_the_source_and_the_run_counts_it(run):
+    source, held, run_dir, _, p = run
+    pid = p.one("household_id", held)
     records = duckdb.sql(
         f"SELECT attributes FROM read_parquet('{run_dir}/audit/*.parquet') "
         "WHERE name = 'proportionality'"
     ).fetchall()
-    (attributes,) = [json.loads(a) for (a,) in records if json.loads(a)["household_pid"] == h11]
-    assert attributes["checks"]["completeness"] == {"outcome": "fail"}
+    records = [json.loads(a) for (a,) in records]
+    (attributes,) = [
+        a for a in records if a["household_pid"] == pid and a["scheme"] == "zorgtoeslag"
+    ]
+    assert attributes["checks"]["completeness"] == {"outcome": "fail", "quarantined": [source]}
     assert attributes["decision"] == "suppressed"
-    counts = json.loads((run_dir / "manifest.json").read_text())["counts"]["sources"]["brp"]
-    assert counts["quarantined_at_body"] == 1 and counts["households_of_quarantined_rows"] == 1
-    assert not list(run_dir.rglob("quarantined_households*"))
+    others = [a["checks"]["completeness"] for a in records if a["household_pid"] != pid]
+    assert others and all(c == {"outcome": "pass", "quarantined": None} for c in others)
+    counts = json.loads((run_dir / "manifest.json").read_text())["counts"]["sources"][source]
+    assert counts["quarantined_at_body"] == 1
+    assert counts[NAMED_BY_QUARANTINE[source].counted_as] == 1
+    assert not list(run_dir.rglob("quarantined_*"))
