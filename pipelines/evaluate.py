@@ -68,14 +68,21 @@ EVALUATION_SCHEMA = pa.schema(
 # The sources whose rows quarantined at the body are about the household
 # (pipelines/read_deliveries.py NAMED_BY_QUARANTINE): a register row of a member leaves its
 # composition unknown; a benefits row of the applicant or partner (whose benefits make
-# receiving_schemes) leaves unknown what it is paid. Tables `quarantined_brp` and
-# `quarantined_benefits`, one column `pid`: household and person pseudonyms.
+# receiving_schemes) what it is paid; a tax row of any member what it earns (an older
+# assessment, or none, would stand in). Tables `quarantined_<source>`, one column `pid`:
+# household pseudonyms for brp, person pseudonyms for the others. Each subquery is
+# uncorrelated: worked out once a batch, then looked up.
 QUARANTINED_SQL = """list_filter([
         CASE WHEN h.household_pid IN (SELECT pid FROM quarantined_brp) THEN 'brp' END,
         CASE WHEN h.applicant_pid IN (SELECT pid FROM quarantined_benefits)
-            OR h.partner_pid IN (SELECT pid FROM quarantined_benefits) THEN 'benefits' END
+            OR h.partner_pid IN (SELECT pid FROM quarantined_benefits) THEN 'benefits' END,
+        CASE WHEN h.household_pid IN (
+            SELECT household_pid FROM (
+                SELECT household_pid, unnest(member_pids) AS pid FROM households
+            ) WHERE pid IN (SELECT pid FROM quarantined_tax)
+        ) THEN 'tax' END
     ], lambda s: s IS NOT NULL)"""
-QUARANTINED_ABOUT = ("brp", "benefits")
+QUARANTINED_ABOUT = ("brp", "benefits", "tax")
 
 # A signal id depends only on household, scheme and year, so it is the same in every
 # run (lifecycle, fatigue and idempotent reruns rely on that). Digits are mapped to

@@ -52,9 +52,10 @@ class NamedByQuarantine:
 # were processed, signalled even. A register row with a wrong field is still a member of
 # its household: the household's composition is not known. A benefits row with a wrong
 # field is still a benefit paid to its person: what their household receives is not known,
-# and without this a household already paid was signalled. Such households' candidates are
-# held back (pipelines/evaluate.py QUARANTINED_SQL, pipelines/proportionality.py check
-# completeness).
+# and without this a household already paid was signalled. A tax row with a wrong field is
+# still an income: without it a household was judged on an older assessment, or on its
+# other members' incomes. Such households' candidates are held back (pipelines/evaluate.py
+# QUARANTINED_SQL, pipelines/proportionality.py check completeness).
 NAMED_BY_QUARANTINE = {
     "objections": NamedByQuarantine(
         "quarantined_objectors", "bsn", "objectors_of_quarantined_rows"
@@ -65,6 +66,7 @@ NAMED_BY_QUARANTINE = {
     "benefits": NamedByQuarantine(
         "quarantined_recipients", "bsn", "recipients_of_quarantined_rows"
     ),
+    "tax": NamedByQuarantine("quarantined_taxpayers", "bsn", "taxpayers_of_quarantined_rows"),
 }
 DATA_FILES = ("data.csv", "data.parquet")
 

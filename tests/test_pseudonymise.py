@@ -172,11 +172,10 @@ def test_a_quarantined_register_row_names_its_household_and_other_sources_nobody
     record = json.loads((result.directory / "manifest.json").read_text())["quarantined_households"]
     named = pq.read_table(result.directory / record["file"]).column("household_id")
     assert named.to_pylist() == [Pseudonymiser(keyring.active("body")).one("household_id", "H2")]
-    header = list(SOURCES["tax"].column_names)
-    tax = [["12345678", "2024", "20000.00", "0.00", "definitive"]]
-    result = pseudonymise_delivery(
-        write_delivery(tmp_path / "raw", "tax", header, tax), keyring, tmp_path / "pseudo"
-    )
+    header = list(SOURCES["health_insurance"].column_names)
+    insured = [["123456782", "ZK01", "2010-02-30", ""]]
+    raw = write_delivery(tmp_path / "raw", "health_insurance", header, insured)
+    result = pseudonymise_delivery(raw, keyring, tmp_path / "pseudo")
     assert result.quarantined == 1
     assert sorted(p.name for p in result.directory.iterdir()) == [
         "data.parquet",

@@ -9,6 +9,9 @@ H2 already receives zorgtoeslag. Break that benefits row (a start date that does
 exist) and, without its person's name kept, the run saw a household entitled and not paid:
 it was signalled for a benefit it has.
 
+H1 (single, income 20,000 in 2024) also has a 2023 assessment. Break the 2024 row and,
+without her name kept, the run judged her on the older income.
+
 With the names kept, the household is evaluated (the aggregate report counts it) but never
 signalled: its candidates fail the completeness check, which names the source.
 """
@@ -31,8 +34,9 @@ from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.retention import read_run_table
 
 
-def _broken(source: str, bsn: str, field: str, value: str):
-    """Writes the population with `field` of `bsn`'s row of `source` set to `value`."""
+def _broken(source: str, bsn: str, field: str, value: str, added: tuple = ()):
+    """Writes the population with `field` of `bsn`'s row of `source` set to `value`, and
+    the rows `added`."""
 
     def write(folder):
         write_population(folder)
@@ -42,7 +46,7 @@ def _broken(source: str, bsn: str, field: str, value: str):
         for row in rows:
             if row[0] == bsn:
                 row[columns.index(field)] = value
-        write_delivery(folder, source, columns, rows, REFERENCE_DATE)
+        write_delivery(folder, source, columns, rows + list(added), REFERENCE_DATE)
 
     return write
 
@@ -51,6 +55,13 @@ def _broken(source: str, bsn: str, field: str, value: str):
 BROKEN = {
     "brp": ("H11", _broken("brp", B[14], "birth_date", "1985-02-30")),  # H11's partner
     "benefits": ("H2", _broken("benefits", B[1], "start_date", "2024-02-30")),  # H2's head
+    # H1's 2024 assessment has negative assets; without it, her 2023 one would be used.
+    "tax": (
+        "H1",
+        _broken(
+            "tax", B[0], "assets", "-1000.00", [[B[0], "2023", "18000.00", "0.00", "definitive"]]
+        ),
+    ),
 }
 
 
