@@ -37,6 +37,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from flows import environment
 from privacy.audit import sha256
 
 REFERENCE_DATE = dt.date(2025, 1, 1)
@@ -160,9 +161,6 @@ def _measured(fn, kwargs: dict) -> dict:
     phase's process and the processes it started, together: the process's own peak, or
     the largest sum sampled every quarter second, whichever is larger.
     """
-    from flows import environment
-
-    environment.configure()
     wall, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
     with _TreeMemory() as memory:
         result = fn(**kwargs)
@@ -173,9 +171,15 @@ def _measured(fn, kwargs: dict) -> dict:
 
 
 def in_child(fn, **kwargs) -> dict:
-    """Run a phase function in a fresh process (spawned: nothing inherited but the env)."""
+    """Run a phase function in a fresh process (spawned: nothing inherited but the env).
+
+    The child is configured before it reads its task: unpickling a phase's arguments (a
+    Delivery) imports Beam, whose import warns of Google Cloud libraries we do not use.
+    """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=environment.configure
+    ) as pool:
         return pool.submit(_measured, fn, kwargs).result()
 
 
