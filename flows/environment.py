@@ -26,15 +26,15 @@ DEFAULTS = {
 }
 
 
-def _not_gcp_noise(record: logging.LogRecord) -> bool:
+def not_gcp_noise(record: logging.LogRecord) -> bool:
     # Beam warns on import that Google Cloud client libraries are absent; we use none of them.
     return "apitools not found" not in record.getMessage()
 
 
 def configure(home: Path | None = None) -> None:
     """Set Prefect's defaults for this process (idempotent; explicit settings win)."""
-    if _not_gcp_noise not in logging.getLogger().filters:
-        logging.getLogger().addFilter(_not_gcp_noise)
+    if not_gcp_noise not in logging.getLogger().filters:
+        logging.getLogger().addFilter(not_gcp_noise)
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
     base = Path(home or os.environ.get("SIGNALS_HOME", ".signals")).resolve()

@@ -220,9 +220,8 @@ def test_ctrl_c_stops_a_dask_run_in_one_line_and_its_cluster_with_it(start, tmp_
     run.proc.wait(STOP_SECONDS)
 
     assert run.proc.returncode == 130, run.stderr()[-3000:]
-    lines = run.stderr().strip().splitlines()
-    assert lines[-1] == f"interrupted: {NOTHING_PUBLISHED}"
-    assert not [li for li in lines if "Traceback" in li or "KeyboardInterrupt" in li], lines
+    # Nothing else: no worker's traceback, nor the warning Beam's import printed in each.
+    assert run.stderr().strip().splitlines() == [f"interrupted: {NOTHING_PUBLISHED}"]
     assert _wait(lambda: not _dask_workers(run.proc.pid), GONE_SECONDS)
 
 
