@@ -45,8 +45,8 @@ STARTUP_PERSONS = 1_000
 FLOOR_SCHEME = "zorgtoeslag"
 # What a kept population's pseudonymised deliveries hold; a population made for another
 # is made again. 2: objections and the BRP name whom their quarantined rows are about;
-# 3: benefits and tax too.
-DELIVERY_FORMAT = 3
+# 4: benefits, health insurance and tax too.
+DELIVERY_FORMAT = 4
 
 # Beam transform label (its first path element) -> the stage it belongs to, in graph order.
 STAGES = (

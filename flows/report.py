@@ -116,8 +116,8 @@ WITHHELD_REASONS = (
     (
         "incomplete_household",
         BY_PROPORTIONALITY,
-        "a row about it was quarantined at its body: who lives there, what it earns or "
-        "what it is paid is not known",
+        "a row about it was quarantined at its body: who lives there, what it earns, what "
+        "it is paid or who is insured is not known",
     ),
     ("minimum_amount", BY_PROPORTIONALITY, "estimated amount below the scheme's minimum"),
     ("confidence", BY_PROPORTIONALITY, "estimate below the minimum confidence"),

@@ -23,8 +23,8 @@ REASONS_EXPLAINED = {
     "open_case": "open case in the operator's feedback",
     "objection": "the applicant or partner objected to the scheme",
     "deregistered": "the applicant is deregistered (death, emigration)",
-    "incomplete_household": "a register or tax row of a member, or a benefits row of the "
-    "applicant or partner, was quarantined at the body",
+    "incomplete_household": "a register or tax row of a member, or a benefits or insurance "
+    "row of the applicant or partner, was quarantined at the body",
 }
 LISTED = 3  # earlier runs and feedback files named; the rest are counted
 

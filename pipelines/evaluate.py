@@ -67,22 +67,28 @@ EVALUATION_SCHEMA = pa.schema(
 
 # The sources whose rows quarantined at the body are about the household
 # (pipelines/read_deliveries.py NAMED_BY_QUARANTINE): a register row of a member leaves its
-# composition unknown; a benefits row of the applicant or partner (whose benefits make
-# receiving_schemes) what it is paid; a tax row of any member what it earns (an older
-# assessment, or none, would stand in). Tables `quarantined_<source>`, one column `pid`:
-# household pseudonyms for brp, person pseudonyms for the others. Each subquery is
-# uncorrelated: worked out once a batch, then looked up.
-QUARANTINED_SQL = """list_filter([
+# composition unknown; a benefits or insurance row of the applicant or partner (whose rows
+# make receiving_schemes and the insured flags) what it is paid and whether they are
+# insured; a tax row of any member what it earns (an older assessment, or none, would
+# stand in). Tables `quarantined_<source>`, one column `pid`: household pseudonyms for brp,
+# person pseudonyms for the others. Each subquery is uncorrelated: worked out once a batch,
+# then looked up.
+QUARANTINED_ABOUT = ("brp", "benefits", "health_insurance", "tax")
+_OF_APPLICANT_OR_PARTNER = """CASE WHEN h.applicant_pid IN (SELECT pid FROM quarantined_{0})
+            OR h.partner_pid IN (SELECT pid FROM quarantined_{0}) THEN '{0}' END"""
+QUARANTINED_SQL = f"""list_filter([
         CASE WHEN h.household_pid IN (SELECT pid FROM quarantined_brp) THEN 'brp' END,
-        CASE WHEN h.applicant_pid IN (SELECT pid FROM quarantined_benefits)
-            OR h.partner_pid IN (SELECT pid FROM quarantined_benefits) THEN 'benefits' END,
+        {_OF_APPLICANT_OR_PARTNER.format("benefits")},
+        {_OF_APPLICANT_OR_PARTNER.format("health_insurance")},
         CASE WHEN h.household_pid IN (
             SELECT household_pid FROM (
-                SELECT household_pid, unnest(member_pids) AS pid FROM households
+                SELECT household_pid, unnest(list_concat(
+                    coalesce(member_pids, []::VARCHAR[]), [applicant_pid, partner_pid]
+                )) AS pid
+                FROM households
             ) WHERE pid IN (SELECT pid FROM quarantined_tax)
         ) THEN 'tax' END
     ], lambda s: s IS NOT NULL)"""
-QUARANTINED_ABOUT = ("brp", "benefits", "tax")
 
 # A signal id depends only on household, scheme and year, so it is the same in every
 # run (lifecycle, fatigue and idempotent reruns rely on that). Digits are mapped to
@@ -159,11 +165,13 @@ class EvaluateRulesFn(beam.DoFn):
     def __init__(
         self, compiled: list, run_id: str, audit: AuditContext, quarantined: dict[str, pa.Array]
     ):
+        # Every source named, if only as empty: a source left out would hold nobody back.
+        if set(quarantined) != set(QUARANTINED_ABOUT):
+            raise ValueError(
+                f"quarantined names {sorted(quarantined)}, expected {sorted(QUARANTINED_ABOUT)}"
+            )
         self.compiled, self.run_id, self.audit = compiled, run_id, audit
-        self.quarantined = {
-            source: pa.table({"pid": quarantined.get(source, pa.array([], pa.string()))})
-            for source in QUARANTINED_ABOUT
-        }
+        self.quarantined = {s: pa.table({"pid": pids}) for s, pids in quarantined.items()}
 
     def setup(self):
         self.con = step_connection()
@@ -236,8 +244,8 @@ class EvaluateRules(beam.PTransform):
     evaluations of households where a signal may come), e.g. (signal_id='s.ab..',
     scheme='zorgtoeslag', benefit_year=2025, estimated_annual_amount=Decimal('1355.04'),
     entitled=True, ..., quarantined=[]).
-    `quarantined`: per source of QUARANTINED_ABOUT, whom its rows quarantined at the body
-    are about (pipelines/read_deliveries.py named_pids; a source left out: nobody).
+    `quarantined`: for each source of QUARANTINED_ABOUT, whom its rows quarantined at the
+    body are about (pipelines/read_deliveries.py named_pids; an empty array: nobody).
     """
 
     def __init__(
@@ -245,10 +253,10 @@ class EvaluateRules(beam.PTransform):
         compiled: list,
         run_id: str,
         audit: AuditContext,
-        quarantined: dict[str, pa.Array] | None = None,
+        quarantined: dict[str, pa.Array],
     ):
         super().__init__()
-        self.evaluate = EvaluateRulesFn(compiled, run_id, audit, quarantined or {})
+        self.evaluate = EvaluateRulesFn(compiled, run_id, audit, quarantined)
 
     def expand(self, households):
         return households | "Evaluate" >> beam.ParDo(self.evaluate).with_output_types(

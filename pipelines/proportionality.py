@@ -15,10 +15,10 @@ per scheme, for its applicant), whatever the decision:
                     no open case for it (open_case, from operator feedback)
     objection       the applicant or partner did not object to this scheme
     registration    the applicant is not deregistered (death, emigration)
-    completeness    no row about the household was quarantined at the body: a register or
-                    tax row of a member (its composition, its income would be a guess) or a
-                    benefits row of the applicant or partner (what it is paid would be); the
-                    sources are recorded
+    completeness    the body quarantined no register or tax row of a member (composition,
+                    income would be a guess) and no benefits or insurance row of the
+                    applicant or partner (what it is paid, who is insured); the sources are
+                    recorded
 
 Outcome `signal` when every check passes; otherwise `suppressed`, with reasons REASONS (the
 failed checks; already_receiving and open_case name the failing half of subsidiarity,

@@ -52,9 +52,11 @@ class NamedByQuarantine:
 # were processed, signalled even. A register row with a wrong field is still a member of
 # its household: the household's composition is not known. A benefits row with a wrong
 # field is still a benefit paid to its person: what their household receives is not known,
-# and without this a household already paid was signalled. A tax row with a wrong field is
-# still an income: without it a household was judged on an older assessment, or on its
-# other members' incomes. Such households' candidates are held back (pipelines/evaluate.py
+# and without this a household already paid was signalled. An insurance row with a wrong
+# field is still an insurance: without it a partner read as uninsured, and the household
+# was signalled for half its zorgtoeslag, saying so. A tax row with a wrong field is still
+# an income: without it a household was judged on an older assessment, or on its other
+# members' incomes. Such households' candidates are held back (pipelines/evaluate.py
 # QUARANTINED_SQL, pipelines/proportionality.py check completeness).
 NAMED_BY_QUARANTINE = {
     "objections": NamedByQuarantine(
@@ -65,6 +67,9 @@ NAMED_BY_QUARANTINE = {
     ),
     "benefits": NamedByQuarantine(
         "quarantined_recipients", "bsn", "recipients_of_quarantined_rows"
+    ),
+    "health_insurance": NamedByQuarantine(
+        "quarantined_insured", "bsn", "insured_of_quarantined_rows"
     ),
     "tax": NamedByQuarantine("quarantined_taxpayers", "bsn", "taxpayers_of_quarantined_rows"),
 }

@@ -103,6 +103,9 @@ CASES = {
     "objected": ({"objected": True}, None, ["objection"]),
     "deregistered": ({"deregistered": True}, None, ["deregistered"]),
     "deregistration_unknown": ({"deregistered": None}, None, ["deregistered"]),
+    # completeness: rows about the household quarantined at the body, or not known
+    "quarantined_rows": ({"quarantined": ["brp", "tax"]}, None, ["incomplete_household"]),
+    "quarantined_unknown": ({"quarantined": None}, None, ["incomplete_household"]),
     # necessity: a rule reading what the register refuses, a rule nobody assessed
     "necessity_refused": ({"scheme": "huurtoeslag"}, None, ["necessity"]),
     "necessity_not_assessed": ({"scheme": "kindgebonden_budget"}, None, ["necessity"]),
@@ -178,6 +181,7 @@ def _check_of(reason: str) -> str:
         "already_receiving": "subsidiarity",
         "open_case": "subsidiarity",
         "deregistered": "registration",
+        "incomplete_household": "completeness",
     }.get(reason, reason)
 
 
@@ -187,6 +191,9 @@ def test_the_record_holds_thresholds_values_and_the_fields_read(outcome):
     assert checks["confidence"] == {"minimum": "0.4", "outcome": "pass", "value": "1.0000"}
     assert checks["necessity"] == {"fields": ZORGTOESLAG_FIELDS, "outcome": "pass"}
     assert checks["fatigue"] == {"last_signalled_on": None, "months": 12, "outcome": "pass"}
+    assert checks["completeness"] == {"outcome": "pass", "quarantined": None}
+    held = json.loads(_proportionality_records(outcome)["quarantined_rows"]["attributes"])
+    assert held["checks"]["completeness"] == {"outcome": "fail", "quarantined": ["brp", "tax"]}
     case = json.loads(_proportionality_records(outcome)["open_case_granted"]["attributes"])
     assert case["checks"]["subsidiarity"] == {
         "already_receiving": False,

@@ -172,9 +172,9 @@ def test_a_quarantined_register_row_names_its_household_and_other_sources_nobody
     record = json.loads((result.directory / "manifest.json").read_text())["quarantined_households"]
     named = pq.read_table(result.directory / record["file"]).column("household_id")
     assert named.to_pylist() == [Pseudonymiser(keyring.active("body")).one("household_id", "H2")]
-    header = list(SOURCES["health_insurance"].column_names)
-    insured = [["123456782", "ZK01", "2010-02-30", ""]]
-    raw = write_delivery(tmp_path / "raw", "health_insurance", header, insured)
+    header = list(SOURCES["arrears"].column_names)
+    arrears = [["123456782", "energy", "ENECO", "420.00", "3", "2024-02-30"]]
+    raw = write_delivery(tmp_path / "raw", "arrears", header, arrears)
     result = pseudonymise_delivery(raw, keyring, tmp_path / "pseudo")
     assert result.quarantined == 1
     assert sorted(p.name for p in result.directory.iterdir()) == [

@@ -1,19 +1,23 @@
 """A row quarantined at the body can leave what we know of a household incomplete: held back.
 
 In the hand-made population H11 is a couple (incomes 30,000 and 12,000) signalled for
-zorgtoeslag. Break the partner's BRP row (a birth date that does not exist) and the body
-quarantines it: without the household's name kept, the run saw H11 as the head alone, a
-single person, and judged it on her income only.
+zorgtoeslag; H2 a couple with a child that already receives it; H1 a single person on
+20,000 in 2024. Each case breaks a row so that the body quarantines it (a date that does
+not exist, a negative amount). Without the names of whom those rows were about, the run
+judged what was left:
 
-H2 already receives zorgtoeslag. Break that benefits row (a start date that does not
-exist) and, without its person's name kept, the run saw a household entitled and not paid:
-it was signalled for a benefit it has.
-
-H1 (single, income 20,000 in 2024) also has a 2023 assessment. Break the 2024 row and,
-without her name kept, the run judged her on the older income.
+- H11's partner's BRP row: H11 read as the head alone, on her income only;
+- H2's head's benefits row: a household entitled and not paid, signalled for what it has;
+- H11's partner's benefits row: the same, through the partner;
+- H11's partner's insurance row: the partner read as uninsured, and H11 was signalled for
+  half its zorgtoeslag, saying the partner is not insured;
+- H1's 2024 tax row (beside a 2023 one): judged on her older income;
+- H11's partner's 2024 tax row (beside a 2023 one): the same, through a member.
 
 With the names kept, the household is evaluated (the aggregate report counts it) but never
-signalled: its candidates fail the completeness check, which names the source.
+signalled: its candidates fail the completeness check, which names the source. A
+quarantined row that does not bear on the household (a benefit of a child) holds nothing
+back.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from privacy.pseudonyms import TwoLayerPseudonymiser
 from privacy.retention import read_run_table
 
 
-def _broken(source: str, bsn: str, field: str, value: str, added: tuple = ()):
-    """Writes the population with `field` of `bsn`'s row of `source` set to `value`, and
-    the rows `added`."""
+def _broken(source: str, bsn: str, field: str | None = None, value: str = "", added=()):
+    """Writes the population with `field` of `bsn`'s rows of `source` set to `value`, and
+    the raw rows `added` (of `source`)."""
 
     def write(folder):
         write_population(folder)
@@ -44,32 +48,52 @@ def _broken(source: str, bsn: str, field: str, value: str, added: tuple = ()):
         columns = list(SOURCES[source].column_names)
         rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
         for row in rows:
-            if row[0] == bsn:
+            if field and row[0] == bsn:
                 row[columns.index(field)] = value
-        write_delivery(folder, source, columns, rows + list(added), REFERENCE_DATE)
+        write_delivery(folder, source, columns, rows + [list(a) for a in added], REFERENCE_DATE)
 
     return write
 
 
-# source -> (the household it leaves incomplete, how its raw delivery is broken)
+def _older_assessment(bsn: str) -> list[str]:
+    return [bsn, "2023", "18000.00", "0.00", "definitive"]
+
+
+# case -> (source, the household it leaves incomplete, how its raw delivery is broken)
 BROKEN = {
-    "brp": ("H11", _broken("brp", B[14], "birth_date", "1985-02-30")),  # H11's partner
-    "benefits": ("H2", _broken("benefits", B[1], "start_date", "2024-02-30")),  # H2's head
-    # H1's 2024 assessment has negative assets; without it, her 2023 one would be used.
-    "tax": (
-        "H1",
+    "brp": ("brp", "H11", _broken("brp", B[14], "birth_date", "1985-02-30")),
+    "benefits": ("benefits", "H2", _broken("benefits", B[1], "start_date", "2024-02-30")),
+    # The partner's, and a child's that bears on nothing (H2 stays already receiving).
+    "benefits_of_partner": (
+        "benefits",
+        "H11",
         _broken(
-            "tax", B[0], "assets", "-1000.00", [[B[0], "2023", "18000.00", "0.00", "definitive"]]
+            "benefits",
+            B[14],
+            added=[
+                (B[14], "ww", "-800.00", "2024-01-01", ""),
+                (B[3], "kinderbijslag", "-90.00", "2024-01-01", ""),
+            ],
         ),
+    ),
+    "insurance_of_partner": (
+        "health_insurance",
+        "H11",
+        _broken("health_insurance", B[14], "insured_from", "2010-02-30"),
+    ),
+    "tax": ("tax", "H1", _broken("tax", B[0], "assets", "-1000.00", [_older_assessment(B[0])])),
+    "tax_of_partner": (
+        "tax",
+        "H11",
+        _broken("tax", B[14], "assets", "-3000.00", [_older_assessment(B[14])]),
     ),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(BROKEN))
 def run(request, tmp_path_factory):
-    source = request.param
-    held, write_raw = BROKEN[source]
-    root = tmp_path_factory.mktemp(f"incomplete-{source}")
+    source, held, write_raw = BROKEN[request.param]
+    root = tmp_path_factory.mktemp(f"incomplete-{request.param}")
     mp = pytest.MonkeyPatch()
     mp.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
     prepared = prepare_deliveries(root, write_raw=write_raw)
@@ -96,6 +120,8 @@ def test_the_household_a_quarantined_row_leaves_incomplete_is_not_signalled(run)
     reasons = {s["scheme"]: s["reasons"] for s in suppressed if s["household_pid"] == pid}
     assert reasons["zorgtoeslag"] == ["incomplete_household"]
     assert all("incomplete_household" in r for r in reasons.values())
+    others = [s for s in suppressed if s["household_pid"] != pid]
+    assert others and all("incomplete_household" not in s["reasons"] for s in others)
 
 
 def test_its_proportionality_record_names_the_source_and_the_run_counts_it(run):
@@ -114,6 +140,6 @@ def test_its_proportionality_record_names_the_source_and_the_run_counts_it(run):
     others = [a["checks"]["completeness"] for a in records if a["household_pid"] != pid]
     assert others and all(c == {"outcome": "pass", "quarantined": None} for c in others)
     counts = json.loads((run_dir / "manifest.json").read_text())["counts"]["sources"][source]
-    assert counts["quarantined_at_body"] == 1
-    assert counts[NAMED_BY_QUARANTINE[source].counted_as] == 1
+    # Each broken row here is of another person: as many named as quarantined.
+    assert counts[NAMED_BY_QUARANTINE[source].counted_as] == counts["quarantined_at_body"] >= 1
     assert not list(run_dir.rglob("quarantined_*"))

@@ -220,8 +220,12 @@ def test_ctrl_c_stops_a_dask_run_in_one_line_and_its_cluster_with_it(start, tmp_
     run.proc.wait(STOP_SECONDS)
 
     assert run.proc.returncode == 130, run.stderr()[-3000:]
-    # Nothing else: no worker's traceback, nor the warning Beam's import printed in each.
-    assert run.stderr().strip().splitlines() == [f"interrupted: {NOTHING_PUBLISHED}"]
+    lines = run.stderr().strip().splitlines()
+    assert lines[-1] == f"interrupted: {NOTHING_PUBLISHED}"
+    # No worker's traceback, nor the warning Beam's import printed in each (the cluster's
+    # own warnings may show: a busy machine makes Dask warn of a slow event loop).
+    noise = ("Traceback", "KeyboardInterrupt", "apitools")
+    assert not [li for li in lines if any(n in li for n in noise)], lines
     assert _wait(lambda: not _dask_workers(run.proc.pid), GONE_SECONDS)
 
 
