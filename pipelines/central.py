@@ -119,8 +119,8 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     """Adds the whole run to pipeline `p`."""
     staging = Path(spec.staging)
     audits, rows, quarantined = [], {}, []
-    # Whom the body's quarantined rows are about: objectors all the same, and households
-    # whose composition or benefits are not known (read_deliveries.NAMED_BY_QUARANTINE).
+    # Whom the body's quarantined rows are about: objectors all the same, and the persons
+    # and households of whom something is not known (read_deliveries.NAMED_BY_QUARANTINE).
     objectors = named_pids(spec.deliveries.get(OBJECTIONS), spec.domain)
     incomplete = {s: named_pids(spec.deliveries.get(s), spec.domain) for s in QUARANTINED_ABOUT}
     # The objections are read in a step of their own: every other source's exclusion takes
