@@ -85,13 +85,23 @@ def _leaks_in(path: Path, known: set[str]) -> list[str]:
 
 
 def _leaks(root: Path, known: set[str], skip: set[Path] = frozenset()) -> dict[str, list[str]]:
+    """Per file, its first hits, each with what surrounds it where the bytes show it: a
+    failure must say what wrote the number (a population's BSN, or chance digits)."""
     found = {}
     for path in sorted(root.rglob("*")):
         if path.is_file() and not any(path.is_relative_to(s) for s in skip):
             hits = _leaks_in(path, known)
             if hits:
-                found[str(path)] = hits[:5]
+                raw = path.read_bytes().decode("latin-1")
+                found[str(path)] = [_in_context(hit, raw) for hit in hits[:5]]
     return found
+
+
+def _in_context(hit: str, raw: str, width: int = 40) -> str:
+    at = raw.find(hit)
+    if at < 0:  # in a compressed page: found only as a value
+        return f"{hit} (a value)"
+    return f"{hit} in {raw[max(0, at - width) : at + len(hit) + width]!r}"
 
 
 def _env(root: Path) -> dict:
