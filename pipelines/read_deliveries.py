@@ -351,9 +351,8 @@ def validate_delivery(
     next_row = 1
     for raw in iter_raw_batches(delivery):
         valid, quarantined, rows = validate_batch(delivery.source, raw, next_row)
-        if on_bad_rows is not None and quarantined.num_rows:
-            numbers = pa.array(np.arange(next_row, next_row + raw.num_rows, dtype=np.int64))
-            on_bad_rows(raw.filter(pc.is_in(numbers, value_set=quarantined.column("row_number"))))
+        if on_bad_rows is not None and quarantined.num_rows:  # row numbers count from next_row
+            on_bad_rows(raw.take(pc.subtract(quarantined.column("row_number"), next_row)))
         next_row += raw.num_rows
         valid, duplicates = dedupe(valid, rows)
         for q in (quarantined, duplicates):
