@@ -105,6 +105,7 @@ SCHEME_NAMES = {
 # already_receiving and deregistered are statuses of their own; not_recorded is a withheld
 # household without a suppressed.parquet row (a run made before that output).
 BY_LAW, BY_PROPORTIONALITY = "by law", "by proportionality"
+INCOMPLETE = "incomplete_household"  # shown only in a month that has one (reason_dim)
 WITHHELD_REASONS = (
     ("objection", BY_LAW, "objected to signals for this scheme"),
     (
@@ -114,7 +115,7 @@ WITHHELD_REASONS = (
     ),
     ("open_case", BY_PROPORTIONALITY, "open case: an operator is already working on it"),
     (
-        "incomplete_household",
+        INCOMPLETE,
         BY_PROPORTIONALITY,
         "a row about it was quarantined at its body: who lives there, what it earns, what "
         "it is paid or who is insured is not known",
@@ -151,7 +152,6 @@ INCOME = Dimension("income_band", INCOME_BANDS)
 DEBT_DIM = Dimension("debt", DEBT)
 NOT_RECORDED = WITHHELD_REASONS[-1][0]
 STATUS_UNKNOWN = WITHHELD_REASONS[-2][0]
-INCOMPLETE = "incomplete_household"
 
 
 def reason_dim(present: set[str] | bool) -> Dimension:
