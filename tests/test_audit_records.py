@@ -82,6 +82,48 @@ def test_a_rule_evaluation_record_lists_each_scheme_in_order_in_canonical_json()
     assert by_subject["p.a2"]["attributes"] == by_subject["p.a1"]["attributes"]
 
 
+def test_rule_evaluation_attributes_are_in_scheme_then_year_order_with_nulls_last():
+    # Built once per distinct evaluation and picked per household: the order, the nulls
+    # and the statuses must still be each household's own.
+    rows = [
+        ("h.a", "zorgtoeslag", 2025, True),
+        ("h.a", "aio", 2025, False),
+        ("h.a", "zorgtoeslag", 2024, False),
+        ("h.a", "zorgtoeslag", None, None),
+        ("h.b", "aio", 2025, False),
+        ("h.b", None, 2025, False),
+    ]
+    evaluations = pa.table(
+        {
+            "household_pid": [r[0] for r in rows],
+            "scheme": [r[1] for r in rows],
+            "benefit_year": pa.array([r[2] for r in rows], pa.int32()),
+            "rule_id": [r[1] for r in rows],
+            "rule_version": ["1.0.0"] * len(rows),
+            "parameter_version": ["2025.1"] * len(rows),
+            "entitled": [r[3] for r in rows],
+            "already_receiving": [False] * len(rows),
+        }
+    )
+    households = pa.table({"household_pid": ["h.b", "h.a"], "member_pids": [["p.b"], ["p.a"]]})
+    records = evaluation_records(CONTEXT, evaluations, households).to_pylist()
+    by_subject = {r["data_subject_pid"]: r for r in records}
+    listed = {
+        s: [(e["scheme"], e["benefit_year"]) for e in json.loads(r["attributes"])["evaluations"]]
+        for s, r in by_subject.items()
+    }
+    assert listed == {
+        "p.a": [("aio", 2025), ("zorgtoeslag", 2024), ("zorgtoeslag", 2025), ("zorgtoeslag", None)],
+        "p.b": [("aio", 2025), (None, 2025)],
+    }
+    assert {s: r["status"] for s, r in by_subject.items()} == {
+        "p.a": "entitled",
+        "p.b": "not_entitled",
+    }
+    # No evaluations, no records.
+    assert evaluation_records(CONTEXT, evaluations.slice(0, 0), households).num_rows == 0
+
+
 def test_subjects_in_chunks_get_the_records_they_get_whole():
     subjects = ["p.c", "p.a", "p.b"]
     whole = audit_batch(CONTEXT, "join", pa.array(subjects), "joined", "{}")
