@@ -277,10 +277,12 @@ def evaluation_records(
     combination, example = _combinations(evaluations, _EVALUATION_STRINGS + _EVALUATION_LITERALS)
     examples = evaluations.take(pa.array(example))
     each = _json_fields(examples, _EVALUATION_STRINGS, _EVALUATION_LITERALS).combine_chunks()
+    # Ranked by (scheme, year) alone, equal pairs equal: the sort below is stable, so rows
+    # that tie keep their input order, as they did when sorted on the columns.
     schemes, years = examples["scheme"].to_pylist(), examples["benefit_year"].to_pylist()
-    in_order = sorted(range(len(example)), key=lambda i: (_last(schemes[i]), _last(years[i])))
-    rank = np.empty(len(example), np.int64)
-    rank[in_order] = np.arange(len(example))
+    keys = [(_last(s), _last(y)) for s, y in zip(schemes, years, strict=True)]
+    dense = {key: r for r, key in enumerate(sorted(set(keys)))}
+    rank = np.array([dense[key] for key in keys], np.int64)
     order = np.lexsort((rank[combination], home))  # by household, then scheme and year
     home, combination = home[order], combination[order]
     starts = np.flatnonzero(np.diff(home, prepend=-1)) if n else np.zeros(0, np.int64)
