@@ -33,8 +33,10 @@ JOIN_SOURCES = ("brp", "housing", "tax", "benefits", "arrears", "health_insuranc
 # are mostly that. Two buckets run at once on 2 cores (pipelines/options.py), and smaller
 # buckets hold less. Measured, pipeline at 1,000,000 persons on 2 cores: 100,000 a bucket
 # 32.5 s and 2.6 GB, 50,000 31.6 s and 2.0 GB, 25,000 37.1 s and 1.3 GB (later, with the
-# runner's costs lower: 50,000 25.5 s, 25,000 28.2 s).
-PERSONS_PER_BUCKET = 50_000
+# runner's costs lower: 50,000 25.5 s, 25,000 28.2 s). Since the per-record costs fell, the
+# fixed ones weigh more (fifteenth round, docs/scaling.md): 100,000 15.3-15.4 s and 2.0-2.1
+# GB, 50,000 16.2-16.4 s and 1.4-1.5 GB; at 10M, 100,000 a bucket peaked at 2.9 GB.
+PERSONS_PER_BUCKET = 100_000
 # Rows gathered into one shuffle file. A file per input batch made every bucket read a
 # piece of every batch: the joins after the first take one batch per bucket, so pieces grew
 # with buckets squared (40,000 a join at 10M persons, ~250 rows each).
