@@ -21,7 +21,7 @@ from pipelines.audit_records import AuditContext, WriteAuditPartsFn, audit_batch
 from pipelines.options import pipeline_options
 from pipelines.publish import finalise
 from privacy.audit.log import RUN_COPY, AuditLog, append_run
-from privacy.audit.parts import read_part
+from privacy.audit.parts import read_part, write_part
 from privacy.audit.signing import Signer
 from privacy.keys import Keyring
 
@@ -95,6 +95,44 @@ def test_repeated_records_are_counted_once_per_operation(tmp_path):
     assert len(names) == len(subjects) == 0
     write_parts(tmp_path / "once", batches()[:2])  # no subject twice
     assert AuditParts(tmp_path / "once" / "audit_parts").keep is None
+
+
+def test_shared_attributes_stay_coded_in_the_parts_and_are_logged_as_text(tmp_path):
+    # Records picking their attributes (rows=) point at a shared text in the part; the
+    # log must hold exactly what the same records written out in full give.
+    texts = pa.array(['{"sources":{"brp":{}}}', '{"sources":{"tax":{}}}', None])
+    rows = pa.array([i % 3 for i in range(40)])
+    subjects = pids(100, 40)
+    coded = audit_batch(CONTEXT, "ingest", subjects, "accepted", texts, rows=rows)
+    assert pa.types.is_dictionary(coded.schema.field("attributes").type)
+    plain = coded.set_column(11, "attributes", coded.column("attributes").cast(pa.string()))
+    # Two batches, a part each, with different dictionaries; the first one retried.
+    second = audit_batch(
+        CONTEXT, "ingest", pids(140, 5), "accepted", texts[1:], rows=pa.array([1, 0, 1, 0, 1])
+    )
+    write_parts(tmp_path / "coded", [coded, second, coded])
+    parts = sorted((tmp_path / "coded" / "audit_parts").glob("*.arrow"))
+    assert len(parts) == 2
+    for part in parts:
+        read = read_part(part)
+        assert read.schema.field("attributes").type == pa.string()
+        assert pa.types.is_dictionary(pa.ipc.open_file(part).schema.field("attributes").type)
+    # A table of both batches is one part, decoded (a part holds one dictionary).
+    (tmp_path / "one").mkdir()
+    both = write_part(pa.Table.from_batches([coded, second]), tmp_path / "one", "a0")
+    assert read_part(both).num_rows == 45
+    second_plain = second.set_column(
+        11, "attributes", second.column("attributes").cast(pa.string())
+    )
+    write_parts(tmp_path / "plain", [plain, second_plain])
+    # The same records, times included (the plain ones are copies): leaf hashes and all.
+    got, expected = audit_copy(tmp_path / "coded"), audit_copy(tmp_path / "plain")
+    assert got.num_rows == 45 and got.equals(expected)
+    by_subject = dict(
+        zip(got["data_subject_pid"].to_pylist(), got["attributes"].to_pylist(), strict=True)
+    )
+    assert by_subject[subjects[4].as_py()] == texts[1].as_py()
+    assert by_subject[subjects[5].as_py()] is None
 
 
 def test_a_part_is_named_after_its_span_ids_and_sorted_by_them(tmp_path):

@@ -31,7 +31,7 @@ import pyarrow.ipc as ipc
 from privacy.audit import merkle, sha256
 from privacy.audit.leaf import leaf_hashes
 from privacy.audit.pool import in_order
-from privacy.audit.schema import AUDIT_SCHEMA
+from privacy.audit.schema import AUDIT_SCHEMA, CODED_ATTRIBUTES, CODED_SCHEMA
 from privacy.files import written_whole
 
 _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
@@ -46,22 +46,41 @@ _PART_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 
 
 def write_part(table: pa.Table, folder: Path, label: str) -> Path:
-    """One part: the records in span-id order, named after them, written whole or not at all."""
-    table, spans = in_span_order(table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA))
+    """One part: the records in span-id order, named after them, written whole or not at all.
+
+    Attributes that come coded (CODED_SCHEMA: records sharing their text) stay coded.
+    """
+    table = table.select(AUDIT_SCHEMA.names)
+    # One dictionary a part (an IPC file cannot replace it between batches): a table of
+    # several batches is decoded instead.
+    attributes = table.column("attributes")
+    coded = attributes.type == CODED_ATTRIBUTES and attributes.num_chunks <= 1
+    schema = CODED_SCHEMA if coded else AUDIT_SCHEMA
+    table = table.cast(schema)
+    table, spans = in_span_order(table)
     path = Path(folder) / part_name(label, spans)
     # Two attempts (threads, retried bundles) may write the same part at once.
     with written_whole(path, shared=True) as tmp:
-        with ipc.new_file(tmp, AUDIT_SCHEMA, options=_PART_OPTIONS) as writer:
+        with ipc.new_file(tmp, schema, options=_PART_OPTIONS) as writer:
             writer.write_table(table)
     return path
 
 
 def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """A part's records (AUDIT_SCHEMA), or only the `columns` named (the rest not decoded)."""
+    """A part's records (AUDIT_SCHEMA), or only the `columns` named (the rest not decoded).
+
+    Coded attributes are decoded here: what is hashed and logged is the text.
+    """
     names = columns or AUDIT_SCHEMA.names
     options = ipc.IpcReadOptions(included_fields=[AUDIT_SCHEMA.get_field_index(n) for n in names])
     with pa.OSFile(str(path), "rb") as f:
-        return ipc.open_file(f, options=options).read_all()
+        table = ipc.open_file(f, options=options).read_all()
+    if "attributes" in names and table.schema.field("attributes").type == CODED_ATTRIBUTES:
+        at = table.schema.get_field_index("attributes")
+        table = table.set_column(
+            at, AUDIT_SCHEMA.field("attributes"), table.column(at).cast(pa.string())
+        )
+    return table
 
 
 def in_span_order(table: pa.Table) -> tuple[pa.Table, bytes]:

@@ -26,3 +26,12 @@ AUDIT_SCHEMA = pa.schema(
         ("attributes", pa.string()),  # canonical JSON: source, legal basis, rule, outcome...
     ]
 )
+
+# How the pipeline's audit parts hold attributes that many records share (a subject's ingest
+# record names one of a few dozen combinations of sources; a household's members share its
+# rule_evaluation record's): each text once, and a code a record (privacy/audit/parts.py).
+# Reading a part gives AUDIT_SCHEMA again: the leaves and the log hold the text itself.
+CODED_ATTRIBUTES = pa.dictionary(pa.int32(), pa.string())
+CODED_SCHEMA = AUDIT_SCHEMA.set(
+    AUDIT_SCHEMA.get_field_index("attributes"), pa.field("attributes", CODED_ATTRIBUTES)
+)
