@@ -416,7 +416,8 @@ def resolution_audit(context: AuditContext):
 class WriteAuditPartsFn(beam.DoFn):
     """Writes each audit RecordBatch (or Table) to `<folder>/<label>-<content>.arrow`.
 
-    In: PCollection of AUDIT_SCHEMA batches. Out: nothing (the files are the output).
+    In: PCollection of AUDIT_SCHEMA or CODED_SCHEMA batches.
+    Out: nothing (the files are the output).
     """
 
     def __init__(self, folder: Path, label: str):

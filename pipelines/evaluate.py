@@ -238,7 +238,7 @@ class EvaluateRules(beam.PTransform):
 
     In: PCollection[RecordBatch] of pipelines.household.SCHEMA.
     Out: tagged `evaluations` (pa.Table, one row per household x scheme x year, with
-    entitled, amount, failed conditions; no texts), `audit` (RecordBatches of AUDIT_SCHEMA:
+    entitled, amount, failed conditions; no texts), `audit` (RecordBatches of CODED_SCHEMA:
     a rule_evaluation record per member, listing every scheme) and `candidates` (pa.Table:
     CANDIDATE_SCHEMA, for every evaluation; the explanation texts only for the entitled
     evaluations of households where a signal may come), e.g. (signal_id='s.ab..',

@@ -131,8 +131,9 @@ class SplitByBucketFn(beam.DoFn):
 class JoinBucketFn(beam.DoFn):
     """Runs one SQL statement in DuckDB over the tables of one bucket.
 
-    With `audit`, a callable given the bucket's tables ({tag: pa.Table}), its AUDIT_SCHEMA
-    batch is a second output, tagged AUDIT: the records of the subjects the bucket read.
+    With `audit`, a callable given the bucket's tables ({tag: pa.Table}), its audit batch
+    (AUDIT_SCHEMA or CODED_SCHEMA) is a second output, tagged AUDIT: the records of the
+    subjects the bucket read.
     """
 
     AUDIT = "audit"
