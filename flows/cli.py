@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--buckets",
         type=_positive,
-        help="the most join buckets, one per 50,000 persons (run.buckets; default 256)",
+        help="the most join buckets, one per 100,000 persons (run.buckets; default 256)",
     )
     p.add_argument(
         "--key-file",

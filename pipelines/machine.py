@@ -23,7 +23,8 @@ def cores() -> int:
 # with DuckDB's out-of-memory error naming the limit. DuckDB's default is 80% of the
 # machine for every connection, and two threads hold several connections each: one
 # runaway query could take all of the machine's memory and have the kernel kill the run.
-# A bucket of 50,000 persons ran within 256 MB (1M persons, docs/scaling.md).
+# A bucket of 50,000 persons ran within 256 MB (1M persons, docs/scaling.md); buckets now
+# hold 100,000 (pipelines/join.py), and the pipeline at 10M peaked at 2.9 GB.
 STEP_MEMORY = "2GB"
 STEP_MEMORY_ENV = "SIGNALS_STEP_MEMORY"  # to raise (or lower) it, e.g. "4GB"
 
