@@ -237,6 +237,8 @@ def test_each_signal_record_holds_its_checks_and_fields_with_source_and_legal_ba
         assert {c["outcome"] for c in attrs["checks"].values()} == {"pass"}, attrs["checks"]
         # Every column the rule read, with its source fields and their legal basis.
         assert attrs["fields_used"], attrs
+        # Those of its own rule: the columns its necessity check was judged on.
+        assert sorted(attrs["fields_used"]) == attrs["checks"]["necessity"]["fields"], attrs
         for column, sources in attrs["fields_used"].items():
             assert sources, column
             for source in sources:
