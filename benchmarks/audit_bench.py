@@ -56,6 +56,20 @@ def _no_maker(*_args):
     return _no_records
 
 
+class _NoJson:
+    """Stands in for the proportionality records' JSON (pipelines/proportionality.py
+    AssessedJson): nulls."""
+
+    def __init__(self, *_args):
+        pass
+
+    def __call__(self, assessed):
+        import pyarrow as pa
+
+        nulls = pa.nulls(assessed.num_rows, pa.string())
+        return nulls, nulls
+
+
 def _without_audit() -> None:
     """Replace every audit record maker of the pipeline, and the log append, with nothing."""
     import flows.run as run
@@ -68,6 +82,7 @@ def _without_audit() -> None:
     evaluate.evaluation_records = _no_records
     proportionality.proportionality_records = _no_records
     proportionality.signal_records = _no_records
+    proportionality.AssessedJson = _NoJson  # the JSON of those records
     run.append_run = lambda *args, **kwargs: None
 
 

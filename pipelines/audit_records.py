@@ -280,7 +280,7 @@ def evaluation_records(
     # (scheme x year x outcome), each built once and picked. Building it per row, and
     # sorting on the household pseudonyms, was two thirds of this (100 -> 50 ms a bucket
     # of 23,500 households).
-    combination, example = _combinations(evaluations, _EVALUATION_STRINGS + _EVALUATION_LITERALS)
+    combination, example = combinations(evaluations, _EVALUATION_STRINGS + _EVALUATION_LITERALS)
     examples = evaluations.take(pa.array(example))
     each = _json_fields(examples, _EVALUATION_STRINGS, _EVALUATION_LITERALS).combine_chunks()
     # Ranked by (scheme, year) alone, equal pairs equal: the sort below is stable, so rows
@@ -318,7 +318,7 @@ def _last(value) -> tuple:
     return (value is None, value if value is not None else 0)
 
 
-def _combinations(table: pa.Table, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def combinations(table: pa.Table, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Each row's number among the distinct combinations of the `names` columns' values
     (nulls included), and the position of one row of each combination."""
     codes, span = np.zeros(table.num_rows, np.int64), 1

@@ -360,3 +360,105 @@ def test_without_a_register_the_household_lineage_bounds_the_fields():
     assert _necessity(Rule("zorgtoeslag", 2025, frozenset({"applicant_age"})))["necessary"]
     row = _necessity(Rule("zorgtoeslag", 2025, frozenset({"shoe_size"})))
     assert row["not_allowed"] == ["shoe_size: not a household column"]
+
+
+def _reference_json(row: dict, policy, fields: dict) -> tuple[str, str]:
+    """The checks and record attributes of one assessed row, made the plain way."""
+
+    def outcome(flag):
+        return "pass" if row[flag] else "fail"
+
+    checks = {
+        "completeness": {"outcome": outcome("ok_completeness"), "quarantined": row["quarantined"]},
+        "confidence": {
+            "minimum": str(policy.minimum_confidence),
+            "outcome": outcome("ok_confidence"),
+            "value": row["confidence_text"],
+        },
+        "fatigue": {
+            "last_signalled_on": row["last_signalled_text"],
+            "months": policy.fatigue_months,
+            "outcome": outcome("ok_fatigue"),
+        },
+        "minimum_amount": {
+            "amount": row["amount_text"],
+            "minimum": row["minimum_text"],
+            "outcome": outcome("ok_minimum_amount"),
+        },
+        "necessity": {
+            "fields": fields.get((row["scheme"], row["benefit_year"])),
+            "outcome": outcome("ok_necessity"),
+        },
+        "objection": {"outcome": outcome("ok_objection")},
+        "registration": {"outcome": outcome("ok_registration")},
+        "subsidiarity": {
+            "already_receiving": row["already_receiving"],
+            "open_case": row["open_case"],
+            "outcome": outcome("ok_subsidiarity"),
+        },
+    }
+    record = {
+        "benefit_year": row["benefit_year"],
+        "checks": checks,
+        "decision": row["decision"],
+        "household_pid": row["household_pid"],
+        "lifecycle": row["status"],
+        "policy_version": policy.version,
+        "reasons": row["reasons"],
+        "scheme": row["scheme"],
+        "signal_id": row["signal_id"],
+    }
+    return canonical_json(checks), canonical_json(record)
+
+
+def test_the_json_built_column_wise_equals_a_row_by_row_reference():
+    """AssessedJson builds each combination's JSON once and joins the rows' values in: on
+    random rows (nulls, lists, several schemes and years) it must equal the plain way."""
+    import random
+
+    import pyarrow as pa
+
+    from pipelines.proportionality import NECESSITY_SCHEMA, AssessedJson
+
+    rng = random.Random(7)
+    policy = load_policy()
+    fields = {("zorgtoeslag", 2025): ["applicant_age", "combined_income"], ("aio", 2024): []}
+    necessity = pa.Table.from_pylist(
+        [{"scheme": s, "benefit_year": y, "fields": f} for (s, y), f in fields.items()],
+        schema=NECESSITY_SCHEMA,
+    )
+
+    # The values each field may take; a row's own values (ids, amounts, dates) vary freely.
+    choices = {flag: [True, False, None] for flag in AssessedJson._FLAGS} | {
+        "quarantined": [[], ["tax"], ["brp", "health_insurance"], None],
+        "minimum_text": ["0.01", "23.50"],
+        "already_receiving": [True, False, None],
+        "open_case": ["granted", "applied", None],
+        "scheme": ["zorgtoeslag", "aio", "kwijtschelding"],
+        "benefit_year": [2024, 2025],
+        "decision": ["signal", "suppressed"],
+        "status": ["new", "repeated", "resolved"],
+        "reasons": [[], ["fatigue"], ["necessity", "open_case"]],
+    }
+    # Rows that differ from a base row in one field only: each field must set the JSON apart.
+    bases = [{k: rng.choice(v) for k, v in choices.items()} for _ in range(8)]
+    shared = [b | {name: value} for b in bases for name, vs in choices.items() for value in vs]
+    rows = []
+    for i, row in enumerate(shared * 2):
+        rows.append(
+            row
+            | {
+                "confidence_text": rng.choice(["0.9000", "0.4000", None]),
+                "last_signalled_text": rng.choice([f"2025-0{i % 9 + 1}-02", None]),
+                "amount_text": rng.choice([f"{i}.{i % 100:02d}", None]),
+                "household_pid": f"d1.{'abcdefghijklmnop'[i % 16] * 32}",
+                "signal_id": rng.choice([f"s.{'qrstuvwxyz'[i % 10] * 32}", None]),
+            }
+        )
+    table = pa.Table.from_pylist(rows)
+    checks, attributes = AssessedJson(policy, necessity)(table)
+    expected = [_reference_json(r, policy, fields) for r in rows]
+    assert checks.to_pylist() == [c for c, _ in expected]
+    assert attributes.to_pylist() == [a for _, a in expected]
+    empty = AssessedJson(policy, necessity)(table.slice(0, 0))
+    assert [len(a) for a in empty] == [0, 0]
