@@ -119,9 +119,12 @@ SELECT
     e.already_receiving,
     {OBJECTED_SQL} AS objected,
     h.applicant_deregistered AS deregistered,
-    {QUARANTINED_SQL} AS quarantined
+    h.quarantined
 FROM evaluations AS e
-JOIN households AS h USING (household_pid)
+-- Quarantine is about a household: looked up once for it, not for each of its rows here
+-- (4 a household; 150 -> 132 ms a bucket of 47,000 households at 1M persons).
+JOIN (SELECT *, {QUARANTINED_SQL} AS quarantined FROM households AS h) AS h
+    USING (household_pid)
 LEFT JOIN texts AS t
     ON t.household_pid = e.household_pid AND t.scheme = e.scheme
     AND t.benefit_year = e.benefit_year
