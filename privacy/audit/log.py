@@ -105,6 +105,11 @@ _STATISTICS = [
     "processing_activity_id",
     "register_version",
 ]
+# Leaf indices count up by one and pseudonyms share their prefix: delta encodings store
+# them smaller and cost the writer less, the append's one writing thread (a 1M-person
+# run's segment, six writes each: 2.21-2.35 s -> 1.90-2.13 s). Standard Parquet: DuckDB
+# and pyarrow read them as any other.
+_ENCODING = {"leaf_index": "DELTA_BINARY_PACKED", "data_subject_pid": "DELTA_BYTE_ARRAY"}
 
 
 class AuditLogError(Exception):
@@ -427,6 +432,7 @@ class AuditLog:
                 compression="zstd",
                 use_dictionary=_DICTIONARY,
                 write_statistics=_STATISTICS,
+                column_encoding=_ENCODING,
             ) as writer:
                 for chunk, hashes, subtrees in records.hashed_chunks(at):
                     n = chunk.num_rows
