@@ -367,8 +367,9 @@ def signal_records(context: AuditContext, signals: pa.Table) -> pa.RecordBatch:
 def proportionality_records(context: AuditContext, assessed: pa.Table) -> pa.RecordBatch:
     """One `proportionality` record per candidate and scheme, for its applicant.
 
-    Status is the decision (signal or suppressed); the attributes, canonical JSON made in
-    SQL by pipelines/proportionality.py, hold every check with its outcome and threshold.
+    Status is the decision (signal or suppressed); the attributes, canonical JSON made by
+    pipelines/proportionality.py AssessedJson, hold every check with its outcome and
+    threshold.
     """
     disc = pc.binary_join_element_wise(
         assessed.column("scheme"), pc.cast(assessed.column("benefit_year"), pa.string()), "/"

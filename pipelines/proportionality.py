@@ -439,6 +439,21 @@ class AssessedJson:
     _CHECK_VALUES = ("confidence_text", "last_signalled_text", "amount_text")
     _RECORD_VALUES = ("household_pid", "signal_id")
     _HOLE = "\ue000"  # a placeholder no value holds: where a row's value goes
+    _LISTS = ("reasons", "quarantined")
+    _SEPARATOR = "\x1f"
+    _ESCAPED = r'["\\\x00-\x1f]'  # what JSON would escape in a string
+
+    @classmethod
+    def _check(cls, assessed: pa.Table) -> None:
+        """Refuse what this cannot write as DuckDB's json_object did: a list with a null or
+        the separator in it (two lists would share a key), an id that needs escaping."""
+        for name in cls._LISTS:
+            values = pc.list_flatten(assessed.column(name))
+            if values.null_count or pc.any(pc.match_substring(values, cls._SEPARATOR)).as_py():
+                raise ValueError(f"assessed candidates: a {name} list holds a null or \\x1f")
+        for name in cls._RECORD_VALUES:
+            if pc.any(pc.match_substring_regex(assessed.column(name), cls._ESCAPED)).as_py():
+                raise ValueError(f"assessed candidates: a {name} needs JSON escaping")
 
     def __init__(self, policy: Policy, necessity: pa.Table):
         self.policy = policy
@@ -448,9 +463,10 @@ class AssessedJson:
         """(checks, attributes), one each a row of `assessed` (assess_sql's columns)."""
         if not assessed.num_rows:
             return pa.array([], pa.string()), pa.array([], pa.string())
+        self._check(assessed)
         keyed = assessed.append_column("fields_at", self._fields_at(assessed))
-        for name in ("reasons", "quarantined"):  # lists, as a key their values joined
-            joined = pc.binary_join(assessed.column(name), "\x1f")
+        for name in self._LISTS:  # as a key their values joined (_check: that is unique)
+            joined = pc.binary_join(assessed.column(name), self._SEPARATOR)
             keyed = keyed.append_column(f"{name}_key", joined)
         discrete = (
             *self._FLAGS,
@@ -477,7 +493,8 @@ class AssessedJson:
 
     def _fields_at(self, assessed: pa.Table) -> pa.Array:
         """Each row's necessity row (its scheme and year), or null: the fields its rule read."""
-        return pc.index_in(_scheme_years(assessed), value_set=_scheme_years(self.fields))
+        years = _scheme_years(self.fields)
+        return pc.index_in(_scheme_years(assessed), value_set=years, skip_nulls=True)
 
     def _checks(self, row: dict, fields: list) -> str:
         def outcome(flag: str) -> str:
@@ -656,7 +673,7 @@ def with_fields_used(rows: pa.Table, necessity: pa.Table) -> pa.Table:
     assessment for every entitled candidate, it was ~80 MB copied a bucket at 1M persons.
     """
 
-    at = pc.index_in(_scheme_years(rows), value_set=_scheme_years(necessity))
+    at = pc.index_in(_scheme_years(rows), value_set=_scheme_years(necessity), skip_nulls=True)
     return rows.append_column("fields_used", necessity.column("fields_used").take(at))
 
 

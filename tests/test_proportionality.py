@@ -462,3 +462,41 @@ def test_the_json_built_column_wise_equals_a_row_by_row_reference():
     assert attributes.to_pylist() == [a for _, a in expected]
     empty = AssessedJson(policy, necessity)(table.slice(0, 0))
     assert [len(a) for a in empty] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "changes, refused",
+    [
+        ({"quarantined": ["brp", None]}, "a quarantined list holds a null"),
+        ({"quarantined": ["brp\x1ftax"]}, "a quarantined list holds a null or"),
+        ({"household_pid": 'd1."x'}, "a household_pid needs JSON escaping"),
+        ({"signal_id": "s.\\q"}, "a signal_id needs JSON escaping"),
+    ],
+)
+def test_what_the_json_cannot_key_or_quote_is_refused_not_written_wrongly(changes, refused):
+    """A null or the separator in a list would give two lists one key, and an id is
+    joined in unescaped: none of these comes from the pipeline, and each is refused."""
+    import pyarrow as pa
+
+    from pipelines.proportionality import NECESSITY_SCHEMA, AssessedJson
+
+    row = {flag: True for flag in AssessedJson._FLAGS} | {
+        "quarantined": ["tax"],
+        "confidence_text": "0.9000",
+        "last_signalled_text": "2024-01-01",
+        "amount_text": "10.00",
+        "minimum_text": "0.01",
+        "already_receiving": False,
+        "open_case": "granted",
+        "scheme": "zorgtoeslag",
+        "benefit_year": 2025,
+        "decision": "signal",
+        "status": "new",
+        "reasons": ["fatigue"],
+        "household_pid": "d1.abc",
+        "signal_id": "s.abc",
+    }
+    build = AssessedJson(load_policy(), NECESSITY_SCHEMA.empty_table())
+    build(pa.Table.from_pylist([row, row | {"scheme": None}]))  # the plain row is fine
+    with pytest.raises(ValueError, match=refused):
+        build(pa.Table.from_pylist([row, row | changes]))
