@@ -672,7 +672,6 @@ def with_fields_used(rows: pa.Table, necessity: pa.Table) -> pa.Table:
     One text a rule (~3 KB), looked up for the signals only: carried through the
     assessment for every entitled candidate, it was ~80 MB copied a bucket at 1M persons.
     """
-
     at = pc.index_in(_scheme_years(rows), value_set=_scheme_years(necessity), skip_nulls=True)
     return rows.append_column("fields_used", necessity.column("fields_used").take(at))
 
