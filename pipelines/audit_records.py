@@ -248,10 +248,20 @@ def _json_fields(table: pa.Table, strings: tuple[str, ...], literals: tuple[str,
     pieces = []
     for i, name in enumerate(sorted(strings + literals)):
         col = pc.cast(table.column(name), pa.string())
-        if name in strings:
-            col = pc.binary_join_element_wise('"', col, '"', "")
-        pieces += [("{" if i == 0 else ",") + f'"{name}":', pc.fill_null(col, "null")]
+        col = json_strings(col) if name in strings else pc.fill_null(col, "null")
+        pieces += [("{" if i == 0 else ",") + f'"{name}":', col]
     return pc.binary_join_element_wise(*pieces, "}", "")
+
+
+def json_strings(column) -> pa.Array:
+    """A string column as JSON strings, null as null (values that need no escaping)."""
+    return pc.fill_null(pc.binary_join_element_wise('"', column, '"', ""), "null")
+
+
+def scheme_years(table: pa.Table) -> pa.Array:
+    """`<scheme>/<benefit_year>` a row: an evaluation's scheme and year as one key."""
+    year = pc.cast(table.column("benefit_year"), pa.string())
+    return pc.binary_join_element_wise(table.column("scheme"), year, "/")
 
 
 _EVALUATION_STRINGS = ("scheme", "rule_id", "rule_version", "parameter_version")
@@ -371,9 +381,7 @@ def proportionality_records(context: AuditContext, assessed: pa.Table) -> pa.Rec
     pipelines/proportionality.py AssessedJson, hold every check with its outcome and
     threshold.
     """
-    disc = pc.binary_join_element_wise(
-        assessed.column("scheme"), pc.cast(assessed.column("benefit_year"), pa.string()), "/"
-    )
+    disc = scheme_years(assessed)
     return audit_batch(
         context,
         "proportionality",

@@ -54,7 +54,9 @@ from pipelines.audit_records import (
     AuditContext,
     canonical_json,
     combinations,
+    json_strings,
     proportionality_records,
+    scheme_years,
     signal_records,
 )
 from pipelines.evaluate import SIGNAL_SCHEMA
@@ -464,7 +466,7 @@ class AssessedJson:
         if not assessed.num_rows:
             return pa.array([], pa.string()), pa.array([], pa.string())
         self._check(assessed)
-        keyed = assessed.append_column("fields_at", self._fields_at(assessed))
+        keyed = assessed.append_column("fields_at", necessity_rows(assessed, self.fields))
         for name in self._LISTS:  # as a key their values joined (_check: that is unique)
             joined = pc.binary_join(assessed.column(name), self._SEPARATOR)
             keyed = keyed.append_column(f"{name}_key", joined)
@@ -485,16 +487,11 @@ class AssessedJson:
         at = pa.array(combination)
         rows = keyed.take(pa.array(example)).to_pylist()
         fields = self.fields.column("fields").to_pylist()
-        values = [_quoted(assessed.column(n)) for n in self._CHECK_VALUES]
+        values = [json_strings(assessed.column(n)) for n in self._CHECK_VALUES]
         checks = self._joined([self._checks(row, fields) for row in rows], at, values)
-        values = [checks] + [_quoted(assessed.column(n)) for n in self._RECORD_VALUES]
+        values = [checks] + [json_strings(assessed.column(n)) for n in self._RECORD_VALUES]
         attributes = self._joined([self._record(row) for row in rows], at, values)
         return checks, attributes
-
-    def _fields_at(self, assessed: pa.Table) -> pa.Array:
-        """Each row's necessity row (its scheme and year), or null: the fields its rule read."""
-        years = _scheme_years(self.fields)
-        return pc.index_in(_scheme_years(assessed), value_set=years, skip_nulls=True)
 
     def _checks(self, row: dict, fields: list) -> str:
         def outcome(flag: str) -> str:
@@ -566,14 +563,10 @@ class AssessedJson:
         return pc.binary_join_element_wise(*interleaved, pieces[-1], "")
 
 
-def _quoted(column) -> pa.Array:
-    """A string column as JSON strings, null as null."""
-    return pc.fill_null(pc.binary_join_element_wise('"', column, '"', ""), "null")
-
-
-def _scheme_years(table: pa.Table) -> pa.Array:
-    year = pc.cast(table.column("benefit_year"), pa.string())
-    return pc.binary_join_element_wise(table.column("scheme"), year, "/")
+def necessity_rows(rows: pa.Table, necessity: pa.Table) -> pa.Array:
+    """Each row's necessity row (same scheme and year: its rule), or null, as the SQL's
+    LEFT JOIN finds it (a null scheme or year matches nothing)."""
+    return pc.index_in(scheme_years(rows), value_set=scheme_years(necessity), skip_nulls=True)
 
 
 def resolve_sql(run_id: str, reference_date: dt.date) -> str:
@@ -672,7 +665,7 @@ def with_fields_used(rows: pa.Table, necessity: pa.Table) -> pa.Table:
     One text a rule (~3 KB), looked up for the signals only: carried through the
     assessment for every entitled candidate, it was ~80 MB copied a bucket at 1M persons.
     """
-    at = pc.index_in(_scheme_years(rows), value_set=_scheme_years(necessity), skip_nulls=True)
+    at = necessity_rows(rows, necessity)
     return rows.append_column("fields_used", necessity.column("fields_used").take(at))
 
 
