@@ -42,7 +42,7 @@ from pipelines.join import DEFAULT_BUCKETS, JOIN_SOURCES, JoinHouseholds, bucket
 from pipelines.lifecycle import LIFECYCLE_SCHEMA
 from pipelines.machine import cores
 from pipelines.options import local_threads, pipeline_options
-from pipelines.read_deliveries import Delivery, ReadDeliveries, named_pids
+from pipelines.read_deliveries import Delivery, NamedByQuarantine, ReadDeliveries, named_pids
 from pipelines.shuffle import SHUFFLE_DIR
 from pipelines.validate import QUARANTINE_SCHEMA
 from pipelines.withhold import WithholdFields
@@ -122,7 +122,10 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     # Whom the body's quarantined rows are about: objectors all the same, and the persons
     # and households of whom something is not known (read_deliveries.NAMED_BY_QUARANTINE).
     objectors = named_pids(spec.deliveries.get(OBJECTIONS), spec.domain)
-    incomplete = {s: named_pids(spec.deliveries.get(s), spec.domain) for s in QUARANTINED_ABOUT}
+    incomplete = NamedByQuarantine(
+        {s: spec.deliveries.get(s) for s in QUARANTINED_ABOUT}, spec.domain
+    )
+    incomplete.read()  # here too: a delivery it refuses stops the run before it starts
     # The objections are read in a step of their own: every other source's exclusion takes
     # them as a side input, so it can run in the same bundles as that source's reading only
     # when the objections come from another step (read in one step, the exclusions ran

@@ -20,6 +20,7 @@ from entitlement_rules import evaluate as evaluate_rules
 from entitlement_rules.evaluate import evaluation_sql
 from pipelines.audit_records import AuditContext, evaluation_records
 from pipelines.machine import step_connection
+from pipelines.read_deliveries import NamedByQuarantine
 
 EVALUATIONS = "evaluations"
 CANDIDATES = "candidates"
@@ -166,20 +167,21 @@ class EvaluateRulesFn(beam.DoFn):
     """Evaluates every compiled rule on one household batch; emits evaluations and candidates."""
 
     def __init__(
-        self, compiled: list, run_id: str, audit: AuditContext, quarantined: dict[str, pa.Array]
+        self, compiled: list, run_id: str, audit: AuditContext, quarantined: NamedByQuarantine
     ):
         # Every source named, if only as empty: a source left out would hold nobody back.
-        if set(quarantined) != set(QUARANTINED_ABOUT):
+        if set(quarantined.deliveries) != set(QUARANTINED_ABOUT):
             raise ValueError(
-                f"quarantined names {sorted(quarantined)}, expected {sorted(QUARANTINED_ABOUT)}"
+                f"quarantined names {sorted(quarantined.deliveries)}, "
+                f"expected {sorted(QUARANTINED_ABOUT)}"
             )
         self.compiled, self.run_id, self.audit = compiled, run_id, audit
-        self.quarantined = {s: pa.table({"pid": pids}) for s, pids in quarantined.items()}
+        self.quarantined = quarantined
 
     def setup(self):
         self.con = step_connection()
-        for source, pids in self.quarantined.items():
-            self.con.register(f"quarantined_{source}", pids)
+        for source, pids in self.quarantined.read().items():
+            self.con.register(f"quarantined_{source}", pa.table({"pid": pids}))
 
     def process(self, batch: pa.RecordBatch):
         households = pa.Table.from_batches([batch])
@@ -247,8 +249,9 @@ class EvaluateRules(beam.PTransform):
     evaluations of households where a signal may come), e.g. (signal_id='s.ab..',
     scheme='zorgtoeslag', benefit_year=2025, estimated_annual_amount=Decimal('1355.04'),
     entitled=True, ..., quarantined=[]).
-    `quarantined`: for each source of QUARANTINED_ABOUT, whom its rows quarantined at the
-    body are about (pipelines/read_deliveries.py named_pids; an empty array: nobody).
+    `quarantined`: for each source of QUARANTINED_ABOUT, its delivery (or None), to read
+    whom its rows quarantined at the body are about (pipelines/read_deliveries.py
+    NamedByQuarantine; nothing named, or no delivery: nobody).
     """
 
     def __init__(
@@ -256,7 +259,7 @@ class EvaluateRules(beam.PTransform):
         compiled: list,
         run_id: str,
         audit: AuditContext,
-        quarantined: dict[str, pa.Array],
+        quarantined: NamedByQuarantine,
     ):
         super().__init__()
         self.evaluate = EvaluateRulesFn(compiled, run_id, audit, quarantined)

@@ -23,6 +23,7 @@ back.
 from __future__ import annotations
 
 import json
+import pickle
 
 import duckdb
 import pytest
@@ -34,7 +35,7 @@ from flows.cli import main
 from pipelines.contract import SOURCES
 from pipelines.read_deliveries import NAMED_BY_QUARANTINE
 from privacy.keys import DEFAULT_DOMAIN, load_keyring
-from privacy.pseudonyms import TwoLayerPseudonymiser
+from privacy.pseudonyms import DomainPseudonymiser, TwoLayerPseudonymiser
 from privacy.retention import read_run_table
 
 
@@ -143,3 +144,42 @@ def test_its_proportionality_record_names_the_source_and_the_run_counts_it(run):
     # Each broken row here is of another person: as many named as quarantined.
     assert counts[NAMED_BY_QUARANTINE[source].counted_as] == counts["quarantined_at_body"] >= 1
     assert not list(run_dir.rglob("quarantined_*"))
+
+
+def test_the_rules_step_holds_where_to_read_the_names_not_the_names(tmp_path, monkeypatch):
+    """Beam pickles a step for each bundle processor of each thread: holding the pseudonyms
+    made it grow with the population. It holds the deliveries and the key, and reads the
+    names when it is set up."""
+    import datetime as dt
+
+    from apache_beam.internal import pickler
+
+    from pipelines.audit_records import AuditContext
+    from pipelines.evaluate import QUARANTINED_ABOUT, EvaluateRulesFn
+    from pipelines.read_deliveries import NamedByQuarantine, find_delivery, open_pseudonymised
+
+    monkeypatch.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
+    _, _, write_raw = BROKEN["benefits_of_partner"]
+    prepared = prepare_deliveries(tmp_path, write_raw=write_raw)
+    date = dt.date.fromisoformat(REFERENCE_DATE)
+    deliveries = {
+        s: open_pseudonymised(find_delivery(prepared.deliveries, s, date), s)
+        for s in QUARANTINED_ABOUT
+    }
+    domain = load_keyring(prepared.central_keyring, PASSPHRASE).active("domain", DEFAULT_DOMAIN)
+    named = NamedByQuarantine(deliveries, DomainPseudonymiser(domain))
+    # Two rows quarantined at the body: the partner's and the child's benefit.
+    wanted = named.read()["benefits"].to_pylist()
+    assert len(wanted) == 2 and all(pid.startswith("d") for pid in wanted)
+
+    step = EvaluateRulesFn([], "run", AuditContext("run", "activity", "1"), named)
+    unpickled = pickler.loads(pickler.dumps(step))
+    held = pickle.dumps(unpickled.quarantined)
+    assert not any(pid.encode() in held for pid in wanted)
+    unpickled.setup()
+    try:
+        names = unpickled.con.sql("SELECT pid FROM quarantined_benefits").fetchall()
+        assert sorted(pid for (pid,) in names) == sorted(wanted)
+        assert unpickled.con.sql("SELECT count(*) FROM quarantined_brp").fetchall() == [(0,)]
+    finally:
+        unpickled.teardown()
