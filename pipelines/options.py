@@ -22,13 +22,15 @@ one bucket 7.7 s -> 8.5 s). With two buckets they are even on time but not on th
 8.9-10.0 s against 7.0-7.5 s, peak 1.4-1.5 GB against 1.0 GB); from four they pay (200,000
 persons 11.9 s -> 10.7 s). So `local_threads` gives each thread at least two buckets.
 
-The local runner flushes its data streams by size only (`_no_timed_flushes`).
+The local runner flushes its data streams by size only (`_no_timed_flushes`), and ends
+its bundles without waiting for a slow timer (`_short_sampling_period`).
 """
 
 from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.worker import statesampler
 
 # Every pipeline runs with options from here: this registers the coder of its Arrow elements.
 from pipelines import arrow_coder  # noqa: F401
@@ -54,6 +56,30 @@ def _no_timed_flushes() -> None:
 
 
 _no_timed_flushes()
+
+# The period the local runner's bundles sample their state at (ms), see below.
+SAMPLING_PERIOD_MS = 10
+
+
+def _short_sampling_period() -> None:
+    """Sample each bundle's state every 10 ms, not every 200 (Beam 2.77).
+
+    A bundle's state sampler (statesampler_fast.StateSampler) is a thread that sleeps up to
+    its period between samples; ending the bundle joins it, so the bundle's thread waits
+    for the sleep to end. A stage ends when its last thread does, and every bundle of a
+    long stage waits up to 200 ms. Measured, the pipeline alone: the 24 bundles of a
+    1M-person run waited 0.50 s in all (0.09 s at 10 ms), the 22 of a 100,000-person run
+    0.23 s (0.08 s). The samples are also what Beam's per-transform times (`signals
+    bench`) are counted from: finer too. Waking every 10 ms costs the sampler next to
+    nothing (a lock and an addition). Beam binds the period as a default argument, so
+    the default is what is changed; a Beam with another default is left as it is.
+    """
+    defaults = statesampler.StateSampler.__init__.__defaults__
+    if defaults == (statesampler.DEFAULT_SAMPLING_PERIOD_MS,):
+        statesampler.StateSampler.__init__.__defaults__ = (SAMPLING_PERIOD_MS,)
+
+
+_short_sampling_period()
 
 # Runner names Beam does not know (or knows only with bugs), and the class to use.
 RUNNERS = {

@@ -15,7 +15,12 @@ from apache_beam.testing.util import assert_that
 from pipeline_outputs import assert_same_outputs, population, run_central
 
 from pipelines.machine import cores
-from pipelines.options import local_threads, pipeline_options, used_threads
+from pipelines.options import (
+    SAMPLING_PERIOD_MS,
+    local_threads,
+    pipeline_options,
+    used_threads,
+)
 
 
 def _options(options) -> dict:
@@ -132,3 +137,26 @@ def test_no_data_stream_is_flushed_by_a_timer_while_its_bundle_writes_to_it():
 def _all_zero(counts) -> None:
     assert counts and len(counts) == 8, counts
     assert set(counts) == {0}, f"timed flushers alive while bundles wrote: {counts}"
+
+
+def test_a_bundle_samples_its_state_often_so_ending_it_does_not_wait():
+    """Ending a bundle joins its state sampler's thread, which sleeps a period between
+    samples: Beam's 200 ms made every bundle of a long stage wait up to that long."""
+    p = beam.Pipeline(options=pipeline_options(threads=2))
+    p | beam.Create(range(4)) | beam.Reshuffle() | beam.ParDo(_SamplingPeriod())
+    result = p.run()
+    result.wait_until_finish()
+    (period,) = result.metrics().query()["distributions"]
+    assert period.committed.count == 4
+    assert period.committed.min == period.committed.max == SAMPLING_PERIOD_MS <= 20
+
+
+class _SamplingPeriod(beam.DoFn):
+    """The sampling period of the bundle each element runs in (the runner's own sampler)."""
+
+    def process(self, element):
+        from apache_beam.metrics import Metrics
+        from apache_beam.runners.worker import statesampler
+
+        period = statesampler.get_current_tracker().sampling_period_ms
+        Metrics.distribution("test", "sampling_period_ms").update(period)
