@@ -77,28 +77,88 @@ def _dictionary(values: pa.Array) -> pa.DictionaryArray:
     return encoded
 
 
-def _letters_to_blocks(values: pa.Array) -> bytes:
+def _letters_to_blocks(values: pa.Array) -> np.ndarray:
     """The 16-byte blocks behind pseudonyms (non-null, well-formed), concatenated."""
-    # Bytes, not characters: a well-formed pseudonym is ASCII, and slicing bytes skips
-    # decoding UTF-8.
+    return _blocks(_tail_nibbles(values))
+
+
+def _tail_nibbles(values: pa.Array) -> np.ndarray:
+    """Each value's last 32 bytes less ord('a'): (n, 32) uint8, a letter a-p giving 0-15.
+
+    Every value must have 32 bytes or more (a null gives any 32). Bytes, not characters:
+    a well-formed pseudonym is ASCII, and slicing bytes skips decoding UTF-8.
+    """
     tails = pc.binary_slice(values.cast(pa.binary()), -32).cast(pa.binary(32))
     start = tails.offset * 32
     raw = np.frombuffer(tails.buffers()[1], dtype=np.uint8)[start : start + 32 * len(values)]
-    nibbles = raw.reshape(-1, 32) - ord("a")
-    return ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8).tobytes()
+    return raw.reshape(-1, 32) - ord("a")
+
+
+def _blocks(nibbles: np.ndarray) -> np.ndarray:
+    """The 16-byte blocks of _tail_nibbles, a byte from each two nibbles (high first)."""
+    pairs = nibbles.view("<u2")  # a pair as one number: its first nibble in the low byte
+    return ((pairs << 4) | (pairs >> 8)).astype(np.uint8)  # the low byte is the block's
+
+
+def _all_letters(nibbles: np.ndarray) -> np.ndarray:
+    """Whether each row of _tail_nibbles is 32 letters a-p: no nibble over 15.
+
+    Eight nibbles to a 64-bit word, their high bits all clear (an `all` over the 32
+    bytes took ~28 ms per million rows, this ~5)."""
+    words = nibbles.view(np.uint64)
+    high = words[:, 0] | words[:, 1] | words[:, 2] | words[:, 3]
+    return (high & np.uint64(0xF0F0F0F0F0F0F0F0)) == 0
+
+
+_BODY_HEAD = re.compile(r"b[0-9]+\.")  # what comes before a body pseudonym's 32 letters
+_PLACEHOLDER = "b0." + "a" * 32  # stands in for a value that is not one, to keep positions
+
+
+def _body_nibbles(values: pa.Array) -> tuple[pa.BooleanArray, np.ndarray]:
+    """Which values are body pseudonyms (BODY_PSEUDONYM_PATTERN; null where the value is
+    null), and every value's _tail_nibbles (any 32 where it is not one).
+
+    The pattern is checked byte by byte, which is the same check: every character it
+    allows is ASCII. The head (`b<n>.`) once for each distinct one (a delivery has one
+    or two: its body's key ids), the letters in numpy on the nibbles the blocks are made
+    of anyway. The regular expression took ~90 ms per million values, for the 6 M
+    identifiers of a 1M-person run ~0.5 s; this takes ~35 ms per million.
+    """
+    binary = values.cast(pa.binary())
+    heads = pc.binary_slice(binary, 0, -32).dictionary_encode()
+    good = [
+        h is not None and _BODY_HEAD.fullmatch(h.decode("latin-1")) is not None
+        for h in heads.dictionary.to_pylist()
+    ]
+    long_enough = pc.greater_equal(pc.binary_length(binary), 35)
+    shaped = pc.and_kleene(long_enough, pa.array(good, pa.bool_()).take(heads.indices))
+    whole = pc.all(shaped).as_py() and not shaped.null_count  # all() skips nulls
+    filled = values if whole else pc.if_else(shaped, values, _PLACEHOLDER)
+    nibbles = _tail_nibbles(filled)
+    letters = _all_letters(nibbles)
+    if values.null_count:  # a null stays null, not a value that fails
+        letters |= ~values.is_valid().to_numpy(zero_copy_only=False)
+    return pc.and_kleene(shaped, pa.array(letters)), nibbles
+
+
+# Each byte value as the two letters that write it (high nibble first), one 16-bit number.
+_LETTER_PAIRS = np.array([(97 + (b >> 4)) | ((97 + (b & 15)) << 8) for b in range(256)], "<u2")
 
 
 def _blocks_to_pseudonyms(key_id: str, blocks: bytes) -> pa.Array:
-    raw = np.frombuffer(blocks, dtype=np.uint8).reshape(-1, 16)
-    nibbles = np.empty((len(raw), 32), dtype=np.uint8)
-    nibbles[:, 0::2], nibbles[:, 1::2] = raw >> 4, raw & 0x0F
-    nibbles += ord("a")
-    letters = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(32), len(raw), [None, pa.py_buffer(nibbles.tobytes())]
-    )
-    return pc.binary_join_element_wise(
-        f"{key_id}.", letters.cast(pa.binary()).cast(pa.string()), ""
-    )
+    """`<key_id>.<32 letters>` for each 16-byte block: written into one buffer in numpy,
+    then taken as an Arrow string array as it is (~40 ms per million, half the cost of
+    joining the prefix to the letters in Arrow)."""
+    raw = np.frombuffer(blocks, dtype=np.uint8)
+    n, prefix = len(raw) // 16, f"{key_id}.".encode()
+    width = len(prefix) + 32
+    if (n + 1) * width >= 2**31:  # the offsets are 32-bit
+        raise ValueError(f"{n:,} pseudonyms are too many for one array; pass fewer at a time")
+    out = np.empty((n, width), np.uint8)
+    out[:, : len(prefix)] = np.frombuffer(prefix, np.uint8)
+    out[:, len(prefix) :] = _LETTER_PAIRS[raw].view(np.uint8).reshape(n, 32)
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(out))
 
 
 class DomainPseudonymiser:
@@ -174,12 +234,13 @@ class DomainPseudonymiser:
             values = values.combine_chunks()
         if values.null_count == len(values):
             return pa.nulls(len(values), pa.string()), pa.repeat(pa.scalar(False), len(values))
-        shaped = pc.match_substring_regex(values, BODY_PSEUDONYM_PATTERN)
+        shaped, nibbles = _body_nibbles(values)
         malformed = pc.fill_null(pc.invert(shaped), False)
         usable = pc.and_kleene(shaped, pc.is_valid(values))  # a null stays null
         wellformed = pc.all(usable).as_py()
-        filled = values if wellformed else pc.if_else(usable, values, "b0." + "a" * 32)
-        blocks = self._cipher().encryptor().update(_letters_to_blocks(filled))
+        # A value that is not a pseudonym is encrypted as whatever its nibbles are and
+        # dropped below: never passed on.
+        blocks = self._cipher().encryptor().update(_blocks(nibbles))
         out = _blocks_to_pseudonyms(self.key_id, blocks)
         if not wellformed:
             out = pc.if_else(usable, out, pa.scalar(None, pa.string()))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pickle
+import random
 import re
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from population import B
 
@@ -119,6 +121,47 @@ def test_malformed_values_are_named_and_never_passed_on(ring):
     assert out.to_pylist() == moved and not any(malformed.to_pylist())
     empty, none = domain.array_or_malformed(pa.array([], pa.string()))
     assert len(empty) == 0 and len(none) == 0
+
+
+def _mutants(good: str, count: int, seed: int = 7) -> list[str]:
+    """`good` with one to three characters replaced, inserted or deleted, from characters
+    that are near misses (letters past p, digits, capitals, a dot, non-ASCII, a newline)."""
+    rnd, out = random.Random(seed), []
+    for _ in range(count):
+        chars = list(good)
+        for _ in range(rnd.randint(1, 3)):
+            at, char = rnd.randrange(len(chars)), rnd.choice("abpq.b019Béz\n １")
+            op = rnd.random()
+            if op < 0.4:
+                chars[at] = char
+            elif op < 0.7:
+                chars.insert(at, char)
+            else:
+                del chars[at]
+        out.append("".join(chars))
+    return out
+
+
+def test_the_body_pseudonym_check_is_the_pattern_byte_for_byte(ring):
+    """The domain layer checks BODY_PSEUDONYM_PATTERN without a regular expression (a
+    fixed head per key id, the letters in numpy): the same verdict as the expression."""
+    good = Pseudonymiser(ring.active("body")).one("bsn", B[0])
+    near = [
+        "b12." + "p" * 32, "b." + "a" * 32, "b1" + "a" * 33, "B1." + "a" * 32,
+        "b1." + "a" * 31 + "q", "b1." + "a" * 33, "xb1." + "a" * 32, "b1." + "a" * 31, "",
+        "b1." + "a" * 31 + "é", "b1." + "a" * 32 + "\n", "b１." + "a" * 32, "d1." + "a" * 32,
+        "b1.." + "a" * 32, "b1." + "A" * 32, B[1], "b0." + "a" * 32, None,
+    ]  # fmt: skip
+    values = pa.array([good, *near, *_mutants(good, 3000)], pa.string())
+    expected = pc.match_substring_regex(values, BODY_PSEUDONYM_PATTERN)
+    assert 100 < pc.sum(expected).as_py() < len(values) - 1000  # both kinds, many of each
+    domain = DomainPseudonymiser(ring.active("domain", "signalling"))
+    for sample in (values, values.slice(7, 500)):
+        out, malformed = domain.array_or_malformed(sample)
+        wanted = pc.match_substring_regex(sample, BODY_PSEUDONYM_PATTERN)
+        assert malformed.to_pylist() == [v is False for v in wanted.to_pylist()]
+        pairs = zip(sample.to_pylist(), wanted.to_pylist(), strict=True)
+        assert out.to_pylist() == [domain.one(v) if ok else None for v, ok in pairs]
 
 
 def test_the_domain_layer_pickles_for_beam_and_never_shows_its_key(ring):
