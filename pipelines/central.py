@@ -89,9 +89,17 @@ KEYS = {
 }
 
 
+# The pseudonym columns of the parts published as they are (publish.py), each value of
+# them rarely repeated: written without a dictionary (write_parts.write_part).
+DISTINCT = {
+    "households": ("household_pid", "applicant_pid", "partner_pid", "member_pids"),
+    "evaluations": ("household_pid",),
+}
+
+
 def _write(pcoll, folder: Path, schema: pa.Schema, label: str, step: str = ""):
     """Parts with `schema`'s columns (others, like the explanation texts, are left out)."""
-    writer = WriteParts(folder, schema, label, KEYS[label])
+    writer = WriteParts(folder, schema, label, KEYS[label], DISTINCT.get(label, ()))
     return pcoll | f"Write_{label}{step}" >> writer
 
 

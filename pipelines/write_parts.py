@@ -37,18 +37,40 @@ def part_name(table: pa.Table, label: str, key: tuple[str, ...]) -> str:
     return f"part-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.parquet"
 
 
-def write_part(table: pa.Table, path: Path) -> Path:
-    """`table` as Parquet at `path`, written whole or not at all."""
+def write_part(table: pa.Table, path: Path, distinct: tuple[str, ...] = ()) -> Path:
+    """`table` as Parquet at `path`, written whole or not at all.
+
+    `distinct` names columns whose values (pseudonyms) rarely repeat: they get no
+    dictionary and no min/max statistics, which help no reader of them and cost the
+    writer, and a string column among them is delta-encoded (its values share a prefix).
+    Measured on a 1M-person run's bucket: evaluations 78 -> 58 ms (their file 6% larger),
+    households 96 -> 80 ms (1% smaller). Standard Parquet: DuckDB and pyarrow read it as
+    any other.
+    """
+    options: dict = {"compression": "snappy"}
+    if distinct:
+        rest = [c for c in table.column_names if c not in distinct]
+        options.update(use_dictionary=rest, write_statistics=rest)
+        strings = [c for c in distinct if pa.types.is_string(table.schema.field(c).type)]
+        options["column_encoding"] = dict.fromkeys(strings, "DELTA_BYTE_ARRAY")
     with written_whole(path, shared=True) as tmp:  # a retried bundle may write it too
-        pq.write_table(table, tmp, compression="snappy")
+        pq.write_table(table, tmp, **options)
     return path
 
 
 class WritePartsFn(beam.DoFn):
     """Writes each non-empty element as one Parquet part in `folder`."""
 
-    def __init__(self, folder: Path, schema: pa.Schema, label: str, key: tuple[str, ...]):
+    def __init__(
+        self,
+        folder: Path,
+        schema: pa.Schema,
+        label: str,
+        key: tuple[str, ...],
+        distinct: tuple[str, ...] = (),
+    ):
         self.folder, self.schema, self.label, self.key = str(folder), schema, label, key
+        self.distinct = distinct
         self.rows = Metrics.counter("write", f"{label}_rows")
 
     def setup(self):
@@ -59,7 +81,8 @@ class WritePartsFn(beam.DoFn):
             return
         table = element if isinstance(element, pa.Table) else pa.Table.from_batches([element])
         table = table.select(self.schema.names).cast(self.schema)
-        write_part(table, Path(self.folder) / part_name(table, self.label, self.key))
+        name = part_name(table, self.label, self.key)
+        write_part(table, Path(self.folder) / name, self.distinct)
         self.rows.inc(table.num_rows)
 
 
@@ -70,11 +93,21 @@ class WriteParts(beam.PTransform):
     names the columns that identify a row in the whole output (unique in a run).
     Out: nothing; `<folder>/part-<digest>.parquet`, one per non-empty element, with the
     columns of `schema` (no element, no part: finalise makes the empty outputs).
+    `distinct`: columns whose values rarely repeat (write_part).
     """
 
-    def __init__(self, folder: Path, schema: pa.Schema, label: str, key: tuple[str, ...]):
+    def __init__(
+        self,
+        folder: Path,
+        schema: pa.Schema,
+        label: str,
+        key: tuple[str, ...],
+        distinct: tuple[str, ...] = (),
+    ):
         super().__init__()
         self.folder, self.schema, self.label, self.key = Path(folder), schema, label, key
+        self.distinct = distinct
 
     def expand(self, pcoll):
-        return pcoll | beam.ParDo(WritePartsFn(self.folder, self.schema, self.label, self.key))
+        write = WritePartsFn(self.folder, self.schema, self.label, self.key, self.distinct)
+        return pcoll | beam.ParDo(write)

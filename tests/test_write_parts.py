@@ -88,3 +88,41 @@ def test_finalise_counts_the_evaluation_parts_the_pipeline_wrote(tmp_path):
         write_part(part, tmp_path / "evaluations" / name)
     assert finalise(tmp_path, {})["evaluations"] == 3
     assert len(list((tmp_path / "evaluations").glob(PART_GLOB))) == 2
+
+
+def test_pseudonym_columns_are_written_without_a_dictionary_and_read_back_the_same(tmp_path):
+    """The households' and evaluations' parts are published as written: their pseudonyms
+    are delta-encoded, without a dictionary or statistics; the rest keeps both."""
+    from pipelines.central import DISTINCT
+
+    rows = 3000
+    table = pa.table(
+        {
+            "household_pid": [
+                f"d1.{i:032x}".translate(str.maketrans("0123456789abcdef", "abcdefghijklmnop"))
+                for i in range(rows)
+            ],
+            "member_pids": [[f"d1.m{i}", f"d1.n{i}"] for i in range(rows)],
+            "scheme": ["zorgtoeslag", "aio"] * (rows // 2),
+            "amount": pa.array(range(rows), pa.int64()),
+        }
+    )
+    path = write_part(table, tmp_path / "part-z.parquet", ("household_pid", "member_pids"))
+    assert pq.read_table(path).equals(table)
+    chunks = {
+        c.path_in_schema: c
+        for c in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(4))
+    }
+    pid, members, scheme, amount = (
+        chunks[n] for n in ("household_pid", "member_pids.list.element", "scheme", "amount")
+    )
+    assert "DELTA_BYTE_ARRAY" in pid.encodings and not pid.has_dictionary_page
+    assert pid.statistics is None and members.statistics is None and not members.has_dictionary_page
+    assert scheme.has_dictionary_page and scheme.statistics.min == "aio"
+    assert amount.statistics.max == rows - 1
+    from pipelines import household
+    from pipelines.evaluate import EVALUATION_SCHEMA
+
+    schemas = {"households": household.SCHEMA, "evaluations": EVALUATION_SCHEMA}
+    for label, columns in DISTINCT.items():
+        assert set(columns) <= set(schemas[label].names), label
