@@ -15,6 +15,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from flows import faults
@@ -48,6 +49,7 @@ from pipelines.validate import QUARANTINE_SCHEMA
 from pipelines.withhold import WithholdFields
 from pipelines.write_parts import WriteParts
 from privacy.audit.parts import PARTS_DIR
+from privacy.files import written_whole
 from privacy.minimise import pseudonymised_schema
 from privacy.pseudonyms import DomainPseudonymiser
 
@@ -103,13 +105,25 @@ def _write(pcoll, folder: Path, schema: pa.Schema, label: str, step: str = ""):
     return pcoll | f"Write_{label}{step}" >> writer
 
 
+# The state of earlier runs, written where every worker reads it (not into the graph).
+HISTORY_FILE = Path(SHUFFLE_DIR) / "history.parquet"
+
+
 def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
     necessity = spec.necessity
     if necessity is None:
         necessity = prop.assess_necessity(spec.compiled_rules)
     policy = spec.proportionality or prop.load_policy()
+    history = spec.history
+    if history is not None and history.num_rows:
+        # Scratch of the run: finalise removes it with the shuffle files.
+        path = Path(spec.staging) / HISTORY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with written_whole(path) as tmp:
+            pq.write_table(history, tmp)
+        history = path
     return prop.ApplyProportionality(
-        policy, necessity, spec.run_id, spec.reference_date, spec.audit, spec.history
+        policy, necessity, spec.run_id, spec.reference_date, spec.audit, history
     )
 
 

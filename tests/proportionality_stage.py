@@ -125,10 +125,15 @@ def run_stage(
     history: list[dict] | None = None,
     policy=None,
     necessity: pa.Table = NECESSITY,
+    history_file: bool = False,
 ) -> dict[str, list[dict]]:
-    """Apply the stage to candidate batches; every output as a list of rows."""
+    """Apply the stage to candidate batches; every output as a list of rows. With
+    `history_file`, the history goes to the stage as a Parquet file, as a run gives it."""
     tables = [pa.Table.from_pylist(b, schema=CANDIDATE_SCHEMA) for b in batches]
     state = pa.Table.from_pylist(history, schema=lifecycle.STATE_SCHEMA) if history else None
+    if state is not None and history_file:
+        pq.write_table(state, Path(folder) / "history.parquet")
+        state = Path(folder) / "history.parquet"
     audit = AuditContext(RUN, "proactive-entitlement-signalling", "test-register")
     with beam.Pipeline(options=pipeline_options()) as p:
         out = (

@@ -419,7 +419,9 @@ def test_signal_ids_are_stable_across_runs(three_runs):
 
 
 def test_the_manifest_records_history_policy_and_counts(three_runs):
-    _, runs = three_runs
+    root, runs = three_runs
+    # The steps read the history from the run's scratch, which is not published.
+    assert not list((root / "runs").rglob("history.parquet"))
     third = runs["2025-04-01"]["manifest"]["proportionality"]
     assert third["history"]["runs"] == [
         runs[d]["manifest"]["run_id"] for d in ("2025-01-01", "2025-03-01")

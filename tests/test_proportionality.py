@@ -13,14 +13,32 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from proportionality_stage import ZORGTOESLAG_FIELDS, candidate, history_row, run_stage
+from proportionality_stage import (
+    NECESSITY,
+    REF,
+    RUN,
+    ZORGTOESLAG_FIELDS,
+    candidate,
+    history_row,
+    run_stage,
+)
 
 from entitlement_rules import compile_rule, load_rules
-from pipelines.audit_records import canonical_json
+from pipelines import lifecycle
+from pipelines.audit_records import AuditContext, canonical_json
+from pipelines.evaluate import CANDIDATE_SCHEMA
+from pipelines.options import pipeline_options
 from pipelines.proportionality import (
     CHECKS,
     REASONS,
+    RESOLVED,
+    SIGNALS,
+    SUPPRESSED,
+    ApplyProportionality,
     PolicyError,
     assess_necessity,
     load_policy,
@@ -125,6 +143,34 @@ def outcome(tmp_path_factory):
     history = [history_row(n, **h) for n, (_, h, _) in CASES.items() if h is not None]
     half = len(rows) // 2
     return run_stage(tmp_path_factory.mktemp("stage"), [rows[:half], rows[half:]], history)
+
+
+def test_a_history_read_from_a_file_decides_as_the_table_does(outcome, tmp_path):
+    """A run gives the stage its history as a file in staging: pickled into the graph, a
+    table cost seconds at a large municipality's size (pipelines/proportionality.py)."""
+    rows = [candidate(name, **changes) for name, (changes, _, _) in CASES.items()]
+    rows.append(candidate("not_entitled", entitled=False, estimated_annual_amount=None))
+    history = [history_row(n, **h) for n, (_, h, _) in CASES.items() if h is not None]
+    half = len(rows) // 2
+    from_file = run_stage(tmp_path, [rows[:half], rows[half:]], history, history_file=True)
+    assert from_file[RESOLVED] and from_file[SIGNALS]  # the history took part
+    for name in (SIGNALS, SUPPRESSED, RESOLVED):
+        assert sorted(map(str, from_file[name])) == sorted(map(str, outcome[name])), name
+
+
+def test_a_history_file_is_not_pickled_into_the_graph(tmp_path):
+    state = pa.Table.from_pylist(
+        [history_row(f"h{i:05d}") for i in range(5000)], schema=lifecycle.STATE_SCHEMA
+    )
+    pq.write_table(state, tmp_path / "history.parquet")
+    audit = AuditContext(RUN, "proactive-entitlement-signalling", "test-register")
+    sizes = {}
+    for kind, history in (("table", state), ("file", tmp_path / "history.parquet")):
+        p = beam.Pipeline(options=pipeline_options())
+        stage = ApplyProportionality(load_policy(), NECESSITY, RUN, REF, audit, history)
+        p | beam.Create([CANDIDATE_SCHEMA.empty_table()]) | stage
+        sizes[kind] = len(p.to_runner_api().SerializeToString())
+    assert sizes["table"] - sizes["file"] > 20_000  # the table, twice, even compressed
 
 
 def _by_household(rows: list[dict]) -> dict[str, dict]:
