@@ -109,19 +109,23 @@ def _write(pcoll, folder: Path, schema: pa.Schema, label: str, step: str = ""):
 HISTORY_FILE = Path(SHUFFLE_DIR) / "history.parquet"
 
 
-def _proportionality(spec: RunSpec) -> prop.ApplyProportionality:
+def _history_file(spec: RunSpec) -> Path | None:
+    """The run's history written for its steps to read (None: no earlier run), in the
+    run's scratch: finalise removes it with the shuffle files."""
+    if spec.history is None or not spec.history.num_rows:
+        return None
+    path = Path(spec.staging) / HISTORY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with written_whole(path) as tmp:
+        pq.write_table(spec.history, tmp)
+    return path
+
+
+def _proportionality(spec: RunSpec, history: Path | None) -> prop.ApplyProportionality:
     necessity = spec.necessity
     if necessity is None:
         necessity = prop.assess_necessity(spec.compiled_rules)
     policy = spec.proportionality or prop.load_policy()
-    history = spec.history
-    if history is not None and history.num_rows:
-        # Scratch of the run: finalise removes it with the shuffle files.
-        path = Path(spec.staging) / HISTORY_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with written_whole(path) as tmp:
-            pq.write_table(history, tmp)
-        history = path
     return prop.ApplyProportionality(
         policy, necessity, spec.run_id, spec.reference_date, spec.audit, history
     )
@@ -193,10 +197,11 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
         | "AuditJoin" >> beam.Map(join_audit(spec.audit)).with_output_types(pa.RecordBatch)
     )
 
+    history = _history_file(spec)
     evaluated = households | "EvaluateRules" >> EvaluateRules(
-        spec.compiled_rules, spec.run_id, spec.audit, incomplete
+        spec.compiled_rules, spec.run_id, spec.audit, incomplete, history
     )
-    assessed = evaluated[CANDIDATES] | "ApplyProportionality" >> _proportionality(spec)
+    assessed = evaluated[CANDIDATES] | "ApplyProportionality" >> _proportionality(spec, history)
     _write(assessed[prop.SIGNALS], staging / "signal_parts", SIGNAL_SCHEMA, "signals")
     suppressed = assessed[prop.SUPPRESSED]
     _write(suppressed, staging / "suppressed_parts", prop.SUPPRESSED_SCHEMA, "suppressed")

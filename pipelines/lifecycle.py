@@ -76,6 +76,19 @@ STATE_SCHEMA = pa.schema(
     ]
 )
 
+
+def read_history(path: str | Path) -> pa.Table:
+    """The history a run wrote for its steps (pipelines/central.py), as STATE_SCHEMA."""
+    return pq.read_table(path).cast(STATE_SCHEMA)
+
+
+def open_episodes(path: str | Path) -> pa.Table:
+    """The households with an open episode in the history at `path` (column household_pid)."""
+    state = read_history(path)
+    households = state.filter(pc.fill_null(state.column("episode_open"), False))
+    return pa.table({"household_pid": pc.unique(households.column("household_pid"))})
+
+
 LIFECYCLE_SCHEMA = pa.schema(
     [
         ("signal_id", pa.string()),  # the episode's last signal

@@ -46,7 +46,6 @@ import apache_beam as beam
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from entitlement_rules.loader import read_yaml
@@ -703,11 +702,6 @@ class ResolveAbsentFn(beam.DoFn):
             yield absent.cast(lifecycle.LIFECYCLE_SCHEMA)
 
 
-def read_history(path: str) -> pa.Table:
-    """The history a run wrote for its steps (ApplyProportionality), as STATE_SCHEMA."""
-    return pq.read_table(path).cast(lifecycle.STATE_SCHEMA)
-
-
 def _household_pids(candidates: pa.Table) -> pa.Array:
     return pc.unique(candidates.column("household_pid"))
 
@@ -754,7 +748,7 @@ class ApplyProportionality(beam.PTransform):
     def _history(self, pipeline, label: str):
         if isinstance(self.history, pa.Table):
             return pipeline | label >> beam.Create([self.history])
-        read = beam.Map(read_history).with_output_types(pa.Table)
+        read = beam.Map(lifecycle.read_history).with_output_types(pa.Table)
         return pipeline | label >> beam.Create([self.history]) | f"Read{label}" >> read
 
     def expand(self, candidates):

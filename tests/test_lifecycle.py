@@ -411,6 +411,18 @@ def test_run_3_signals_again_after_the_window_and_resolves_a_household_that_left
     assert summary["resolved"] == {"H11": "not_in_run"}
 
 
+def test_a_signalled_household_no_longer_entitled_is_resolved_so(tmp_path, monkeypatch):
+    """The rules step passes on only entitled evaluations and those of households with an
+    open episode: H1's refusal, the month its income rose past the limit, must still
+    reach the resolution (without it H1 would look gone from the run)."""
+    monkeypatch.setenv("SIGNALS_KEYRING_PASSPHRASE", "lifecycle passphrase")
+    richer = {**population.TAX, population.B[0]: (2024, "60000.00", "1000.00", "definitive")}
+    monkeypatch.setitem(CHANGES, "2025-02-01", {"TAX": richer})
+    runs = _runs(tmp_path, ["2025-01-01", "2025-02-01"])
+    assert _summary(runs["2025-01-01"])["signals"]["H1"] == "new"
+    assert _summary(runs["2025-02-01"])["resolved"] == {"H1": "no_longer_entitled"}
+
+
 def test_signal_ids_are_stable_across_runs(three_runs):
     _, runs = three_runs
     first = runs["2025-01-01"]["signals"]["H10"]["signal_id"]
