@@ -210,7 +210,8 @@ def build(p: beam.Pipeline, spec: RunSpec) -> None:
     # them into one sorted file cost finalise 1.35 s (2.4 CPU s) at 1M persons.
     _write(evaluated[EVALUATIONS], staging / "evaluations", EVALUATION_SCHEMA, "evaluations")
     audits.append(evaluated[AUDIT])
-    for step, resolved in zip(("", "_absent"), assessed[prop.RESOLVED], strict=True):
+    # The second, of households gone from the run, only with a history.
+    for step, resolved in zip(("", "_absent"), assessed[prop.RESOLVED], strict=False):
         _write(resolved, staging / "lifecycle_parts", LIFECYCLE_SCHEMA, "lifecycle", step)
         audits.append(
             resolved

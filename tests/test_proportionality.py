@@ -173,6 +173,19 @@ def test_a_history_file_is_not_pickled_into_the_graph(tmp_path):
     assert sizes["table"] - sizes["file"] > 20_000  # the table, twice, even compressed
 
 
+def test_without_a_history_no_step_gathers_the_households_to_find_who_is_gone():
+    audit = AuditContext(RUN, "proactive-entitlement-signalling", "test-register")
+    state = pa.Table.from_pylist([history_row("h1")], schema=lifecycle.STATE_SCHEMA)
+    labels = {}
+    for kind, history in (("none", None), ("history", state)):
+        p = beam.Pipeline(options=pipeline_options())
+        stage = ApplyProportionality(load_policy(), NECESSITY, RUN, REF, audit, history)
+        out = p | beam.Create([CANDIDATE_SCHEMA.empty_table()]) | stage
+        labels[kind] = (len(out[RESOLVED]), str(p.to_runner_api()))
+    assert labels["none"][0] == 1 and "ResolveAbsent" not in labels["none"][1]
+    assert labels["history"][0] == 2 and "ResolveAbsent" in labels["history"][1]
+
+
 def _by_household(rows: list[dict]) -> dict[str, dict]:
     return {r["household_pid"].removeprefix("h."): r for r in rows}
 
