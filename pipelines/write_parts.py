@@ -96,18 +96,9 @@ class WriteParts(beam.PTransform):
     `distinct`: columns whose values rarely repeat (write_part).
     """
 
-    def __init__(
-        self,
-        folder: Path,
-        schema: pa.Schema,
-        label: str,
-        key: tuple[str, ...],
-        distinct: tuple[str, ...] = (),
-    ):
+    def __init__(self, folder: Path, schema: pa.Schema, label: str, key: tuple, distinct=()):
         super().__init__()
-        self.folder, self.schema, self.label, self.key = Path(folder), schema, label, key
-        self.distinct = distinct
+        self.write = WritePartsFn(folder, schema, label, key, distinct)
 
     def expand(self, pcoll):
-        write = WritePartsFn(self.folder, self.schema, self.label, self.key, self.distinct)
-        return pcoll | beam.ParDo(write)
+        return pcoll | beam.ParDo(self.write)
