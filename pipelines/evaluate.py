@@ -182,7 +182,7 @@ class EvaluateRulesFn(beam.DoFn):
         run_id: str,
         audit: AuditContext,
         quarantined: NamedByQuarantine,
-        history: bool = False,
+        with_history: bool = False,
     ):
         # Every source named, if only as empty: a source left out would hold nobody back.
         if set(quarantined.deliveries) != set(QUARANTINED_ABOUT):
@@ -193,7 +193,7 @@ class EvaluateRulesFn(beam.DoFn):
         self.compiled, self.run_id, self.audit = compiled, run_id, audit
         self.quarantined = quarantined
         # With a history, process() is given its open episodes (a side input).
-        rows = CANDIDATE_ROWS_SQL + (OPEN_EPISODE_ROWS_SQL if history else "")
+        rows = CANDIDATE_ROWS_SQL + (OPEN_EPISODE_ROWS_SQL if with_history else "")
         self.candidates_sql = SELECT_CANDIDATES_SQL.format(run_id=run_id) + rows
 
     def setup(self):
@@ -287,7 +287,7 @@ class EvaluateRules(beam.PTransform):
         super().__init__()
         self.history = None if history is None else str(history)
         self.evaluate = EvaluateRulesFn(
-            compiled, run_id, audit, quarantined, history=self.history is not None
+            compiled, run_id, audit, quarantined, with_history=self.history is not None
         )
 
     def expand(self, households):

@@ -715,10 +715,10 @@ class ApplyProportionality(beam.PTransform):
     entitled=True, estimated_annual_amount=Decimal('1573.42'), confidence=1.0, ...).
     `history`: the state table of earlier runs (lifecycle.STATE_SCHEMA; None: no history),
     a side input of every batch; or a Parquet file of it, read where it is used (a run
-    writes it to its staging folder: see __init__). Every household of the run has
-    candidate rows, so the households of the history missing from all batches are those
-    gone from the run; their pseudonyms are gathered in one place for that (about 40
-    bytes per household).
+    writes it to its staging folder: see __init__). Every household of the run with an
+    open episode has candidate rows (evaluate.CANDIDATE_ROWS_SQL), so the households of
+    the history missing from all batches are those gone from the run; the pseudonyms of
+    the batches' households are gathered in one place for that (~40 bytes each).
     Out: a dict of PCollections: `signals` (evaluate.SIGNAL_SCHEMA, status new or
     repeated), `suppressed` (SUPPRESSED_SCHEMA), `resolved` (lifecycle.LIFECYCLE_SCHEMA: a
     tuple of PCollections, the episodes of households in the run and, with a history, of
