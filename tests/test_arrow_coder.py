@@ -3,12 +3,16 @@ their size is Arrow's, and every step that hands on Arrow data declares it."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+
 import apache_beam as beam
 import pyarrow as pa
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from pipeline_outputs import population
 
+from pipelines import lifecycle
 from pipelines.arrow_coder import ArrowCoder
 from pipelines.options import pipeline_options
 
@@ -87,6 +91,10 @@ def test_every_step_of_the_central_pipeline_that_hands_on_arrow_data_declares_it
     from pipelines import central
 
     spec = run_spec(str(population(tmp_path, persons=200)), str(tmp_path / "staging"), 8)
+    # With a history, as a later month's run: its steps (the open episodes, the households
+    # gone from the run) exist only then.
+    state = pa.Table.from_pylist([_open_episode()], schema=lifecycle.STATE_SCHEMA)
+    spec = dataclasses.replace(spec, history=state)
     p = beam.Pipeline(options=pipeline_options())
     central.build(p, spec)
     steps = _Steps()
@@ -103,8 +111,24 @@ def test_every_step_of_the_central_pipeline_that_hands_on_arrow_data_declares_it
         "JoinHouseholds/PersonsAtAddress/JoinInBucket",
         "JoinHouseholds/PersonFacts/JoinInBucket",
         "EvaluateRules/Evaluate/",
+        "EvaluateRules/OpenEpisodes",
+        "ApplyProportionality/ReadHistory",
         "ApplyProportionality/Assess/",
         "ApplyProportionality/ResolveAbsent",
     ):
         outputs = {k: v for k, v in steps.outputs.items() if k.startswith(producer)}
         assert outputs and set(outputs.values()) == {ArrowCoder()}, (producer, outputs)
+
+
+def _open_episode() -> dict:
+    return {
+        "household_pid": "d1." + "a" * 32,
+        "scheme": "zorgtoeslag",
+        "last_signal_id": "s." + "b" * 32,
+        "last_benefit_year": 2025,
+        "last_signalled_on": dt.date(2024, 12, 1),
+        "last_run_id": "2024-12-01-earlier",
+        "episode_open": True,
+        "case_outcome": None,
+        "case_on": None,
+    }

@@ -63,7 +63,10 @@ def _listening_inodes(pid: int) -> dict[int, str]:
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since it was listed: the server is still starting
+            continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
     return inodes
