@@ -182,7 +182,6 @@ class EvaluateRulesFn(beam.DoFn):
         run_id: str,
         audit: AuditContext,
         quarantined: NamedByQuarantine,
-        with_history: bool = False,
     ):
         # Every source named, if only as empty: a source left out would hold nobody back.
         if set(quarantined.deliveries) != set(QUARANTINED_ABOUT):
@@ -192,9 +191,7 @@ class EvaluateRulesFn(beam.DoFn):
             )
         self.compiled, self.run_id, self.audit = compiled, run_id, audit
         self.quarantined = quarantined
-        # With a history, process() is given its open episodes (a side input).
-        rows = CANDIDATE_ROWS_SQL + (OPEN_EPISODE_ROWS_SQL if with_history else "")
-        self.candidates_sql = SELECT_CANDIDATES_SQL.format(run_id=run_id) + rows
+        self.candidates_sql = SELECT_CANDIDATES_SQL.format(run_id=run_id) + CANDIDATE_ROWS_SQL
 
     def setup(self):
         self.con = step_connection()
@@ -204,8 +201,10 @@ class EvaluateRulesFn(beam.DoFn):
     def process(self, batch: pa.RecordBatch, open_episodes: pa.Table | None = None):
         households = pa.Table.from_batches([batch])
         self.con.register("households", households)
-        if open_episodes is not None:
+        sql = self.candidates_sql
+        if open_episodes is not None:  # a run with a history: its side input
             self.con.register("open_episodes", open_episodes)
+            sql += OPEN_EPISODE_ROWS_SQL
         try:
             # Decisions for every household; refusals keep failed_conditions.
             evaluations = _as_table(
@@ -213,7 +212,7 @@ class EvaluateRulesFn(beam.DoFn):
             )
             self.con.register("evaluations", evaluations)
             self.con.register("texts", self._texts())
-            candidates = self.con.sql(self.candidates_sql).to_arrow_table()
+            candidates = self.con.sql(sql).to_arrow_table()
         finally:
             for name in ("households", "evaluations", "explained", "texts", "open_episodes"):
                 self.con.unregister(name)
@@ -286,9 +285,7 @@ class EvaluateRules(beam.PTransform):
     ):
         super().__init__()
         self.history = None if history is None else str(history)
-        self.evaluate = EvaluateRulesFn(
-            compiled, run_id, audit, quarantined, with_history=self.history is not None
-        )
+        self.evaluate = EvaluateRulesFn(compiled, run_id, audit, quarantined)
 
     def expand(self, households):
         side = []
