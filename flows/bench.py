@@ -53,6 +53,7 @@ STAGES = (
     ("Read/", "read + domain pseudonyms"),
     ("ReadObjections/", "read + domain pseudonyms"),
     ("ExcludeObjectors", "exclude objectors"),
+    ("ObjectorsOfQuarantinedRows", "exclude objectors"),  # only when such objectors exist
     ("JoinHouseholds", "join (3 bucketed joins)"),
     ("EvaluateRules", "evaluate rules"),
     ("ApplyProportionality", "proportionality"),
@@ -749,9 +750,17 @@ def report_scaling(runs: list[dict], startup: dict | None) -> list[str]:
                 "(target <= 3x)"
             )
     lines += _turn_lines(runs)
-    if len(per) >= 2:
-        lines.append(f"  time per person spans {_spread(per)} (target +/-25%)")
-        lines.append(f"  net of the start-up: {_spread(net)}")
+    if len(per) >= 2 and startup:
+        # The targets see a run as a fixed start-up (a target of its own, under 10 s) plus a
+        # cost per person; this one is about the second. As measured, the start-up counts at
+        # the smallest size above all (docs/scaling.md, "Time per person").
+        lines.append(f"  time per person net of the start-up spans {_spread(net)} (target +/-25%)")
+        lines.append(f"  as measured, the start-up included: {_spread(per)}")
+    elif len(per) >= 2:
+        lines.append(
+            f"  time per person spans {_spread(per)}, the start-up included (not measured: "
+            "the target, +/-25%, is net of it)"
+        )
     return lines
 
 

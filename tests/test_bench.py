@@ -112,3 +112,29 @@ def test_a_repeat_below_one_is_refused_with_a_clear_message(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--repeat", "0"])
     assert "give a whole number of turns, 1 or more" in capsys.readouterr().err
+
+
+def _figures(persons: int, seconds: float) -> dict:
+    phase = {"seconds": seconds / 2, "cpu_seconds": seconds, "peak_mb": 100.0}
+    return {"persons": persons, "phases": {"pipeline": phase, "finalise": dict(phase)}}
+
+
+def test_the_per_person_target_is_read_net_of_the_start_up_and_both_spreads_are_printed():
+    from flows.bench import report_scaling
+
+    # 2 s start-up; 100k in 4 s and 1M in 19 s: 40 and 19 us as measured, 20 and 17 net.
+    lines = report_scaling(
+        [_figures(100_000, 4.0), _figures(1_000_000, 19.0)], _figures(1_000, 2.0)
+    )
+    assert (
+        "  time per person net of the start-up spans 17.0..20.0 us: +/-8% (target +/-25%)" in lines
+    )
+    assert "  as measured, the start-up included: 19.0..40.0 us: +/-36%" in lines
+
+    # Without a start-up run there is no net figure, and the line says so.
+    (line,) = [
+        x
+        for x in report_scaling([_figures(100_000, 4.0), _figures(1_000_000, 19.0)], None)
+        if "per person" in x
+    ]
+    assert "19.0..40.0 us: +/-36%, the start-up included (not measured" in line
