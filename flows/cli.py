@@ -59,8 +59,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 # Nine digits standing alone, maybe written with dots, spaces or dashes: what a BSN looks
-# like (not part of a checksum, a date and time, or a longer number).
-_BSN_LIKE = re.compile(r"(?<![\w.:\-])\d(?:[ .\-]?\d){8}(?![\w:\-]|\.\d)")
+# like (not part of a checksum, a date and time, or a longer number). A colon may follow:
+# "runs/111222333: no audit log here" quotes a path a user typed.
+_BSN_LIKE = re.compile(r"(?<![\w.:\-])\d(?:[ .\-]?\d){8}(?![\w\-]|[.:]\d)")
 
 
 def _hidden(match: re.Match) -> str:

@@ -89,9 +89,13 @@ def test_only_a_number_that_may_be_a_bsn_is_hidden_from_a_message():
     hidden = "<a number like a BSN, not shown>"
     assert redacted("row 3: 111222333 is not a signal") == f"row 3: {hidden} is not a signal"
     assert redacted("signal 1112.22.333 and 111 222 333") == f"signal {hidden} and {hidden}"
+    # Followed by a colon, as a path or a value in an error is ("runs/<typed>: no log here").
+    assert redacted("runs/111222333: no audit log") == f"runs/{hidden}: no audit log"
+    assert redacted("cannot count by 111222333: choose") == f"cannot count by {hidden}: choose"
     kept = [
         "checksum fbbb4501726517e86c0ffee and 111222333aa",  # inside hex or a longer token
         "at 2026-11-29 14:13:28, run 2025-01-01-rbbdeseuftuw",  # a date and a time
+        "took 111222333:12 in all",  # part of a longer figure
         "needs 2147483648 bytes; 1,000,000 persons; OIN 00000001234567890000",
         "111222334 fails the 11-proef, so it is no BSN",
     ]
