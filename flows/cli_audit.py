@@ -151,10 +151,12 @@ def cmd_verify(args) -> int:
         print(f"  {e}", file=sys.stderr)
         return NOT_JUDGED
     if not report.ok:
+        from flows.cli import redacted  # an edited record may hold anything, a BSN too
+
         print(f"audit log {root}: FAILED", file=sys.stderr)
-        print(f"  first problem: {report.problems[0]}", file=sys.stderr)
+        print(f"  first problem: {redacted(report.problems[0])}", file=sys.stderr)
         for problem in report.problems[1:MAX_PROBLEMS_SHOWN]:
-            print(f"  also: {problem}", file=sys.stderr)
+            print(f"  also: {redacted(problem)}", file=sys.stderr)
         if len(report.problems) > MAX_PROBLEMS_SHOWN:
             print(f"  ... {len(report.problems) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
         return 1

@@ -44,6 +44,7 @@ from pipelines.contract import bsn_is_valid
 from privacy.audit.events import actor, append_events, new_event_id
 from privacy.audit.log import AuditLog, AuditLogError, Checkpoint
 from privacy.audit.signing import Signer
+from privacy.audit.verify import require_as_signed
 from privacy.body_links import LINK_SCHEMA, LINKS_DIR
 from privacy.files import written_whole
 from privacy.keys import DEFAULT_DOMAIN, Keyring, KeyringError, check_custody
@@ -234,6 +235,9 @@ def look_up(
     lookup is logged (see the module doc) before anything is returned."""
     check_custody(keyring, "controller")
     log_root = Path(log_root)
+    # An answer must hold every record about the person, and the lookup is appended to the
+    # log: neither from, or onto, a log that is not as signed.
+    require_as_signed(log_root, "answer")
     found = [(line, pseudonyms(bsn, keyring, domain)) for line, bsn in bsns]
     persons = sorted({p for _, pids in found for p in pids})
     joined = _joined(log_root, persons, by="data_subject_pid")

@@ -12,6 +12,7 @@ import io
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from test_audit_log import SUBJECTS, pids, run_records
@@ -142,7 +143,7 @@ def test_a_log_that_no_longer_holds_up_gives_no_proof(log_root, tmp_path):
     i = table.schema.get_field_index("status")
     pq.write_table(table.set_column(i, "status", pa.array(statuses)), path)
     code, _, err = signals("audit", "prove", subject, "--log", str(copy))
-    assert code == 2 and f"the records of {subject} do not check out against the signed log" in err
+    assert code == 2 and "the audit log is not as signed (segment-00000001.parquet: not" in err
     # Reading it still works, with a warning that what is shown may be altered.
     code, out, err = signals("audit", "trail", subject, "--log", str(copy))
     assert code == 0 and "altered" in out
@@ -161,6 +162,34 @@ def test_a_log_that_no_longer_holds_up_gives_no_proof(log_root, tmp_path):
     code, out, _ = signals("audit", "check-proof", str(bundle))
     assert code == 0 and "not pinned: whoever made the bundle chose those keys" in out
     assert "inclusion only" in out
+
+
+def test_a_subjects_records_deleted_from_one_segment_give_no_shorter_proof(log_root, tmp_path):
+    """Their records in the other segments still prove: `prove` must not hand out a bundle
+    that checks out and lacks the deleted ones. A segment gone or cut short is one line to
+    every reader, not a traceback."""
+    import shutil
+
+    copy = tmp_path / "audit-log"
+    shutil.copytree(log_root, copy)
+    subject = pids(SUBJECTS)[3].as_py()
+    path = copy / "segments" / "segment-00000002.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.filter(pc.not_equal(table["data_subject_pid"], subject)), path)
+    code, _, err = signals("audit", "prove", subject, "--log", str(copy))
+    assert code == 2 and "segment-00000002.parquet: not the file checkpoint 2 signed" in err
+    assert "no proof from it, which could leave records out" in err
+
+    path.write_bytes(path.read_bytes()[:100])  # cut short
+    for args in (["query", "--count-by", "name"], ["trail", subject]):
+        code, _, err = signals("audit", *args, "--log", str(copy))
+        assert code == 2 and "a segment of the audit log cannot be read" in err, args
+    path.unlink()
+    code, _, err = signals("audit", "query", "--log", str(copy), "--count-by", "name")
+    assert "segment-00000002.parquet: missing (checkpoint 2 signed it)" in err
+    assert code == 2 and "a segment of the audit log cannot be read" in err
+    code, _, err = signals("audit", "prove", subject, "--log", str(copy))
+    assert code == 2 and "missing (checkpoint 2 signed it)" in err
 
 
 def test_a_bundle_signed_by_another_key_fails_against_the_pinned_one(log_root, tmp_path):

@@ -122,6 +122,32 @@ def test_nobody_but_the_controller_can_look_a_person_up(published, monkeypatch, 
     assert len(log.checkpoints()) == before
 
 
+def test_no_answer_from_a_log_that_is_not_as_signed_and_nothing_appended_to_it(
+    published, tmp_path, monkeypatch, capsys
+):
+    """A record deleted from a segment leaves every other record provable: an answer read
+    from that log would be short by it, without a word. Refused before anything is read."""
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root, run = published
+    runs = tmp_path / "runs"
+    shutil.copytree(run.parent, runs)
+    log = AuditLog(runs / LOG_DIRNAME)
+    segment = log.segment_path(log.checkpoints()[0])
+    table = pq.read_table(segment)
+    pq.write_table(table.filter(pc.not_equal(table["name"], "join")), segment)
+    before = len(log.checkpoints())
+
+    assert _ask(root, runs, monkeypatch, f"{BSNS[0]}\n") == 2
+    err = capsys.readouterr().err
+    assert f"{segment.name}: not the file checkpoint 0 signed" in err
+    assert "no answer from it, which could leave records out" in err
+    assert len(log.checkpoints()) == before
+
+
 def test_after_a_domain_key_rotation_both_pseudonyms_are_looked_up(published):
     """Records made before the rotation carry the old key's pseudonym: both are counted."""
     root, run = published

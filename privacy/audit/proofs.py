@@ -33,7 +33,7 @@ from privacy.audit import merkle, signing
 from privacy.audit.leaf import LEAF_FORMAT, leaf_bytes
 from privacy.audit.log import AuditLog, AuditLogError, Checkpoint, fixed_bytes
 from privacy.audit.schema import AUDIT_SCHEMA
-from privacy.audit.verify import link_problems, signature_problem
+from privacy.audit.verify import link_problems, require_as_signed, signature_problem
 
 PROOF_FORMAT = "signals-audit-proof/1"
 _BINARY = ("trace_id", "span_id", "parent_span_id")
@@ -98,6 +98,7 @@ def make_bundle(log_root: Path, subject: str) -> dict:
     """Proofs for every record about `subject` in the log (see the module docstring)."""
     log = AuditLog(log_root)
     with log.locked():  # a consistent view: no append between reading segments and heads
+        require_as_signed(log_root, "proof")  # every record of theirs, or none
         checkpoints = log.checkpoints()
         rows = _subject_rows(log, subject).to_pylist()
         if not rows:

@@ -11,6 +11,7 @@ so on. Filters combine with AND; only segments covered by a signed checkpoint ar
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,24 @@ def _source(log_root: Path, filters: Filters) -> tuple[str, str, dict]:
     return "read_parquet($files)", where, params | {"files": files}
 
 
+def _segments_read(func):
+    """A segment gone or cut short ends a read in one line, not DuckDB's traceback: the
+    reader was warned that the log is not as signed, and `verify` says more."""
+
+    @functools.wraps(func)
+    def read(log_root: Path, *args, **kwargs):
+        try:
+            return func(log_root, *args, **kwargs)
+        except (duckdb.IOException, duckdb.InvalidInputException) as e:
+            raise AuditLogError(
+                f"{log_root}: a segment of the audit log cannot be read "
+                f"({str(e).splitlines()[0]}); `signals audit verify` names what changed"
+            ) from None
+
+    return read
+
+
+@_segments_read
 def select(log_root: Path, filters: Filters, limit: int | None = None) -> tuple[pa.Table, int]:
     """Matching records in log order (at most `limit`) and how many match in all."""
     source, where, params = _source(log_root, filters)
@@ -166,6 +185,7 @@ def _group_expression(group: str, filters: Filters) -> str:
     return group
 
 
+@_segments_read
 def count_by(log_root: Path, filters: Filters, groups: list[str]) -> pa.Table:
     """Record counts per combination of `groups` (columns, or `scheme` from the attributes).
 

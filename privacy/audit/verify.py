@@ -515,9 +515,24 @@ def quick_check(root: Path) -> list[str]:
             problems.append(problem)
             continue
         path = log.segment_path(cp)
-        if not path.is_file() or signing.b64(file_sha256(path)) != cp.body["segment_sha256"]:
+        if not path.is_file():
+            problems.append(f"{path.name}: missing (checkpoint {cp.sequence} signed it)")
+        elif signing.b64(file_sha256(path)) != cp.body["segment_sha256"]:
             problems.append(f"{path.name}: not the file checkpoint {cp.sequence} signed")
     return problems
+
+
+def require_as_signed(root: Path, what: str) -> None:
+    """Refuse (AuditLogError) to give `what` from a log whose files are not as signed
+    (quick_check): a record deleted from a segment leaves the others provable, so an answer
+    read from it would be short without saying so."""
+    problems = quick_check(root)
+    if problems:
+        more = f"; {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise AuditLogError(
+            f"{root}: the audit log is not as signed ({problems[0]}{more}); no {what} from "
+            "it, which could leave records out: `signals audit verify` names what changed"
+        )
 
 
 def _signed_records(files: list[Path]) -> int:
