@@ -180,6 +180,11 @@ def cmd_verify(args) -> int:
     print(f"  inclusion     {report.inclusion_proofs} sampled inclusion proofs verified")
     if report.trusted_checked:
         print(f"  history       {report.trusted_checked} kept checkpoint(s) found unchanged")
+    if report.runs_checked:
+        print(
+            f"  runs          {report.runs_checked} published run(s) beside the log name the "
+            "checkpoint of their records: each is in the log, unchanged"
+        )
     if latest is not None:
         print(
             f"  latest        checkpoint {latest.sequence}: tree size {latest.tree_size:,}, "
@@ -190,6 +195,14 @@ def cmd_verify(args) -> int:
         print(
             "  not pinned    the keys came with the log: a log rewritten and re-signed under a "
             "new key passes too; pin the key you keep with --public-key"
+        )
+    if report.runs_without_entry:
+        names = ", ".join(report.runs_without_entry[:5])
+        more = len(report.runs_without_entry) - 5
+        print(
+            f"  no entry      published run(s) {names}{f' and {more} more' if more > 0 else ''} "
+            "have no audit/_log_entry.json: copied from elsewhere, or the entry removed; "
+            "checkpoints removed after theirs would not show by them"
         )
     if not args.trusted_checkpoint and latest is not None:
         kept = root / "checkpoints" / checkpoint_name(latest.sequence)

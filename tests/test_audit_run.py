@@ -341,6 +341,26 @@ def test_a_run_whose_checkpoint_was_rewritten_or_a_replaced_public_key_fails(run
     assert f"public_keys/{published.name}: holds key" in err and "not the key its name" in err
 
 
+def test_verify_says_which_runs_it_checked_and_names_one_without_its_log_entry(run, tmp_path):
+    """A run's log entry is the anchor that shows checkpoints removed after it. Removing the
+    entry is no proof of tampering (a run copied from elsewhere has none either), but the
+    auditor is told which published runs verify could not use."""
+    runs = _tampered_copy(run, tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["audit", "verify", "--log", str(runs)]) == 0
+    assert "  runs          1 published run(s) beside the log name the checkpoint" in out.getvalue()
+    assert "no entry" not in out.getvalue()
+    (runs / run[1].name / LOG_ENTRY).unlink()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["audit", "verify", "--log", str(runs)]) == 0
+    assert f"  no entry      published run(s) {run[1].name} have no audit/_log_entry.json" in (
+        out.getvalue()
+    )
+    assert "  runs  " not in out.getvalue()
+
+
 def test_a_run_copied_in_from_another_log_is_no_alarm(run, tmp_path):
     """A run folder names the log its records are in (log_id); one of another programme's
     log, copied beside this one, is not taken for a checkpoint this log lost."""

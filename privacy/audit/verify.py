@@ -73,6 +73,8 @@ class Report:
     inclusion_proofs: int = 0
     consistency_proofs: int = 0
     trusted_checked: int = 0
+    runs_checked: int = 0  # published runs beside the log whose log entry was checked
+    runs_without_entry: list[str] = field(default_factory=list)  # published, no log entry
     key_fingerprints: set[str] = field(default_factory=set)
     latest: Checkpoint | None = None
 
@@ -455,6 +457,13 @@ def _check_runs(
     not_checked = {p.name for p in unchecked}  # said already: "not checked"
     here = log.root.resolve()
     log_id = checkpoints[0].body["log_id"] if checkpoints else None
+    # A published run without its entry may be a copy from elsewhere, or one whose entry was
+    # removed to hide the checkpoints after it: not judged, but named (cmd_verify says so).
+    report.runs_without_entry = sorted(
+        m.parent.name
+        for m in log.root.parent.glob("*/manifest.json")
+        if not (m.parent / LOG_ENTRY).is_file()
+    )
     for entry_path in sorted(log.root.parent.glob(f"*/{LOG_ENTRY.as_posix()}")):
         run = entry_path.parent.parent
         try:
@@ -470,6 +479,7 @@ def _check_runs(
         cp = by_sequence.get(sequence)
         if cp is None and checkpoint_name(sequence) in not_checked:
             continue
+        report.runs_checked += 1
         if cp is None:
             report.problems.append(
                 f"run {run.name}: its records were logged in checkpoint {sequence} (tree size "
