@@ -435,6 +435,13 @@ def test_an_altered_checkpoint_fails_its_signature(log_root):
     path.write_text(json.dumps(doc))
     code, err = verify_cli(log_root)
     assert code == 1 and "checkpoint 00000001.json: the signature does not verify" in err
+    assert "not checked: the later checkpoint 00000002.json and its segment, since" in err
+    path = log_root / "checkpoints" / "00000000.json"
+    doc = json.loads(path.read_text())
+    doc["records_per_operation"]["join"] -= 1
+    path.write_text(json.dumps(doc))
+    code, err = verify_cli(log_root)
+    assert "not checked: 2 later checkpoints, 00000001.json .. 00000002.json, and their" in err
 
 
 def test_a_log_signed_by_another_key_fails_against_the_pinned_key(log_root, tmp_path):

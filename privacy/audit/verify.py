@@ -393,10 +393,15 @@ def _check_stray_files(
     numbers = [int(p.name[:8]) for p in unchecked if p.name[:8].isdigit()]
     covered |= {segment_name(n) for n in numbers}
     if len(unchecked) > 1:
+        later = f"the later checkpoint {unchecked[1].name} and its segment"
+        if len(unchecked) > 2:
+            later = (
+                f"{len(unchecked) - 1} later checkpoints, {unchecked[1].name} .. "
+                f"{unchecked[-1].name}, and their segments"
+            )
         report.problems.append(
-            f"not checked: {len(unchecked) - 1} later checkpoint(s) ({unchecked[1].name} .. "
-            f"{unchecked[-1].name}) and their segments, since checkpoint {unchecked[0].name} "
-            "before them cannot be trusted"
+            f"not checked: {later}, since checkpoint {unchecked[0].name} before them cannot be "
+            "trusted"
         )
     if log.segments_dir.is_dir():
         for path in sorted(log.segments_dir.iterdir()):
