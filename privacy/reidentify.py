@@ -163,6 +163,20 @@ def _write_private(table: pa.Table, path: Path, write) -> None:
         write(table, tmp)
 
 
+def _check_room_for(out: Path) -> None:
+    """The worklist's folder must take it before anyone is re-identified: the log would
+    otherwise record re-identifications that gave nobody a list."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReidentificationError(
+            f"{out.parent}: cannot hold the worklist ({e.strerror}); nobody re-identified"
+        ) from None
+    for path in (out, out.with_suffix(".parquet")):
+        if path.exists() and not path.is_file():
+            raise ReidentificationError(f"{path}: not a file; nobody re-identified")
+
+
 def write_worklist(
     run_dir: Path,
     brp_dir: Path,
@@ -212,6 +226,7 @@ def write_worklist(
     first_signal = pc.index_in(grouped.column("applicant_pid"), value_set=applicants)
     bsn = bsns.take(at.take(first_signal)) if len(applicants) else pa.array([], pa.string())
     table = grouped.add_column(0, "bsn", bsn).drop_columns(PSEUDONYM_COLUMNS).cast(WORKLIST_SCHEMA)
+    _check_room_for(out)
     checkpoint, records = None, 0  # no signal, nobody re-identified: nothing to log
     if table.num_rows:
         sha = manifest["inputs"]["brp"]["original_sha256"]

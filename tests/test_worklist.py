@@ -171,6 +171,23 @@ def test_nobody_but_the_controller_can_make_a_worklist(published, tmp_path, caps
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_out_that_cannot_take_the_worklist_is_refused_before_anyone_is_logged(
+    published, tmp_path, capsys
+):
+    """Logged first, written after: a folder that cannot take the list must stop the
+    worklist before the log records re-identifications that gave nobody a list."""
+    root, run = published
+    log = AuditLog(run.parent / LOG_DIRNAME)
+    before = len(log.checkpoints())
+    (tmp_path / "a-file").write_text("")
+    assert _worklist(root, run, tmp_path / "a-file" / "w.csv") == 2
+    assert "cannot hold the worklist" in capsys.readouterr().err
+    (tmp_path / "w.csv").mkdir()
+    assert _worklist(root, run, tmp_path / "w.csv") == 2
+    assert f"{tmp_path / 'w.csv'}: not a file; nobody re-identified" in capsys.readouterr().err
+    assert len(log.checkpoints()) == before
+
+
 def test_a_brp_delivery_other_than_the_runs_is_refused_and_nothing_written(published, tmp_path):
     root, run = published
     other = tmp_path / "raw"
