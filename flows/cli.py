@@ -171,6 +171,17 @@ def _register_dir(path) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
+def _check_folder_path(folder: Path, option: str) -> None:
+    """A folder a command will make or write into: refused now, in one line, when it or a
+    folder above it is a file (the run would fail at its lock, inside the flow)."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == folder else f"is under {path}, a file"
+                raise UsageError(f"{option} {folder}: {what}, not a folder")
+            return
+
+
 def cmd_run(args) -> int:
     from flows import ephemeral_server, interrupt
     from flows.config import load_config, load_passphrase
@@ -186,6 +197,7 @@ def cmd_run(args) -> int:
     key_file = args.key_file or config.keys.central_keyring
     load_passphrase(config)
     out_dir = Path(out)
+    _check_folder_path(out_dir, "--out")
     # What is published already: a run found there was not made now.
     published = _published(out_dir)
     # Ctrl-C and SIGTERM stop the run cleanly, its temporary Prefect server with it.

@@ -173,8 +173,10 @@ def central_keyring(key_file: str | Path | None, domain: str) -> Keyring:
 def passphrase_from_env() -> str:
     value = os.environ.get(PASSPHRASE_ENV)
     if not value:
-        raise KeyringError(
-            f"no passphrase: set {PASSPHRASE_ENV} or pass --passphrase-file to unlock the keyring"
+        raise KeyringError(  # not every command takes --passphrase-file: `run` reads the config
+            f"no passphrase to unlock the keyring: set {PASSPHRASE_ENV}, or name a file that "
+            "holds it (keys.passphrase_file in signals.toml; --passphrase-file where a command "
+            "takes it)"
         )
     return value
 

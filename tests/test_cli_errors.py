@@ -54,9 +54,17 @@ def test_a_run_that_fails_for_a_known_cause_prints_one_line(tmp_path):
     proc = subprocess.run(argv, cwd=MAIN, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: no passphrase: set SIGNALS_KEYRING_PASSPHRASE or pass --passphrase-file to "
-        "unlock the keyring"
+        "error: no passphrase to unlock the keyring: set SIGNALS_KEYRING_PASSPHRASE, or name a "
+        "file that holds it (keys.passphrase_file in signals.toml; --passphrase-file where a "
+        "command takes it)"
     ]
+    # An --out that is a file, or under one, is refused in one line before the flow starts.
+    (tmp_path / "a-file").write_text("")
+    for out, says in (("a-file", "is a file"), ("a-file/runs", "is under")):
+        argv[argv.index("--out") + 1] = str(tmp_path / out)
+        proc = subprocess.run(argv, cwd=MAIN, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"error: --out {tmp_path / out}: {says}" in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["register show", "audit query --count-by name"])
