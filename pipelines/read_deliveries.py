@@ -372,6 +372,18 @@ def empty_quarantine() -> pa.Table:
     return QUARANTINE_SCHEMA.empty_table()
 
 
+def _parquet_metadata(path: Path) -> pq.FileMetaData:
+    """A delivered Parquet file's metadata; a damaged file is refused, named (its checksum
+    may match: the body wrote it so)."""
+    try:
+        return pq.read_metadata(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DeliveryRefused(
+            f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); the body "
+            "must deliver it again"
+        ) from None
+
+
 def open_pseudonymised(directory: Path, expect_source: str | None = None) -> Delivery:
     """Check a pseudonymised delivery: manifest, checksums, schema and row accounting.
 
@@ -397,7 +409,7 @@ def open_pseudonymised(directory: Path, expect_source: str | None = None) -> Del
             f"{where}: row accounting does not add up: original {original} rows, "
             f"{m['row_count']} accepted + {q.get('row_count')} quarantined"
         )
-    metadata = pq.read_metadata(delivery.data_path)
+    metadata = _parquet_metadata(delivery.data_path)
     if metadata.num_rows != m["row_count"]:
         raise DeliveryRefused(
             f"{delivery.data_path}: manifest row_count is {m['row_count']} "
@@ -443,7 +455,7 @@ def _check_named_by_quarantine(delivery: Delivery, quarantined: int) -> None:
     path = where / str(record.get("file"))
     if not path.is_file() or sha256_of(path) != record.get("sha256"):
         raise DeliveryRefused(f"{path}: file missing or its checksum does not match")
-    metadata = pq.read_metadata(path)
+    metadata = _parquet_metadata(path)
     if metadata.num_rows != record.get("row_count") or metadata.num_rows > quarantined:
         raise DeliveryRefused(
             f"{path}: {metadata.num_rows} named, the manifest says "

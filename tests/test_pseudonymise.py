@@ -215,3 +215,19 @@ def test_objections_that_do_not_say_whose_rows_were_quarantined_are_refused(tmp_
     pq.write_table(pa.table({"bsn": pa.array([], pa.string())}), result.directory / record["file"])
     with pytest.raises(DeliveryRefused, match="checksum does not match"):
         open_pseudonymised(result.directory, "objections")
+
+
+def test_a_damaged_parquet_file_whose_checksum_matches_is_refused_naming_it(tmp_path, keyring):
+    """A body that wrote a broken file wrote its checksum too: the file is named, not a
+    traceback from the Parquet reader."""
+    import hashlib
+
+    result = _objections(tmp_path, keyring)
+    where = result.directory / "manifest.json"
+    manifest = json.loads(where.read_text())
+    data = result.directory / "data.parquet"
+    data.write_bytes(data.read_bytes()[:200])
+    manifest["sha256"] = hashlib.sha256(data.read_bytes()).hexdigest()
+    where.write_text(json.dumps(manifest))
+    with pytest.raises(DeliveryRefused, match=rf"{re.escape(str(data))}: not a readable Parquet"):
+        open_pseudonymised(result.directory, "objections")
