@@ -56,6 +56,10 @@ def _settings(args) -> tuple[Path, str | None]:
 
     config = load_config(args.config)
     runs = Path(args.runs) if args.runs else Path(config.require("paths", "out"))
+    if not runs.is_dir():  # else every signal id is "not of any published run"
+        from flows.cli import UsageError
+
+        raise UsageError(f"{runs}: output folder does not exist (--runs, or paths.out)")
     key_file = args.key_file or config.keys.central_keyring
     if key_file:
         load_passphrase(config)

@@ -135,6 +135,11 @@ def _check_columns(path: Path, table: pa.Table) -> None:
     names = table.column_names
     missing = [c for c in REQUIRED if c not in names]
     extra = [c for c in names if c not in REQUIRED + OPTIONAL]
+    if len(names) == 1 and ";" in names[0]:  # Excel's CSV where the decimal mark is a comma
+        raise FeedbackError(
+            f"{path}: the columns are separated by semicolons ({names[0]}); save it as CSV "
+            'with commas (e.g. Excel\'s "CSV UTF-8"), or as Parquet'
+        )
     if missing or extra:
         parts = []
         if missing:

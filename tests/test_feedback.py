@@ -225,6 +225,11 @@ MALFORMED = {
         "cannot be read as CSV (UTF-8, comma separated, header row)",
     ),
     "only a header": (HEADER, "no rows"),
+    "semicolons, as Dutch Excel saves CSV": (
+        "signal_id;outcome;outcome_date\ns.z1;contacted;2025-01-10\n",
+        "the columns are separated by semicolons (signal_id;outcome;outcome_date); save it as "
+        "CSV with commas",
+    ),
 }
 
 
@@ -290,6 +295,19 @@ def test_the_command_refuses_a_malformed_file_and_writes_nothing(tmp_path, runs,
     assert main(["feedback", "import", str(_file(tmp_path, text)), "--runs", str(runs)]) == 2
     assert message in capsys.readouterr().err
     assert not (runs / "feedback").exists()
+
+
+def test_a_runs_folder_that_does_not_exist_is_one_line_not_a_problem_per_row(
+    tmp_path, runs, capsys
+):
+    """Else every signal id would be 'not a signal of any published run', and stats would
+    print empty tables as if no feedback had come."""
+    missing = tmp_path / "no-such-runs"
+    path = str(_file(tmp_path, GOOD))
+    for args in (["import", path], ["stats"]):
+        assert main(["feedback", *args, "--runs", str(missing)]) == 2
+        assert f"{missing}: output folder does not exist" in capsys.readouterr().err
+    assert not missing.exists()
 
 
 def test_a_bsn_typed_where_a_signal_id_belongs_is_not_quoted_back(tmp_path, runs, capsys):
