@@ -9,7 +9,8 @@
 --out NAME.html writes that page and NAME-tables/ next to it. The page is self-contained
 (opens offline); the tables folder holds every aggregate table as Parquet and CSV,
 tables.json and suppression.json. A run whose personal data is encrypted needs a keyring
-holding its run-data key (--key-file; passphrase from $SIGNALS_KEYRING_PASSPHRASE), and
+holding its run-data key (--key-file, else keys.central_keyring of signals.toml; passphrase
+from $SIGNALS_KEYRING_PASSPHRASE or keys.passphrase_file), and
 its audit log beside it: the reading is logged there first, one `decryption` record per
 person the run holds data on (privacy/retention.py log_reading).
 
@@ -41,7 +42,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--feedback", help="operator feedback Parquet file or folder (default <run>/feedback/)"
     )
-    p.add_argument("--key-file", help="keyring with the run-data key, if the run is encrypted")
+    p.add_argument(
+        "--key-file",
+        help="central keyring, for an encrypted run (default: keys.central_keyring)",
+    )
     p.add_argument(
         "--threshold",
         type=int,
@@ -78,7 +82,7 @@ def cmd_report(args) -> int:
 
     try:
         options = _options(args)
-        keyring = _keyring(args.key_file)
+        keyring = _keyring(args.key_file or _configured_keyring())
         report = build_report(run_folder(args.run, args.runs), Path(args.out), options, keyring)
     except (ReportError, DisclosureError, OSError) as e:
         from flows.cli import redacted
@@ -126,6 +130,16 @@ def _one_line(e: Exception) -> str:
     if isinstance(e, OSError) and e.filename:
         return f"{e.filename}: {e.strerror or e}"
     return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _configured_keyring() -> str | None:
+    """keys.central_keyring of signals.toml (its passphrase file too), as feedback uses it."""
+    from flows.config import load_config, load_passphrase
+
+    config = load_config(None)
+    if config.keys.central_keyring:
+        load_passphrase(config)
+    return config.keys.central_keyring
 
 
 def _keyring(key_file: str | None):

@@ -376,3 +376,23 @@ def test_a_run_copied_in_from_another_log_is_no_alarm(run, tmp_path):
     (other / LOG_ENTRY).write_text(json.dumps(entry))
     code, err = _verify(runs)
     assert code == 1 and "run 2024-12-01-fromelsewhere: its records were logged in" in err
+
+
+def test_a_report_takes_the_central_keyring_from_the_configuration(run, tmp_path, monkeypatch):
+    """As feedback does: an operator with keys.central_keyring set need not repeat it."""
+    root, run_dir, _ = run
+    runs = _tampered_copy(run, tmp_path)  # the report logs its reading: not in the shared log
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIGNALS_KEYRING_PASSPHRASE", PASSPHRASE)
+    for name in ("SIGNALS_CONFIG", "SIGNALS_KEYS_CENTRAL_KEYRING"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["report", "--run", str(runs / run_dir.name), "--out", str(tmp_path / "report")]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 2
+    assert "is encrypted; give the central keyring" in err.getvalue()
+    keyring = root / "keys" / "central.keyring"
+    (tmp_path / "signals.toml").write_text(f'[keys]\ncentral_keyring = "{keyring}"\n')
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+    assert (tmp_path / "report" / "report.html").is_file()
