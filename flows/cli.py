@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import sys
@@ -200,6 +201,7 @@ def cmd_run(args) -> int:
     _check_folder_path(out_dir, "--out")
     # What is published already: a run found there was not made now.
     published = _published(out_dir)
+    started = dt.datetime.now(dt.UTC)
     # Ctrl-C and SIGTERM stop the run cleanly, its temporary Prefect server with it.
     with interrupt.stoppable():
         try:
@@ -226,10 +228,23 @@ def cmd_run(args) -> int:
             raise interrupt.said(signum, _left_behind(out_dir, published)) from None
     from flows.summary import print_run_summary
 
-    if Path(folder).name in published:
+    if made_before(Path(folder), published, started):
         print(f"{folder}: already published for these inputs, code and rules; nothing changed\n")
     print_run_summary(Path(folder))
     return 0
+
+
+def made_before(run: Path, published: set[str], started: dt.datetime) -> bool:
+    """Whether the run a command returns was published before it `started`: found among the
+    runs `published` then, or made by another command of the same inputs that published
+    while this one started (its manifest's created_at; to the second, as it is kept)."""
+    if run.name in published:
+        return True
+    try:
+        created = json.loads((run / "manifest.json").read_text())["created_at"]
+        return dt.datetime.fromisoformat(created) < started.replace(microsecond=0)
+    except (OSError, KeyError, TypeError, ValueError):
+        return False  # cannot tell: taken as made now, as before
 
 
 def _published(out_dir: Path) -> set[str]:

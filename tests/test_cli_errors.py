@@ -148,3 +148,24 @@ def test_an_interrupted_run_says_nothing_was_published_while_its_staging_holds_a
     (published / "report").mkdir()
     (published / "report" / "report.html").write_text("<html></html>")
     assert _left_behind(tmp_path, {"2024-12-01-old"}) == f"{published} was published in full"
+
+
+def test_a_run_another_command_published_meanwhile_is_reported_as_already_published(tmp_path):
+    """Two commands of the same inputs: the second lists the published runs, Prefect starts
+    (~10 s), and the first publishes in between. The second's flow finds it published and
+    does nothing; it must not say it made the run."""
+    import datetime as dt
+    import json
+
+    from flows.cli import made_before
+
+    run = tmp_path / "2025-01-01-abcdefghijkl"
+    run.mkdir()
+    started = dt.datetime(2026, 11, 30, 21, 0, 5, 500_000, tzinfo=dt.UTC)
+    for created, before in (("2026-11-30T21:00:04+00:00", True), ("21:00:05", False)):
+        stamp = created if "T" in created else f"2026-11-30T{created}+00:00"
+        (run / "manifest.json").write_text(json.dumps({"created_at": stamp}))
+        assert made_before(run, set(), started) is before, created
+    assert made_before(run, {run.name}, started)  # listed when the command started
+    (run / "manifest.json").write_text("{}")
+    assert not made_before(run, set(), started)  # cannot tell: made now
