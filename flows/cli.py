@@ -230,8 +230,27 @@ def cmd_run(args) -> int:
 
     if made_before(Path(folder), published, started):
         print(f"{folder}: already published for these inputs, code and rules; nothing changed\n")
+    else:
+        for other in same_date_runs(Path(folder), published):
+            print(
+                f"note: {other} was published for the same reference date; this run does not "
+                "see it and may signal the same households again (docs/operations.md)\n"
+            )
     print_run_summary(Path(folder))
     return 0
+
+
+def same_date_runs(run: Path, published: set[str]) -> list[str]:
+    """The runs among `published`, beside `run`, made for its reference date."""
+
+    def date_of(folder: Path) -> str | None:
+        try:
+            return json.loads((folder / "manifest.json").read_text())["reference_date"]
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+
+    date = date_of(run)
+    return sorted(n for n in published if date and date_of(run.parent / n) == date)
 
 
 def made_before(run: Path, published: set[str], started: dt.datetime) -> bool:

@@ -169,3 +169,19 @@ def test_a_run_another_command_published_meanwhile_is_reported_as_already_publis
     assert made_before(run, {run.name}, started)  # listed when the command started
     (run / "manifest.json").write_text("{}")
     assert not made_before(run, set(), started)  # cannot tell: made now
+
+
+def test_a_second_run_of_a_date_is_told_of_the_first(tmp_path):
+    import json
+
+    from flows.cli import same_date_runs
+
+    for name, date in (("2025-01-01-aaaa", "2025-01-01"), ("2025-02-01-bbbb", "2025-02-01")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"reference_date": date}))
+    new = tmp_path / "2025-01-01-cccc"
+    new.mkdir()
+    (new / "manifest.json").write_text(json.dumps({"reference_date": "2025-01-01"}))
+    published = {"2025-01-01-aaaa", "2025-02-01-bbbb"}
+    assert same_date_runs(new, published) == ["2025-01-01-aaaa"]
+    assert same_date_runs(new, {"2025-02-01-bbbb"}) == []
