@@ -77,8 +77,39 @@ def cmd_config_check(args) -> int:
         for key, value in dataclasses.asdict(getattr(config, section)).items():
             shown = "(not set)" if value is None else json.dumps(_plain(value))
             print(f"  {section}.{key} = {shown}")
+    missing = _missing_paths(config)
+    for line in missing + _open_secret(config):
+        print(line)
+    if missing:
+        print("not ok: the paths above do not exist")
+        return 2
     print("ok")
     return 0
+
+
+def _missing_paths(config) -> list[str]:
+    """What the settings name that is not there: a run would fail on it later (paths.out
+    is made by the first run)."""
+    wanted = (
+        ("paths.deliveries", config.paths.deliveries, Path.is_dir),
+        ("paths.register", config.paths.register, Path.is_dir),
+        ("keys.central_keyring", config.keys.central_keyring, Path.is_file),
+        ("keys.passphrase_file", config.keys.passphrase_file, Path.is_file),
+    )
+    return [
+        f"  missing: {name} {value}"
+        for name, value, exists in wanted
+        if value is not None and not exists(Path(value))
+    ]
+
+
+def _open_secret(config) -> list[str]:
+    path = config.keys.passphrase_file
+    if path is None or not Path(path).is_file() or not Path(path).stat().st_mode & 0o077:
+        return []
+    return [
+        f"  warning: keys.passphrase_file {path} can be read by others than its owner (chmod 600)"
+    ]
 
 
 def _config_arg(p) -> None:

@@ -260,3 +260,23 @@ def test_config_check_prints_the_settings_or_the_error(tmp_path, capsys):
     assert main(["config", "check", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {bad}: schedule.cron must be a cron expression, not 'x'\n"
+
+
+def test_config_check_names_a_path_that_is_not_there_and_a_secret_others_can_read(tmp_path, capsys):
+    secret = tmp_path / "passphrase"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    text = (
+        f'[keys]\ncentral_keyring = "{tmp_path / "nope.keyring"}"\npassphrase_file = "{secret}"\n'
+    )
+    config = _file(tmp_path, text)
+    assert main(["config", "check", "--config", str(config)]) == 2
+    out = capsys.readouterr().out
+    assert f"  missing: keys.central_keyring {tmp_path / 'nope.keyring'}" in out
+    assert f"  warning: keys.passphrase_file {secret} can be read by others" in out
+    assert out.rstrip().endswith("not ok: the paths above do not exist")
+    (tmp_path / "nope.keyring").write_text("")
+    secret.chmod(0o600)
+    assert main(["config", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "missing" not in out and "warning" not in out and out.rstrip().endswith("ok")
