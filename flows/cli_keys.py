@@ -73,8 +73,8 @@ def cmd_keys_rotate(args) -> int:
     print(f"rotated {old.id} -> {new.id}; {old.id} is retired and kept ({path})")
     if args.role == "domain":
         print(
-            f"links are kept: pseudonyms made with {old.id} translate exactly to {new.id} "
-            "(privacy.pseudonyms.translate); rebuild controller keyrings with --import"
+            f"links are kept: the next run translates pseudonyms made with {old.id} exactly to "
+            f"{new.id} (docs/privacy.md, Rotation); rebuild controller keyrings with --import"
         )
     elif args.role == "audit-signing":
         print(
