@@ -104,11 +104,15 @@ def _missing_paths(config) -> list[str]:
 
 
 def _open_secret(config) -> list[str]:
+    """The passphrase file open to others than its owner (the docs ask for mode 0600)."""
     path = config.keys.passphrase_file
-    if path is None or not Path(path).is_file() or not Path(path).stat().st_mode & 0o077:
+    if path is None or not Path(path).is_file():
+        return []
+    mode = Path(path).stat().st_mode & 0o777
+    if not mode & 0o077:
         return []
     return [
-        f"  warning: keys.passphrase_file {path} can be read by others than its owner (chmod 600)"
+        f"  warning: keys.passphrase_file {path} is open to others (mode {mode:04o}; chmod 600)"
     ]
 
 

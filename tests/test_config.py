@@ -273,7 +273,7 @@ def test_config_check_names_a_path_that_is_not_there_and_a_secret_others_can_rea
     assert main(["config", "check", "--config", str(config)]) == 2
     out = capsys.readouterr().out
     assert f"  missing: keys.central_keyring {tmp_path / 'nope.keyring'}" in out
-    assert f"  warning: keys.passphrase_file {secret} can be read by others" in out
+    assert f"  warning: keys.passphrase_file {secret} is open to others (mode 0644" in out
     assert out.rstrip().endswith("not ok: the paths above do not exist")
     (tmp_path / "nope.keyring").write_text("")
     secret.chmod(0o600)
