@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import re
 import sys
@@ -226,6 +225,7 @@ def cmd_run(args) -> int:
             if (signum := interrupt.received()) is None:
                 raise
             raise interrupt.said(signum, _left_behind(out_dir, published)) from None
+    from flows.runs import made_before, same_date_runs
     from flows.summary import print_run_summary
 
     if made_before(Path(folder), published, started):
@@ -238,32 +238,6 @@ def cmd_run(args) -> int:
             )
     print_run_summary(Path(folder))
     return 0
-
-
-def same_date_runs(run: Path, published: set[str]) -> list[str]:
-    """The runs among `published`, beside `run`, made for its reference date."""
-
-    def date_of(folder: Path) -> str | None:
-        try:
-            return json.loads((folder / "manifest.json").read_text())["reference_date"]
-        except (OSError, KeyError, TypeError, ValueError):
-            return None
-
-    date = date_of(run)
-    return sorted(n for n in published if date and date_of(run.parent / n) == date)
-
-
-def made_before(run: Path, published: set[str], started: dt.datetime) -> bool:
-    """Whether the run a command returns was published before it `started`: found among the
-    runs `published` then, or made by another command of the same inputs that published
-    while this one started (its manifest's created_at; to the second, as it is kept)."""
-    if run.name in published:
-        return True
-    try:
-        created = json.loads((run / "manifest.json").read_text())["created_at"]
-        return dt.datetime.fromisoformat(created) < started.replace(microsecond=0)
-    except (OSError, KeyError, TypeError, ValueError):
-        return False  # cannot tell: taken as made now, as before
 
 
 def _published(out_dir: Path) -> set[str]:

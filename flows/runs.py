@@ -121,6 +121,32 @@ def _when(created_at: str) -> dt.datetime | None:
         return None
 
 
+def made_before(run: Path, published: set[str], started: dt.datetime) -> bool:
+    """Whether the run a command returns was published before it `started`: found among the
+    runs `published` then, or made by another command of the same inputs that published
+    while this one started (its manifest's created_at; to the second, as it is kept)."""
+    if run.name in published:
+        return True
+    created = _when(_field(run, "created_at"))
+    try:
+        return created is not None and created < started.replace(microsecond=0)
+    except TypeError:  # created_at without a zone
+        return False  # cannot tell: taken as made now
+
+
+def same_date_runs(run: Path, published: set[str]) -> list[str]:
+    """The runs among `published`, beside `run`, made for its reference date."""
+    date = _field(run, "reference_date")
+    return sorted(n for n in published if date and _field(run.parent / n, "reference_date") == date)
+
+
+def _field(folder: Path, key: str) -> str:
+    """One value of a run's manifest ("" when it or the manifest is missing)."""
+    m = _manifest(folder)
+    value = m.get(key) if isinstance(m, dict) else None
+    return value if isinstance(value, str) else ""
+
+
 def _superseded(entry: RunEntry, entries: list[RunEntry]) -> RunEntry:
     """`entry`, with the published run of its date made after its folder was last written.
 

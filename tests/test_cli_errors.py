@@ -157,7 +157,7 @@ def test_a_run_another_command_published_meanwhile_is_reported_as_already_publis
     import datetime as dt
     import json
 
-    from flows.cli import made_before
+    from flows.runs import made_before
 
     run = tmp_path / "2025-01-01-abcdefghijkl"
     run.mkdir()
@@ -174,7 +174,7 @@ def test_a_run_another_command_published_meanwhile_is_reported_as_already_publis
 def test_a_second_run_of_a_date_is_told_of_the_first(tmp_path):
     import json
 
-    from flows.cli import same_date_runs
+    from flows.runs import same_date_runs
 
     for name, date in (("2025-01-01-aaaa", "2025-01-01"), ("2025-02-01-bbbb", "2025-02-01")):
         (tmp_path / name).mkdir()
